@@ -1,0 +1,39 @@
+"""The feedback database: campaigns, items, labelers, assignments and labels (SQLAlchemy, no torch)."""
+
+from tether.storage.records import (
+    Campaign,
+    Conflict,
+    Item,
+    Label,
+    LabelData,
+    Labeler,
+    LabelerProgress,
+    NewItem,
+    NewLabeler,
+    NotFound,
+    PairChoice,
+    Progress,
+    StoreError,
+    Task,
+    TaskKind,
+)
+from tether.storage.store import FeedbackStore
+
+__all__ = [
+    "Campaign",
+    "Conflict",
+    "FeedbackStore",
+    "Item",
+    "Label",
+    "LabelData",
+    "Labeler",
+    "LabelerProgress",
+    "NewItem",
+    "NewLabeler",
+    "NotFound",
+    "PairChoice",
+    "Progress",
+    "StoreError",
+    "Task",
+    "TaskKind",
+]

@@ -1,0 +1,131 @@
+"""Opening the feedback database: engine settings, schema creation and upgrades.
+
+SQLite (the default) runs in WAL mode with `synchronous=FULL`, so a committed label survives a
+killed process or a power cut, and with a busy timeout so concurrent writers wait instead of
+failing. Write transactions start with `BEGIN IMMEDIATE`: they take the write lock up front,
+which avoids the deadlock of two readers both trying to upgrade to writers. PostgreSQL is used
+as is, by URL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.pool import StaticPool
+
+from tether.errors import ConfigError
+from tether.storage.schema import SCHEMA_VERSION, Base, SchemaVersionRow
+
+BUSY_TIMEOUT_MS = 30_000
+WRITE_OPTION = "tether_write"
+
+
+def make_engine(url: str) -> Engine:
+    """Creates an engine for a database URL, tuned for SQLite when the URL is SQLite.
+
+    Args:
+        url: SQLAlchemy URL, e.g. `sqlite:///feedback.db` or `postgresql://user@host/db`.
+
+    Returns:
+        The engine. Use `engine.execution_options(tether_write=True)` for write transactions.
+
+    Raises:
+        ConfigError: the URL cannot be parsed or its driver is not installed.
+    """
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"--db: cannot parse database URL {url!r}: {exc}") from None
+    if parsed.get_backend_name() != "sqlite":
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except ImportError as exc:
+            raise ConfigError(f"--db: driver for {parsed.drivername!r} is not installed ({exc})") from None
+    in_memory = parsed.database in (None, "", ":memory:")
+    kwargs: dict[str, object] = {"connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}}
+    if in_memory:
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+    _configure_sqlite(engine, wal=not in_memory)
+    return engine
+
+
+def _configure_sqlite(engine: Engine, wal: bool) -> None:
+    """Sets WAL, synchronous=FULL, foreign keys and explicit BEGIN handling on every connection."""
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+        dbapi_conn.isolation_level = None  # we emit BEGIN ourselves (below)
+        cursor = dbapi_conn.cursor()
+        if wal:
+            cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        immediate = conn.get_execution_options().get(WRITE_OPTION, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _migrate_1_to_2(conn: Connection) -> None:
+    """Version 2 added the campaign's red-team model and the time spent per label."""
+    conn.execute(text("ALTER TABLE campaigns ADD COLUMN model_path TEXT"))
+    conn.execute(text("ALTER TABLE labels ADD COLUMN duration_ms INTEGER"))
+
+
+# MIGRATIONS[v] upgrades a database from version v to v + 1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+
+
+def read_schema_version(conn: Connection) -> int | None:
+    """Returns the stored schema version, or None for a database without tether tables.
+
+    Raises:
+        ConfigError: the database has tables but no version (not a tether database).
+    """
+    tables = set(inspect(conn).get_table_names())
+    if "schema_version" not in tables:
+        if tables & {"campaigns", "items", "labels"}:
+            raise ConfigError("database has feedback tables but no schema_version table: not a tether database")
+        return None
+    return conn.execute(text("SELECT MAX(version) FROM schema_version")).scalar()
+
+
+def ensure_schema(engine: Engine) -> int:
+    """Creates the tables on a new database, or upgrades an older one in place, keeping its data.
+
+    Args:
+        engine: engine from `make_engine`.
+
+    Returns:
+        The schema version the database had before (0 for a new database).
+
+    Raises:
+        ConfigError: the database is newer than this code, or cannot be reached.
+    """
+    try:
+        with engine.execution_options(**{WRITE_OPTION: True}).begin() as conn:
+            found = read_schema_version(conn)
+            if found is None:
+                Base.metadata.create_all(conn)
+                conn.execute(SchemaVersionRow.__table__.insert().values(version=SCHEMA_VERSION))
+                return 0
+            if found > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"database schema version {found} is newer than this tether ({SCHEMA_VERSION}); upgrade tether"
+                )
+            for version in range(found, SCHEMA_VERSION):
+                MIGRATIONS[version](conn)
+            if found < SCHEMA_VERSION:
+                Base.metadata.create_all(conn)  # tables added by later versions, if any
+                conn.execute(text("DELETE FROM schema_version"))
+                conn.execute(SchemaVersionRow.__table__.insert().values(version=SCHEMA_VERSION))
+            return found
+    except OperationalError as exc:
+        raise ConfigError(f"cannot open database {engine.url!r}: {exc.orig}") from None

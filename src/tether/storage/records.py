@@ -1,0 +1,161 @@
+"""Typed records that leave the storage layer (plain dataclasses, no ORM objects)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import Enum
+
+
+class TaskKind(str, Enum):
+    """What labelers do with each item of a campaign."""
+
+    RANK = "rank"  # rank K completions best to worst, ties allowed
+    PAIR = "pair"  # choose the better of two (A, B, tie, both bad)
+    THUMBS = "thumbs"  # thumbs up / down on one completion
+    REDTEAM = "redteam"  # write an adversarial prompt, rate the answer's harm, maybe write a better one
+
+
+class PairChoice(str, Enum):
+    """Answers to a pick-best-of-two task."""
+
+    A = "A"
+    B = "B"
+    TIE = "tie"
+    BOTH_BAD = "both_bad"
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An item to add to a campaign."""
+
+    prompt: str
+    completions: list[str] = field(default_factory=list)
+    external_id: str | None = None
+    model: str | None = None
+    meta: dict[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """A campaign as stored, with its item count."""
+
+    id: int
+    name: str
+    kind: TaskKind
+    guidelines: str
+    labelers_per_item: int
+    status: str
+    model_path: str | None
+    created_at: datetime
+    n_items: int = 0
+
+
+@dataclass(frozen=True)
+class Item:
+    """A stored item."""
+
+    id: int
+    campaign_id: int
+    position: int
+    external_id: str
+    prompt: str
+    completions: list[str]
+    model: str | None
+    meta: dict[str, object] | None
+
+
+@dataclass(frozen=True)
+class Labeler:
+    """A labeler, without the token."""
+
+    id: int
+    name: str
+    active: bool
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class NewLabeler:
+    """A labeler just created, with the sign-in token (shown once, only its hash is stored)."""
+
+    labeler: Labeler
+    token: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """An item handed to a labeler; display_order[i] is the completion shown in position i."""
+
+    assignment_id: int
+    item: Item
+    display_order: list[int]
+
+
+@dataclass(frozen=True)
+class LabelData:
+    """The answer to one item; the fields used depend on the task kind.
+
+    rank: ranks[i] is the rank of completions[i] (1 = best, equal = tie), unusable[i] flags
+    nonsense. pair: choice. thumbs: thumb (1 up, 0 down). redteam: prompt, response, harm,
+    better_response. Every kind: note, duration_ms.
+    """
+
+    ranks: list[int] | None = None
+    unusable: list[bool] | None = None
+    choice: PairChoice | None = None
+    thumb: int | None = None
+    harm: int | None = None
+    prompt: str | None = None
+    response: str | None = None
+    better_response: str | None = None
+    note: str = ""
+    duration_ms: int | None = None
+
+
+@dataclass(frozen=True)
+class Label:
+    """A stored label with who gave it."""
+
+    id: int
+    campaign_id: int
+    item_id: int
+    labeler_id: int
+    labeler_name: str
+    data: LabelData
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class LabelerProgress:
+    """How much one labeler did in a campaign."""
+
+    labeler_id: int
+    labeler_name: str
+    n_labels: int
+    n_open: int
+    n_skipped: int
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Campaign progress: items, labels wanted (items x labelers per item), labels given."""
+
+    n_items: int
+    n_target: int
+    n_labels: int
+    n_items_complete: int
+    per_labeler: list[LabelerProgress]
+
+
+class StoreError(Exception):
+    """Base of storage errors the app turns into HTTP answers."""
+
+
+class NotFound(StoreError):
+    """The campaign, item, labeler or assignment does not exist (or is not the caller's)."""
+
+
+class Conflict(StoreError):
+    """The request conflicts with the stored state (duplicate name, closed campaign)."""

@@ -1,0 +1,134 @@
+"""Tables of the feedback database (SQLAlchemy ORM) and the schema version they describe.
+
+Campaigns hold items (a prompt and its completions); labelers get items through assignments,
+one per (item, labeler), and answer them with labels, also one per (item, labeler). Both unique
+constraints are what makes concurrent labeling safe: a labeler can never hold or answer the same
+item twice, whatever the timing of requests.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+# Bump when a table changes, and add the step from the previous version to migrate.MIGRATIONS.
+SCHEMA_VERSION = 2
+
+
+def utcnow() -> datetime:
+    """Returns the current time in UTC (timezone-aware)."""
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    """Declarative base of every table."""
+
+
+class SchemaVersionRow(Base):
+    """A single row: the schema version the tables follow."""
+
+    __tablename__ = "schema_version"
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+
+
+class SettingRow(Base):
+    """Key/value settings of the server (the admin token hash)."""
+
+    __tablename__ = "settings"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class CampaignRow(Base):
+    """A labeling campaign: one task kind, guidelines, and how many labelers see each item."""
+
+    __tablename__ = "campaigns"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    guidelines: Mapped[str] = mapped_column(Text, default="")
+    labelers_per_item: Mapped[int] = mapped_column(Integer, default=1)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # added in schema version 2: model that answers red-team prompts in the app
+    model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+
+
+class ItemRow(Base):
+    """One unit of work: a prompt and its completions (JSON list of strings)."""
+
+    __tablename__ = "items"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    external_id: Mapped[str] = mapped_column(String(200))
+    prompt: Mapped[str] = mapped_column(Text)
+    completions: Mapped[str] = mapped_column(Text, default="[]")
+    model: Mapped[str | None] = mapped_column(Text, nullable=True)
+    meta: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # number of live (open or done) assignments; bounded by the campaign's labelers_per_item
+    n_assigned: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True)
+
+    __table_args__ = (Index("ix_items_queue", "campaign_id", "n_assigned", "position"),)
+
+
+class LabelerRow(Base):
+    """A person who labels; signs in with a token of which only the SHA-256 is stored."""
+
+    __tablename__ = "labelers"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class AssignmentRow(Base):
+    """An item handed to a labeler: open, done or skipped; display_order is a JSON permutation."""
+
+    __tablename__ = "assignments"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    display_order: Mapped[str] = mapped_column(Text, default="[]")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),)
+
+
+class LabelRow(Base):
+    """A labeler's answer to an item; which columns are set depends on the campaign's kind."""
+
+    __tablename__ = "labels"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id"), index=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), index=True)
+    ranks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    unusable: Mapped[str | None] = mapped_column(Text, nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    thumb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    harm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    better_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # added in schema version 2: time the labeler spent on the item
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+    __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_label"),)

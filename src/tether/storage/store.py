@@ -1,0 +1,590 @@
+"""The feedback store: every read and write the app and the command line make to the database.
+
+Concurrency rules, in one place:
+- An item is handed out with a conditional increment (`n_assigned < labelers_per_item`), so no
+  item gets more labelers than asked for, on SQLite and PostgreSQL alike.
+- (item, labeler) is unique for assignments and for labels, so a labeler never gets or answers
+  the same item twice, and a retried submission updates the label instead of adding one.
+- Every method is one transaction, committed before it returns: a label the app acknowledged is
+  on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import secrets
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from tether.storage.db import WRITE_OPTION, ensure_schema, make_engine
+from tether.storage.records import (
+    Campaign,
+    Conflict,
+    Item,
+    Label,
+    LabelData,
+    Labeler,
+    LabelerProgress,
+    NewItem,
+    NewLabeler,
+    NotFound,
+    PairChoice,
+    Progress,
+    Task,
+    TaskKind,
+)
+from tether.storage.schema import (
+    AssignmentRow,
+    CampaignRow,
+    ItemRow,
+    LabelerRow,
+    LabelRow,
+    SettingRow,
+    utcnow,
+)
+
+ADMIN_TOKEN_KEY = "admin_token_sha256"
+CANDIDATES_PER_TRY = 20
+
+
+def hash_token(token: str) -> str:
+    """Returns the SHA-256 hex digest under which a token is stored."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def new_token() -> str:
+    """Returns a fresh random sign-in token (32 URL-safe characters)."""
+    return secrets.token_urlsafe(24)
+
+
+class FeedbackStore:
+    """Campaigns, items, labelers, assignments and labels in one SQL database.
+
+    Args:
+        url: SQLAlchemy database URL (`sqlite:///feedback.db`, `postgresql://...`).
+
+    Raises:
+        ConfigError: the database cannot be opened or is newer than this code.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+        self.previous_schema_version = ensure_schema(self.engine)
+        self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
+
+    def close(self) -> None:
+        """Closes every pooled connection."""
+        self.engine.dispose()
+
+    @contextmanager
+    def _tx(self, write: bool = False) -> Iterator[Session]:
+        """Yields a session inside one transaction, committed on exit (rolled back on error)."""
+        with Session(self._writer if write else self.engine, expire_on_commit=False) as session:
+            with session.begin():
+                yield session
+
+    # ---- admin token -------------------------------------------------------------------------
+
+    def has_admin_token(self) -> bool:
+        """Returns True when an admin token has been set."""
+        with self._tx() as s:
+            return s.get(SettingRow, ADMIN_TOKEN_KEY) is not None
+
+    def set_admin_token(self, token: str) -> None:
+        """Stores (the hash of) the admin token, replacing any previous one."""
+        with self._tx(write=True) as s:
+            s.merge(SettingRow(key=ADMIN_TOKEN_KEY, value=hash_token(token)))
+
+    def is_admin_token(self, token: str) -> bool:
+        """Returns True when `token` is the admin token."""
+        with self._tx() as s:
+            row = s.get(SettingRow, ADMIN_TOKEN_KEY)
+            return row is not None and secrets.compare_digest(row.value, hash_token(token))
+
+    # ---- labelers ----------------------------------------------------------------------------
+
+    def add_labeler(self, name: str) -> NewLabeler:
+        """Creates a labeler and its sign-in token.
+
+        Raises:
+            Conflict: a labeler with this name exists.
+        """
+        token = new_token()
+        try:
+            with self._tx(write=True) as s:
+                row = LabelerRow(name=name, token_hash=hash_token(token), active=True, created_at=utcnow())
+                s.add(row)
+                s.flush()
+                labeler = _labeler(row)
+        except IntegrityError:
+            raise Conflict(f"labeler {name!r} already exists") from None
+        return NewLabeler(labeler=labeler, token=token)
+
+    def rotate_token(self, labeler_id: int) -> str:
+        """Gives a labeler a new token (the old one stops working) and returns it.
+
+        Raises:
+            NotFound: no such labeler.
+        """
+        token = new_token()
+        with self._tx(write=True) as s:
+            row = s.get(LabelerRow, labeler_id)
+            if row is None:
+                raise NotFound(f"labeler {labeler_id} not found")
+            row.token_hash = hash_token(token)
+        return token
+
+    def set_labeler_active(self, labeler_id: int, active: bool) -> Labeler:
+        """Enables or disables a labeler's sign-in.
+
+        Raises:
+            NotFound: no such labeler.
+        """
+        with self._tx(write=True) as s:
+            row = s.get(LabelerRow, labeler_id)
+            if row is None:
+                raise NotFound(f"labeler {labeler_id} not found")
+            row.active = active
+            return _labeler(row)
+
+    def list_labelers(self) -> list[Labeler]:
+        """Returns every labeler, oldest first."""
+        with self._tx() as s:
+            return [_labeler(r) for r in s.scalars(select(LabelerRow).order_by(LabelerRow.id))]
+
+    def labeler_by_token(self, token: str) -> Labeler | None:
+        """Returns the active labeler signed in by `token`, or None."""
+        with self._tx() as s:
+            row = s.scalars(select(LabelerRow).where(LabelerRow.token_hash == hash_token(token))).first()
+            return _labeler(row) if row is not None and row.active else None
+
+    def labeler_by_name(self, name: str) -> Labeler | None:
+        """Returns the labeler called `name`, or None."""
+        with self._tx() as s:
+            row = s.scalars(select(LabelerRow).where(LabelerRow.name == name)).first()
+            return _labeler(row) if row is not None else None
+
+    # ---- campaigns and items -----------------------------------------------------------------
+
+    def create_campaign(
+        self,
+        name: str,
+        kind: TaskKind,
+        items: Sequence[NewItem],
+        guidelines: str = "",
+        labelers_per_item: int = 1,
+        model_path: str | None = None,
+    ) -> Campaign:
+        """Creates a campaign with its items in one transaction.
+
+        Raises:
+            Conflict: a campaign with this name exists.
+        """
+        try:
+            with self._tx(write=True) as s:
+                row = CampaignRow(
+                    name=name,
+                    kind=kind.value,
+                    guidelines=guidelines,
+                    labelers_per_item=labelers_per_item,
+                    status="active",
+                    model_path=model_path,
+                    created_at=utcnow(),
+                )
+                s.add(row)
+                s.flush()
+                _insert_items(s, row.id, items, start=0)
+                return _campaign(row, len(items))
+        except IntegrityError:
+            raise Conflict(f"campaign {name!r} already exists") from None
+
+    def add_items(self, campaign_id: int, items: Sequence[NewItem]) -> int:
+        """Appends items to a campaign and returns how many it now has.
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        with self._tx(write=True) as s:
+            _campaign_row(s, campaign_id)
+            start = s.scalar(select(func.coalesce(func.max(ItemRow.position) + 1, 0)).where(ItemRow.campaign_id == campaign_id))
+            _insert_items(s, campaign_id, items, start=start or 0)
+            return _count_items(s, campaign_id)
+
+    def update_campaign(
+        self,
+        campaign_id: int,
+        guidelines: str | None = None,
+        status: str | None = None,
+        model_path: str | None = None,
+    ) -> Campaign:
+        """Changes a campaign's guidelines, status (active/closed) or red-team model.
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        with self._tx(write=True) as s:
+            row = _campaign_row(s, campaign_id)
+            if guidelines is not None:
+                row.guidelines = guidelines
+            if status is not None:
+                row.status = status
+            if model_path is not None:
+                row.model_path = model_path or None
+            return _campaign(row, _count_items(s, campaign_id))
+
+    def get_campaign(self, campaign_id: int) -> Campaign:
+        """Returns a campaign by id.
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        with self._tx() as s:
+            return _campaign(_campaign_row(s, campaign_id), _count_items(s, campaign_id))
+
+    def campaign_by_name(self, name: str) -> Campaign:
+        """Returns a campaign by name.
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        with self._tx() as s:
+            row = s.scalars(select(CampaignRow).where(CampaignRow.name == name)).first()
+            if row is None:
+                raise NotFound(f"campaign {name!r} not found")
+            return _campaign(row, _count_items(s, row.id))
+
+    def list_campaigns(self) -> list[Campaign]:
+        """Returns every campaign, newest first."""
+        with self._tx() as s:
+            counts = dict(s.execute(select(ItemRow.campaign_id, func.count()).group_by(ItemRow.campaign_id)).all())
+            rows = s.scalars(select(CampaignRow).order_by(CampaignRow.id.desc()))
+            return [_campaign(r, counts.get(r.id, 0)) for r in rows]
+
+    def list_items(self, campaign_id: int) -> list[Item]:
+        """Returns a campaign's items in order."""
+        with self._tx() as s:
+            rows = s.scalars(select(ItemRow).where(ItemRow.campaign_id == campaign_id).order_by(ItemRow.position))
+            return [_item(r) for r in rows]
+
+    # ---- queue ---------------------------------------------------------------------------------
+
+    def next_task(self, campaign_id: int, labeler_id: int, rng: random.Random | None = None) -> Task | None:
+        """Returns the labeler's open task in a campaign, or hands out a new item, or None when done.
+
+        Items that already have labelers come first, so items reach their consensus count early.
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        rng = rng or random.Random()
+        with self._tx(write=True) as s:
+            campaign = _campaign_row(s, campaign_id)
+            open_task = _open_task(s, campaign_id, labeler_id)
+            if open_task is not None or campaign.status != "active":
+                return open_task
+            for item in _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item):
+                task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng)
+                if task is not None:
+                    return task
+            return None
+
+    def skip(self, assignment_id: int, labeler_id: int) -> None:
+        """Gives an open item back to the pool; the labeler will not get it again.
+
+        Raises:
+            NotFound: no such assignment for this labeler.
+            Conflict: the item was already labeled.
+        """
+        with self._tx(write=True) as s:
+            row = _assignment_row(s, assignment_id, labeler_id)
+            if row.status == "done":
+                raise Conflict("item already labeled; it cannot be skipped")
+            if row.status == "open":
+                row.status = "skipped"
+                s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
+
+    def count_available(self, campaign_id: int, labeler_id: int) -> int:
+        """Returns how many items the labeler could still get in a campaign (open one included)."""
+        with self._tx() as s:
+            campaign = _campaign_row(s, campaign_id)
+            mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
+            fresh = s.scalar(
+                select(func.count())
+                .select_from(ItemRow)
+                .where(ItemRow.campaign_id == campaign_id)
+                .where(ItemRow.n_assigned < campaign.labelers_per_item)
+                .where(ItemRow.id.not_in(mine))
+            )
+            return (fresh or 0) + (1 if _open_task(s, campaign_id, labeler_id) else 0)
+
+    # ---- labels --------------------------------------------------------------------------------
+
+    def submit_label(self, assignment_id: int, labeler_id: int, data: LabelData) -> Label:
+        """Stores the labeler's answer to an assigned item (a resubmission replaces the answer).
+
+        Raises:
+            NotFound: no such assignment for this labeler.
+            Conflict: the item was skipped, or the campaign is closed.
+        """
+        for attempt in range(2):
+            try:
+                with self._tx(write=True) as s:
+                    row = _assignment_row(s, assignment_id, labeler_id)
+                    item = s.get(ItemRow, row.item_id)
+                    campaign = _campaign_row(s, item.campaign_id)
+                    if row.status == "skipped":
+                        raise Conflict("item was skipped; it cannot be labeled")
+                    if campaign.status != "active":
+                        raise Conflict(f"campaign {campaign.name!r} is closed")
+                    row.status = "done"
+                    return _upsert_label(s, item, labeler_id, data)
+            except IntegrityError:
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def add_free_label(self, campaign_id: int, labeler_id: int, data: LabelData) -> Label:
+        """Stores a red-team finding the labeler wrote from scratch: a new item and its label.
+
+        Raises:
+            NotFound: no such campaign.
+            Conflict: the campaign is closed.
+        """
+        with self._tx(write=True) as s:
+            campaign = _campaign_row(s, campaign_id)
+            if campaign.status != "active":
+                raise Conflict(f"campaign {campaign.name!r} is closed")
+            start = s.scalar(select(func.coalesce(func.max(ItemRow.position) + 1, 0)).where(ItemRow.campaign_id == campaign_id))
+            item = ItemRow(
+                campaign_id=campaign_id,
+                position=start or 0,
+                external_id=f"written-{new_token()[:8]}",
+                prompt=data.prompt or "",
+                completions=json.dumps([data.response] if data.response else []),
+                n_assigned=1,
+                created_by=labeler_id,
+            )
+            s.add(item)
+            s.flush()
+            s.add(AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="done", display_order="[]", created_at=utcnow()))
+            return _upsert_label(s, item, labeler_id, data)
+
+    def list_labels(self, campaign_id: int, labeler_id: int | None = None) -> list[Label]:
+        """Returns a campaign's labels (optionally one labeler's), in item order."""
+        with self._tx() as s:
+            query = (
+                select(LabelRow, LabelerRow.name)
+                .join(LabelerRow, LabelerRow.id == LabelRow.labeler_id)
+                .join(ItemRow, ItemRow.id == LabelRow.item_id)
+                .where(LabelRow.campaign_id == campaign_id)
+                .order_by(ItemRow.position, LabelRow.id)
+            )
+            if labeler_id is not None:
+                query = query.where(LabelRow.labeler_id == labeler_id)
+            return [_label(row, name) for row, name in s.execute(query).all()]
+
+    def progress(self, campaign_id: int) -> Progress:
+        """Returns how far a campaign is, overall and per labeler.
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        with self._tx() as s:
+            campaign = _campaign_row(s, campaign_id)
+            n_items = _count_items(s, campaign_id)
+            per_item = select(LabelRow.item_id, func.count().label("n")).where(LabelRow.campaign_id == campaign_id)
+            per_item = per_item.group_by(LabelRow.item_id).subquery()
+            n_complete = s.scalar(select(func.count()).select_from(per_item).where(per_item.c.n >= campaign.labelers_per_item))
+            n_labels = s.scalar(select(func.count()).select_from(LabelRow).where(LabelRow.campaign_id == campaign_id))
+            return Progress(
+                n_items=n_items,
+                n_target=n_items * campaign.labelers_per_item,
+                n_labels=n_labels or 0,
+                n_items_complete=n_complete or 0,
+                per_labeler=_per_labeler(s, campaign_id),
+            )
+
+
+# ---- helpers (run inside a transaction) -----------------------------------------------------
+
+
+def _insert_items(s: Session, campaign_id: int, items: Sequence[NewItem], start: int) -> None:
+    for offset, new in enumerate(items):
+        position = start + offset
+        s.add(
+            ItemRow(
+                campaign_id=campaign_id,
+                position=position,
+                external_id=new.external_id if new.external_id is not None else str(position),
+                prompt=new.prompt,
+                completions=json.dumps(list(new.completions)),
+                model=new.model,
+                meta=json.dumps(new.meta) if new.meta is not None else None,
+                n_assigned=0,
+            )
+        )
+
+
+def _count_items(s: Session, campaign_id: int) -> int:
+    return s.scalar(select(func.count()).select_from(ItemRow).where(ItemRow.campaign_id == campaign_id)) or 0
+
+
+def _campaign_row(s: Session, campaign_id: int) -> CampaignRow:
+    row = s.get(CampaignRow, campaign_id)
+    if row is None:
+        raise NotFound(f"campaign {campaign_id} not found")
+    return row
+
+
+def _assignment_row(s: Session, assignment_id: int, labeler_id: int) -> AssignmentRow:
+    row = s.get(AssignmentRow, assignment_id)
+    if row is None or row.labeler_id != labeler_id:
+        raise NotFound(f"assignment {assignment_id} not found")
+    return row
+
+
+def _open_task(s: Session, campaign_id: int, labeler_id: int) -> Task | None:
+    query = (
+        select(AssignmentRow, ItemRow)
+        .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+        .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id)
+        .where(AssignmentRow.status == "open")
+        .order_by(AssignmentRow.id)
+        .limit(1)
+    )
+    found = s.execute(query).first()
+    if found is None:
+        return None
+    assignment, item = found
+    return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
+
+
+def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) -> list[ItemRow]:
+    mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
+    query = (
+        select(ItemRow)
+        .where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item, ItemRow.id.not_in(mine))
+        .order_by(ItemRow.n_assigned.desc(), ItemRow.position)
+        .limit(CANDIDATES_PER_TRY)
+    )
+    return list(s.scalars(query))
+
+
+def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random) -> Task | None:
+    """Claims one slot of `item` for the labeler; None when another request took the last slot."""
+    claimed = s.execute(
+        update(ItemRow)
+        .where(ItemRow.id == item.id, ItemRow.n_assigned < per_item)
+        .values(n_assigned=ItemRow.n_assigned + 1)
+        .execution_options(synchronize_session=False)
+    )
+    if claimed.rowcount != 1:
+        return None
+    order = list(range(len(json.loads(item.completions))))
+    rng.shuffle(order)  # position bias: every labeler sees the completions in a different order
+    try:
+        with s.begin_nested():
+            row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=utcnow())
+            s.add(row)
+    except IntegrityError:  # the same labeler got this item in a parallel request
+        s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
+        return None
+    s.refresh(item)
+    return Task(assignment_id=row.id, item=_item(item), display_order=order)
+
+
+def _upsert_label(s: Session, item: ItemRow, labeler_id: int, data: LabelData) -> Label:
+    row = s.scalars(select(LabelRow).where(LabelRow.item_id == item.id, LabelRow.labeler_id == labeler_id)).first()
+    now = utcnow()
+    if row is None:
+        row = LabelRow(campaign_id=item.campaign_id, item_id=item.id, labeler_id=labeler_id, created_at=now)
+        s.add(row)
+    row.ranks = json.dumps(data.ranks) if data.ranks is not None else None
+    row.unusable = json.dumps(data.unusable) if data.unusable is not None else None
+    row.choice = data.choice.value if data.choice is not None else None
+    row.thumb, row.harm, row.note, row.duration_ms = data.thumb, data.harm, data.note, data.duration_ms
+    row.prompt, row.response, row.better_response = data.prompt, data.response, data.better_response
+    row.updated_at = now
+    s.flush()
+    name = s.get(LabelerRow, labeler_id).name
+    return _label(row, name)
+
+
+def _per_labeler(s: Session, campaign_id: int) -> list[LabelerProgress]:
+    query = (
+        select(LabelerRow.id, LabelerRow.name, AssignmentRow.status, func.count())
+        .join(AssignmentRow, AssignmentRow.labeler_id == LabelerRow.id)
+        .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+        .where(ItemRow.campaign_id == campaign_id)
+        .group_by(LabelerRow.id, LabelerRow.name, AssignmentRow.status)
+    )
+    counts: dict[tuple[int, str], dict[str, int]] = {}
+    for labeler_id, name, status, n in s.execute(query).all():
+        counts.setdefault((labeler_id, name), {})[status] = n
+    return [
+        LabelerProgress(labeler_id=i, labeler_name=name, n_labels=c.get("done", 0), n_open=c.get("open", 0), n_skipped=c.get("skipped", 0))
+        for (i, name), c in sorted(counts.items())
+    ]
+
+
+def _campaign(row: CampaignRow, n_items: int) -> Campaign:
+    return Campaign(
+        id=row.id,
+        name=row.name,
+        kind=TaskKind(row.kind),
+        guidelines=row.guidelines,
+        labelers_per_item=row.labelers_per_item,
+        status=row.status,
+        model_path=row.model_path,
+        created_at=row.created_at,
+        n_items=n_items,
+    )
+
+
+def _item(row: ItemRow) -> Item:
+    return Item(
+        id=row.id,
+        campaign_id=row.campaign_id,
+        position=row.position,
+        external_id=row.external_id,
+        prompt=row.prompt,
+        completions=json.loads(row.completions),
+        model=row.model,
+        meta=json.loads(row.meta) if row.meta else None,
+    )
+
+
+def _labeler(row: LabelerRow) -> Labeler:
+    return Labeler(id=row.id, name=row.name, active=row.active, created_at=row.created_at)
+
+
+def _label(row: LabelRow, labeler_name: str) -> Label:
+    data = LabelData(
+        ranks=json.loads(row.ranks) if row.ranks else None,
+        unusable=json.loads(row.unusable) if row.unusable else None,
+        choice=PairChoice(row.choice) if row.choice else None,
+        thumb=row.thumb,
+        harm=row.harm,
+        prompt=row.prompt,
+        response=row.response,
+        better_response=row.better_response,
+        note=row.note or "",
+        duration_ms=row.duration_ms,
+    )
+    return Label(
+        id=row.id,
+        campaign_id=row.campaign_id,
+        item_id=row.item_id,
+        labeler_id=row.labeler_id,
+        labeler_name=labeler_name,
+        data=data,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
