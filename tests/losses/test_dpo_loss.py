@@ -11,6 +11,11 @@ LOG2 = math.log(2.0)
 SOFTPLUS_MINUS_1 = 0.31326168751822286  # -log sigmoid(1) = log(1 + e^-1)
 
 
+def _hand_case():
+    """chosen, rejected, ref_chosen, ref_rejected with h = (-1 - -2) - (-3 - -2) = 2."""
+    return tuple(torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))
+
+
 def test_dpo_is_log_two_when_policy_equals_reference():
     chosen = torch.tensor([-3.0, -10.0], requires_grad=True)
     rejected = torch.tensor([-4.0, -1.0])
@@ -25,7 +30,7 @@ def test_dpo_is_log_two_when_policy_equals_reference():
 
 def test_dpo_hand_case():
     # h = (-1 - -2) - (-3 - -2) = 2; beta h = 1; loss = -log sigmoid(1)
-    loss, metrics = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5)
+    loss, metrics = dpo_loss(*_hand_case(), beta=0.5)
     assert loss.item() == pytest.approx(SOFTPLUS_MINUS_1)
     assert metrics["loss/dpo"] == pytest.approx(SOFTPLUS_MINUS_1)
     assert metrics["rewards/chosen"] == pytest.approx(0.5)  # 0.5 * (-1 - -2)
@@ -47,7 +52,7 @@ def test_label_smoothing_zero_is_plain_dpo():
 def test_label_smoothing_hand_case():
     # x = beta h = 1; -(0.9) log sigmoid(1) - 0.1 log sigmoid(-1)
     # = 0.9 softplus(-1) + 0.1 (1 + softplus(-1)) = softplus(-1) + 0.1
-    loss, _ = dpo_loss(torch.tensor([-1.0]), torch.tensor([-3.0]), torch.tensor([-2.0]), torch.tensor([-2.0]), beta=0.5, label_smoothing=0.1)
+    loss, _ = dpo_loss(*_hand_case(), beta=0.5, label_smoothing=0.1)
     assert loss.item() == pytest.approx(SOFTPLUS_MINUS_1 + 0.1)
 
 
@@ -74,7 +79,7 @@ def test_label_smoothing_out_of_range_raises():
 
 
 def test_ipo_hand_cases():
-    chosen, rejected, ref_chosen, ref_rejected = (torch.tensor([v]) for v in (-1.0, -3.0, -2.0, -2.0))
+    chosen, rejected, ref_chosen, ref_rejected = _hand_case()
     # h = 2; beta = 0.5 -> target 1 / (2 * 0.5) = 1; (2 - 1)^2 = 1
     loss, metrics = ipo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.5)
     assert loss.item() == pytest.approx(1.0)

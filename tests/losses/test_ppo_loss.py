@@ -7,11 +7,14 @@ import torch
 
 from tether.losses.ppo import entropy_loss, ppo_policy_loss, ppo_value_loss
 
+ONE_TOKEN = torch.ones(1, 1, dtype=torch.bool)
+
 
 def _policy_case(ratio: float, advantage: float, clip_coef: float = 0.2):
     old = torch.zeros(1, 1)
     logprobs = torch.full((1, 1), math.log(ratio), requires_grad=True)
-    loss, metrics = ppo_policy_loss(logprobs, old, torch.full((1, 1), advantage), torch.ones(1, 1, dtype=torch.bool), clip_coef)
+    advantages = torch.full((1, 1), advantage)
+    loss, metrics = ppo_policy_loss(logprobs, old, advantages, ONE_TOKEN, clip_coef)
     loss.backward()
     return loss.item(), logprobs.grad.item(), metrics
 
@@ -71,7 +74,8 @@ def test_ratio_inside_clip_range_is_the_plain_surrogate():
 
 def _value_case(value: float, old_value: float, ret: float, clip: float = 0.5):
     values = torch.tensor([[value]], requires_grad=True)
-    loss, metrics = ppo_value_loss(values, torch.tensor([[old_value]]), torch.tensor([[ret]]), torch.ones(1, 1, dtype=torch.bool), clip)
+    old_values, returns = torch.tensor([[old_value]]), torch.tensor([[ret]])
+    loss, metrics = ppo_value_loss(values, old_values, returns, ONE_TOKEN, clip)
     loss.backward()
     return loss.item(), values.grad.item(), metrics
 

@@ -35,7 +35,8 @@ def test_gae_three_token_hand_example():
     mask = torch.ones(1, 3, dtype=torch.bool)
     advantages, returns = compute_gae(rewards, values, mask, gamma=0.9, gae_lambda=0.95)
     # deltas: d2 = 1 + 0.9 * 0 - 0.7 = 0.3; d1 = 0 + 0.9 * 0.7 - 0.6 = 0.03; d0 = 0.9 * 0.6 - 0.5 = 0.04
-    # gamma * lambda = 0.855: A2 = 0.3; A1 = 0.03 + 0.855 * 0.3 = 0.2865; A0 = 0.04 + 0.855 * 0.2865 = 0.2849575
+    # gamma * lambda = 0.855: A2 = 0.3; A1 = 0.03 + 0.855 * 0.3 = 0.2865;
+    # A0 = 0.04 + 0.855 * 0.2865 = 0.2849575
     torch.testing.assert_close(advantages, torch.tensor([[0.2849575, 0.2865, 0.3]]))
     torch.testing.assert_close(returns, torch.tensor([[0.7849575, 0.8865, 1.0]]))
 

@@ -84,7 +84,8 @@ def test_adaptive_controller_state_round_trip():
 
 
 def test_make_kl_controller():
-    assert isinstance(make_kl_controller(0.1, adaptive=False, target_kl=None, horizon=None), FixedKLController)
+    fixed = make_kl_controller(0.1, adaptive=False, target_kl=None, horizon=None)
+    assert isinstance(fixed, FixedKLController)
     adaptive = make_kl_controller(0.1, adaptive=True, target_kl=6.0, horizon=10000)
     assert isinstance(adaptive, AdaptiveKLController)
     assert adaptive.value == 0.1

@@ -108,7 +108,9 @@ def win_rate(policy_scores: Sequence[float], baseline_scores: Sequence[float]) -
     policy = np.asarray(policy_scores, dtype=float)
     baseline = np.asarray(baseline_scores, dtype=float)
     if policy.shape != baseline.shape:
-        raise ValueError(f"policy and baseline have {policy.size} and {baseline.size} scores; they must match")
+        raise ValueError(
+            f"policy and baseline have {policy.size} and {baseline.size} scores; they must match"
+        )
     if policy.size == 0:
         raise ValueError("win_rate needs at least one pair of scores")
     n = int(policy.size)

@@ -86,7 +86,9 @@ def dpo_loss(
     loss = losses.mean()
     metrics = {"loss/dpo": loss.item()}
     metrics.update(
-        _preference_metrics(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta)
+        _preference_metrics(
+            chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta
+        )
     )
     return loss, metrics
 
@@ -131,7 +133,9 @@ def ipo_loss(
     loss = ((h - 1.0 / (2.0 * beta)) ** 2).mean()
     metrics = {"loss/ipo": loss.item(), "loss/dpo": loss.item()}
     metrics.update(
-        _preference_metrics(chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta)
+        _preference_metrics(
+            chosen_logprobs, rejected_logprobs, ref_chosen_logprobs, ref_rejected_logprobs, beta
+        )
     )
     return loss, metrics
 
@@ -165,7 +169,8 @@ def kto_loss(
     """Kahneman-Tversky Optimization loss for unpaired desirable / undesirable completions.
 
     Ethayarajh et al. 2024, eq. 8, with r = log pi(y|x) - log pi_ref(y|x) and z0 the KL reference point:
-    desirable: lambda_D * (1 - sigmoid(beta * (r - z0))); undesirable: lambda_U * (1 - sigmoid(beta * (z0 - r))).
+    desirable: lambda_D * (1 - sigmoid(beta * (r - z0)));
+    undesirable: lambda_U * (1 - sigmoid(beta * (z0 - r))).
     z0 is detached and clamped at 0: no gradient flows through it.
 
     Args:

@@ -76,7 +76,8 @@ def ppo_value_loss(
     """
     old_values = old_values.detach()
     returns = returns.detach()
-    values_clipped = old_values + torch.clamp(values - old_values, -value_clip_coef, value_clip_coef)  # (B, T_r)
+    value_change = torch.clamp(values - old_values, -value_clip_coef, value_clip_coef)  # (B, T_r)
+    values_clipped = old_values + value_change  # (B, T_r)
     vf_losses1 = (values - returns) ** 2  # (B, T_r)
     vf_losses2 = (values_clipped - returns) ** 2  # (B, T_r)
     loss = 0.5 * masked_mean(torch.max(vf_losses1, vf_losses2), response_mask)

@@ -20,7 +20,7 @@ def sft_loss(
     follow instructions with human feedback", sec. 3.5 "Supervised fine-tuning").
 
     Args:
-        logits: (B, T, V); `logits[:, t]` is already aligned to predict `labels[:, t]` (shifted by the caller).
+        logits: (B, T, V); `logits[:, t]` already predicts `labels[:, t]` (the caller shifts).
         labels: (B, T) long target ids; any value where `loss_mask` is False (e.g. -100) is ignored.
         loss_mask: (B, T) bool, True on the tokens that are trained on (usually the response).
 
