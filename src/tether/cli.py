@@ -1,0 +1,206 @@
+"""`tether ...`: parse arguments -> build a config -> call the stage.
+
+Each stage takes `--config FILE.yaml` and dotted overrides (`train.learning_rate=1e-5`). User errors
+(bad config, bad data, missing model) print one line to stderr and exit 1; `--debug` shows the
+traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Callable
+
+from tether.config import CONFIGS, EvalConfig, GenerationConfig, describe, load_config, validate
+from tether.errors import TetherError
+
+STAGE_HELP = {
+    "pretrain": "train a byte-level BPE tokenizer and a small causal LM from scratch",
+    "sft": "supervised fine-tuning (loss on response tokens only, optional LoRA)",
+    "rm": "train a reward model (Bradley-Terry); `tether rm eval` evaluates one",
+    "ppo": "PPO against a reward model with a per-token KL penalty to the frozen reference",
+}
+
+
+def _runner(module: str, name: str) -> Callable:
+    """A stage function imported on first call, so `tether --help` and `tether label` stay light."""
+
+    def call(cfg):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(cfg)
+
+    return call
+
+
+def _runners() -> dict[str, Callable]:
+    return {
+        "pretrain": _runner("tether.trainers.pretrain", "train_pretrain"),
+        "sft": _runner("tether.trainers.sft", "train_sft"),
+        "rm": _runner("tether.trainers.reward", "train_reward"),
+        "ppo": _runner("tether.trainers.ppo", "train_ppo"),
+        "eval": _runner("tether.eval.policy", "evaluate_policies"),
+    }
+
+
+def _stage_parser(sub, name: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=STAGE_HELP[name], formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or as key.path=value):\n" + "\n".join(describe(CONFIGS[name])),
+    )
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-5")
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tether", description="RLHF for language models: feedback, reward models, PPO, DPO.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a pipeline of stages (finished stages are skipped)")
+    run.add_argument("pipeline")
+    run.add_argument("overrides", nargs="*", help="STAGE.key=value, data_dir=..., output_root=...")
+
+    for name in ("pretrain", "sft", "ppo"):
+        _stage_parser(sub, name)
+    rm = _stage_parser(sub, "rm")
+    rm.add_argument("--model", help="with `eval`: the reward model directory")
+    rm.add_argument("--data", help="with `eval`: a preference file")
+    rm.add_argument("--json", action="store_true", help="with `eval`: print the result as JSON")
+    rm.add_argument("--report", help="with `eval`: also write an HTML report here")
+    rm.add_argument("--batch-size", type=int, default=32)
+
+    ev = sub.add_parser(
+        "eval", help="baseline vs policy on the same prompts; writes eval.json and report.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys:\n" + "\n".join(describe(EvalConfig)),
+    )
+    ev.add_argument("--config")
+    ev.add_argument("--baseline")
+    ev.add_argument("--policy")
+    ev.add_argument("--prompts")
+    ev.add_argument("--reward-model", action="append", dest="reward_models", help="may be given several times")
+    ev.add_argument("--out", dest="output_dir")
+    ev.add_argument("--train-metrics", help="metrics.jsonl of the PPO run (curves in the report)")
+    ev.add_argument("--json", action="store_true")
+    ev.add_argument("overrides", nargs="*")
+
+    sample = sub.add_parser("sample", help="K sampled completions per prompt, written as a campaign file for labeling")
+    sample.add_argument("--model", required=True)
+    sample.add_argument("--prompts", required=True)
+    sample.add_argument("--k", type=int, default=4)
+    sample.add_argument("--out", required=True)
+    sample.add_argument("--max-prompts", type=int)
+    sample.add_argument("--temperature", type=float, default=1.0)
+    sample.add_argument("--top-p", type=float, default=1.0)
+    sample.add_argument("--max-new-tokens", type=int, default=64)
+    sample.add_argument("--seed", type=int, default=0)
+
+    sub.add_parser("label", help="the human feedback app: serve, import, export (see `tether label --help`)", add_help=False)
+    return parser
+
+
+def _eval_config(args) -> EvalConfig:
+    from tether.config import apply_overrides, read_yaml
+
+    data = read_yaml(args.config) if args.config else {}
+    for key in ("baseline", "policy", "prompts", "reward_models", "output_dir", "train_metrics"):
+        if getattr(args, key, None):
+            data[key] = getattr(args, key)
+    data.setdefault("output_dir", "runs/eval")
+    data = apply_overrides(data, args.overrides, EvalConfig)
+    return validate(EvalConfig, data, origin=args.config or "tether eval")
+
+
+def _rm_eval(args) -> int:
+    from tether.eval.reward_eval import evaluate_reward_model, write_reward_report
+
+    if not args.model or not args.data:
+        raise TetherError("tether rm eval needs --model DIR and --data FILE")
+    result = evaluate_reward_model(args.model, args.data, batch_size=args.batch_size)
+    if args.report:
+        write_reward_report(args.report, result)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"accuracy {result['accuracy']:.4f} on {result['n']} pairs")
+    return 0
+
+
+def _sample(args) -> int:
+    from tether.rollout.sample import sample_to_file
+
+    gen = GenerationConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens)
+    n = sample_to_file(args.model, args.prompts, args.k, args.out, gen, max_prompts=args.max_prompts, seed=args.seed)
+    print(f"wrote {n} items with {args.k} completions each to {args.out}")
+    return 0
+
+
+def dispatch(args, argv: list[str]) -> int:
+    if args.command == "run":
+        from tether.pipeline import run_pipeline
+
+        outputs = run_pipeline(args.pipeline, args.overrides, _runners())
+        for out in outputs.values():
+            for name in ("report.html", "eval.json"):
+                if (out / name).is_file():
+                    print(f"{name}: {out / name}")
+        return 0
+    if args.command == "rm" and args.overrides[:1] == ["eval"]:
+        args.overrides = args.overrides[1:]
+        return _rm_eval(args)
+    if args.command in ("pretrain", "sft", "rm", "ppo"):
+        cfg = load_config(CONFIGS[args.command], args.config, args.overrides)
+        out = _runners()[args.command](cfg)
+        print(out)
+        return 0
+    if args.command == "eval":
+        result = _runners()["eval"](_eval_config(args))
+        if args.json:
+            print(json.dumps(result.to_json(), indent=2))
+        return 0
+    if args.command == "sample":
+        return _sample(args)
+    raise TetherError(f"unknown command {args.command}")
+
+
+def _quiet_transformers() -> None:
+    """Our own progress bars and messages replace transformers' shard bars and length warnings."""
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    rest = [a for a in argv if a != "--debug"]
+    if rest[:1] == ["label"]:
+        from tether.feedback.cli import main as label_main
+
+        return label_main(rest[1:])
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    _quiet_transformers()
+    args = build_parser().parse_args(argv)
+    try:
+        return dispatch(args, argv)
+    except TetherError as exc:
+        if debug:
+            raise
+        print(f"tether: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("tether: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

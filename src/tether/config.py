@@ -1,0 +1,364 @@
+"""One config schema per command, loaded from YAML with dotted overrides.
+
+`load_config(PPOConfig, "configs/ppo_tiny.yaml", ["ppo.kl_coef=0.05"])` reads the file, applies the
+overrides (values parsed as YAML, so `true`, `3e-4` and `[a, b]` work), and validates. Unknown keys
+and wrong types raise `ConfigError` naming the key, before anything runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from tether.errors import ConfigError
+
+DEFAULT_PROMPT_TEMPLATE = "\n\nHuman: {prompt}\n\nAssistant:"
+
+
+class Strict(BaseModel):
+    """A config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+# --------------------------------------------------------------------------- shared sections
+
+
+class LoRAConfig(Strict):
+    enabled: bool = Field(False, description="train LoRA adapters instead of all weights (peft)")
+    r: int = Field(16, gt=0, description="LoRA rank")
+    alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA path")
+    target_modules: str | list[str] = Field("all-linear", description="modules that get adapters")
+
+
+class ModelConfig(Strict):
+    name_or_path: str = Field(
+        ..., description="HF hub id, local directory, or a tiny random model: tiny-llama, tiny-gpt2, tiny-bert"
+    )
+    tokenizer: str | None = Field(None, description="tokenizer path if not the model's")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    )
+    lora: LoRAConfig = Field(default_factory=LoRAConfig)
+    gradient_checkpointing: bool = False
+
+
+class DataConfig(Strict):
+    train: str | list[str] = Field(..., description="JSONL(.gz)/JSON/Parquet file(s) or a hub dataset id")
+    eval: str | None = Field(None, description="evaluation file; if unset, `holdout_fraction` of train is held out")
+    split: Literal["train", "holdout", "all"] = Field(
+        "train", description="which part of `train` to use: the hash-split train part, the held-out part, or all"
+    )
+    holdout_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0, description="fraction of prompts held out (split by a hash of the prompt, so every stage agrees)"
+    )
+    max_samples: int | None = Field(None, gt=0, description="use at most this many rows (after the split)")
+    max_length: int = Field(512, gt=8, description="max tokens of prompt + response")
+    max_prompt_length: int = Field(384, gt=0, description="max prompt tokens; longer prompts are cut from the left")
+    truncation: Literal["left", "drop", "error"] = Field(
+        "left",
+        description="left: cut the prompt from the left to fit (rows whose response alone is too long are an error); "
+        "drop: like left, but skip such rows and report the count; error: stop on any too-long row",
+    )
+    on_invalid: Literal["error", "skip"] = Field(
+        "error", description="a row with an empty field: stop (error) or skip it and report the count (skip)"
+    )
+    prompt_template: str = Field(
+        DEFAULT_PROMPT_TEMPLATE,
+        description="how a plain prompt is shown to a causal LM; prompts already in 'Human:/Assistant:' form are kept",
+    )
+    seed: int = 0
+
+
+class TrainConfig(Strict):
+    learning_rate: float = Field(1e-4, gt=0.0)
+    batch_size: int = Field(8, gt=0, description="examples per optimizer micro-batch")
+    grad_accum_steps: int = Field(1, gt=0)
+    epochs: float = Field(1.0, gt=0.0)
+    max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    seed: int = 0
+    log_every: int = Field(10, gt=0)
+    eval_every: int | None = Field(None, gt=0)
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (also at the end)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+
+
+class GenerationConfig(Strict):
+    max_new_tokens: int = Field(48, gt=0)
+    temperature: float = Field(1.0, gt=0.0)
+    top_k: int = Field(0, ge=0, description="0 = off (PPO samples from the full distribution)")
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    do_sample: bool = True
+    batch_size: int = Field(16, gt=0)
+
+
+class StageBase(Strict):
+    model: ModelConfig
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = Field(..., description="where the run directory and final model are written")
+    overwrite: bool = Field(False, description="allow writing into an output_dir that holds a different run")
+
+
+# --------------------------------------------------------------------------- per command
+
+
+class PretrainArch(Strict):
+    kind: Literal["llama", "gpt2"] = "llama"
+    vocab_size: int = Field(8192, gt=300)
+    hidden_size: int = Field(256, gt=0)
+    num_layers: int = Field(4, gt=0)
+    num_heads: int = Field(4, gt=0)
+    intermediate_size: int = Field(704, gt=0)
+    max_position_embeddings: int = Field(512, gt=8)
+    tie_word_embeddings: bool = True
+
+
+class PretrainConfig(StageBase):
+    """`tether pretrain`: a byte-level BPE tokenizer and a small causal LM trained from scratch."""
+
+    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="scratch"))
+    arch: PretrainArch = Field(default_factory=PretrainArch)
+    text_fields: list[str] = Field(
+        default_factory=lambda: ["text", "prompt", "response", "chosen", "rejected"],
+        description="fields of each row whose text is used; a prompt is joined with its response/chosen reply",
+    )
+    block_size: int = Field(256, gt=8, description="tokens per training sequence (packed)")
+    max_chars: int | None = Field(None, gt=0, description="use at most this many characters of text")
+    max_minutes: float | None = Field(None, gt=0.0, description="stop training after this many minutes")
+
+
+class SFTConfig(StageBase):
+    """`tether sft`: loss on response tokens only, EOS appended."""
+
+
+class RewardConfig(StageBase):
+    """`tether rm`: a scalar-head reward model trained with the Bradley-Terry loss."""
+
+    normalize: bool = Field(True, description="save gain/bias so scores of the chosen/rejected set have mean 0, std 1")
+    freeze_layers: int = Field(0, ge=0, description="freeze the embeddings and this many lowest layers")
+
+
+class RewardModelRef(Strict):
+    path: str = Field(..., description="directory written by `tether rm` (or any HF sequence-classification model)")
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(256, gt=8)
+
+
+class PPOParams(Strict):
+    batch_size: int = Field(16, gt=0, description="prompts per rollout")
+    num_ppo_epochs: int = Field(4, gt=0)
+    num_minibatches: int = Field(2, gt=0)
+    kl_coef: float = Field(0.05, ge=0.0, description="initial KL penalty coefficient (beta)")
+    adaptive_kl: bool = Field(False, description="adapt kl_coef to reach target_kl (Ziegler et al. 2019)")
+    target_kl: float = Field(6.0, gt=0.0, description="target summed KL per response, for the adaptive controller")
+    kl_horizon: int = Field(10000, gt=0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    clip_coef: float = Field(0.2, gt=0.0)
+    value_clip_coef: float = Field(0.2, gt=0.0)
+    vf_coef: float = Field(0.1, ge=0.0)
+    ent_coef: float = Field(0.0, ge=0.0)
+    whiten_advantages: bool = True
+    whiten_scores: bool = Field(False, description="whiten reward-model scores per batch")
+    missing_eos_penalty: float | None = Field(
+        -1.0, description="score given to a response that never emitted EOS (None: keep the model's score)"
+    )
+    value_init: Literal["policy", "reward_model"] = Field(
+        "policy", description="initialise the value model from the policy or from the reward model"
+    )
+    value_learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
+    # stopping
+    reward_threshold: float | None = Field(None, description="stop when the mean score reaches this")
+    kl_budget: float | None = Field(None, gt=0.0, description="stop when the mean summed KL to the reference exceeds this")
+    check_rollout_logprobs: bool = Field(True, description="assert rollout logprobs equal a fresh forward pass")
+
+
+class PPOConfig(StageBase):
+    """`tether ppo`: PPO against a reward model with a per-token KL penalty to the frozen reference."""
+
+    reward_model: RewardModelRef
+    ppo: PPOParams = Field(default_factory=PPOParams)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+
+
+class EvalConfig(Strict):
+    """`tether eval`: baseline and policy answer the same held-out prompts."""
+
+    baseline: str
+    policy: str
+    prompts: str
+    reward_models: list[str] = Field(..., min_length=1)
+    output_dir: str
+    split: Literal["train", "holdout", "all"] = "holdout"
+    holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    max_prompts: int | None = Field(64, gt=0)
+    prompt_template: str = DEFAULT_PROMPT_TEMPLATE
+    max_prompt_length: int = 384
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.7))
+    train_metrics: str | None = Field(None, description="metrics.jsonl of the PPO run for the curves")
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    overwrite: bool = True
+
+
+CONFIGS: dict[str, type[Strict]] = {
+    "pretrain": PretrainConfig,
+    "sft": SFTConfig,
+    "rm": RewardConfig,
+    "ppo": PPOConfig,
+    "eval": EvalConfig,
+}
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `a.b.c=value` into (["a", "b", "c"], parsed value).
+
+    Raises:
+        ConfigError: when there is no `=` or the key is empty.
+    """
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' must look like key.path=value")
+    key, raw = text.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not key.strip() or any(not p for p in parts):
+        raise ConfigError(f"override '{text}' has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return parts, value
+
+
+def apply_overrides(data: dict, overrides: list[str], schema: type[Strict]) -> dict:
+    """Set each dotted key in a nested dict; unknown keys are reported against the schema.
+
+    Raises:
+        ConfigError: naming the override key when it does not exist in the schema.
+    """
+    for text in overrides:
+        parts, value = parse_override(text)
+        _check_key(schema, parts, text)
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def _check_key(schema: type[BaseModel], parts: list[str], text: str) -> None:
+    model: Any = schema
+    for i, p in enumerate(parts):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return  # a free-form dict or list value: nothing more to check
+        if p not in model.model_fields:
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(
+                f"unknown config key '{where}' in override '{text}'; valid keys here: {', '.join(model.model_fields)}"
+            )
+        model = _section_type(model.model_fields[p].annotation)
+
+
+def _section_type(annotation: Any) -> Any:
+    """The BaseModel class inside an annotation like `X | None`, else the annotation."""
+    for arg in getattr(annotation, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return annotation
+
+
+def read_yaml(path: str | Path) -> dict:
+    """Read a YAML mapping.
+
+    Raises:
+        ConfigError: missing file, invalid YAML (with the line), or not a mapping.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of config keys at the top level")
+    return data
+
+
+def validate(schema: type[Strict], data: dict, origin: str = "config"):
+    """Validate a dict against a schema, turning pydantic errors into one clear line.
+
+    Raises:
+        ConfigError: naming the first bad key, what was given and what is expected.
+    """
+    try:
+        return schema.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            raise ConfigError(f"{origin}: unknown config key '{key}'") from None
+        if err["type"] == "missing":
+            raise ConfigError(f"{origin}: missing required config key '{key}'") from None
+        given = err.get("input")
+        given_text = f" (got {given!r})" if not isinstance(given, dict) else ""
+        raise ConfigError(f"{origin}: config key '{key}': {err['msg']}{given_text}") from None
+
+
+def load_config(schema: type[Strict], path: str | Path | None, overrides: list[str] | None = None):
+    """Load a YAML file (optional) plus dotted overrides into a validated config object.
+
+    Args:
+        schema: the config class of the command, e.g. `PPOConfig`.
+        path: YAML file, or None to build from overrides alone.
+        overrides: `key.path=value` strings; later ones win.
+
+    Returns:
+        An instance of `schema`.
+
+    Raises:
+        ConfigError: missing file, bad YAML, unknown key, wrong type or value.
+    """
+    data = read_yaml(path) if path is not None else {}
+    data = apply_overrides(data, list(overrides or []), schema)
+    return validate(schema, data, origin=str(path) if path else "config")
+
+
+def dump_config(cfg: BaseModel) -> str:
+    """The resolved config as YAML (written to every run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def describe(schema: type[BaseModel], prefix: str = "") -> list[str]:
+    """One line per config key with its type, default and description (for `--help`)."""
+    lines = []
+    for name, f in schema.model_fields.items():
+        key = f"{prefix}{name}"
+        sub = _section_type(f.annotation)
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            lines.extend(describe(sub, key + "."))
+            continue
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        doc = f" - {f.description}" if f.description else ""
+        lines.append(f"  {key} (default {default}){doc}")
+    return lines

@@ -1,0 +1,141 @@
+"""Tokenization for every stage: prompt formatting, response masks, truncation and padding.
+
+Conventions:
+- A prompt is shown to a causal LM in the Human/Assistant form (`format_prompt`); a reply is appended
+  after one space, followed by EOS.
+- Training batches are right-padded; generation batches are left-padded so every prompt ends at the
+  same column and new tokens line up.
+- Prompts that are too long lose tokens from the left (the most recent turns are kept); a response is
+  never cut, and a row whose response alone does not fit is an error naming its file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from rich.console import Console
+
+from tether.errors import DataError
+from tether.types import PreferenceBatch, SFTBatch, SFTExample
+
+_console = Console(stderr=True)
+
+
+def format_prompt(prompt: str, template: str) -> str:
+    """Put a plain prompt into the template; prompts already ending in 'Assistant:' are kept as they are."""
+    if prompt.rstrip().endswith("Assistant:"):
+        return prompt.rstrip()
+    return template.format(prompt=prompt.strip())
+
+
+def format_response(response: str) -> str:
+    """A reply follows 'Assistant:' after one space."""
+    return " " + response.strip()
+
+
+@dataclass
+class TokenizedSFT:
+    input_ids: list[int]
+    loss_mask: list[bool]
+
+
+def _fit(prompt_ids: list[int], n_response: int, max_length: int, max_prompt_length: int, truncation: str, source: str) -> list[int]:
+    """Cut the prompt from the left so prompt + response fits, or raise."""
+    room = min(max_prompt_length, max_length - n_response)
+    if len(prompt_ids) <= room and len(prompt_ids) + n_response <= max_length:
+        return prompt_ids
+    if truncation == "error" or room < 1:  # "drop" rows never reach here with room < 1
+        raise DataError(
+            f"{source}: {len(prompt_ids)} prompt + {n_response} response tokens exceed data.max_length={max_length}"
+            + (" (the response alone does not fit)" if room < 1 else "; set data.truncation=left to cut the prompt")
+        )
+    return prompt_ids[-room:]
+
+
+def tokenize_sft(examples: list[SFTExample], tokenizer, template: str, max_length: int, max_prompt_length: int, truncation: str) -> list[TokenizedSFT]:
+    """Tokenize prompt/response pairs with the loss on response tokens and EOS only.
+
+    Raises:
+        DataError: a response longer than `max_length`, or a long prompt with truncation='error'.
+    """
+    eos = tokenizer.eos_token_id
+    out, dropped = [], 0
+    for ex in examples:
+        prompt_ids = tokenizer(format_prompt(ex.prompt, template), add_special_tokens=True)["input_ids"]
+        response_ids = tokenizer(format_response(ex.response), add_special_tokens=False)["input_ids"] + [eos]
+        if truncation == "drop" and len(response_ids) >= max_length:
+            dropped += 1
+            continue
+        prompt_ids = _fit(prompt_ids, len(response_ids), max_length, max_prompt_length, truncation, ex.source)
+        out.append(TokenizedSFT(prompt_ids + response_ids, [False] * len(prompt_ids) + [True] * len(response_ids)))
+    if dropped:
+        _console.print(f"[yellow]dropped {dropped} of {len(examples)} examples whose response exceeds max_length={max_length}[/]")
+    if examples and not out:
+        raise DataError(f"every example is longer than data.max_length={max_length}")
+    return out
+
+
+def collate_sft(items: list[TokenizedSFT], pad_token_id: int) -> SFTBatch:
+    """Right-pad tokenized SFT examples into an `SFTBatch`."""
+    T = max(len(it.input_ids) for it in items)
+    ids = torch.full((len(items), T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(items), T), dtype=torch.long)
+    loss_mask = torch.zeros((len(items), T), dtype=torch.bool)
+    for i, it in enumerate(items):
+        n = len(it.input_ids)
+        ids[i, :n] = torch.tensor(it.input_ids)
+        mask[i, :n] = 1
+        loss_mask[i, :n] = torch.tensor(it.loss_mask)
+    return SFTBatch(ids, mask, loss_mask)
+
+
+def tokenize_prompts(prompts: list[str], tokenizer, template: str, max_prompt_length: int) -> list[list[int]]:
+    """Token ids of formatted prompts, cut from the left to `max_prompt_length`."""
+    out = []
+    for p in prompts:
+        ids = tokenizer(format_prompt(p, template), add_special_tokens=True)["input_ids"]
+        out.append(ids[-max_prompt_length:])
+    return out
+
+
+def left_pad(seqs: list[list[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad id lists. Returns (ids (B, T), attention_mask (B, T))."""
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        if s:
+            ids[i, T - len(s):] = torch.tensor(s)
+            mask[i, T - len(s):] = 1
+    return ids, mask
+
+
+def reward_texts(prompts: list[str], responses: list[str], template: str) -> list[str]:
+    """The text a reward model reads: the formatted prompt followed by the reply."""
+    return [format_prompt(p, template) + format_response(r) for p, r in zip(prompts, responses)]
+
+
+def tokenize_for_reward(tokenizer, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded reward-model inputs; long texts lose tokens from the left so the reply is kept.
+
+    Returns:
+        (input_ids (B, T), attention_mask (B, T)).
+    """
+    side = tokenizer.truncation_side
+    tokenizer.truncation_side = "left"
+    try:
+        enc = tokenizer(texts, max_length=max_length, truncation=True, padding=True, return_tensors="pt")
+    finally:
+        tokenizer.truncation_side = side
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def collate_preferences(tokenizer, chosen_texts: list[str], rejected_texts: list[str], max_length: int, margins: list[float | None] | None = None) -> PreferenceBatch:
+    """Tokenize chosen and rejected texts for a reward model."""
+    c_ids, c_mask = tokenize_for_reward(tokenizer, chosen_texts, max_length)
+    r_ids, r_mask = tokenize_for_reward(tokenizer, rejected_texts, max_length)
+    margin = None
+    if margins is not None and any(m is not None for m in margins):
+        margin = torch.tensor([m or 0.0 for m in margins], dtype=torch.float32)
+    return PreferenceBatch(c_ids, c_mask, r_ids, r_mask, margin)

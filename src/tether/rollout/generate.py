@@ -1,0 +1,100 @@
+"""Sampling responses from a policy: left padding, temperature, EOS truncation.
+
+Responses end at the first EOS (kept, so the model learns to stop); everything after it becomes pad,
+and pad is never EOS (DESIGN.md 6.2). A response that never emits EOS runs to `max_new_tokens` and is
+flagged by `response_mask[:, -1]` being True without an EOS there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from tether.config import GenerationConfig
+from tether.data.tokenize import left_pad
+from tether.ops import gather_logprobs, response_mask_from_eos
+
+
+@dataclass
+class Generation:
+    """Prompts and sampled responses of one batch."""
+
+    prompts: torch.Tensor  # (B, T_p) long, left-padded
+    prompt_mask: torch.Tensor  # (B, T_p) long
+    responses: torch.Tensor  # (B, T_r) long, pad after EOS
+    response_mask: torch.Tensor  # (B, T_r) bool, True up to and including EOS
+    ended: torch.Tensor  # (B,) bool, True where the response emitted EOS
+    sampling_logprobs: torch.Tensor | None = None  # (B, T_r) from the generation engine's own logits
+
+
+def _pad_right(t: torch.Tensor, width: int, value: int | float) -> torch.Tensor:
+    if t.shape[1] >= width:
+        return t
+    pad = torch.full((t.shape[0], width - t.shape[1]), value, dtype=t.dtype, device=t.device)
+    return torch.cat([t, pad], dim=1)
+
+
+@torch.no_grad()
+def generate(
+    policy: nn.Module,
+    tokenizer,
+    prompt_ids: list[list[int]],
+    gen: GenerationConfig,
+    device: torch.device,
+    return_sampling_logprobs: bool = False,
+) -> Generation:
+    """Sample one response per prompt with HF `generate`, in chunks of `gen.batch_size`.
+
+    Args:
+        prompt_ids: B lists of token ids (already formatted and truncated).
+        gen: sampling settings (temperature, top-k/top-p, max_new_tokens).
+        return_sampling_logprobs: also return the logprobs the engine sampled from (for the
+            rollout-logprob check, DESIGN.md 6.8).
+
+    Returns:
+        A `Generation` with all tensors on `device`.
+    """
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    ids, mask = left_pad(prompt_ids, pad)
+    ids, mask = ids.to(device), mask.to(device)
+    was_training = policy.training
+    policy.eval()
+    responses, sampling = [], []
+    for i in range(0, ids.shape[0], gen.batch_size):
+        out = policy.generate(
+            input_ids=ids[i : i + gen.batch_size],
+            attention_mask=mask[i : i + gen.batch_size],
+            do_sample=gen.do_sample,
+            temperature=gen.temperature if gen.do_sample else None,
+            top_k=gen.top_k if gen.do_sample else None,
+            top_p=gen.top_p if gen.do_sample else None,
+            max_new_tokens=gen.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=eos,
+            return_dict_in_generate=True,
+            output_logits=return_sampling_logprobs,
+        )
+        new = out.sequences[:, ids.shape[1] :]  # (b, t_r)
+        responses.append(new)
+        if return_sampling_logprobs:
+            logits = torch.stack(out.logits, dim=1).float() / gen.temperature  # (b, t_r, V)
+            sampling.append(gather_logprobs(logits, new))
+    policy.train(was_training)
+    width = max(r.shape[1] for r in responses)
+    resp = torch.cat([_pad_right(r, width, pad) for r in responses])  # (B, T_r)
+    response_mask = response_mask_from_eos(resp, eos, pad)  # (B, T_r)
+    resp = resp.masked_fill(~response_mask, pad)
+    ended = ((resp == eos) & response_mask).any(dim=1)
+    sampling_logprobs = torch.cat([_pad_right(s, width, 0.0) for s in sampling]) if sampling else None
+    return Generation(ids, mask, resp, response_mask, ended, sampling_logprobs)
+
+
+def decode_responses(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:
+    """Text of each response without EOS and pad."""
+    out = []
+    for row, m in zip(responses.tolist(), response_mask.tolist()):
+        toks = [t for t, keep in zip(row, m) if keep and t != tokenizer.eos_token_id]
+        out.append(tokenizer.decode(toks, skip_special_tokens=True).strip())
+    return out

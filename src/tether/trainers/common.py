@@ -1,0 +1,148 @@
+"""What every trainer shares: the run directory, metrics, optimizer, schedule, seeds, NaN guard.
+
+A run directory holds `config.yaml` (the resolved config), `metrics.jsonl` (one JSON object per logged
+step), `checkpoints/step-N/` (written to a temporary name, then renamed, so a half-written checkpoint
+is never picked up) and, at the end, the final model in Hugging Face format plus a `DONE` marker.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from tether.config import Strict, TrainConfig, dump_config
+from tether.errors import ConfigError, TrainingError
+
+console = Console(stderr=True)
+DONE_FILE = "DONE"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunDir:
+    """A run directory: resolved config, metrics log, checkpoints, final model.
+
+    Raises:
+        ConfigError: when `path` already holds a different run and `overwrite` is False.
+    """
+
+    def __init__(self, path: str | Path, cfg: Strict, overwrite: bool = False):
+        self.path = Path(path)
+        self.config_text = dump_config(cfg)
+        existing = self.path / "config.yaml"
+        if existing.is_file() and existing.read_text() != self.config_text and not overwrite:
+            raise ConfigError(
+                f"output_dir {self.path} already holds a different run (its config.yaml differs); "
+                "choose another output_dir or set overwrite=true"
+            )
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / DONE_FILE).unlink(missing_ok=True)
+        existing.write_text(self.config_text)
+        self.metrics_path = self.path / "metrics.jsonl"
+        self.metrics_path.write_text("")
+        self.start = time.time()
+
+    def log(self, step: int, metrics: dict[str, float]) -> None:
+        """Append one line of metrics (floats) for `step`."""
+        row = {"step": step, "time": round(time.time() - self.start, 3)}
+        row.update({k: (float(v) if v is not None else None) for k, v in metrics.items()})
+        with open(self.metrics_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+
+    def checkpoint(self, step: int, save: Callable[[Path], None], keep: int = 2) -> Path:
+        """Write a checkpoint atomically: into `step-N.tmp`, then rename to `step-N`."""
+        root = self.path / "checkpoints"
+        root.mkdir(exist_ok=True)
+        tmp, final = root / f"step-{step}.tmp", root / f"step-{step}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save(tmp)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def last_checkpoint(self) -> Path | None:
+        root = self.path / "checkpoints"
+        done = sorted(root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1])) if root.is_dir() else []
+        return done[-1] if done else None
+
+    def finish(self, summary: dict | None = None) -> None:
+        (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
+
+
+def is_done(path: str | Path) -> bool:
+    """True when `path` holds a finished run."""
+    return (Path(path) / DONE_FILE).is_file()
+
+
+def make_optimizer(params: Iterable[torch.nn.Parameter], train: TrainConfig, lr: float | None = None) -> torch.optim.Optimizer:
+    """AdamW over the parameters that require gradients."""
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ConfigError("nothing to train: every parameter is frozen")
+    return torch.optim.AdamW(
+        params, lr=lr or train.learning_rate, betas=(train.adam_beta1, train.adam_beta2), weight_decay=train.weight_decay
+    )
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, train: TrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    return get_scheduler(
+        train.lr_scheduler, optimizer, num_warmup_steps=int(train.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+
+
+def total_steps(train: TrainConfig, n_examples: int) -> int:
+    """Optimizer steps: `max_steps` if set, else epochs over the data."""
+    if train.max_steps:
+        return train.max_steps
+    per_epoch = math.ceil(n_examples / (train.batch_size * train.grad_accum_steps))
+    return max(1, int(math.ceil(per_epoch * train.epochs)))
+
+
+def check_finite(loss: torch.Tensor, step: int, run: RunDir) -> None:
+    """Stop on a NaN or infinite loss, naming the step and the last good checkpoint.
+
+    Raises:
+        TrainingError: when `loss` is not finite.
+    """
+    if torch.isfinite(loss).all():
+        return
+    last = run.last_checkpoint()
+    kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written before it"
+    raise TrainingError(f"loss is {loss.item()} at step {step}{kept}. Try a lower learning rate or check the data")
+
+
+def progress() -> Progress:
+    """A rich progress bar on stderr."""
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+    )
+
+
+def fmt(metrics: dict[str, float], keys: list[str]) -> str:
+    return " ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in keys if k in metrics and metrics[k] is not None)
+
+
+def infinite(loader: Iterable) -> Iterable:
+    """Cycle a loader forever (each pass reshuffles when the loader does)."""
+    while True:
+        yield from loader

@@ -1,0 +1,279 @@
+"""PPO against a reward model with a per-token KL penalty to the frozen reference (RLHF).
+
+Ziegler et al. 2019 (KL-shaped reward, adaptive KL), Stiennon et al. 2020, Ouyang et al. 2022 (InstructGPT);
+the PPO objective is Schulman et al. 2017, GAE Schulman et al. 2016. Every detail of DESIGN.md section 6
+is listed with its place in docs/implementation_details.md.
+
+One iteration:
+    1. generate     sample one response per prompt from the policy (left padding, temperature T)
+    2. score        logprobs, ref_logprobs and values from one pass each; reward-model scores of the text
+    3. rewards      score at the last real token, -kl_coef * kl on every token; GAE advantages and returns
+    4. optimise     several epochs of minibatches: clipped policy loss, clipped value loss, entropy bonus
+    5. control      KL controller update, metrics, stopping criteria, checkpoints
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tether.config import PPOConfig
+from tether.data.sources import load_prompts, select
+from tether.data.tokenize import tokenize_prompts
+from tether.errors import ModelError, TrainingError
+from tether.losses.ppo import ppo_policy_loss, ppo_value_loss
+from tether.models.heads import ValueModel
+from tether.models.load import (
+    apply_lora, count_parameters, load_causal_lm, reference_context, resolve_device, save_causal_lm, set_threads,
+)
+from tether.models.logprobs import response_logprobs
+from tether.models.reward import RewardModel
+from tether.ops import masked_mean, masked_whiten
+from tether.rl.advantages import compute_gae
+from tether.rl.kl import kl_estimate, make_kl_controller
+from tether.rl.rewards import compute_rewards
+from tether.rollout.generate import decode_responses, generate
+from tether.trainers.common import RunDir, check_finite, console, fmt, progress, set_seed
+from tether.trainers.sft import check_context
+from tether.types import Rollout
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module
+    ref_policy: torch.nn.Module | None  # None with LoRA: the policy with adapters disabled
+    value_model: ValueModel
+    reward_model: RewardModel
+    tokenizer: object
+
+
+def load_models(cfg: PPOConfig, device: torch.device) -> Models:
+    """Policy (+LoRA), reference, value model and reward model, as configured.
+
+    Raises:
+        ModelError: a missing model, or a value model from a reward model whose tokenizer differs.
+    """
+    policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
+    check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
+    reward_model = RewardModel.load(cfg.reward_model.path, device)
+    if cfg.ppo.value_init == "policy":
+        value_model = ValueModel.from_backbone_of(policy)
+    else:
+        if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ModelError(
+                "ppo.value_init=reward_model needs the reward model and the policy to share a tokenizer "
+                "(values are per policy token); use ppo.value_init=policy"
+            )
+        value_model = ValueModel.from_pretrained(reward_model_path(cfg)).to(device)
+    if cfg.model.lora.enabled:
+        policy, ref_policy = apply_lora(policy, cfg.model.lora), None
+    else:
+        ref_policy = copy.deepcopy(policy).eval()
+        for p in ref_policy.parameters():
+            p.requires_grad_(False)
+    return Models(policy, ref_policy, value_model, reward_model, tokenizer)
+
+
+def reward_model_path(cfg: PPOConfig) -> str:
+    return cfg.reward_model.path
+
+
+@torch.no_grad()
+def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float]) -> tuple[Rollout, dict]:
+    """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics."""
+    g, d = cfg.generation, cfg.data
+    # 1. generate (the policy's own sampling logprobs come back for the engine check)
+    prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
+    gen = generate(m.policy, m.tokenizer, prompt_ids, g, device, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs)
+    T_p = gen.prompts.shape[1]
+    sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
+    attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
+
+    # 2. score: one forward pass per role, all with the sampling temperature
+    m.policy.eval()
+    logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+    with reference_context(m.policy, m.ref_policy):
+        ref_model = m.ref_policy if m.ref_policy is not None else m.policy
+        ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+    values = m.value_model(sequences, attention_mask)[:, T_p - 1 : -1]  # (B, T_r) value of the state before each token
+    m.policy.train()
+    response_texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
+    raw_scores = m.reward_model.score(prompt_texts, response_texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).to(device)
+    scores = (raw_scores - score_shift[0]) / score_shift[1]  # (B,) normalised on the initial policy
+    if cfg.ppo.missing_eos_penalty is not None:
+        scores = torch.where(gen.ended, scores, torch.full_like(scores, cfg.ppo.missing_eos_penalty))
+
+    diag = {}
+    if gen.sampling_logprobs is not None:
+        diff = (gen.sampling_logprobs - logprobs).abs()[gen.response_mask]
+        diag["rollout/logprob_diff_mean"] = diff.mean().item()
+        diag["rollout/logprob_diff_max"] = diff.max().item()
+    mask = gen.response_mask
+    rollout = Rollout(
+        gen.prompts, gen.prompt_mask, gen.responses, mask,
+        logprobs.masked_fill(~mask, 0.0), ref_logprobs.masked_fill(~mask, 0.0), values.masked_fill(~mask, 0.0),
+        scores, raw_scores, prompt_texts, response_texts,
+    )
+    return rollout, diag
+
+
+def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
+    """DESIGN.md 6.8: the engine's sampling logprobs must equal a fresh forward pass of the same weights.
+
+    Raises:
+        TrainingError: when they differ by more than float noise.
+    """
+    tol = 1e-3 if dtype == torch.float32 else 5e-2
+    if diag.get("rollout/logprob_diff_mean", 0.0) > tol:
+        raise TrainingError(
+            f"step {step}: generation logprobs differ from a fresh forward pass by {diag['rollout/logprob_diff_mean']:.2e} "
+            f"on average (tolerance {tol}); the generation engine and the trainer disagree"
+        )
+
+
+@torch.no_grad()
+def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device) -> tuple[float, float]:
+    """DESIGN.md 6.4: mean and std of reward-model scores of the initial policy's samples."""
+    sample = prompts[: max(cfg.ppo.batch_size, 32)]
+    ids = tokenize_prompts(sample, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
+    gen = generate(m.policy, m.tokenizer, ids, cfg.generation, device)
+    texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
+    s = m.reward_model.score(sample, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length)
+    return s.mean().item(), max(s.std().item(), 1e-3)
+
+
+def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optimizer) -> dict[str, float]:
+    """Phase 4: `num_ppo_epochs` passes of minibatches over one rollout. Returns mean metrics."""
+    p = cfg.ppo
+    B, T_p = r.prompts.shape
+    sequences, attention_mask = r.sequences, r.attention_mask
+    mb_size = max(1, B // p.num_minibatches)
+    sums: dict[str, float] = {}
+    n = 0
+    policy_params = [q for q in m.policy.parameters() if q.requires_grad]
+    for _ in range(p.num_ppo_epochs):
+        for idx in torch.randperm(B).split(mb_size):
+            mask = r.response_mask[idx]
+            logprobs, entropy = response_logprobs(m.policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True)
+            values = m.value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
+            # policy loss
+            pg_loss, pm = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
+            # value loss
+            vf_loss, vm = ppo_value_loss(values, r.values[idx], returns[idx], mask, p.value_clip_coef)
+            # entropy bonus
+            entropy_mean = masked_mean(entropy, mask)
+            loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy_mean
+            if not torch.isfinite(loss):
+                raise TrainingError(f"PPO loss is {loss.item()} (policy {pg_loss.item()}, value {vf_loss.item()})")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, cfg.train.max_grad_norm)
+            gn_value = torch.nn.utils.clip_grad_norm_(m.value_model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            for k, v in {**pm, **vm, "policy/entropy": entropy_mean.item(), "policy/grad_norm": float(gn_policy), "value/grad_norm": float(gn_value)}.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            n += 1
+    return {k: v / n for k, v in sums.items()}
+
+
+def train_ppo(cfg: PPOConfig) -> Path:
+    """Run PPO; writes the final policy (merged if LoRA) to `cfg.output_dir`.
+
+    Raises:
+        DataError, ConfigError, ModelError: before training.
+        TrainingError: NaN loss, or rollout logprobs that disagree with a fresh forward pass.
+    """
+    # 0. setup: data, models, optimizer, KL controller
+    set_threads(cfg.train.num_threads)
+    set_seed(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    d, p = cfg.data, cfg.ppo
+    prompts = [e.prompt for e in select(load_prompts(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples)]
+    m = load_models(cfg, device)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    trainable, total = count_parameters(m.policy)
+    console.print(
+        f"ppo: {len(prompts)} prompts, policy {trainable:,}/{total:,} trainable, "
+        f"reference {'= policy with adapters disabled (LoRA)' if m.ref_policy is None else 'frozen copy'}"
+    )
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [q for q in m.policy.parameters() if q.requires_grad], "lr": cfg.train.learning_rate},
+            {"params": list(m.value_model.parameters()), "lr": p.value_learning_rate or cfg.train.learning_rate},
+        ],
+        betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay, eps=1e-5,
+    )
+    kl_ctl = make_kl_controller(p.kl_coef, p.adaptive_kl, p.target_kl, p.kl_horizon)
+    max_steps = cfg.train.max_steps or max(1, int(len(prompts) * cfg.train.epochs) // p.batch_size)
+    score_shift = initial_score_stats(cfg, m, prompts, device)
+    (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
+    rng = random.Random(cfg.train.seed)
+    order: list[int] = []
+    dtype = next(m.policy.parameters()).dtype
+    stop_reason, metrics, step = "max_steps", {}, 0
+
+    with progress() as bar:
+        task = bar.add_task("ppo", total=max_steps, info="")
+        for step in range(1, max_steps + 1):
+            # 1-2. generate and score
+            if len(order) < p.batch_size:
+                order += rng.sample(range(len(prompts)), len(prompts))
+            batch, order = [prompts[i] for i in order[: p.batch_size]], order[p.batch_size :]
+            r, diag = make_rollout(cfg, m, batch, device, score_shift)
+            if p.check_rollout_logprobs:
+                check_rollout_logprobs(diag, dtype, step)
+
+            # 3. rewards: KL-shaped per-token rewards, GAE advantages and returns
+            scores = masked_whiten(r.scores, torch.ones_like(r.scores, dtype=torch.bool)) if p.whiten_scores else r.scores
+            rewards, kl = compute_rewards(scores, r.logprobs, r.ref_logprobs, r.response_mask, kl_ctl.value)
+            advantages, returns = compute_gae(rewards, r.values, r.response_mask, p.gamma, p.gae_lambda)
+            if p.whiten_advantages:
+                advantages = masked_whiten(advantages, r.response_mask)
+
+            # 4. optimise
+            update = ppo_update(cfg, m, r, advantages, returns, optimizer)
+
+            # 5. control: KL coefficient, metrics, stopping, checkpoints
+            mean_kl = kl.sum(-1).mean().item()
+            kl_ctl.update(mean_kl, p.batch_size)
+            k3 = kl_estimate(r.logprobs, r.ref_logprobs, "k3").masked_fill(~r.response_mask, 0.0).sum(-1).mean().item()
+            metrics = {
+                "objective/scores": r.scores.mean().item(),
+                "objective/raw_scores": r.raw_scores.mean().item(),
+                "objective/kl": mean_kl,
+                "objective/kl_k3": k3,
+                "objective/rlhf_reward": (r.scores - kl_ctl.value * kl.sum(-1)).mean().item(),
+                "objective/kl_coef": kl_ctl.value,
+                "rollout/response_length": r.response_mask.sum(-1).float().mean().item(),
+                "rollout/eos_fraction": (r.response_mask & (r.responses == m.tokenizer.eos_token_id)).any(-1).float().mean().item(),
+                **diag, **update,
+            }
+            check_finite(torch.tensor(metrics["loss/policy"]), step, run)
+            run.log(step, metrics)
+            bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
+            if cfg.train.save_every and step % cfg.train.save_every == 0:
+                run.checkpoint(step, lambda path: save_checkpoint(m, kl_ctl, step, path))
+            if p.reward_threshold is not None and metrics["objective/scores"] >= p.reward_threshold:
+                stop_reason = f"reward threshold {p.reward_threshold} reached"
+                break
+            if p.kl_budget is not None and mean_kl > p.kl_budget:
+                stop_reason = f"KL budget {p.kl_budget} exceeded (kl={mean_kl:.2f})"
+                break
+
+    # 6. final policy in Hugging Face format
+    save_causal_lm(m.policy, m.tokenizer, run.path)
+    run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
+    console.print(f"ppo: stopped after {step} steps ({stop_reason}); policy in {run.path}")
+    return run.path
+
+
+def save_checkpoint(m: Models, kl_ctl, step: int, path: Path) -> None:
+    """Policy (HF format), value model and controller state."""
+    save_causal_lm(m.policy, m.tokenizer, path)
+    m.value_model.save(path / "value_model")
+    (path / "state.json").write_text(json.dumps({"step": step, "kl_controller": kl_ctl.state_dict()}))
