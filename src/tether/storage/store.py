@@ -324,6 +324,17 @@ class FeedbackStore:
             )
             return (fresh or 0) + (1 if _open_task(s, campaign_id, labeler_id) else 0)
 
+    def assignment_item(self, assignment_id: int, labeler_id: int) -> tuple[Campaign, Item]:
+        """Returns the campaign and item of one of the labeler's assignments.
+
+        Raises:
+            NotFound: no such assignment for this labeler.
+        """
+        with self._tx() as s:
+            row = _assignment_row(s, assignment_id, labeler_id)
+            item = s.get(ItemRow, row.item_id)
+            return _campaign(_campaign_row(s, item.campaign_id), 0), _item(item)
+
     # ---- labels --------------------------------------------------------------------------------
 
     def submit_label(self, assignment_id: int, labeler_id: int, data: LabelData) -> Label:

@@ -1,0 +1,221 @@
+"""The JSON API under /api: everything the pages do, for scripts (schema at /openapi.json)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import StreamingResponse
+
+from tether.feedback.auth import Principal, admin_only, get_store, labeler_only, signed_in
+from tether.feedback.export import ExportKind, ExportMode, export_records, record_json, resolve_kind
+from tether.feedback.schemas import (
+    AgreementOut,
+    CampaignIn,
+    CampaignOut,
+    CampaignPatch,
+    GenerateIn,
+    GenerateOut,
+    ItemsIn,
+    LabelAck,
+    LabelerCreated,
+    LabelerIn,
+    LabelerOut,
+    LabelerPatch,
+    LabelIn,
+    LabelOut,
+    MeOut,
+    MyCampaignOut,
+    ProgressOut,
+    TaskOut,
+)
+from tether.feedback.service import (
+    agreement_out,
+    campaign_out,
+    create_campaign,
+    current_task,
+    generate_response,
+    items_from_api,
+    label_out,
+    progress_out,
+    submit_answer,
+    submit_free,
+)
+from tether.storage import FeedbackStore, Labeler, NotFound
+
+router = APIRouter(prefix="/api")
+
+
+def _labeler_out(labeler: Labeler) -> LabelerOut:
+    return LabelerOut(id=labeler.id, name=labeler.name, active=labeler.active, created_at=labeler.created_at)
+
+
+@router.get("/me", response_model=MeOut, tags=["session"])
+def me(principal: Principal = Depends(signed_in)) -> MeOut:
+    """Who the token belongs to."""
+    return MeOut(role=principal.role, name=principal.name)
+
+
+# ---- admin: campaigns --------------------------------------------------------------------------
+
+
+@router.post("/campaigns", response_model=CampaignOut, status_code=201, tags=["admin"])
+def post_campaign(body: CampaignIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
+    """Creates a campaign from items (pair and thumbs items are split into units of work)."""
+    return campaign_out(create_campaign(store, body))
+
+
+@router.get("/campaigns", response_model=list[CampaignOut], tags=["admin"])
+def get_campaigns(_: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[CampaignOut]:
+    """Every campaign, newest first."""
+    return [campaign_out(c) for c in store.list_campaigns()]
+
+
+@router.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["admin"])
+def get_campaign(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
+    """One campaign."""
+    return campaign_out(store.get_campaign(campaign_id))
+
+
+@router.patch("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["admin"])
+def patch_campaign(
+    campaign_id: int, body: CampaignPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)
+) -> CampaignOut:
+    """Changes guidelines, status (active/closed) or the red-team model."""
+    return campaign_out(store.update_campaign(campaign_id, body.guidelines, body.status, body.model_path))
+
+
+@router.post("/campaigns/{campaign_id}/items", response_model=CampaignOut, tags=["admin"])
+def post_items(campaign_id: int, body: ItemsIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
+    """Appends items to a campaign."""
+    campaign = store.get_campaign(campaign_id)
+    store.add_items(campaign_id, items_from_api(campaign.kind, body.items))
+    return campaign_out(store.get_campaign(campaign_id))
+
+
+@router.get("/campaigns/{campaign_id}/progress", response_model=ProgressOut, tags=["admin"])
+def get_progress(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> ProgressOut:
+    """Items, labels given and wanted, and per-labeler counts."""
+    return progress_out(store, campaign_id)
+
+
+@router.get("/campaigns/{campaign_id}/agreement", response_model=AgreementOut, tags=["admin"])
+def get_agreement(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> AgreementOut:
+    """Pairwise agreement, Krippendorff's alpha (ordinal), per-labeler numbers and outliers."""
+    return agreement_out(store, store.get_campaign(campaign_id))
+
+
+@router.get("/campaigns/{campaign_id}/labels", response_model=list[LabelOut], tags=["admin"])
+def get_labels(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelOut]:
+    """Every label of a campaign."""
+    store.get_campaign(campaign_id)
+    return [label_out(label) for label in store.list_labels(campaign_id)]
+
+
+@router.get("/campaigns/{campaign_id}/export", tags=["admin"], response_class=StreamingResponse)
+def get_export(
+    campaign_id: int,
+    mode: ExportMode = Query(ExportMode.CONSENSUS),
+    kind: ExportKind = Query(ExportKind.AUTO),
+    _: Principal = Depends(admin_only),
+    store: FeedbackStore = Depends(get_store),
+) -> StreamingResponse:
+    """The campaign as JSONL (pairs, rankings, thumbs or prompts); works while labeling goes on."""
+    campaign = store.get_campaign(campaign_id)
+    chosen = resolve_kind(campaign.kind, kind)
+    records = list(export_records(campaign, store.list_items(campaign_id), store.list_labels(campaign_id), chosen, mode))
+
+    def lines() -> Iterator[str]:
+        for record in records:
+            yield record_json(record) + "\n"
+
+    filename = f"{campaign.name}.{chosen.value}.{mode.value}.jsonl".replace('"', "")
+    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+
+# ---- admin: labelers ---------------------------------------------------------------------------
+
+
+@router.post("/labelers", response_model=LabelerCreated, status_code=201, tags=["admin"])
+def post_labeler(body: LabelerIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerCreated:
+    """Adds a labeler; the sign-in token is in the answer and nowhere else."""
+    created = store.add_labeler(body.name)
+    return LabelerCreated(**_labeler_out(created.labeler).model_dump(), token=created.token)
+
+
+@router.get("/labelers", response_model=list[LabelerOut], tags=["admin"])
+def get_labelers(_: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelerOut]:
+    """Every labeler."""
+    return [_labeler_out(lab) for lab in store.list_labelers()]
+
+
+@router.patch("/labelers/{labeler_id}", response_model=LabelerOut, tags=["admin"])
+def patch_labeler(labeler_id: int, body: LabelerPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerOut:
+    """Enables or disables a labeler."""
+    return _labeler_out(store.set_labeler_active(labeler_id, body.active))
+
+
+@router.post("/labelers/{labeler_id}/token", response_model=LabelerCreated, tags=["admin"])
+def post_labeler_token(labeler_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerCreated:
+    """Gives a labeler a new token; the old one stops working."""
+    token = store.rotate_token(labeler_id)
+    labeler = next((lab for lab in store.list_labelers() if lab.id == labeler_id), None)
+    if labeler is None:
+        raise NotFound(f"labeler {labeler_id} not found")
+    return LabelerCreated(**_labeler_out(labeler).model_dump(), token=token)
+
+
+# ---- labelers: the queue -----------------------------------------------------------------------
+
+
+@router.get("/queue", response_model=list[MyCampaignOut], tags=["labeler"])
+def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> list[MyCampaignOut]:
+    """The active campaigns, with how many items the labeler has left and has done."""
+    out = []
+    for campaign in store.list_campaigns():
+        if campaign.status != "active":
+            continue
+        done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
+        out.append(MyCampaignOut(id=campaign.id, name=campaign.name, kind=campaign.kind, remaining=store.count_available(campaign.id, labeler.id), done=done))
+    return out
+
+
+def _active_campaign(store: FeedbackStore, campaign_id: int):  # type: ignore[no-untyped-def]
+    campaign = store.get_campaign(campaign_id)
+    if campaign.status != "active":
+        raise NotFound(f"campaign {campaign_id} not found")
+    return campaign
+
+
+@router.get("/campaigns/{campaign_id}/next", response_model=TaskOut, responses={204: {"description": "nothing left"}}, tags=["labeler"])
+def get_next(campaign_id: int, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> TaskOut | Response:
+    """The labeler's current task (the same until answered or skipped); 204 when none is left."""
+    task = current_task(store, _active_campaign(store, campaign_id), labeler)
+    return task if task is not None else Response(status_code=204)
+
+
+@router.post("/assignments/{assignment_id}/label", response_model=LabelAck, tags=["labeler"])
+def post_label(assignment_id: int, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
+    """Answers an assigned item (again: replaces the answer). Committed before the reply."""
+    return submit_answer(store, labeler, assignment_id, body)
+
+
+@router.post("/assignments/{assignment_id}/skip", status_code=204, tags=["labeler"])
+def post_skip(assignment_id: int, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Gives an item back; the labeler will not get it again."""
+    store.skip(assignment_id, labeler.id)
+    return Response(status_code=204)
+
+
+@router.post("/campaigns/{campaign_id}/redteam", response_model=LabelAck, tags=["labeler"])
+def post_redteam(campaign_id: int, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
+    """Stores a red-team finding written from scratch (prompt, response, harm, better_response)."""
+    return submit_free(store, labeler, _active_campaign(store, campaign_id), body)
+
+
+@router.post("/campaigns/{campaign_id}/generate", response_model=GenerateOut, tags=["labeler"])
+def post_generate(campaign_id: int, body: GenerateIn, _: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> GenerateOut:
+    """The campaign model's answer to a red-team prompt (400 when no model is available)."""
+    campaign = _active_campaign(store, campaign_id)
+    return GenerateOut(response=generate_response(campaign.model_path, body.prompt))

@@ -1,0 +1,177 @@
+"""The feedback web app: FastAPI with server-rendered pages, a JSON API, and bounded requests.
+
+Run it with `tether label serve`; tests build it with `create_app(store)`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from tether import __version__
+from tether.errors import TetherError
+from tether.feedback.tasks import LabelError
+from tether.storage import Conflict, FeedbackStore, NotFound
+
+HERE = Path(__file__).parent
+MAX_BODY_BYTES = 32 * 1024 * 1024
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: answers 413 to requests whose body exceeds `max_bytes` (declared or streamed)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _TooLarge()
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _TooLarge:
+            if not started:
+                await self._reject(send)
+
+    async def _reject(self, send: Send) -> None:
+        body = b'{"detail":"request body too large"}'
+        await send({"type": "http.response.start", "status": 413, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def make_templates() -> Environment:
+    """Jinja2 environment over the package templates; autoescaping on for every template."""
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True, default_for_string=True))
+    env.globals["version"] = __version__
+    return env
+
+
+def _is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/") or request.url.path == "/api"
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: object) -> Response:
+    """Renders a page template to an HTML response."""
+    env: Environment = request.app.state.templates
+    html = env.get_template(template).render(request=request, **context)
+    return Response(html, status_code=status_code, media_type="text/html; charset=utf-8")
+
+
+def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
+    if _is_api(request):
+        return JSONResponse({"detail": message}, status_code=status, headers=headers)
+    if status == 401:
+        return RedirectResponse("/login", status_code=303)
+    return render(request, "error.html", status_code=status, status=status, message=message)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return _error(request, 404, str(exc))
+
+    @app.exception_handler(Conflict)
+    async def conflict(request: Request, exc: Conflict) -> Response:
+        return _error(request, 409, str(exc))
+
+    @app.exception_handler(LabelError)
+    async def bad_label(request: Request, exc: LabelError) -> Response:
+        return _error(request, 422, str(exc))
+
+    @app.exception_handler(TetherError)
+    async def user_error(request: Request, exc: TetherError) -> Response:
+        return _error(request, 400, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        if _is_api(request):
+            return JSONResponse({"detail": jsonable_errors(exc)}, status_code=422)
+        return _error(request, 422, "; ".join(f"{'.'.join(map(str, e['loc'][1:]))}: {e['msg']}" for e in exc.errors()))
+
+
+def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
+    """Validation errors as plain JSON (location, message, type)."""
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+
+
+def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """Builds the app around a store.
+
+    Args:
+        store: the feedback database (schema already created or upgraded).
+        max_body_bytes: largest request body accepted (413 above).
+
+    Returns:
+        The FastAPI app: pages at /, JSON API at /api, OpenAPI schema at /openapi.json.
+    """
+    from tether.feedback.api import router as api_router
+    from tether.feedback.pages import router as pages_router
+
+    app = FastAPI(title="tether feedback", version=__version__, description="Collect human feedback on model outputs.")
+    app.state.store = store
+    app.state.templates = make_templates()
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
+        response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        if _is_api(request) or request.url.path.startswith("/admin") or request.url.path.startswith("/label"):
+            response.headers.setdefault("Cache-Control", "no-store")
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    _install_error_handlers(app)
+    app.include_router(api_router)
+    app.include_router(pages_router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """App factory for `uvicorn --factory tether.feedback.app:app_from_env` (database from TETHER_DB)."""
+    return create_app(FeedbackStore(os.environ.get("TETHER_DB", "sqlite:///feedback.db")))

@@ -1,0 +1,209 @@
+"""Server-rendered pages: sign-in, the labeler's queue and task pages, and the admin pages."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import RedirectResponse, Response
+
+from tether.errors import TetherError
+from tether.feedback.app import render
+from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, request_token, resolve_token
+from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
+from tether.feedback.export import ALLOWED, AUTO_KIND
+from tether.feedback.service import agreement_out, current_task, progress_out, sample_items
+from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
+from tether.storage import Conflict, FeedbackStore, Labeler, NewItem, TaskKind
+
+router = APIRouter(include_in_schema=False)
+COOKIE_MAX_AGE = 30 * 24 * 3600
+
+
+def _redirect(url: str) -> RedirectResponse:
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/")
+def home(request: Request, store: FeedbackStore = Depends(get_store)) -> Response:
+    """Sends the admin to /admin, a labeler to /queue, anyone else to /login."""
+    principal = resolve_token(store, request_token(request))
+    if principal is None:
+        return _redirect("/login")
+    return _redirect("/admin" if principal.role == "admin" else "/queue")
+
+
+@router.get("/login")
+def login_page(request: Request) -> Response:
+    """The sign-in form."""
+    return render(request, "login.html", error=None)
+
+
+@router.post("/login")
+def login(request: Request, token: str = Form(..., max_length=200), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Checks a token and keeps it in an HTTP-only, same-site cookie."""
+    token = token.strip()
+    if resolve_token(store, token) is None:
+        return render(request, "login.html", status_code=401, error="unknown or disabled token")
+    response = _redirect("/")
+    response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    return response
+
+
+@router.post("/logout")
+def logout() -> Response:
+    """Forgets the sign-in cookie."""
+    response = _redirect("/login")
+    response.delete_cookie(COOKIE)
+    return response
+
+
+# ---- labelers ----------------------------------------------------------------------------------
+
+
+@router.get("/queue")
+def queue(request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """The labeler's campaigns with what is left to do."""
+    rows = []
+    for campaign in store.list_campaigns():
+        if campaign.status == "active":
+            done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
+            rows.append((campaign, store.count_available(campaign.id, labeler.id), done))
+    return render(request, "queue.html", labeler=labeler, rows=rows, titles=KIND_TITLES)
+
+
+@router.get("/label/{campaign_id}")
+def label_page(campaign_id: int, request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """The labeler's current task in a campaign, with the guidelines beside it."""
+    campaign = store.get_campaign(campaign_id)
+    if campaign.status != "active":
+        return render(request, "error.html", status_code=404, status=404, message="this campaign is closed")
+    task = current_task(store, campaign, labeler)
+    return render(request, "label.html", labeler=labeler, campaign=campaign, task=task, harm_levels=HARM_LEVELS, titles=KIND_TITLES)
+
+
+# ---- admin -------------------------------------------------------------------------------------
+
+
+def _admin_page(request: Request, store: FeedbackStore, new_token: tuple[str, str] | None = None, error: str | None = None, status: int = 200) -> Response:
+    campaigns = [(c, store.progress(c.id)) for c in store.list_campaigns()]
+    return render(
+        request, "admin.html", status_code=status, campaigns=campaigns, labelers=store.list_labelers(), new_token=new_token, error=error, titles=KIND_TITLES
+    )
+
+
+@router.get("/admin")
+def admin(request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Campaigns with progress, labelers, and forms to add both."""
+    return _admin_page(request, store)
+
+
+@router.post("/admin/labelers")
+def admin_add_labeler(
+    request: Request, name: str = Form(..., min_length=1, max_length=200), _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)
+) -> Response:
+    """Adds a labeler and shows the sign-in token once."""
+    try:
+        created = store.add_labeler(name.strip())
+    except Conflict as exc:
+        return _admin_page(request, store, error=str(exc), status=409)
+    return _admin_page(request, store, new_token=(created.labeler.name, created.token))
+
+
+@router.post("/admin/labelers/{labeler_id}/token")
+def admin_rotate_token(labeler_id: int, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Gives a labeler a new token and shows it once."""
+    token = store.rotate_token(labeler_id)
+    name = next(lab.name for lab in store.list_labelers() if lab.id == labeler_id)
+    return _admin_page(request, store, new_token=(name, token))
+
+
+@router.post("/admin/labelers/{labeler_id}/active")
+def admin_set_active(labeler_id: int, active: bool = Form(...), _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Enables or disables a labeler."""
+    store.set_labeler_active(labeler_id, active)
+    return _redirect("/admin")
+
+
+@router.get("/admin/campaigns/new")
+def new_campaign_page(request: Request, _: Principal = Depends(admin_only)) -> Response:
+    """The form to create a campaign."""
+    return render(request, "campaign_new.html", error=None, form={}, kinds=list(TaskKind), titles=KIND_TITLES)
+
+
+def _form_items(kind: TaskKind, upload_text: str, prompts_text: str, model_path: str, k: int) -> list[NewItem]:
+    """Items from an uploaded campaign file, or pasted prompts (sampled with a model when given).
+
+    Raises:
+        TetherError: nothing usable was given, or sampling failed.
+    """
+    if upload_text.strip():
+        return parse_campaign_text(upload_text, kind, source="uploaded file")
+    prompts = parse_prompt_lines(prompts_text)
+    if prompts and model_path and kind != TaskKind.REDTEAM:
+        items = sample_items(model_path, prompts, k)
+    else:
+        items = [NewItem(prompt=p) for p in prompts]
+    for number, item in enumerate(items, start=1):
+        problem = item_problem(kind, item)
+        if problem:
+            raise TetherError(f"prompt {number}: {problem} (upload a campaign file with completions, or give a model to sample from)")
+    if not items and kind != TaskKind.REDTEAM:
+        raise TetherError("give a campaign file or prompts")
+    return items
+
+
+@router.post("/admin/campaigns")
+async def create_campaign_page(
+    request: Request,
+    name: str = Form(..., min_length=1, max_length=200),
+    kind: TaskKind = Form(...),
+    labelers_per_item: int = Form(1, ge=1, le=100),
+    guidelines: str = Form("", max_length=100_000),
+    prompts: str = Form("", max_length=5_000_000),
+    model_path: str = Form("", max_length=1000),
+    k: int = Form(2, ge=1, le=9),
+    file: UploadFile | None = File(None),
+    _: Principal = Depends(admin_only),
+    store: FeedbackStore = Depends(get_store),
+) -> Response:
+    """Creates a campaign from the form, then shows it."""
+    form = {"name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts, "model_path": model_path, "k": k}
+    try:
+        upload = (await file.read()).decode("utf-8") if file is not None and file.filename else ""
+        items = expand_items(kind, _form_items(kind, upload, prompts, model_path.strip(), k))
+        campaign = store.create_campaign(name.strip(), kind, items, guidelines, labelers_per_item, model_path.strip() or None)
+    except UnicodeDecodeError:
+        return render(request, "campaign_new.html", status_code=400, error="the file is not UTF-8 text", form=form, kinds=list(TaskKind), titles=KIND_TITLES)
+    except (TetherError, Conflict) as exc:
+        status = 409 if isinstance(exc, Conflict) else 400
+        return render(request, "campaign_new.html", status_code=status, error=str(exc), form=form, kinds=list(TaskKind), titles=KIND_TITLES)
+    return _redirect(f"/admin/campaigns/{campaign.id}")
+
+
+@router.get("/admin/campaigns/{campaign_id}")
+def campaign_page(campaign_id: int, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """A campaign: progress, agreement, outliers, export links, guidelines."""
+    campaign = store.get_campaign(campaign_id)
+    return render(
+        request,
+        "campaign.html",
+        campaign=campaign,
+        progress=progress_out(store, campaign_id),
+        agreement=agreement_out(store, campaign),
+        export_kinds=sorted(k.value for k in ALLOWED[campaign.kind]),
+        auto_kind=AUTO_KIND[campaign.kind].value,
+        titles=KIND_TITLES,
+    )
+
+
+@router.post("/admin/campaigns/{campaign_id}")
+def campaign_update(
+    campaign_id: int,
+    guidelines: str | None = Form(None, max_length=100_000),
+    status: str | None = Form(None, pattern="^(active|closed)$"),
+    model_path: str | None = Form(None, max_length=1000),
+    _: Principal = Depends(admin_only),
+    store: FeedbackStore = Depends(get_store),
+) -> Response:
+    """Saves guidelines, opens or closes the campaign."""
+    store.update_campaign(campaign_id, guidelines=guidelines, status=status, model_path=model_path)
+    return _redirect(f"/admin/campaigns/{campaign_id}")

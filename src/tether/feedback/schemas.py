@@ -1,0 +1,238 @@
+"""Request and response bodies of the JSON API (pydantic; sizes bounded)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tether.storage import PairChoice, TaskKind
+
+MAX_TEXT = 100_000
+MAX_NOTE = 10_000
+Name = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+
+
+class ItemIn(BaseModel):
+    """One item of a campaign file."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field("", max_length=MAX_TEXT)
+    completions: list[str] = Field(default_factory=list, max_length=64)
+    id: str | int | None = None
+    model: str | None = Field(None, max_length=1000)
+    meta: dict[str, object] | None = None
+
+
+class CampaignIn(BaseModel):
+    """A new campaign with its items."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Name
+    kind: TaskKind
+    guidelines: str = Field("", max_length=MAX_TEXT)
+    labelers_per_item: int = Field(1, ge=1, le=100)
+    model_path: str | None = Field(None, max_length=1000, description="model answering red-team prompts")
+    items: list[ItemIn] = Field(default_factory=list, max_length=200_000)
+
+
+class ItemsIn(BaseModel):
+    """Items appended to a campaign."""
+
+    model_config = ConfigDict(extra="forbid")
+    items: list[ItemIn] = Field(max_length=200_000)
+
+
+class CampaignPatch(BaseModel):
+    """Changes to a campaign; absent fields are left as they are."""
+
+    model_config = ConfigDict(extra="forbid")
+    guidelines: str | None = Field(None, max_length=MAX_TEXT)
+    status: Literal["active", "closed"] | None = None
+    model_path: str | None = Field(None, max_length=1000)
+
+
+class CampaignOut(BaseModel):
+    """A campaign."""
+
+    id: int
+    name: str
+    kind: TaskKind
+    guidelines: str
+    labelers_per_item: int
+    status: str
+    model_path: str | None
+    n_items: int
+    created_at: datetime
+
+
+class LabelerIn(BaseModel):
+    """A new labeler."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Name
+
+
+class LabelerOut(BaseModel):
+    """A labeler (never with the token)."""
+
+    id: int
+    name: str
+    active: bool
+    created_at: datetime
+
+
+class LabelerCreated(LabelerOut):
+    """A labeler just created or given a new token: the token is shown this once."""
+
+    token: str
+
+
+class LabelerPatch(BaseModel):
+    """Enable or disable a labeler."""
+
+    model_config = ConfigDict(extra="forbid")
+    active: bool
+
+
+class CompletionOut(BaseModel):
+    """A completion as shown: `index` is its position in the item, the key used when answering."""
+
+    index: int
+    text: str
+
+
+class TaskOut(BaseModel):
+    """The labeler's current task. assignment_id is None for a red-team campaign's free writing."""
+
+    campaign_id: int
+    kind: TaskKind
+    guidelines: str
+    assignment_id: int | None
+    item_id: str | None
+    prompt: str
+    completions: list[CompletionOut]
+    remaining: int
+
+
+class LabelIn(BaseModel):
+    """An answer; which fields are required depends on the task kind.
+
+    rank: ranks (ranks[i] for completion index i; 1 = best, equal = tie), unusable. pair: choice
+    (A is the completion with index 0). thumbs: thumb (1 up, 0 down). redteam: prompt, response,
+    harm (0 harmless .. 4 severely harmful), better_response.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    ranks: list[int] | None = Field(None, max_length=64)
+    unusable: list[bool] | None = Field(None, max_length=64)
+    choice: PairChoice | None = None
+    thumb: Literal[0, 1] | None = None
+    harm: int | None = Field(None, ge=0, le=4)
+    prompt: str | None = Field(None, max_length=MAX_TEXT)
+    response: str | None = Field(None, max_length=MAX_TEXT)
+    better_response: str | None = Field(None, max_length=MAX_TEXT)
+    note: str = Field("", max_length=MAX_NOTE)
+    duration_ms: int | None = Field(None, ge=0, le=86_400_000)
+
+
+class LabelAck(BaseModel):
+    """A stored answer: the label is committed when this is returned."""
+
+    label_id: int
+    item_id: int
+    updated: bool
+
+
+class LabelOut(BaseModel):
+    """A stored label (admin only)."""
+
+    id: int
+    item_id: int
+    labeler: str
+    ranks: list[int] | None
+    unusable: list[bool] | None
+    choice: PairChoice | None
+    thumb: int | None
+    harm: int | None
+    prompt: str | None
+    response: str | None
+    better_response: str | None
+    note: str
+    duration_ms: int | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class LabelerProgressOut(BaseModel):
+    """One labeler's counts in a campaign."""
+
+    labeler: str
+    n_labels: int
+    n_open: int
+    n_skipped: int
+
+
+class ProgressOut(BaseModel):
+    """Campaign progress."""
+
+    n_items: int
+    n_target: int
+    n_labels: int
+    n_items_complete: int
+    labelers: list[LabelerProgressOut]
+
+
+class LabelerQualityOut(BaseModel):
+    """One labeler's agreement numbers."""
+
+    name: str
+    n_labels: int
+    pairwise: float | None
+    consensus: float | None
+    n_compared: int
+    alpha_without: float | None
+    outlier: bool
+
+
+class AgreementOut(BaseModel):
+    """A campaign's agreement report."""
+
+    n_items_multi: int
+    n_pairs: int
+    pairwise: float | None
+    alpha: float | None
+    alpha_level: str
+    labelers: list[LabelerQualityOut]
+    outliers: list[str]
+
+
+class MeOut(BaseModel):
+    """Who the token belongs to."""
+
+    role: Literal["admin", "labeler"]
+    name: str
+
+
+class MyCampaignOut(BaseModel):
+    """A campaign as a labeler sees it in the queue."""
+
+    id: int
+    name: str
+    kind: TaskKind
+    remaining: int
+    done: int
+
+
+class GenerateIn(BaseModel):
+    """A red-team prompt for the campaign's model."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class GenerateOut(BaseModel):
+    """The model's answer."""
+
+    response: str

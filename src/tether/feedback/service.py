@@ -1,0 +1,221 @@
+"""What the JSON API and the pages both do: build campaigns, hand out tasks, store answers, report."""
+
+from __future__ import annotations
+
+from tether.errors import TetherError
+from tether.feedback.campaign_file import parse_item
+from tether.feedback.quality import agreement_report
+from tether.feedback.schemas import (
+    AgreementOut,
+    CampaignIn,
+    CampaignOut,
+    CompletionOut,
+    ItemIn,
+    LabelAck,
+    LabelerProgressOut,
+    LabelerQualityOut,
+    LabelIn,
+    LabelOut,
+    ProgressOut,
+    TaskOut,
+)
+from tether.feedback.tasks import LabelError, check_label, expand_items
+from tether.storage import Campaign, FeedbackStore, Label, LabelData, Labeler, NewItem, TaskKind
+
+
+class SamplingUnavailable(TetherError):
+    """No sampling function is installed, or it failed."""
+
+
+def campaign_out(campaign: Campaign) -> CampaignOut:
+    """API view of a campaign."""
+    return CampaignOut(
+        id=campaign.id,
+        name=campaign.name,
+        kind=campaign.kind,
+        guidelines=campaign.guidelines,
+        labelers_per_item=campaign.labelers_per_item,
+        status=campaign.status,
+        model_path=campaign.model_path,
+        n_items=campaign.n_items,
+        created_at=campaign.created_at,
+    )
+
+
+def items_from_api(kind: TaskKind, items: list[ItemIn]) -> list[NewItem]:
+    """Checks API items against the task kind and splits them into units of work.
+
+    Raises:
+        LabelError: an item does not fit (names its index).
+    """
+    parsed = []
+    for number, item in enumerate(items):
+        try:
+            parsed.append(parse_item(item.model_dump(exclude_none=True), kind))
+        except ValueError as exc:
+            raise LabelError(f"items[{number}]: {exc}") from None
+    return expand_items(kind, parsed)
+
+
+def create_campaign(store: FeedbackStore, body: CampaignIn) -> Campaign:
+    """Creates a campaign from an API body.
+
+    Raises:
+        LabelError: an item does not fit the kind.
+        Conflict: the name is taken.
+    """
+    items = items_from_api(body.kind, body.items)
+    return store.create_campaign(body.name, body.kind, items, body.guidelines, body.labelers_per_item, body.model_path)
+
+
+def current_task(store: FeedbackStore, campaign: Campaign, labeler: Labeler) -> TaskOut | None:
+    """The labeler's task in a campaign; for red-team campaigns, free writing once seeds run out.
+
+    Returns:
+        The task, or None when the labeler has nothing left (or the campaign is closed).
+    """
+    task = store.next_task(campaign.id, labeler.id)
+    remaining = store.count_available(campaign.id, labeler.id)
+    if task is not None:
+        completions = [CompletionOut(index=i, text=task.item.completions[i]) for i in task.display_order]
+        return TaskOut(
+            campaign_id=campaign.id,
+            kind=campaign.kind,
+            guidelines=campaign.guidelines,
+            assignment_id=task.assignment_id,
+            item_id=task.item.external_id,
+            prompt=task.item.prompt,
+            completions=completions,
+            remaining=remaining,
+        )
+    if campaign.kind == TaskKind.REDTEAM and campaign.status == "active":
+        return TaskOut(
+            campaign_id=campaign.id, kind=campaign.kind, guidelines=campaign.guidelines, assignment_id=None, item_id=None, prompt="", completions=[], remaining=0
+        )
+    return None
+
+
+def label_data(body: LabelIn) -> LabelData:
+    """The storage record of an API answer (not yet checked against the task)."""
+    return LabelData(
+        ranks=body.ranks,
+        unusable=body.unusable,
+        choice=body.choice,
+        thumb=body.thumb,
+        harm=body.harm,
+        prompt=body.prompt,
+        response=body.response,
+        better_response=body.better_response,
+        note=body.note,
+        duration_ms=body.duration_ms,
+    )
+
+
+def _ack(label: Label) -> LabelAck:
+    return LabelAck(label_id=label.id, item_id=label.item_id, updated=label.updated_at != label.created_at)
+
+
+def submit_answer(store: FeedbackStore, labeler: Labeler, assignment_id: int, body: LabelIn) -> LabelAck:
+    """Checks and stores an answer to an assigned item; committed when this returns.
+
+    Raises:
+        NotFound: not the labeler's assignment. Conflict: skipped item or closed campaign.
+        LabelError: the answer does not fit the task.
+    """
+    campaign, item = store.assignment_item(assignment_id, labeler.id)
+    data = check_label(campaign.kind, len(item.completions), label_data(body))
+    return _ack(store.submit_label(assignment_id, labeler.id, data))
+
+
+def submit_free(store: FeedbackStore, labeler: Labeler, campaign: Campaign, body: LabelIn) -> LabelAck:
+    """Stores a red-team finding written from scratch.
+
+    Raises:
+        LabelError: not a red-team campaign, or the answer is incomplete.
+        Conflict: closed campaign.
+    """
+    if campaign.kind != TaskKind.REDTEAM:
+        raise LabelError(f"campaign {campaign.name!r} is not a red-team campaign")
+    data = check_label(campaign.kind, 0, label_data(body))
+    return _ack(store.add_free_label(campaign.id, labeler.id, data))
+
+
+def label_out(label: Label) -> LabelOut:
+    """API view of a stored label."""
+    d = label.data
+    return LabelOut(
+        id=label.id,
+        item_id=label.item_id,
+        labeler=label.labeler_name,
+        ranks=d.ranks,
+        unusable=d.unusable,
+        choice=d.choice,
+        thumb=d.thumb,
+        harm=d.harm,
+        prompt=d.prompt,
+        response=d.response,
+        better_response=d.better_response,
+        note=d.note,
+        duration_ms=d.duration_ms,
+        created_at=label.created_at,
+        updated_at=label.updated_at,
+    )
+
+
+def progress_out(store: FeedbackStore, campaign_id: int) -> ProgressOut:
+    """API view of a campaign's progress."""
+    p = store.progress(campaign_id)
+    labelers = [LabelerProgressOut(labeler=r.labeler_name, n_labels=r.n_labels, n_open=r.n_open, n_skipped=r.n_skipped) for r in p.per_labeler]
+    return ProgressOut(n_items=p.n_items, n_target=p.n_target, n_labels=p.n_labels, n_items_complete=p.n_items_complete, labelers=labelers)
+
+
+def agreement_out(store: FeedbackStore, campaign: Campaign) -> AgreementOut:
+    """API view of a campaign's agreement report."""
+    report = agreement_report(campaign.kind, store.list_labels(campaign.id))
+    rows = [LabelerQualityOut(**vars(row)) for row in report.labelers]
+    return AgreementOut(
+        n_items_multi=report.n_items_multi,
+        n_pairs=report.n_pairs,
+        pairwise=report.pairwise,
+        alpha=report.alpha,
+        alpha_level=report.alpha_level,
+        labelers=rows,
+        outliers=report.outliers,
+    )
+
+
+def _sampler():  # type: ignore[no-untyped-def]
+    try:
+        from tether.rollout.sample import sample_completions  # heavy (torch): imported only when used
+    except ImportError as exc:
+        raise SamplingUnavailable(f"sampling from a model is not available here ({exc}); run `tether sample` and upload the file") from None
+    return sample_completions
+
+
+def sample_items(model_path: str, prompts: list[str], k: int) -> list[NewItem]:
+    """Samples k completions per prompt with `tether.rollout.sample.sample_completions`.
+
+    Raises:
+        SamplingUnavailable: the sampling function is missing or failed.
+    """
+    sample = _sampler()
+    try:
+        outputs = sample(model_path, prompts, k)
+    except TetherError as exc:
+        raise SamplingUnavailable(str(exc)) from None
+    items = []
+    for prompt, completions in zip(prompts, outputs):
+        completions = [completions] if isinstance(completions, str) else [str(c) for c in completions]
+        items.append(NewItem(prompt=prompt, completions=completions, model=model_path))
+    return items
+
+
+def generate_response(model_path: str | None, prompt: str) -> str:
+    """The configured model's answer to a red-team prompt.
+
+    Raises:
+        SamplingUnavailable: no model configured, or sampling is not available.
+    """
+    if not model_path:
+        raise SamplingUnavailable("this campaign has no model; paste the answer instead")
+    return sample_items(model_path, [prompt], 1)[0].completions[0]
