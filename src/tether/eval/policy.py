@@ -1,0 +1,331 @@
+"""Baseline vs policy on the same prompts: reward, win rate, KL, length, EOS rate, diversity.
+
+Both models answer the same prompts with the same generation settings, and the random generator is
+reset to the same seed before each model samples, so the two sets of answers share their sampling noise
+and differences come from the weights. Every reward model scores both sets of answers. KL of the policy
+to the baseline is estimated on the policy's own samples (the k1 estimator, Schulman 2020 "Approximating
+KL divergence"): the mean over prompts of sum_t [log pi(y_t | x, y_<t) - log pi_base(y_t | x, y_<t)],
+both at the generation temperature, which is unbiased when sampling is plain tempered sampling (no
+top-k / top-p truncation).
+
+Writes `eval.json`, `samples.jsonl` and `report.html` to `cfg.output_dir`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tether.config import EvalConfig, GenerationConfig, ModelConfig
+from tether.data.sources import load_prompts, select
+from tether.data.tokenize import tokenize_prompts
+from tether.errors import ConfigError, ModelError
+from tether.eval.metrics import WinRate, bootstrap_ci, distinct_n, win_rate
+from tether.eval.report import write_report
+from tether.models.load import load_causal_lm, resolve_device
+from tether.models.logprobs import response_logprobs
+from tether.models.reward import RewardModel
+from tether.rollout.generate import Generation, decode_responses, generate
+from tether.trainers.common import console
+
+EVAL_FILE, SAMPLES_FILE, REPORT_FILE = "eval.json", "samples.jsonl", "report.html"
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class AnswerStats:
+    """Length, stopping and diversity of one model's answers."""
+
+    mean_length: float  # response tokens before EOS
+    eos_fraction: float  # fraction of responses that emitted EOS
+    distinct_1: float
+    distinct_2: float
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "mean_length": self.mean_length, "eos_fraction": self.eos_fraction,
+            "distinct_1": self.distinct_1, "distinct_2": self.distinct_2,
+        }
+
+
+@dataclass
+class RewardModelResult:
+    """Both models' answers under one reward model."""
+
+    name: str
+    path: str
+    baseline_scores: list[float]  # (N,)
+    policy_scores: list[float]  # (N,)
+    win_rate: WinRate  # policy over baseline, ties half
+    score_diff_ci: tuple[float, float]  # 95% bootstrap CI of mean(policy - baseline)
+
+    @property
+    def baseline_mean_score(self) -> float:
+        return float(np.mean(self.baseline_scores))
+
+    @property
+    def policy_mean_score(self) -> float:
+        return float(np.mean(self.policy_scores))
+
+    @property
+    def score_diff(self) -> float:
+        return self.policy_mean_score - self.baseline_mean_score
+
+    def to_json(self) -> dict:
+        wr = self.win_rate
+        return {
+            "name": self.name, "path": self.path,
+            "baseline_mean_score": self.baseline_mean_score, "policy_mean_score": self.policy_mean_score,
+            "score_diff": self.score_diff, "score_diff_ci": list(self.score_diff_ci),
+            "win_rate": wr.win_rate, "win_rate_ci": [wr.ci_low, wr.ci_high],
+            "wins": wr.wins, "ties": wr.ties, "losses": wr.losses,
+        }
+
+
+@dataclass
+class Sample:
+    """One prompt with both answers."""
+
+    prompt: str
+    baseline: str
+    policy: str
+    kl: float  # summed log-ratio of the policy's answer
+    baseline_ended: bool
+    policy_ended: bool
+
+
+@dataclass
+class PolicyEvalResult:
+    """Everything `evaluate_policies` measured; `to_json()` is the content of eval.json."""
+
+    n_prompts: int
+    baseline_path: str
+    policy_path: str
+    prompts_path: str
+    split: str
+    reward_models: list[RewardModelResult]
+    baseline: AnswerStats
+    policy: AnswerStats
+    kl: float  # mean summed KL(policy || baseline) per response, nats
+    kl_ci: tuple[float, float]
+    generation: GenerationConfig
+    seed: int
+    samples: list[Sample] = field(default_factory=list)
+    output_dir: str = ""
+
+    def to_json(self) -> dict:
+        """The eval.json dict; top-level score keys refer to the first reward model."""
+        first = self.reward_models[0].to_json()
+        return {
+            "n_prompts": self.n_prompts,
+            "reward_model": first["name"],
+            "baseline_mean_score": first["baseline_mean_score"],
+            "policy_mean_score": first["policy_mean_score"],
+            "score_diff": first["score_diff"],
+            "score_diff_ci": first["score_diff_ci"],
+            "win_rate": first["win_rate"],
+            "win_rate_ci": first["win_rate_ci"],
+            "kl": self.kl,
+            "kl_ci": list(self.kl_ci),
+            "reward_models": [rm.to_json() for rm in self.reward_models],
+            "baseline": {"path": self.baseline_path, **self.baseline.to_json()},
+            "policy": {"path": self.policy_path, **self.policy.to_json()},
+            "generation": self.generation.model_dump(mode="json"),
+            "prompts": self.prompts_path,
+            "split": self.split,
+            "seed": self.seed,
+            "output_dir": self.output_dir,
+        }
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def check_same_tokenizer(baseline_tok, policy_tok, baseline: str, policy: str) -> None:
+    """KL needs both models to read the same token ids.
+
+    Raises:
+        ModelError: when the vocabularies or the EOS/pad ids differ.
+    """
+    same = (
+        baseline_tok.get_vocab() == policy_tok.get_vocab()
+        and baseline_tok.eos_token_id == policy_tok.eos_token_id
+        and baseline_tok.pad_token_id == policy_tok.pad_token_id
+    )
+    if not same:
+        raise ModelError(
+            f"baseline {baseline} and policy {policy} have different tokenizers; "
+            "a KL between them needs the same tokenizer (evaluate a policy fine-tuned from the baseline)"
+        )
+
+
+def sample_answers(model: nn.Module, tokenizer, prompt_ids: list[list[int]], gen: GenerationConfig, device: torch.device, seed: int) -> Generation:
+    """Generate one answer per prompt after resetting the random generator to `seed`."""
+    torch.manual_seed(seed)
+    return generate(model, tokenizer, prompt_ids, gen, device)
+
+
+@torch.no_grad()
+def policy_kl(policy: nn.Module, baseline: nn.Module, gen: Generation, temperature: float, batch_size: int) -> torch.Tensor:
+    """Summed log-ratio log pi(y|x) - log pi_base(y|x) of each of the policy's own answers.
+
+    Args:
+        gen: the policy's generation (prompts (B, T_p) left-padded, responses (B, T_r)).
+        temperature: the sampling temperature, dividing both models' logits.
+        batch_size: sequences per forward pass.
+
+    Returns:
+        (B,) float32 on CPU; its mean is the k1 estimate of KL(policy || baseline).
+    """
+    sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
+    attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
+    T_p = gen.prompts.shape[1]
+    out = []
+    for i in range(0, sequences.shape[0], batch_size):
+        seq, mask = sequences[i : i + batch_size], attention_mask[i : i + batch_size]
+        logprobs = response_logprobs(policy, seq, mask, T_p, temperature)  # (b, T_r)
+        ref_logprobs = response_logprobs(baseline, seq, mask, T_p, temperature)  # (b, T_r)
+        response_mask = gen.response_mask[i : i + batch_size]  # (b, T_r)
+        out.append(((logprobs - ref_logprobs) * response_mask).sum(-1).float().cpu())
+    return torch.cat(out)
+
+
+def answer_stats(gen: Generation, texts: list[str]) -> AnswerStats:
+    """Length (tokens before EOS), EOS rate and distinct-1/2 of one model's answers."""
+    lengths = gen.response_mask.sum(-1) - gen.ended.long()  # (B,) EOS itself not counted
+    return AnswerStats(
+        mean_length=float(lengths.double().mean()),
+        eos_fraction=float(gen.ended.double().mean()),
+        distinct_1=distinct_n(texts, 1),
+        distinct_2=distinct_n(texts, 2),
+    )
+
+
+def reward_model_names(paths: list[str]) -> list[str]:
+    """Short display names (directory names); the full path where two would clash."""
+    names = [Path(p).name or p for p in paths]
+    return [n if names.count(n) == 1 else p for n, p in zip(names, paths)]
+
+
+def score_with(path: str, name: str, prompts: list[str], baseline: list[str], policy: list[str], device: torch.device, seed: int) -> RewardModelResult:
+    """Score both models' answers with one reward model and compare them.
+
+    Raises:
+        ModelError: when the reward model cannot be loaded.
+    """
+    rm = RewardModel.load(path, device)
+    baseline_scores = rm.score(prompts, baseline).tolist()
+    policy_scores = rm.score(prompts, policy).tolist()
+    del rm
+    diff = np.asarray(policy_scores) - np.asarray(baseline_scores)
+    return RewardModelResult(
+        name=name, path=path, baseline_scores=baseline_scores, policy_scores=policy_scores,
+        win_rate=win_rate(policy_scores, baseline_scores), score_diff_ci=bootstrap_ci(diff, seed=seed),
+    )
+
+
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def write_samples(path: Path, result: PolicyEvalResult) -> None:
+    """One JSON line per prompt: both answers, every reward model's scores, the answer's KL."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for i, s in enumerate(result.samples):
+            scores = {
+                rm.name: {"baseline": rm.baseline_scores[i], "policy": rm.policy_scores[i]}
+                for rm in result.reward_models
+            }
+            row = {
+                "prompt": s.prompt, "baseline": s.baseline, "policy": s.policy, "scores": scores,
+                "kl": s.kl, "baseline_ended": s.baseline_ended, "policy_ended": s.policy_ended,
+            }
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def write_outputs(result: PolicyEvalResult, output_dir: str, train_metrics: str | None, kl_budget: float | None) -> None:
+    """Write eval.json, samples.jsonl and report.html into `output_dir`."""
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / EVAL_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    write_samples(out / SAMPLES_FILE, result)
+    write_report(out / REPORT_FILE, result, train_metrics, kl_budget=kl_budget)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> PolicyEvalResult:
+    """Compare a policy with its baseline on the same prompts and write the report.
+
+    Args:
+        cfg: the `tether eval` config (models, prompts, reward models, generation settings, output dir).
+        kl_budget: optional KL budget in nats (e.g. the PPO run's `ppo.kl_budget`); the report says
+            whether the policy's KL is within it.
+
+    Returns:
+        The `PolicyEvalResult` (also written to `cfg.output_dir`).
+
+    Raises:
+        ConfigError: `cfg.overwrite` is False and the output directory already holds an eval.json.
+        DataError: unreadable prompts file or an empty selection.
+        ModelError: a model cannot be loaded, or baseline and policy tokenizers differ.
+    """
+    if not cfg.overwrite and (Path(cfg.output_dir) / EVAL_FILE).exists():
+        raise ConfigError(f"{cfg.output_dir} already holds {EVAL_FILE}; set overwrite=true or choose another output_dir")
+    prompts = [e.prompt for e in select(load_prompts(cfg.prompts), cfg.split, cfg.holdout_fraction, cfg.max_prompts)]
+    device = resolve_device(cfg.device)
+    gen_cfg = cfg.generation
+    temperature = gen_cfg.temperature if gen_cfg.do_sample else 1.0
+
+    # 1. generate: same prompts, settings and seed for both models
+    console.print(f"eval: {len(prompts)} prompts, loading {cfg.baseline} and {cfg.policy}")
+    baseline, tokenizer = load_causal_lm(ModelConfig(name_or_path=cfg.baseline), device, seed=cfg.seed)
+    policy, policy_tokenizer = load_causal_lm(ModelConfig(name_or_path=cfg.policy), device, seed=cfg.seed)
+    check_same_tokenizer(tokenizer, policy_tokenizer, cfg.baseline, cfg.policy)
+    prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.prompt_template, cfg.max_prompt_length)
+    console.print("eval: generating")
+    baseline_gen = sample_answers(baseline, tokenizer, prompt_ids, gen_cfg, device, cfg.seed)
+    policy_gen = sample_answers(policy, tokenizer, prompt_ids, gen_cfg, device, cfg.seed)
+    baseline_texts = decode_responses(tokenizer, baseline_gen.responses, baseline_gen.response_mask)
+    policy_texts = decode_responses(tokenizer, policy_gen.responses, policy_gen.response_mask)
+
+    # 2. KL of the policy to the baseline on the policy's own answers
+    kl = policy_kl(policy, baseline, policy_gen, temperature, gen_cfg.batch_size)  # (B,)
+    del baseline, policy
+    _free(device)
+
+    # 3. score both answer sets with every reward model
+    rms = []
+    for path, name in zip(cfg.reward_models, reward_model_names(cfg.reward_models)):
+        console.print(f"eval: scoring with reward model {name}")
+        rms.append(score_with(path, name, prompts, baseline_texts, policy_texts, device, cfg.seed))
+        _free(device)
+
+    samples = [
+        Sample(p, b, q, float(k), bool(be), bool(pe))
+        for p, b, q, k, be, pe in zip(prompts, baseline_texts, policy_texts, kl.tolist(), baseline_gen.ended.tolist(), policy_gen.ended.tolist())
+    ]
+    result = PolicyEvalResult(
+        n_prompts=len(prompts), baseline_path=cfg.baseline, policy_path=cfg.policy, prompts_path=cfg.prompts,
+        split=cfg.split, reward_models=rms,
+        baseline=answer_stats(baseline_gen, baseline_texts), policy=answer_stats(policy_gen, policy_texts),
+        kl=float(kl.mean()), kl_ci=bootstrap_ci(kl.numpy(), seed=cfg.seed),
+        generation=gen_cfg, seed=cfg.seed, samples=samples, output_dir=cfg.output_dir,
+    )
+    write_outputs(result, cfg.output_dir, cfg.train_metrics, kl_budget)
+    console.print(f"eval: wrote {Path(cfg.output_dir) / REPORT_FILE}")
+    return result

@@ -1,0 +1,89 @@
+"""Policy evaluation on tiny random models: KL, ties, outputs, escaping, tokenizer check."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tether.config import EvalConfig, GenerationConfig
+from tether.errors import ModelError
+from tether.eval.policy import evaluate_policies
+from tether.models.reward import RewardModel
+from tether.models.tiny import tiny_causal_lm, tiny_sequence_classifier
+
+INJECTED = "<script>alert('x')</script> what is 2+2?"
+PROMPTS = ["Say hello.", INJECTED, "Name a colour.", "Count to three."]
+
+
+def save_tiny_lm(path: Path, seed: int = 0, extra_token: str | None = None) -> str:
+    model, tok = tiny_causal_lm("llama", seed=seed)
+    if extra_token is not None:
+        tok.add_tokens([extra_token])
+        model.resize_token_embeddings(len(tok))
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    root = tmp_path_factory.mktemp("models")
+    rm_model, rm_tok = tiny_sequence_classifier("bert")
+    RewardModel(rm_model, rm_tok).save(root / "rm")
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in PROMPTS))
+    return {
+        "lm": save_tiny_lm(root / "lm"),
+        "lm_other": save_tiny_lm(root / "lm_other", seed=1),
+        "rm": str(root / "rm"),
+        "prompts": str(prompts),
+    }
+
+
+def make_cfg(models: dict[str, str], out: Path, policy: str | None = None) -> EvalConfig:
+    return EvalConfig(
+        baseline=models["lm"], policy=policy or models["lm"], prompts=models["prompts"],
+        reward_models=[models["rm"]], output_dir=str(out), split="all", device="cpu",
+        generation=GenerationConfig(max_new_tokens=8, temperature=0.7, batch_size=4),
+    )
+
+
+def test_same_model_has_zero_kl_and_ties(models, tmp_path):
+    result = evaluate_policies(make_cfg(models, tmp_path))
+    assert result.n_prompts == len(PROMPTS)
+    assert abs(result.kl) < 1e-4
+    rm = result.reward_models[0]
+    assert rm.baseline_scores == rm.policy_scores
+    assert rm.win_rate.ties == len(PROMPTS)
+    assert result.to_json()["win_rate"] == 0.5
+    assert [s.baseline for s in result.samples] == [s.policy for s in result.samples]
+
+
+def test_outputs_written_and_escaped(models, tmp_path):
+    evaluate_policies(make_cfg(models, tmp_path, policy=models["lm_other"]), kl_budget=100.0)
+    data = json.loads((tmp_path / "eval.json").read_text())
+    for key in ("n_prompts", "baseline_mean_score", "policy_mean_score", "win_rate", "kl", "reward_models",
+                "baseline", "policy", "generation"):
+        assert key in data
+    assert data["n_prompts"] == len(PROMPTS)
+    assert data["reward_models"][0]["path"] == models["rm"]
+    assert data["baseline_mean_score"] == data["reward_models"][0]["baseline_mean_score"]
+    assert {"mean_length", "eos_fraction", "distinct_1", "distinct_2", "path"} <= set(data["policy"])
+    assert data["generation"]["max_new_tokens"] == 8
+    assert data["kl"] == data["kl"] and data["kl"] != 0.0  # finite and not zero for different weights
+
+    samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert [s["prompt"] for s in samples] == PROMPTS
+    assert set(samples[0]["scores"]["rm"]) == {"baseline", "policy"}
+
+    html = (tmp_path / "report.html").read_text()
+    assert "<script>" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "data:image/png;base64," in html
+    assert "within the budget of 100 nats" in html
+
+
+def test_different_tokenizers_raise(models, tmp_path):
+    other = save_tiny_lm(tmp_path / "lm_extra", extra_token="hello")
+    with pytest.raises(ModelError, match="different tokenizers"):
+        evaluate_policies(make_cfg(models, tmp_path / "out", policy=other))
