@@ -1,0 +1,302 @@
+"""Reward-model evaluation on preference pairs: accuracy, margins, length bias, calibration.
+
+`tether rm eval --model DIR --data FILE --json` prints the dict of `evaluate_reward_model`. Beyond
+accuracy it asks the questions that catch a reward model that will be hacked: does it just prefer longer
+answers (accuracy split by which answer is longer, and the correlation of score difference with length
+difference), does it fail on long prompts (accuracy by prompt-length tertile), and are its preference
+probabilities sigmoid(r_chosen - r_rejected) calibrated (Bradley & Terry 1952; ECE of Guo et al. 2017).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tether.data.sources import load_preferences
+from tether.eval.metrics import expected_calibration_error, reliability_bins, wilson_interval
+from tether.eval.report import embed_figure, esc, html_page, html_table, new_figure, paragraph
+from tether.models.load import resolve_device
+from tether.models.reward import RewardModel
+
+HIST_BINS = 20
+TERTILE_NAMES = ("short", "medium", "long")
+
+
+# --------------------------------------------------------------------------- statistics
+
+
+def _accuracy(correct: np.ndarray) -> float | None:
+    return float(correct.mean()) if correct.size else None
+
+
+def _group(correct: np.ndarray, where: np.ndarray) -> dict:
+    return {"n": int(where.sum()), "accuracy": _accuracy(correct[where])}
+
+
+def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
+    """Pearson correlation, None when undefined (fewer than 2 points or a constant input)."""
+    if x.size < 2 or np.std(x) == 0 or np.std(y) == 0:
+        return None
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def length_bias(correct: np.ndarray, score_diff: np.ndarray, chosen_lengths: np.ndarray, rejected_lengths: np.ndarray) -> dict:
+    """Accuracy when the chosen answer is longer / shorter / equally long, and the length correlation.
+
+    Args:
+        correct: (N,) bool, chosen scored strictly higher.
+        score_diff: (N,) r_chosen - r_rejected.
+        chosen_lengths, rejected_lengths: (N,) response lengths in tokens.
+
+    Returns:
+        `{"chosen_longer": {n, accuracy}, "chosen_shorter": ..., "same_length": ...,
+        "chosen_longer_fraction", "score_length_correlation"}`; an accuracy is None for an empty group.
+    """
+    length_diff = chosen_lengths - rejected_lengths  # (N,)
+    return {
+        "chosen_longer": _group(correct, length_diff > 0),
+        "chosen_shorter": _group(correct, length_diff < 0),
+        "same_length": _group(correct, length_diff == 0),
+        "chosen_longer_fraction": float((length_diff > 0).mean()),
+        "score_length_correlation": _correlation(score_diff, length_diff.astype(float)),
+    }
+
+
+def by_prompt_length(correct: np.ndarray, prompt_lengths: np.ndarray) -> list[dict]:
+    """Accuracy in three equal-count groups of prompts, shortest first (split by rank, so ties in length
+    do not empty a group).
+
+    Returns:
+        Up to three `{"name", "n", "min_tokens", "max_tokens", "accuracy"}`; empty groups are left out.
+    """
+    order = np.argsort(prompt_lengths, kind="stable")
+    groups = []
+    for name, idx in zip(TERTILE_NAMES, np.array_split(order, 3)):
+        if idx.size == 0:
+            continue
+        groups.append({
+            "name": name, "n": int(idx.size),
+            "min_tokens": int(prompt_lengths[idx].min()), "max_tokens": int(prompt_lengths[idx].max()),
+            "accuracy": _accuracy(correct[idx]),
+        })
+    return groups
+
+
+def calibration(logits: np.ndarray, n_bins: int = 10) -> dict:
+    """Calibration of p = sigmoid(logit) as the probability that the chosen answer is preferred.
+
+    Each pair is counted in both orders (p with label 1, 1 - p with label 0): with only the chosen-first
+    order every label would be 1 and the reliability diagram would say nothing about overconfidence.
+
+    Args:
+        logits: (N,) Bradley-Terry logits r_chosen - r_rejected (unnormalised scores).
+
+    Returns:
+        `{"ece", "bins": [{"confidence", "accuracy", "count"}, ...]}`.
+    """
+    p = 1.0 / (1.0 + np.exp(-logits))  # (N,)
+    probs = np.concatenate([p, 1.0 - p])  # (2N,)
+    labels = np.concatenate([np.ones_like(p), np.zeros_like(p)])  # (2N,)
+    bins = reliability_bins(probs, labels, n_bins)
+    return {
+        "ece": expected_calibration_error(probs, labels, n_bins),
+        "bins": [{"confidence": b.confidence, "accuracy": b.accuracy, "count": b.count} for b in bins],
+    }
+
+
+def score_histogram(chosen: np.ndarray, rejected: np.ndarray, n_bins: int = HIST_BINS) -> dict:
+    """Shared-edge histograms of chosen and rejected scores: `{"edges", "chosen", "rejected"}`."""
+    both = np.concatenate([chosen, rejected])
+    low, high = float(both.min()), float(both.max())
+    if high - low < 1e-9:
+        low, high = low - 0.5, high + 0.5
+    edges = np.linspace(low, high, n_bins + 1)
+    return {
+        "edges": edges.tolist(),
+        "chosen": np.histogram(chosen, edges)[0].tolist(),
+        "rejected": np.histogram(rejected, edges)[0].tolist(),
+    }
+
+
+def preference_stats(
+    chosen_scores: Sequence[float],
+    rejected_scores: Sequence[float],
+    chosen_lengths: Sequence[int],
+    rejected_lengths: Sequence[int],
+    prompt_lengths: Sequence[int],
+    logit_scale: float = 1.0,
+) -> dict:
+    """All reward-model statistics from scores and lengths (no model involved).
+
+    Args:
+        chosen_scores, rejected_scores: (N,) scores of the preferred and the other answer.
+        chosen_lengths, rejected_lengths: (N,) answer lengths in tokens.
+        prompt_lengths: (N,) prompt lengths in tokens.
+        logit_scale: turns a score difference into the Bradley-Terry logit (1 / gain of normalised scores).
+
+    Returns:
+        The JSON-ready dict described in `evaluate_reward_model` (without `model` and `data`).
+
+    Raises:
+        ValueError: on empty input or mismatched lengths.
+    """
+    chosen, rejected = np.asarray(chosen_scores, float), np.asarray(rejected_scores, float)
+    if chosen.size == 0 or chosen.shape != rejected.shape:
+        raise ValueError(f"need equal, non-zero numbers of chosen and rejected scores, got {chosen.size} and {rejected.size}")
+    diff = chosen - rejected  # (N,)
+    correct = diff > 0  # ties count as wrong
+    n = int(chosen.size)
+    low, high = wilson_interval(float(correct.sum()), n)
+    cal = calibration(diff * logit_scale)
+    return {
+        "n": n,
+        "accuracy": float(correct.mean()),
+        "accuracy_ci": [low, high],
+        "ties": int((diff == 0).sum()),
+        "mean_margin": float(diff.mean()),
+        "chosen_score_mean": float(chosen.mean()),
+        "chosen_score_std": float(chosen.std()),
+        "rejected_score_mean": float(rejected.mean()),
+        "rejected_score_std": float(rejected.std()),
+        "length": length_bias(correct, diff, np.asarray(chosen_lengths), np.asarray(rejected_lengths)),
+        "by_prompt_length": by_prompt_length(correct, np.asarray(prompt_lengths)),
+        "ece": cal["ece"],
+        "reliability_bins": cal["bins"],
+        "histogram": score_histogram(chosen, rejected),
+    }
+
+
+# --------------------------------------------------------------------------- model
+
+
+def token_lengths(tokenizer, texts: list[str]) -> list[int]:
+    """Number of tokens of each text under `tokenizer`, special tokens excluded."""
+    return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def evaluate_reward_model(
+    model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto"
+) -> dict:
+    """Score every pair of a preference file and measure how well and how fairly the model ranks them.
+
+    Args:
+        model_dir: a reward-model directory (from `tether rm`) or any HF sequence-classification model.
+        data: a `{"prompt","chosen","rejected"}` file.
+        batch_size: texts per forward pass.
+        max_length: reward-model input tokens (default: the length the model was trained with).
+        device: 'auto', 'cpu' or 'cuda'.
+
+    Returns:
+        A JSON-ready dict: `model`, `data`, `n`, `accuracy` (strictly higher chosen score; ties are
+        wrong), `accuracy_ci` (95% Wilson), `ties`, `mean_margin`, `chosen_score_mean/std`,
+        `rejected_score_mean/std`, `length` (accuracy when the chosen answer is longer / shorter / the
+        same length, with counts, and `score_length_correlation`), `by_prompt_length` (tertiles),
+        `ece` and `reliability_bins` of sigmoid(r_chosen - r_rejected), and `histogram` of the scores.
+
+    Raises:
+        DataError: unreadable data file or rows.
+        ModelError: the model cannot be loaded.
+    """
+    examples = load_preferences(data)
+    rm = RewardModel.load(model_dir, resolve_device(device))
+    prompts = [e.prompt for e in examples]
+    chosen = rm.score(prompts, [e.chosen for e in examples], batch_size, max_length)
+    rejected = rm.score(prompts, [e.rejected for e in examples], batch_size, max_length)
+    stats = preference_stats(
+        chosen.tolist(), rejected.tolist(),
+        token_lengths(rm.tokenizer, [e.chosen for e in examples]),
+        token_lengths(rm.tokenizer, [e.rejected for e in examples]),
+        token_lengths(rm.tokenizer, prompts),
+        logit_scale=1.0 / rm.meta.gain if rm.meta.gain else 1.0,
+    )
+    return {"model": model_dir, "data": data, **stats}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def reward_verdict(result: dict) -> str:
+    """Plain-language summary of a reward-model evaluation, in numbers."""
+    length = result["length"]
+
+    def pct(group: dict) -> str:
+        return "n/a" if group["accuracy"] is None else f"{group['accuracy']:.0%}"
+
+    corr = length["score_length_correlation"]
+    corr_text = "undefined" if corr is None else f"{corr:.2f}"
+    low, high = result["accuracy_ci"]
+    return (
+        f"The reward model ranks the chosen answer higher on {result['accuracy']:.1%} of {result['n']} pairs "
+        f"(95% CI {low:.1%}-{high:.1%}; {result['ties']} ties counted as wrong), mean margin "
+        f"{result['mean_margin']:.3g}, ECE {result['ece']:.3f}. Accuracy is {pct(length['chosen_longer'])} "
+        f"where the chosen answer is longer (n={length['chosen_longer']['n']}) and "
+        f"{pct(length['chosen_shorter'])} where it is shorter (n={length['chosen_shorter']['n']}); "
+        f"correlation of score difference with length difference {corr_text}."
+    )
+
+
+def _reliability_figure(bins: list[dict]) -> str:
+    fig = new_figure(4.0, 4.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot([0, 1], [0, 1], linestyle="--", color="#999", label="perfect calibration")
+    used = [b for b in bins if b["count"] > 0]
+    ax.plot([b["confidence"] for b in used], [b["accuracy"] for b in used], marker="o", color="#3b6ea8", label="model")
+    ax.set_xlabel("predicted P(preferred)")
+    ax.set_ylabel("observed frequency")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.legend()
+    return embed_figure(fig, "reliability diagram")
+
+
+def _histogram_figure(hist: dict) -> str:
+    fig = new_figure(5.0, 3.0)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.stairs(hist["rejected"], hist["edges"], fill=True, alpha=0.6, color="#7f8c8d", label="rejected")
+    ax.stairs(hist["chosen"], hist["edges"], fill=True, alpha=0.6, color="#3b6ea8", label="chosen")
+    ax.set_xlabel("score")
+    ax.legend()
+    return embed_figure(fig, "score histograms")
+
+
+def write_reward_report(path: str | Path, result: dict) -> Path:
+    """Write a self-contained HTML report of `evaluate_reward_model`'s result.
+
+    Args:
+        path: the HTML file to write.
+        result: the dict returned by `evaluate_reward_model`.
+
+    Returns:
+        The path written.
+    """
+    length = result["length"]
+    summary = html_table(["statistic", "value"], [
+        ["model", result.get("model", "-")], ["data", result.get("data", "-")], ["pairs", result["n"]],
+        ["accuracy", result["accuracy"]], ["ties (counted wrong)", result["ties"]], ["mean margin", result["mean_margin"]],
+        ["chosen score mean / std", f"{result['chosen_score_mean']:.3g} / {result['chosen_score_std']:.3g}"],
+        ["rejected score mean / std", f"{result['rejected_score_mean']:.3g} / {result['rejected_score_std']:.3g}"],
+        ["ECE", result["ece"]],
+    ])
+    length_table = html_table(["pairs where", "n", "accuracy"], [
+        [name.replace("_", " "), length[name]["n"], length[name]["accuracy"]]
+        for name in ("chosen_longer", "chosen_shorter", "same_length")
+    ])
+    prompt_table = html_table(["prompt length", "tokens", "n", "accuracy"], [
+        [g["name"], f"{g['min_tokens']}-{g['max_tokens']}", g["n"], g["accuracy"]] for g in result["by_prompt_length"]
+    ])
+    sections = [
+        f'<div class="verdict">{esc(reward_verdict(result))}</div>',
+        "<h2>Summary</h2>" + summary,
+        "<h2>Length bias</h2>" + length_table
+        + paragraph(f"Chosen answer is longer in {length['chosen_longer_fraction']:.0%} of pairs.", "note"),
+        "<h2>Accuracy by prompt length</h2>" + prompt_table,
+        "<h2>Calibration</h2>" + _reliability_figure(result["reliability_bins"])
+        + paragraph("Each pair counted in both orders; p = sigmoid(r_chosen - r_rejected).", "note"),
+        "<h2>Score distributions</h2>" + _histogram_figure(result["histogram"]),
+    ]
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html_page("Reward model evaluation", sections), encoding="utf-8")
+    return out

@@ -1,0 +1,84 @@
+"""Reward-model evaluation: hand-computed accuracy, ties, length bias, calibration, report."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from tether.eval.reward_eval import evaluate_reward_model, preference_stats, write_reward_report
+from tether.models.reward import RewardModel
+from tether.models.tiny import tiny_sequence_classifier
+
+# chosen longer (right), chosen longer (right), chosen shorter (wrong), same length (tie: wrong)
+ROWS = [
+    {"prompt": "p1", "chosen": "a long answer", "rejected": "short"},
+    {"prompt": "prompt two", "chosen": "longer reply", "rejected": "brief"},
+    {"prompt": "the third prompt", "chosen": "ok", "rejected": "much longer"},
+    {"prompt": "<b>fourth</b> prompt here", "chosen": "same", "rejected": "size"},
+]
+
+
+@pytest.fixture(scope="module")
+def rm_dir(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("rm") / "rm"
+    model, tok = tiny_sequence_classifier("bert")
+    RewardModel(model, tok).save(path)
+    return str(path)
+
+
+@pytest.fixture
+def data(tmp_path) -> str:
+    path = tmp_path / "prefs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    return str(path)
+
+
+def test_preference_stats_hand_computed():
+    stats = preference_stats([2.0, 1.0, 0.0, 3.0], [1.0, 1.0, 1.0, 0.0], [5, 5, 2, 4], [3, 3, 4, 4], [1, 2, 3, 4])
+    assert stats["n"] == 4
+    assert stats["accuracy"] == 0.5  # the tie (row 2) counts as wrong
+    assert stats["ties"] == 1
+    assert stats["mean_margin"] == pytest.approx((1 + 0 - 1 + 3) / 4)
+    assert stats["length"]["chosen_longer"] == {"n": 2, "accuracy": 0.5}
+    assert stats["length"]["chosen_shorter"] == {"n": 1, "accuracy": 0.0}
+    assert stats["length"]["same_length"] == {"n": 1, "accuracy": 1.0}
+    assert [g["n"] for g in stats["by_prompt_length"]] == [2, 1, 1]
+    assert sum(b["count"] for b in stats["reliability_bins"]) == 8  # both orders of 4 pairs
+    assert sum(stats["histogram"]["chosen"]) == 4
+
+
+def test_calibration_of_a_perfectly_calibrated_case():
+    # logit log(3): p = 0.75; 3 right and 1 wrong at that confidence is exactly calibrated
+    d = math.log(3.0)
+    stats = preference_stats([d, d, d, 0.0], [0.0, 0.0, 0.0, d], [1] * 4, [1] * 4, [1] * 4)
+    assert stats["accuracy"] == 0.75
+    assert stats["ece"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_evaluate_with_controlled_scores(rm_dir, data, tmp_path, monkeypatch):
+    # score = length of the reply: the model is a pure length preference
+    def by_length(self, prompts, responses, batch_size=32, max_length=None):
+        return torch.tensor([float(len(r)) for r in responses])
+
+    monkeypatch.setattr(RewardModel, "score", by_length)
+    result = evaluate_reward_model(rm_dir, data, device="cpu")
+    assert result["n"] == 4 and result["ties"] == 1
+    assert result["accuracy"] == 0.5
+    assert result["length"]["chosen_longer"] == {"n": 2, "accuracy": 1.0}
+    assert result["length"]["chosen_shorter"] == {"n": 1, "accuracy": 0.0}
+    assert result["length"]["same_length"] == {"n": 1, "accuracy": 0.0}
+    assert result["length"]["score_length_correlation"] == pytest.approx(1.0)
+
+    out = write_reward_report(tmp_path / "rm_report.html", result)
+    html = out.read_text()
+    assert "data:image/png;base64," in html and "50.0%" in html
+
+
+def test_evaluate_real_tiny_model_gives_valid_json(rm_dir, data):
+    result = evaluate_reward_model(rm_dir, data, batch_size=2, device="cpu")
+    text = json.dumps(result, allow_nan=False)
+    assert json.loads(text)["n"] == 4
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["ece"] <= 1.0
+    assert result["model"] == rm_dir and Path(result["data"]).name == "prefs.jsonl"
