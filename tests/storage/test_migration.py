@@ -1,0 +1,89 @@
+"""Schema versions: a new database is stamped, an older one is upgraded with its data kept."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pytest
+
+from tether.errors import ConfigError
+from tether.storage import FeedbackStore, LabelData, TaskKind
+from tether.storage.schema import SCHEMA_VERSION
+
+# The tables as schema version 1 created them (before campaigns.model_path and labels.duration_ms).
+SCHEMA_V1 = """
+CREATE TABLE schema_version (version INTEGER NOT NULL PRIMARY KEY);
+CREATE TABLE settings (key VARCHAR(64) NOT NULL PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE campaigns (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL UNIQUE, kind VARCHAR(16) NOT NULL,
+  guidelines TEXT NOT NULL, labelers_per_item INTEGER NOT NULL, status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL);
+CREATE TABLE labelers (id INTEGER NOT NULL PRIMARY KEY, name VARCHAR(200) NOT NULL UNIQUE, token_hash VARCHAR(64) NOT NULL UNIQUE,
+  active BOOLEAN NOT NULL, created_at DATETIME NOT NULL);
+CREATE TABLE items (id INTEGER NOT NULL PRIMARY KEY, campaign_id INTEGER NOT NULL REFERENCES campaigns (id), position INTEGER NOT NULL,
+  external_id VARCHAR(200) NOT NULL, prompt TEXT NOT NULL, completions TEXT NOT NULL, model TEXT, meta TEXT, n_assigned INTEGER NOT NULL,
+  created_by INTEGER REFERENCES labelers (id));
+CREATE TABLE assignments (id INTEGER NOT NULL PRIMARY KEY, item_id INTEGER NOT NULL REFERENCES items (id),
+  labeler_id INTEGER NOT NULL REFERENCES labelers (id), status VARCHAR(16) NOT NULL, display_order TEXT NOT NULL,
+  created_at DATETIME NOT NULL, CONSTRAINT uq_assignment UNIQUE (item_id, labeler_id));
+CREATE TABLE labels (id INTEGER NOT NULL PRIMARY KEY, campaign_id INTEGER NOT NULL REFERENCES campaigns (id),
+  item_id INTEGER NOT NULL REFERENCES items (id), labeler_id INTEGER NOT NULL REFERENCES labelers (id), ranks TEXT, unusable TEXT,
+  choice VARCHAR(16), thumb INTEGER, harm INTEGER, prompt TEXT, response TEXT, better_response TEXT, note TEXT NOT NULL,
+  created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, CONSTRAINT uq_label UNIQUE (item_id, labeler_id));
+INSERT INTO schema_version VALUES (1);
+INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00');
+INSERT INTO labelers VALUES (1, 'ann', 'x', 1, '2024-01-01 00:00:00');
+INSERT INTO items VALUES (1, 1, 0, 'a', 'prompt', '["c0", "c1"]', NULL, NULL, 1, NULL);
+INSERT INTO items VALUES (2, 1, 1, 'b', 'prompt 2', '["d0", "d1"]', NULL, NULL, 0, NULL);
+INSERT INTO assignments VALUES (1, 1, 1, 'done', '[1, 0]', '2024-01-01 00:00:00');
+INSERT INTO labels VALUES (1, 1, 1, 1, '[2, 1]', '[false, false]', NULL, NULL, NULL, NULL, NULL, NULL, 'fine',
+  '2024-01-01 00:00:00', '2024-01-01 00:00:00');
+"""
+
+
+def test_new_database_is_stamped_with_the_current_version(tmp_path):
+    store = FeedbackStore(f"sqlite:///{tmp_path / 'new.db'}")
+    assert store.previous_schema_version == 0
+    with sqlite3.connect(tmp_path / "new.db") as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def test_version_1_database_is_upgraded_keeping_its_data(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V1)
+    store = FeedbackStore(f"sqlite:///{path}")
+    assert store.previous_schema_version == 1
+    campaign = store.campaign_by_name("old")
+    assert campaign.guidelines == "be kind" and campaign.model_path is None and campaign.n_items == 2
+    [label] = store.list_labels(campaign.id)
+    assert label.data.ranks == [2, 1] and label.data.note == "fine" and label.labeler_name == "ann"
+    # the upgraded database takes new data, new columns included
+    task = store.next_task(campaign.id, 1)
+    store.submit_label(task.assignment_id, 1, LabelData(ranks=[1, 2], duration_ms=1500))
+    assert [lab.data.duration_ms for lab in store.list_labels(campaign.id)] == [None, 1500]
+    store.update_campaign(campaign.id, model_path="models/sft")
+    store.close()
+    reopened = FeedbackStore(f"sqlite:///{path}")
+    assert reopened.previous_schema_version == SCHEMA_VERSION
+    assert reopened.get_campaign(campaign.id).model_path == "models/sft"
+    assert reopened.create_campaign("new", TaskKind.THUMBS, []).name == "new"
+
+
+def test_newer_database_is_refused(tmp_path):
+    path = tmp_path / "future.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(f"CREATE TABLE schema_version (version INTEGER PRIMARY KEY); INSERT INTO schema_version VALUES ({SCHEMA_VERSION + 1});")
+    with pytest.raises(ConfigError, match="newer"):
+        FeedbackStore(f"sqlite:///{path}")
+
+
+def test_foreign_database_is_refused(tmp_path):
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript("CREATE TABLE campaigns (id INTEGER PRIMARY KEY);")
+    with pytest.raises(ConfigError, match="not a tether database"):
+        FeedbackStore(f"sqlite:///{path}")
+
+
+def test_bad_url_is_a_config_error():
+    with pytest.raises(ConfigError, match="--db"):
+        FeedbackStore("not a url")
