@@ -165,6 +165,8 @@ def training_curves_section(path: str | None, kl_budget: float | None = None) ->
     header = "<h2>Training curves</h2>"
     if path is None:
         return header + paragraph("No training metrics were given (train_metrics).", "note")
+    if not Path(path).is_file():
+        return header + paragraph(f"Training metrics file not found: {path}", "note")
     rows = read_train_metrics(path)
     curves = [(k, *_series(rows, k)) for k in ("objective/scores", "objective/kl", "objective/kl_coef")]
     curves = [c for c in curves if c[1]]
