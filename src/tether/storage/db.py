@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from tether.errors import ConfigError
@@ -42,6 +42,8 @@ def make_engine(url: str) -> Engine:
     if parsed.get_backend_name() != "sqlite":
         try:
             return create_engine(url, pool_pre_ping=True)
+        except NoSuchModuleError:
+            raise ConfigError(f"--db: unknown database type {parsed.drivername!r} in {url!r}") from None
         except ImportError as exc:
             raise ConfigError(f"--db: driver for {parsed.drivername!r} is not installed ({exc})") from None
     in_memory = parsed.database in (None, "", ":memory:")
