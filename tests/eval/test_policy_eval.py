@@ -72,6 +72,7 @@ def test_outputs_written_and_escaped(models, tmp_path):
     assert data["generation"]["max_new_tokens"] == 8
     assert data["kl"] == data["kl"] and data["kl"] != 0.0  # finite and not zero for different weights
 
+    assert (tmp_path / "config.yaml").is_file()
     samples = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
     assert [s["prompt"] for s in samples] == PROMPTS
     assert set(samples[0]["scores"]["rm"]) == {"baseline", "policy"}

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tether.config import EvalConfig, GenerationConfig, ModelConfig
+from tether.config import EvalConfig, GenerationConfig, ModelConfig, dump_config
 from tether.data.sources import load_prompts, select
 from tether.data.tokenize import tokenize_prompts
 from tether.errors import ConfigError, ModelError
@@ -34,7 +34,7 @@ from tether.models.reward import RewardModel
 from tether.rollout.generate import Generation, decode_responses, generate
 from tether.trainers.common import console
 
-EVAL_FILE, SAMPLES_FILE, REPORT_FILE = "eval.json", "samples.jsonl", "report.html"
+EVAL_FILE, SAMPLES_FILE, REPORT_FILE, CONFIG_FILE = "eval.json", "samples.jsonl", "report.html", "config.yaml"
 
 
 # --------------------------------------------------------------------------- results
@@ -256,13 +256,14 @@ def write_samples(path: Path, result: PolicyEvalResult) -> None:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def write_outputs(result: PolicyEvalResult, output_dir: str, train_metrics: str | None, kl_budget: float | None) -> None:
-    """Write eval.json, samples.jsonl and report.html into `output_dir`."""
-    out = Path(output_dir)
+def write_outputs(result: PolicyEvalResult, cfg: EvalConfig, kl_budget: float | None) -> None:
+    """Write config.yaml (the resolved config), eval.json, samples.jsonl and report.html into `cfg.output_dir`."""
+    out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(dump_config(cfg), encoding="utf-8")
     (out / EVAL_FILE).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
     write_samples(out / SAMPLES_FILE, result)
-    write_report(out / REPORT_FILE, result, train_metrics, kl_budget=kl_budget)
+    write_report(out / REPORT_FILE, result, cfg.train_metrics, kl_budget=kl_budget)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -326,6 +327,6 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
         kl=float(kl.mean()), kl_ci=bootstrap_ci(kl.numpy(), seed=cfg.seed),
         generation=gen_cfg, seed=cfg.seed, samples=samples, output_dir=cfg.output_dir,
     )
-    write_outputs(result, cfg.output_dir, cfg.train_metrics, kl_budget)
+    write_outputs(result, cfg, kl_budget)
     console.print(f"eval: wrote {Path(cfg.output_dir) / REPORT_FILE}")
     return result
