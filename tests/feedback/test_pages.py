@@ -1,0 +1,86 @@
+"""Server-rendered pages: every task kind renders, and the admin forms create what they say."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ADMIN_TOKEN, make_campaign, make_labeler
+
+ITEMS = {
+    "rank": [{"prompt": "p", "completions": ["a", "b", "c"]}],
+    "pair": [{"prompt": "p", "completions": ["a", "b"]}],
+    "thumbs": [{"prompt": "p", "completions": ["a"]}],
+    "redteam": [{"prompt": "seed"}],
+}
+MARKERS = {"rank": "rank-btn", "pair": 'data-side="tie"', "thumbs": 'data-thumb="1"', "redteam": 'name="harm"'}
+
+
+def _as(client, headers):
+    client.cookies.set("tether_token", headers["Authorization"].split()[1])
+
+
+@pytest.mark.parametrize("kind", sorted(ITEMS))
+def test_task_page_renders_for_every_kind(client, admin, kind):
+    campaign = make_campaign(client, admin, kind=kind, items=ITEMS[kind], guidelines="Read me.")
+    _as(client, make_labeler(client, admin, "ann"))
+    page = client.get(f"/label/{campaign['id']}")
+    assert page.status_code == 200
+    assert MARKERS[kind] in page.text and "Read me." in page.text and 'id="submit"' in page.text
+    queue = client.get("/queue")
+    assert campaign["name"] in queue.text
+
+
+def test_finished_queue_says_so(client, admin):
+    campaign = make_campaign(client, admin, items=ITEMS["rank"])
+    labeler = make_labeler(client, admin, "ann")
+    task = client.get(f"/api/campaigns/{campaign['id']}/next", headers=labeler).json()
+    client.post(f"/api/assignments/{task['assignment_id']}/label", json={"ranks": [1, 2, 3]}, headers=labeler)
+    _as(client, labeler)
+    assert 'id="done"' in client.get(f"/label/{campaign['id']}").text
+
+
+def test_admin_creates_campaign_from_upload(client):
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    rows = "\n".join(json.dumps({"prompt": f"p{i}", "completions": ["a", "b"]}) for i in range(4))
+    form = {"name": "up", "kind": "pair", "labelers_per_item": "2", "guidelines": "g"}
+    response = client.post("/admin/campaigns", data=form, files={"file": ("c.jsonl", rows, "application/json")}, follow_redirects=False)
+    assert response.status_code == 303
+    page = client.get(response.headers["location"])
+    assert "0 of 8 labels" in page.text and "Guidelines" in page.text
+
+
+def test_admin_creates_redteam_campaign_from_pasted_prompts(client):
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    form = {"name": "rt", "kind": "redteam", "prompts": "attack one\n\nattack two\n"}
+    response = client.post("/admin/campaigns", data=form, follow_redirects=False)
+    assert response.status_code == 303
+    assert "0 of 2 labels" in client.get(response.headers["location"]).text
+
+
+def test_admin_form_errors_are_shown(client):
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    bad = client.post("/admin/campaigns", data={"name": "x", "kind": "rank"}, files={"file": ("c.jsonl", "{not json", "text/plain")})
+    assert bad.status_code == 400 and "uploaded file:1: not valid JSON" in bad.text
+    no_model = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello"})
+    assert no_model.status_code == 400 and "prompt 1" in no_model.text
+    sampling = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"})
+    assert sampling.status_code == 400
+
+
+def test_admin_manages_labelers_and_campaign(client, admin):
+    campaign = make_campaign(client, admin)
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    page = client.post("/admin/labelers", data={"name": "ann"})
+    assert page.status_code == 200 and 'id="token-value"' in page.text
+    assert client.post("/admin/labelers", data={"name": "ann"}).status_code == 409
+    labeler_id = client.get("/api/labelers", headers=admin).json()[0]["id"]
+    assert 'id="token-value"' in client.post(f"/admin/labelers/{labeler_id}/token").text
+    client.post(f"/admin/labelers/{labeler_id}/active", data={"active": "false"})
+    assert client.get("/api/labelers", headers=admin).json()[0]["active"] is False
+    client.post(f"/admin/campaigns/{campaign['id']}", data={"guidelines": "new rules"})
+    client.post(f"/admin/campaigns/{campaign['id']}", data={"status": "closed"})
+    got = client.get(f"/api/campaigns/{campaign['id']}", headers=admin).json()
+    assert (got["guidelines"], got["status"]) == ("new rules", "closed")
+    assert client.get("/admin/campaigns/999").status_code == 404
