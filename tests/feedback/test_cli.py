@@ -94,3 +94,9 @@ def test_admin_token_and_new_token(db_url, capsys):
 def test_bad_database_url(capsys):
     assert main(["campaigns", "--db", "nonsense://"]) == 1
     assert "--db" in capsys.readouterr().err
+
+
+def test_bench_runs_a_short_load_test(capsys):
+    assert main(["bench", "--clients", "2", "--seconds", "0.5", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["clients"] == 2 and result["labels"] > 0 and result["errors"] == 0

@@ -182,7 +182,7 @@ def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = D
 
 
 def _active_campaign(store: FeedbackStore, campaign_id: int):  # type: ignore[no-untyped-def]
-    campaign = store.get_campaign(campaign_id)
+    campaign = store.get_campaign(campaign_id, count_items=False)
     if campaign.status != "active":
         raise NotFound(f"campaign {campaign_id} not found")
     return campaign

@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     command("campaigns", "list campaigns with their progress")
     agr = command("agreement", "print a campaign's agreement report")
     agr.add_argument("--campaign", required=True, help="campaign name")
+    bench = sub.add_parser("bench", help="load test: labels per second and submission latency on a fresh SQLite database")
+    bench.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
+    bench.add_argument("--seconds", type=float, default=10.0, help="duration (default 10)")
+    bench.add_argument("--json", action="store_true", help="print the result as JSON")
     return parser
 
 
@@ -166,6 +170,25 @@ def _agreement(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from tether.feedback.loadtest import run_load
+
+    if args.clients < 1 or args.seconds <= 0:
+        raise ConfigError("--clients and --seconds: must be positive")
+    result = run_load(clients=args.clients, seconds=args.seconds)
+    if args.json:
+        print(json.dumps(asdict(result)))
+    else:
+        print(
+            f"{result.clients} clients, {result.seconds} s: {result.labels} labels, {result.labels_per_s} labels/s, "
+            f"submission p50 {result.p50_ms} ms, p99 {result.p99_ms} ms, errors {result.errors}"
+        )
+    return 0
+
+
 COMMANDS = {
     "serve": _serve,
     "import": _import,
@@ -175,6 +198,7 @@ COMMANDS = {
     "admin-token": _admin_token,
     "campaigns": _campaigns,
     "agreement": _agreement,
+    "bench": _bench,
 }
 
 

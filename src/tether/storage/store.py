@@ -15,6 +15,7 @@ import hashlib
 import json
 import random
 import secrets
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -78,6 +79,9 @@ class FeedbackStore:
         self.engine = make_engine(url)
         self.previous_schema_version = ensure_schema(self.engine)
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
+        # SQLite has one writer at a time: queue this process's writers on a lock rather than
+        # letting them poll the busy timeout (fairer, and far lower tail latency under load).
+        self._write_lock = threading.Lock() if self.engine.dialect.name == "sqlite" else None
 
     def close(self) -> None:
         """Closes every pooled connection."""
@@ -86,9 +90,13 @@ class FeedbackStore:
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Session]:
         """Yields a session inside one transaction, committed on exit (rolled back on error)."""
-        with Session(self._writer if write else self.engine, expire_on_commit=False) as session:
-            with session.begin():
-                yield session
+        if write and self._write_lock is not None:
+            with self._write_lock:
+                with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                    yield session
+            return
+        with Session(self._writer if write else self.engine, expire_on_commit=False) as session, session.begin():
+            yield session
 
     # ---- admin token -------------------------------------------------------------------------
 
@@ -239,14 +247,18 @@ class FeedbackStore:
                 row.model_path = model_path or None
             return _campaign(row, _count_items(s, campaign_id))
 
-    def get_campaign(self, campaign_id: int) -> Campaign:
+    def get_campaign(self, campaign_id: int, count_items: bool = True) -> Campaign:
         """Returns a campaign by id.
+
+        Args:
+            campaign_id: the campaign.
+            count_items: fill in n_items (a count over the items; skip it on hot paths).
 
         Raises:
             NotFound: no such campaign.
         """
         with self._tx() as s:
-            return _campaign(_campaign_row(s, campaign_id), _count_items(s, campaign_id))
+            return _campaign(_campaign_row(s, campaign_id), _count_items(s, campaign_id) if count_items else 0)
 
     def campaign_by_name(self, name: str) -> Campaign:
         """Returns a campaign by name.
@@ -314,15 +326,17 @@ class FeedbackStore:
         """Returns how many items the labeler could still get in a campaign (open one included)."""
         with self._tx() as s:
             campaign = _campaign_row(s, campaign_id)
-            mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
-            fresh = s.scalar(
-                select(func.count())
-                .select_from(ItemRow)
-                .where(ItemRow.campaign_id == campaign_id)
-                .where(ItemRow.n_assigned < campaign.labelers_per_item)
-                .where(ItemRow.id.not_in(mine))
+            per_item = campaign.labelers_per_item
+            free = s.scalar(
+                select(func.count()).select_from(ItemRow).where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)
             )
-            return (fresh or 0) + (1 if _open_task(s, campaign_id, labeler_id) else 0)
+            mine_free = s.scalar(
+                select(func.count())
+                .select_from(AssignmentRow)
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .where(AssignmentRow.labeler_id == labeler_id, ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)
+            )
+            return (free or 0) - (mine_free or 0) + (1 if _open_task(s, campaign_id, labeler_id) else 0)
 
     def assignment_item(self, assignment_id: int, labeler_id: int) -> tuple[Campaign, Item]:
         """Returns the campaign and item of one of the labeler's assignments.
@@ -478,14 +492,20 @@ def _open_task(s: Session, campaign_id: int, labeler_id: int) -> Task | None:
 
 
 def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) -> list[ItemRow]:
+    """Items the labeler may take, fullest first (one indexed range per fill level), in file order."""
     mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
-    query = (
-        select(ItemRow)
-        .where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item, ItemRow.id.not_in(mine))
-        .order_by(ItemRow.n_assigned.desc(), ItemRow.position)
-        .limit(CANDIDATES_PER_TRY)
-    )
-    return list(s.scalars(query))
+    found: list[ItemRow] = []
+    for level in range(per_item - 1, -1, -1):
+        query = (
+            select(ItemRow)
+            .where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned == level, ItemRow.id.not_in(mine))
+            .order_by(ItemRow.position)
+            .limit(CANDIDATES_PER_TRY - len(found))
+        )
+        found.extend(s.scalars(query))
+        if len(found) >= CANDIDATES_PER_TRY:
+            break
+    return found
 
 
 def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random) -> Task | None:
