@@ -7,8 +7,9 @@ Formats (one JSON object per line):
 - thumbs:   {"prompt", "completion", "label", "campaign", "item_id", "labeler"?}, label 1 up / 0 down
 - prompts:  {"prompt", "response"?, "harm"?, "better_response"?, "campaign", "item_id", "labeler"}
 
-Mode "consensus" merges the labelers of an item (Borda count for rankings, strict majority for
-choices and thumbs); mode "all" writes every labeler's answer, with the labeler's name.
+Mode "consensus" merges the labelers of an item (Borda count for rankings and pair choices, a
+pair choice counting as a ranking of two; strict majority for thumbs); mode "all" writes every
+labeler's answer, with the labeler's name.
 """
 
 from __future__ import annotations
