@@ -65,8 +65,47 @@ def test_admin_form_errors_are_shown(client):
     assert bad.status_code == 400 and "uploaded file:1: not valid JSON" in bad.text
     no_model = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello"})
     assert no_model.status_code == 400 and "prompt 1" in no_model.text
-    sampling = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"})
-    assert sampling.status_code == 400
+
+
+def _fake_sampler(model_path, prompts, k):
+    return [[f"{model_path} answer {j} to {p}" for j in range(k)] for p in prompts]
+
+
+def test_admin_samples_completions_for_pasted_prompts(client, admin, monkeypatch):
+    import tether.feedback.service as service
+
+    monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    form = {"name": "sampled", "kind": "rank", "prompts": "one\ntwo", "model_path": "runs/sft", "k": "3"}
+    response = client.post("/admin/campaigns", data=form, follow_redirects=False)
+    assert response.status_code == 303
+    campaign = client.get("/api/campaigns", headers=admin).json()[0]
+    assert campaign["n_items"] == 2
+    labeler = make_labeler(client, admin, "ann")
+    task = client.get(f"/api/campaigns/{campaign['id']}/next", headers=labeler).json()
+    assert sorted(c["text"] for c in task["completions"]) == [f"runs/sft answer {j} to one" for j in range(3)]
+
+
+def test_sampling_failures_are_shown_not_raised(client, admin, monkeypatch):
+    import tether.feedback.service as service
+
+    def broken(model_path, prompts, k):
+        raise OSError("no such model")
+
+    monkeypatch.setattr(service, "_sampler", lambda: broken)
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    response = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"})
+    assert response.status_code == 400 and "no such model" in response.text
+
+
+def test_redteam_generate_uses_the_campaign_model(client, admin, monkeypatch):
+    import tether.feedback.service as service
+
+    monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
+    campaign = make_campaign(client, admin, kind="redteam", items=[], model_path="runs/policy")
+    labeler = make_labeler(client, admin, "ann")
+    response = client.post(f"/api/campaigns/{campaign['id']}/generate", json={"prompt": "attack"}, headers=labeler)
+    assert response.json() == {"response": "runs/policy answer 0 to attack"}
 
 
 def test_admin_manages_labelers_and_campaign(client, admin):

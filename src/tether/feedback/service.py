@@ -201,8 +201,8 @@ def sample_items(model_path: str, prompts: list[str], k: int) -> list[NewItem]:
     sample = _sampler()
     try:
         outputs = sample(model_path, prompts, k)
-    except TetherError as exc:
-        raise SamplingUnavailable(str(exc)) from None
+    except Exception as exc:  # the hook loads a model: any failure is reported, not a server error
+        raise SamplingUnavailable(f"sampling with {model_path!r} failed: {exc}") from None
     items = []
     for prompt, completions in zip(prompts, outputs):
         completions = [completions] if isinstance(completions, str) else [str(c) for c in completions]
