@@ -118,3 +118,18 @@ def test_write_jsonl_round_trips_unicode_and_html(tmp_path):
     [row] = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     assert row["chosen"] == "<script>é</script>"
     assert not (tmp_path / "out.jsonl.tmp").exists()
+
+
+def test_identical_completions_make_no_pair():
+    labels = [_label("a", ranks=[1, 2, 3])]
+    rows = _rows(export_records(_campaign(TaskKind.RANK), [_item(["same", " same ", "other"])], labels))
+    assert [(r["chosen"], r["rejected"]) for r in rows] == [("same", "other"), (" same ", "other")]
+
+
+def test_export_reads_back_with_the_training_loader(tmp_path):
+    sources = pytest.importorskip("tether.data.sources")
+    labels = [_label("a", ranks=[1, 2, 3]), _label("b", ranks=[1, 3, 2])]
+    path = tmp_path / "prefs.jsonl"
+    write_jsonl(export_records(_campaign(TaskKind.RANK), [_item(["x", "y", "z"])], labels, mode=ExportMode.ALL), path)
+    examples = sources.load_preferences(str(path))
+    assert len(examples) == 6 and examples[0].chosen == "x"

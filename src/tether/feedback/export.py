@@ -184,7 +184,8 @@ def _unusable_by_majority(labels: list[Label], size: int) -> list[bool]:
 
 
 def _pairs(campaign: Campaign, item: Item, rankings: list[tuple[str, list[int]]], unusable: list[bool], mode: ExportMode) -> Iterator[PreferencePair]:
-    """Every pair (better, worse); a completion most labelers flagged unusable is never chosen.
+    """Every pair (better, worse); a completion most labelers flagged unusable is never chosen,
+    and two identical completions make no pair.
 
     The margin is the preference strength in (0, 1]: the Borda score difference over its maximum
     (consensus), or the rank difference over its maximum (one labeler).
@@ -203,7 +204,7 @@ def _pairs(campaign: Campaign, item: Item, rankings: list[tuple[str, list[int]]]
             if sign == 0:
                 continue
             win, lose = (i, j) if sign > 0 else (j, i)
-            if unusable[win]:
+            if unusable[win] or _same_text(item.completions[win], item.completions[lose]):
                 continue
             if labeler is None:
                 margin = (scores[win] - scores[lose]) / (len(rankings) * (size - 1))
@@ -212,6 +213,11 @@ def _pairs(campaign: Campaign, item: Item, rankings: list[tuple[str, list[int]]]
             yield PreferencePair(
                 item.prompt, item.completions[win], item.completions[lose], campaign.name, item.external_id, round(margin, 4), labeler
             )
+
+
+def _same_text(a: str, b: str) -> bool:
+    """Identical replies (up to surrounding space) make no preference; trainers reject such pairs."""
+    return a.strip() == b.strip()
 
 
 def _rankings(campaign: Campaign, item: Item, rankings: list[tuple[str, list[int]]], mode: ExportMode) -> Iterator[RankingRecord]:
@@ -244,7 +250,7 @@ def _redteam(campaign: Campaign, item: Item, labels: list[Label], kind: ExportKi
         response = lab.data.response or (item.completions[0] if item.completions else None)
         if kind == ExportKind.PROMPTS:
             yield PromptRecord(prompt, campaign.name, item.external_id, response, lab.data.harm, lab.data.better_response, lab.labeler_name)
-        elif lab.data.better_response and response:
+        elif lab.data.better_response and response and not _same_text(lab.data.better_response, response):
             yield PreferencePair(prompt, lab.data.better_response, response, campaign.name, item.external_id, None, lab.labeler_name)
 
 
