@@ -41,7 +41,7 @@ from tether.feedback.service import (
     submit_answer,
     submit_free,
 )
-from tether.storage import FeedbackStore, Labeler, NotFound
+from tether.storage import Campaign, FeedbackStore, Labeler, NotFound
 
 router = APIRouter(prefix="/api")
 
@@ -181,7 +181,8 @@ def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = D
     return out
 
 
-def _active_campaign(store: FeedbackStore, campaign_id: int):  # type: ignore[no-untyped-def]
+def _active_campaign(store: FeedbackStore, campaign_id: int) -> Campaign:
+    """The campaign if it is active; a closed one is not found for labelers."""
     campaign = store.get_campaign(campaign_id, count_items=False)
     if campaign.status != "active":
         raise NotFound(f"campaign {campaign_id} not found")

@@ -10,7 +10,7 @@ Units compared, by task kind:
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Hashable
 from dataclasses import dataclass
 
@@ -134,7 +134,8 @@ def agreement_report(kind: TaskKind, labels: list[Label], min_count: int = 5) ->
         )
         for name, n in sorted(counts.items())
     ]
-    n_multi = len({lab.item_id for lab in labels if sum(o.item_id == lab.item_id for o in labels) > 1})
+    per_item = Counter(lab.item_id for lab in labels)
+    n_multi = sum(1 for n in per_item.values() if n > 1)
     return AgreementReport(
         n_items_multi=n_multi,
         n_pairs=pairwise.n_pairs,
