@@ -21,6 +21,7 @@ STAGE_HELP = {
     "sft": "supervised fine-tuning (loss on response tokens only, optional LoRA)",
     "rm": "train a reward model (Bradley-Terry); `tether rm eval` evaluates one",
     "ppo": "PPO against a reward model with a per-token KL penalty to the frozen reference",
+    "dpo": "DPO / IPO / KTO directly from preferences; `tether dpo eval` scores the implicit reward model",
 }
 
 
@@ -41,6 +42,7 @@ def _runners() -> dict[str, Callable]:
         "sft": _runner("tether.trainers.sft", "train_sft"),
         "rm": _runner("tether.trainers.reward", "train_reward"),
         "ppo": _runner("tether.trainers.ppo", "train_ppo"),
+        "dpo": _runner("tether.trainers.dpo", "train_dpo"),
         "eval": _runner("tether.eval.policy", "evaluate_policies"),
     }
 
@@ -64,14 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline")
     run.add_argument("overrides", nargs="*", help="STAGE.key=value, data_dir=..., output_root=...")
 
-    for name in ("pretrain", "sft", "ppo"):
+    for name in ("pretrain", "sft", "ppo"):  # rm and dpo below, with their `eval` subcommand
         _stage_parser(sub, name)
-    rm = _stage_parser(sub, "rm")
-    rm.add_argument("--model", help="with `eval`: the reward model directory")
-    rm.add_argument("--data", help="with `eval`: a preference file")
-    rm.add_argument("--json", action="store_true", help="with `eval`: print the result as JSON")
-    rm.add_argument("--report", help="with `eval`: also write an HTML report here")
-    rm.add_argument("--batch-size", type=int, default=32)
+    for name in ("rm", "dpo"):
+        p = _stage_parser(sub, name)
+        p.add_argument("--model", help="with `eval`: the model directory")
+        p.add_argument("--data", help="with `eval`: a preference file")
+        p.add_argument("--json", action="store_true", help="with `eval`: print the result as JSON")
+        p.add_argument("--report", help="with `eval`: also write an HTML report here")
+        p.add_argument("--reference", help="with `dpo eval`: the reference model (default: the one recorded in the run)")
+        p.add_argument("--batch-size", type=int, default=32)
 
     ev = sub.add_parser(
         "eval", help="baseline vs policy on the same prompts; writes eval.json and report.html",
@@ -130,6 +134,19 @@ def _rm_eval(args) -> int:
     return 0
 
 
+def _dpo_eval(args) -> int:
+    from tether.eval.dpo_eval import evaluate_implicit_reward
+
+    if not args.model or not args.data:
+        raise TetherError("tether dpo eval needs --model DIR and --data FILE")
+    result = evaluate_implicit_reward(args.model, args.data, reference=args.reference, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"accuracy {result['accuracy']:.4f} on {result['n']} pairs")
+    return 0
+
+
 def _sample(args) -> int:
     from tether.rollout.sample import sample_to_file
 
@@ -152,7 +169,10 @@ def dispatch(args, argv: list[str]) -> int:
     if args.command == "rm" and args.overrides[:1] == ["eval"]:
         args.overrides = args.overrides[1:]
         return _rm_eval(args)
-    if args.command in ("pretrain", "sft", "rm", "ppo"):
+    if args.command == "dpo" and args.overrides[:1] == ["eval"]:
+        args.overrides = args.overrides[1:]
+        return _dpo_eval(args)
+    if args.command in ("pretrain", "sft", "rm", "ppo", "dpo"):
         cfg = load_config(CONFIGS[args.command], args.config, args.overrides)
         out = _runners()[args.command](cfg)
         print(out)

@@ -92,6 +92,7 @@ class TrainConfig(Strict):
     save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (also at the end)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward passes (fast on CPUs with AMX and on GPUs)")
 
 
 class GenerationConfig(Strict):
@@ -193,6 +194,27 @@ class PPOConfig(StageBase):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
 
 
+class DPOParams(Strict):
+    loss: Literal["sigmoid", "ipo", "kto"] = Field(
+        "sigmoid", description="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023); kto: KTO on thumbs data"
+    )
+    beta: float = Field(0.1, gt=0.0, description="strength of the implicit KL constraint")
+    label_smoothing: float = Field(0.0, ge=0.0, le=0.5, description="assumed fraction of flipped labels (conservative DPO)")
+    reference: Literal["auto", "lora", "copy", "precomputed"] = Field(
+        "auto",
+        description="lora: the policy with adapters disabled; copy: a frozen copy; precomputed: reference logprobs "
+        "computed once before training and cached on disk; auto: lora when LoRA is on, else copy",
+    )
+    desirable_weight: float = Field(1.0, gt=0.0, description="KTO weight of desirable (thumbs-up) examples")
+    undesirable_weight: float = Field(1.0, gt=0.0, description="KTO weight of undesirable (thumbs-down) examples")
+
+
+class DPOConfig(StageBase):
+    """`tether dpo`: direct preference optimisation (DPO, IPO, KTO) against a frozen reference."""
+
+    dpo: DPOParams = Field(default_factory=DPOParams)
+
+
 class EvalConfig(Strict):
     """`tether eval`: baseline and policy answer the same held-out prompts."""
 
@@ -208,6 +230,7 @@ class EvalConfig(Strict):
     max_prompt_length: int = 384
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.7))
     train_metrics: str | None = Field(None, description="metrics.jsonl of the PPO run for the curves")
+    kl_budget: float | None = Field(None, gt=0.0, description="KL budget of the run; the report says whether KL is within it")
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = True
@@ -218,6 +241,7 @@ CONFIGS: dict[str, type[Strict]] = {
     "sft": SFTConfig,
     "rm": RewardConfig,
     "ppo": PPOConfig,
+    "dpo": DPOConfig,
     "eval": EvalConfig,
 }
 

@@ -185,7 +185,7 @@ def _load(
 
 
 def load_sft(paths: str | list[str], on_invalid: str = "error") -> list[SFTExample]:
-    """Read `{"prompt","response"}` (or `{"messages"}`) rows.
+    """Read `{"prompt","response"}` rows, `{"messages"}` conversations, or preference rows (their `chosen`).
 
     Raises:
         DataError: naming the file and line of the first bad row.
@@ -195,6 +195,9 @@ def load_sft(paths: str | list[str], on_invalid: str = "error") -> list[SFTExamp
         if "messages" in row.data and "prompt" not in row.data:
             prompt, response = _messages_to_pair(row)
             return SFTExample(prompt, response, row.source)
+        if "response" not in row.data and "chosen" in row.data:
+            # a preference row: imitate the preferred reply
+            return SFTExample(_text(row, "prompt"), _text(row, "chosen"), row.source)
         return SFTExample(_text(row, "prompt"), _text(row, "response"), row.source)
 
     return _load(paths, parse, on_invalid, "SFT")

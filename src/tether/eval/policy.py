@@ -274,8 +274,8 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
 
     Args:
         cfg: the `tether eval` config (models, prompts, reward models, generation settings, output dir).
-        kl_budget: optional KL budget in nats (e.g. the PPO run's `ppo.kl_budget`); the report says
-            whether the policy's KL is within it.
+        kl_budget: optional KL budget in nats (default `cfg.kl_budget`, e.g. the PPO run's
+            `ppo.kl_budget`); the report says whether the policy's KL is within it.
 
     Returns:
         The `PolicyEvalResult` (also written to `cfg.output_dir`).
@@ -327,6 +327,6 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
         kl=float(kl.mean()), kl_ci=bootstrap_ci(kl.numpy(), seed=cfg.seed),
         generation=gen_cfg, seed=cfg.seed, samples=samples, output_dir=cfg.output_dir,
     )
-    write_outputs(result, cfg, kl_budget)
+    write_outputs(result, cfg, kl_budget if kl_budget is not None else cfg.kl_budget)
     console.print(f"eval: wrote {Path(cfg.output_dir) / REPORT_FILE}")
     return result

@@ -28,6 +28,11 @@ console = Console(stderr=True)
 DONE_FILE = "DONE"
 
 
+def autocast(train: TrainConfig, device: torch.device):
+    """bfloat16 autocast when `train.bf16_autocast` is set, else a no-op context."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.bf16_autocast)
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)

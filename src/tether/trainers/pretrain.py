@@ -19,7 +19,7 @@ from tether.errors import DataError
 from tether.losses.sft import sft_loss
 from tether.models.load import count_parameters, resolve_device, set_threads
 from tether.models.tiny import BOS, EOS, PAD, wrap_tokenizer
-from tether.trainers.common import RunDir, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed
+from tether.trainers.common import RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
@@ -128,7 +128,8 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
                     steps = step
                     break
                 x = train_blocks[idx].to(device)
-                logits = model(input_ids=x, use_cache=False).logits
+                with autocast(cfg.train, device):
+                    logits = model(input_ids=x, use_cache=False).logits
                 loss, m = sft_loss(logits[:, :-1], x[:, 1:], ones[: len(idx)])
                 check_finite(loss, step, run)
                 loss.backward()

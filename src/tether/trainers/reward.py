@@ -19,7 +19,7 @@ from tether.losses.reward import bradley_terry_loss
 from tether.models.load import apply_lora, count_parameters, resolve_device, resolve_dtype, set_threads
 from tether.models.reward import RewardMeta, RewardModel, load_sequence_classifier
 from tether.trainers.common import (
-    RunDir, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
 )
 from tether.types import PreferenceExample
 
@@ -118,7 +118,8 @@ def train_reward(cfg: RewardConfig) -> Path:
                 if len(order) < bs:
                     order += rng.sample(range(len(train)), len(train))
                 batch, order = [train[j] for j in order[:bs]], order[bs:]
-                chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device)
+                with autocast(cfg.train, device):
+                    chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device)
                 margin = None
                 if any(e.margin is not None for e in batch):
                     margin = torch.tensor([e.margin or 0.0 for e in batch], device=device)

@@ -15,7 +15,7 @@ from tether.losses.sft import sft_loss
 from tether.models.load import apply_lora, count_parameters, load_causal_lm, resolve_device, save_causal_lm, set_threads
 from tether.models.logprobs import forward_logits
 from tether.trainers.common import (
-    RunDir, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
 )
 
 
@@ -101,7 +101,8 @@ def train_sft(cfg: SFTConfig) -> Path:
                 losses = []
                 for chunk in micro[i : i + accum]:
                     b = collate_sft(chunk, tokenizer.pad_token_id).to(device)
-                    logits = forward_logits(model, b.input_ids, b.attention_mask)
+                    with autocast(cfg.train, device):
+                        logits = forward_logits(model, b.input_ids, b.attention_mask)
                     # position t predicts token t+1: shift so the loss sees only response tokens
                     loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
                     check_finite(loss, step, run)
