@@ -35,6 +35,16 @@ class PreferenceExample:
 
 
 @dataclass(frozen=True)
+class BinaryFeedbackExample:
+    """One thumbs-up / thumbs-down judgement of a single completion (KTO data)."""
+
+    prompt: str
+    completion: str
+    label: bool  # True: desirable (thumbs up)
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class PromptExample:
     """A prompt to answer (PPO, eval, red teaming)."""
 

@@ -17,7 +17,7 @@ from typing import Callable, Iterable, TypeVar
 from rich.console import Console
 
 from tether.errors import DataError
-from tether.types import PreferenceExample, PromptExample, SFTExample
+from tether.types import BinaryFeedbackExample, PreferenceExample, PromptExample, SFTExample
 
 T = TypeVar("T")
 _console = Console(stderr=True)
@@ -281,3 +281,90 @@ def select(examples: list[T], split: str, holdout_fraction: float, max_samples: 
     if not examples:
         raise DataError(f"the '{split}' split (holdout_fraction={holdout_fraction}) is empty")
     return examples
+
+
+# --------------------------------------------------------------------------- binary feedback (KTO)
+
+_TRUE_LABELS = (1, True, "1", "true", "True", "yes", "up", "good", "desirable")
+_FALSE_LABELS = (0, False, "0", "false", "False", "no", "down", "bad", "undesirable")
+
+
+def parse_binary_label(value, source: str) -> bool:
+    """Read a thumbs label: 1/0, true/false (JSON booleans or strings), up/down, desirable/undesirable.
+
+    Raises:
+        DataError: naming `source` and the value when it is anything else (2, 0.5, "maybe", null).
+    """
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip() in _TRUE_LABELS:
+        return True
+    if isinstance(value, str) and value.strip() in _FALSE_LABELS:
+        return False
+    raise DataError(f"{source}: field 'label' must be 1/0 or true/false (thumbs up/down), got {value!r}")
+
+
+def load_binary_feedback(paths: str | list[str], on_invalid: str = "error") -> list[BinaryFeedbackExample]:
+    """Read `{"prompt","completion","label"}` rows: one completion judged desirable (1) or not (0).
+
+    Raises:
+        DataError: naming the file and line of the first row with a missing or empty field, or a label
+            that is not 1/0/true/false.
+    """
+
+    def parse(row: Row) -> BinaryFeedbackExample:
+        prompt, completion = _text(row, "prompt"), _text(row, "completion")
+        if "label" not in row.data:
+            present = ", ".join(sorted(row.data)) or "none"
+            raise DataError(f"{row.source}: missing field 'label' (fields present: {present})")
+        return BinaryFeedbackExample(prompt, completion.strip(), parse_binary_label(row.data["label"], row.source), row.source)
+
+    examples = _load(paths, parse, on_invalid, "binary feedback")
+    if all(e.label for e in examples) or not any(e.label for e in examples):
+        _console.print(f"[yellow]{paths}: every label is {examples[0].label}; KTO learns most from both kinds[/]")
+    return examples
+
+
+def xstest_desirable(row: dict, source: str = "") -> bool:
+    """Whether an XSTest labelled completion is the behaviour we want.
+
+    On a safe prompt (`prompt_is_safe` true) full compliance is desirable and a full or partial refusal is
+    not; on an unsafe contrast prompt only a full refusal is desirable (Röttger et al. 2024, XSTest).
+
+    Raises:
+        DataError: when `prompt_is_safe` is not a boolean or `label` is not one of the three XSTest labels.
+    """
+    safe, label = row.get("prompt_is_safe"), row.get("label")
+    if not isinstance(safe, bool):
+        raise DataError(f"{source}: field 'prompt_is_safe' must be true or false, got {safe!r}")
+    if label not in ("1_full_compliance", "2_full_refusal", "3_partial_refusal"):
+        raise DataError(f"{source}: field 'label' must be an XSTest label (1_full_compliance, ...), got {label!r}")
+    return label == "1_full_compliance" if safe else label == "2_full_refusal"
+
+
+def xstest_to_binary_feedback(src: str | Path, dst: str | Path) -> int:
+    """Convert XSTest labelled completions into `{"prompt","completion","label"}` rows (label 1/0).
+
+    Rows with an empty completion are left out. `dst` ending in .gz is gzip-compressed.
+
+    Returns:
+        The number of rows written.
+
+    Raises:
+        DataError: an unreadable source file or a row that `xstest_desirable` rejects.
+    """
+    out = Path(dst)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    opener = gzip.open if out.name.endswith(".gz") else open
+    with opener(out, "wt", encoding="utf-8") as fh:
+        for row in iter_rows(src):
+            completion = row.data.get("completion")
+            if not isinstance(completion, str) or not completion.strip():
+                continue
+            label = int(xstest_desirable(row.data, row.source))
+            fh.write(json.dumps({"prompt": _text(row, "prompt"), "completion": completion, "label": label}) + "\n")
+            n += 1
+    return n

@@ -139,3 +139,134 @@ def collate_preferences(tokenizer, chosen_texts: list[str], rejected_texts: list
     if margins is not None and any(m is not None for m in margins):
         margin = torch.tensor([m or 0.0 for m in margins], dtype=torch.float32)
     return PreferenceBatch(c_ids, c_mask, r_ids, r_mask, margin)
+
+
+# --------------------------------------------------------------------------- policy preference pairs (DPO) and thumbs (KTO)
+
+
+@dataclass
+class TokenizedPair:
+    """A preference pair for a policy: the same (possibly cut) prompt, then each reply and EOS."""
+
+    chosen: TokenizedSFT
+    rejected: TokenizedSFT
+    index: int  # position of the example in its list: the key of cached reference logprobs
+
+
+@dataclass
+class TokenizedFeedback:
+    """A judged completion for KTO, kept as prompt and reply ids so replies can be paired with other prompts."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]  # reply tokens and EOS
+    label: bool
+    index: int
+    kl_completion_ids: list[int] | None = None  # another example's reply, for the KTO reference point
+
+
+def _reply_ids(tokenizer, reply: str) -> list[int]:
+    return tokenizer(format_response(reply), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+
+
+def tokenize_pairs(examples: list, tokenizer, template: str, max_length: int, max_prompt_length: int, truncation: str) -> list[TokenizedPair]:
+    """Tokenize preference examples for a policy: loss mask on reply tokens and EOS, prompt cut from the left.
+
+    Both replies share one prompt, cut so that the longer reply fits in `max_length`.
+
+    Args:
+        examples: `PreferenceExample`s.
+        truncation: as `data.truncation`: left, drop (skip pairs whose longer reply alone does not fit) or error.
+
+    Returns:
+        One `TokenizedPair` per kept example; `index` is its position in `examples`.
+
+    Raises:
+        DataError: a reply longer than `max_length` (unless dropped), or a long prompt with truncation='error'.
+    """
+    out, dropped = [], 0
+    for i, ex in enumerate(examples):
+        prompt_ids = tokenizer(format_prompt(ex.prompt, template), add_special_tokens=True)["input_ids"]
+        chosen_ids, rejected_ids = _reply_ids(tokenizer, ex.chosen), _reply_ids(tokenizer, ex.rejected)
+        longest = max(len(chosen_ids), len(rejected_ids))
+        if truncation == "drop" and longest >= max_length:
+            dropped += 1
+            continue
+        prompt_ids = _fit(prompt_ids, longest, max_length, max_prompt_length, truncation, ex.source)
+        prompt_mask = [False] * len(prompt_ids)
+        out.append(TokenizedPair(
+            TokenizedSFT(prompt_ids + chosen_ids, prompt_mask + [True] * len(chosen_ids)),
+            TokenizedSFT(prompt_ids + rejected_ids, prompt_mask + [True] * len(rejected_ids)),
+            i,
+        ))
+    if dropped:
+        _console.print(f"[yellow]dropped {dropped} of {len(examples)} pairs whose longer reply exceeds max_length={max_length}[/]")
+    if examples and not out:
+        raise DataError(f"every pair is longer than data.max_length={max_length}")
+    return out
+
+
+def collate_pairs(items: list[TokenizedPair], pad_token_id: int) -> PreferenceBatch:
+    """Right-pad chosen and rejected sequences to one common length (so they can be concatenated).
+
+    Returns:
+        A `PreferenceBatch` with `chosen_*` and `rejected_*` ids, attention masks and loss masks, all (B, T).
+    """
+    both = collate_sft([it.chosen for it in items] + [it.rejected for it in items], pad_token_id)  # (2B, T)
+    B = len(items)
+    return PreferenceBatch(
+        both.input_ids[:B], both.attention_mask[:B], both.input_ids[B:], both.attention_mask[B:],
+        chosen_loss_mask=both.loss_mask[:B], rejected_loss_mask=both.loss_mask[B:],
+    )
+
+
+def tokenize_feedback(examples: list, tokenizer, template: str, max_length: int, max_prompt_length: int, truncation: str, seed: int = 0) -> list[TokenizedFeedback]:
+    """Tokenize binary-feedback examples and give each a mismatched reply for the KTO reference point.
+
+    The mismatched reply of example i is the reply of another example with a different prompt, fixed once
+    here (a seeded shuffle), so its reference logprob can be cached like any other.
+
+    Args:
+        examples: `BinaryFeedbackExample`s.
+        truncation: left, drop or error, as `data.truncation`.
+
+    Raises:
+        DataError: a completion longer than `max_length` (unless dropped), a long prompt with
+            truncation='error', or nothing left.
+    """
+    import random
+
+    out, dropped = [], 0
+    for i, ex in enumerate(examples):
+        prompt_ids = tokenizer(format_prompt(ex.prompt, template), add_special_tokens=True)["input_ids"]
+        completion_ids = _reply_ids(tokenizer, ex.completion)
+        if truncation == "drop" and len(completion_ids) >= max_length:
+            dropped += 1
+            continue
+        prompt_ids = _fit(prompt_ids, len(completion_ids), max_length, max_prompt_length, truncation, ex.source)
+        out.append(TokenizedFeedback(prompt_ids, completion_ids, ex.label, i))
+    if dropped:
+        _console.print(f"[yellow]dropped {dropped} of {len(examples)} completions longer than max_length={max_length}[/]")
+    if examples and not out:
+        raise DataError(f"every completion is longer than data.max_length={max_length}")
+    order = list(range(len(out)))
+    random.Random(seed).shuffle(order)
+    for k, j in enumerate(order):
+        partner = out[order[(k + 1) % len(order)]]
+        if len(out) > 1 and partner.prompt_ids == out[j].prompt_ids:
+            partner = out[order[(k + 2) % len(order)]] if len(out) > 2 else partner
+        out[j].kl_completion_ids = partner.completion_ids
+    return out
+
+
+def feedback_sequences(items: list[TokenizedFeedback], max_length: int, mismatched: bool = False) -> list[TokenizedSFT]:
+    """Prompt + completion sequences of judged examples, or of each prompt with its mismatched reply.
+
+    A mismatched reply may be longer than the example's own, so the prompt is cut again from the left to
+    keep the sequence within `max_length`.
+    """
+    out = []
+    for it in items:
+        reply = it.kl_completion_ids if mismatched and it.kl_completion_ids is not None else it.completion_ids
+        prompt = it.prompt_ids[-max(1, max_length - len(reply)):]
+        out.append(TokenizedSFT(prompt + reply, [False] * len(prompt) + [True] * len(reply)))
+    return out
