@@ -1,0 +1,112 @@
+"""The LoRA reference (adapters disabled) is exactly the frozen base model, and merged saves reload."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from tether.config import LoRAConfig, ModelConfig
+from tether.data.tokenize import left_pad
+from tether.errors import ModelError
+from tether.models.load import apply_lora, is_peft, load_causal_lm, reference_context, save_causal_lm
+from tether.models.logprobs import response_logprobs
+from tether.models.tiny import tiny_causal_lm
+
+
+def _batch(tok, n_response: int = 6, seed: int = 0):
+    """Left-padded prompts of different lengths followed by random response tokens."""
+    g = torch.Generator().manual_seed(seed)
+    prompts = [tok(t)["input_ids"] for t in ["Hi", "A longer prompt here", "Mid size one"]]
+    ids, mask = left_pad(prompts, tok.pad_token_id)
+    resp = torch.randint(0, 256, (len(prompts), n_response), generator=g)
+    resp_mask = torch.ones_like(resp)
+    resp_mask[0, 4:] = 0  # one response ended early (right padding)
+    resp[0, 4:] = tok.pad_token_id
+    return torch.cat([ids, resp], 1), torch.cat([mask, resp_mask], 1), ids.shape[1], resp_mask.bool()
+
+
+def _perturb_lora(model, seed: int = 1) -> int:
+    g = torch.Generator().manual_seed(seed)
+    n = 0
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+                n += 1
+    return n
+
+
+@pytest.fixture(scope="module")
+def lora_pair():
+    model, tok = tiny_causal_lm("llama", seed=0)
+    model.eval()
+    ref = copy.deepcopy(model).eval()
+    policy = apply_lora(model, LoRAConfig(enabled=True, r=4, alpha=8))
+    assert _perturb_lora(policy) > 0
+    policy.eval()
+    return policy, ref, tok
+
+
+def test_adapters_disabled_equal_a_frozen_copy(lora_pair):
+    policy, ref, tok = lora_pair
+    seqs, mask, T_p, resp_mask = _batch(tok)
+    with torch.no_grad():
+        with reference_context(policy, None):
+            lora_ref = response_logprobs(policy, seqs, mask, T_p, temperature=0.7)
+        copy_ref = response_logprobs(ref, seqs, mask, T_p, temperature=0.7)
+        with reference_context(policy, ref):  # a separate copy: used as it is
+            copy_ref2 = response_logprobs(ref, seqs, mask, T_p, temperature=0.7)
+        enabled = response_logprobs(policy, seqs, mask, T_p, temperature=0.7)
+    assert (lora_ref - copy_ref)[resp_mask].abs().max() < 1e-6
+    assert torch.equal(copy_ref, copy_ref2)
+    # the adapters are back on after the context, and they do change the policy
+    assert (enabled - copy_ref)[resp_mask].abs().max() > 1e-3
+
+
+def test_lora_trains_only_adapters(lora_pair):
+    policy, _, _ = lora_pair
+    trainable = [n for n, p in policy.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+
+
+def test_no_reference_without_lora():
+    model, _ = tiny_causal_lm("llama", seed=0)
+    with pytest.raises(ModelError, match="reference"):
+        reference_context(model, None)
+
+
+def test_merged_save_reloads_with_equal_logprobs(lora_pair, tmp_path):
+    policy, _, tok = lora_pair
+    seqs, mask, T_p, resp_mask = _batch(tok, seed=3)
+    with torch.no_grad():
+        before = response_logprobs(policy, seqs, mask, T_p)
+    save_causal_lm(policy, tok, tmp_path / "out")
+    assert (tmp_path / "out" / "config.json").is_file()
+    assert list((tmp_path / "out").glob("*.safetensors"))
+    assert (tmp_path / "out" / "adapter" / "adapter_config.json").is_file()
+    assert not (tmp_path / "out" / "adapter_config.json").exists()  # the top level is a plain HF model
+    # the caller's model keeps its adapters
+    assert is_peft(policy)
+    reloaded, tok2 = load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "out")), torch.device("cpu"))
+    assert not is_peft(reloaded)
+    assert tok2.get_vocab() == tok.get_vocab()
+    with torch.no_grad():
+        after = response_logprobs(reloaded.eval(), seqs, mask, T_p)
+        again = response_logprobs(policy, seqs, mask, T_p)
+    assert (before - after)[resp_mask].abs().max() < 1e-5
+    assert torch.equal(before, again)
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+def test_plain_save_reloads_with_equal_logprobs(kind, tmp_path):
+    model, tok = tiny_causal_lm(kind, seed=0)
+    model.eval()
+    seqs, mask, T_p, resp_mask = _batch(tok)
+    save_causal_lm(model, tok, tmp_path)
+    reloaded, _ = load_causal_lm(ModelConfig(name_or_path=str(tmp_path)), torch.device("cpu"))
+    with torch.no_grad():
+        a = response_logprobs(model, seqs, mask, T_p)
+        b = response_logprobs(reloaded.eval(), seqs, mask, T_p)
+    assert (a - b)[resp_mask].abs().max() < 1e-6
