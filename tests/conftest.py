@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,10 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Tiny models run fastest on one thread, and far faster than on several when the CPU is shared.
+# TETHER_TEST_THREADS=0 keeps torch's own choice.
+TEST_THREADS = int(os.environ.get("TETHER_TEST_THREADS", "1"))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -62,6 +67,12 @@ def write_jsonl(path: Path, rows: list, gz: bool = False) -> Path:
     else:
         path.write_text(lines, encoding="utf-8")
     return path
+
+
+def pytest_runtest_setup(item):
+    torch = sys.modules.get("torch")  # only once some test has imported it: feedback tests run without torch
+    if torch is not None and TEST_THREADS > 0 and torch.get_num_threads() != TEST_THREADS:
+        torch.set_num_threads(TEST_THREADS)
 
 
 @pytest.fixture
