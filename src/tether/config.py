@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tether.errors import ConfigError
 
@@ -152,9 +152,18 @@ class RewardConfig(StageBase):
 
 
 class RewardModelRef(Strict):
-    path: str = Field(..., description="directory written by `tether rm` (or any HF sequence-classification model)")
+    path: str | None = Field(None, description="directory written by `tether rm` (or any HF sequence-classification model)")
+    function: str | None = Field(
+        None, description="instead of a model: a Python reward function 'module:name' taking (prompts, responses) -> scores"
+    )
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(256, gt=8)
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.path is None) == (self.function is None):
+            raise ValueError("set exactly one of reward_model.path and reward_model.function")
+        return self
 
 
 class PPOParams(Strict):

@@ -99,3 +99,52 @@ class RewardModel(nn.Module):
         self.model.save_pretrained(out)
         self.tokenizer.save_pretrained(out)
         (out / META_FILE).write_text(json.dumps(asdict(self.meta), indent=2))
+
+
+class FunctionReward:
+    """A plain Python reward function used in place of a reward model.
+
+    The function takes (prompts: list[str], responses: list[str]) and returns one number per response
+    (a list or a tensor); e.g. an exact-match or format check.
+    """
+
+    def __init__(self, fn, name: str = "function"):
+        self.fn = fn
+        self.name = name
+        self.tokenizer = None
+
+    @classmethod
+    def from_spec(cls, spec: str) -> "FunctionReward":
+        """Import 'package.module:function'.
+
+        Raises:
+            ModelError: when the module or function cannot be imported or is not callable.
+        """
+        import importlib
+
+        module, _, attr = spec.partition(":")
+        try:
+            fn = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ModelError(f"reward_model.function '{spec}': cannot import ({exc}); expected 'module:function'") from None
+        if not callable(fn):
+            raise ModelError(f"reward_model.function '{spec}' is not callable")
+        return cls(fn, spec)
+
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+        """Scores: lists of B strings -> (B,) float32.
+
+        Raises:
+            ModelError: when the function returns the wrong number of scores.
+        """
+        out = torch.as_tensor(self.fn(prompts, responses), dtype=torch.float32).flatten()
+        if out.numel() != len(responses):
+            raise ModelError(f"reward function {self.name} returned {out.numel()} scores for {len(responses)} responses")
+        return out
+
+
+def load_reward(path: str | None, function: str | None, device: torch.device):
+    """A `RewardModel` from a directory or a `FunctionReward` from 'module:function'."""
+    if function is not None:
+        return FunctionReward.from_spec(function)
+    return RewardModel.load(path, device)

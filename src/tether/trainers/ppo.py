@@ -32,7 +32,7 @@ from tether.models.load import (
     apply_lora, count_parameters, load_causal_lm, reference_context, resolve_device, save_causal_lm, set_threads,
 )
 from tether.models.logprobs import response_logprobs
-from tether.models.reward import RewardModel
+from tether.models.reward import FunctionReward, RewardModel, load_reward
 from tether.ops import masked_mean, masked_whiten
 from tether.rl.advantages import compute_gae
 from tether.rl.kl import kl_estimate, make_kl_controller
@@ -48,7 +48,7 @@ class Models:
     policy: torch.nn.Module
     ref_policy: torch.nn.Module | None  # None with LoRA: the policy with adapters disabled
     value_model: ValueModel
-    reward_model: RewardModel
+    reward_model: RewardModel | FunctionReward
     tokenizer: object
 
 
@@ -60,16 +60,16 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     """
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
-    reward_model = RewardModel.load(cfg.reward_model.path, device)
+    reward_model = load_reward(cfg.reward_model.path, cfg.reward_model.function, device)
     if cfg.ppo.value_init == "policy":
         value_model = ValueModel.from_backbone_of(policy)
     else:
-        if reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
+        if reward_model.tokenizer is None or reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
             raise ModelError(
                 "ppo.value_init=reward_model needs the reward model and the policy to share a tokenizer "
                 "(values are per policy token); use ppo.value_init=policy"
             )
-        value_model = ValueModel.from_pretrained(reward_model_path(cfg)).to(device)
+        value_model = ValueModel.from_pretrained(cfg.reward_model.path).to(device)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
     else:
@@ -77,10 +77,6 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
         for p in ref_policy.parameters():
             p.requires_grad_(False)
     return Models(policy, ref_policy, value_model, reward_model, tokenizer)
-
-
-def reward_model_path(cfg: PPOConfig) -> str:
-    return cfg.reward_model.path
 
 
 @torch.no_grad()
