@@ -16,7 +16,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
 def tether(*args: str, cwd: Path | None = None, timeout: int = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": "1"}
     return subprocess.run(
         [sys.executable, "-m", "tether.cli", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout
     )

@@ -11,6 +11,7 @@ import torch
 import tether.trainers.ppo as ppo_mod
 from tether.config import ModelConfig, PPOConfig, validate
 from tether.errors import ConfigError, DataError, TrainingError
+from tether.models.heads import ValueModel
 from tether.models.load import load_causal_lm
 from tether.models.tiny import tiny_causal_lm
 from tether.trainers.common import DONE_FILE
@@ -93,10 +94,28 @@ def test_ppo_smoke(tiny_data, tmp_path, monkeypatch, models):
         assert json.loads((d / "state.json").read_text())["step"] == int(name.split("-")[1])
     assert not list(out.rglob("*.tmp"))
 
-    # the final policy reloads with the trained weights
+    # the final policy reloads with the trained weights; so does the last checkpoint (policy and critic)
     reloaded, _ = load_causal_lm(ModelConfig(name_or_path=str(out)), CPU)
     for k, v in reloaded.state_dict().items():
         assert torch.equal(v, policy[k]), k
+    ckpt, _ = load_causal_lm(ModelConfig(name_or_path=str(out / "checkpoints" / "step-2")), CPU)
+    for k, v in ckpt.state_dict().items():
+        assert torch.equal(v, policy[k]), k
+    critic = ValueModel.from_pretrained(str(out / "checkpoints" / "step-2" / "value_model"))
+    critic.head.load_state_dict(torch.load(out / "checkpoints" / "step-2" / "value_model" / "value_head.pt"))
+    x = torch.tensor([[5, 60, 70, 80, 90]])
+    with torch.no_grad():
+        assert torch.allclose(critic(x, torch.ones_like(x)), m.value_model(x, torch.ones_like(x)), atol=1e-5)
+    state = json.loads((out / "checkpoints" / "step-2" / "state.json").read_text())
+    assert state["kl_controller"]["value"] == pytest.approx(rows[-1]["objective/kl_coef"])
+
+
+def test_ppo_with_a_gpt2_policy(tiny_data, tmp_path, tiny_models):
+    out = tmp_path / "ppo"
+    train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"], model={"name_or_path": "tiny-gpt2"},
+                         train={"max_steps": 1}))
+    (row,) = _metrics(out)
+    assert math.isfinite(row["loss/policy"]) and row["rollout/logprob_diff_max"] < 1e-3
 
 
 def test_ppo_lora_keeps_base_weights(tiny_data, tmp_path, tiny_models, models):
