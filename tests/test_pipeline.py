@@ -183,6 +183,20 @@ def test_unknown_key_in_a_stage_override(tmp_path):
     assert stages[0].raw == {"train": {"seed": 3}}
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="load_pipeline splits every override on the first '.', so `data_dir=/x` (no dot: head is the whole "
+    "text) and `data_dir=../x` (head 'data_dir=') never match the global keys and are rejected as stage overrides; "
+    "the missing-data message itself tells users to pass data_dir=...",
+)
+@pytest.mark.parametrize("override", ["data_dir=/some/where", "data_dir=../shared/data", "output_root=runs/v1.2"])
+def test_global_overrides(tmp_path, override):
+    path = _write(tmp_path, {"stages": [{"name": "s", "command": "sft", "config": {}}]})
+    globals_, _ = load_pipeline(path, [override])
+    key, value = override.split("=", 1)
+    assert globals_[key] == value
+
+
 def test_unknown_reference(tmp_path):
     path = _write(tmp_path, {"output_root": str(tmp_path / "r"), "stages": [
         {"name": "s", "command": "sft", "config": {"model": {"name_or_path": "${pre.output_dir}"}, "data": {"train": "x.jsonl"}}},
