@@ -78,3 +78,17 @@ def test_tokenizer_and_packing():
     assert blocks.shape[1] == 16 and blocks.shape[0] >= 2
     stream = blocks.flatten().tolist()
     assert stream[0] == tok.bos_token_id and tok.eos_token_id in stream
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="block_size is never compared with arch.max_position_embeddings: a GPT-2 with block_size above its "
+    "positions fails with IndexError in the first forward pass, after the run directory is written",
+)
+def test_block_size_longer_than_the_positions(tiny_data, tmp_path):
+    from tether.errors import ConfigError
+
+    out = tmp_path / "p"
+    with pytest.raises(ConfigError, match="block_size"):
+        train_pretrain(pretrain_config(tiny_data["text"], out, kind="gpt2", block_size=100))
+    assert not out.exists()
