@@ -195,12 +195,24 @@ class PPOParams(Strict):
     check_rollout_logprobs: bool = Field(True, description="assert rollout logprobs equal a fresh forward pass")
 
 
+class JudgeMonitor(Strict):
+    """A held-out judge: a reward model not used for training, scored on fixed held-out prompts."""
+
+    path: str = Field(..., description="reward-model directory of the judge")
+    every: int = Field(5, gt=0, description="judge every N PPO steps")
+    num_prompts: int = Field(32, gt=0, description="held-out prompts (data.eval, or the holdout split of data.train)")
+    patience: int = Field(2, gt=0, description="stop after the judge score fell this many times in a row while the training score rose")
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(256, gt=8)
+
+
 class PPOConfig(StageBase):
     """`tether ppo`: PPO against a reward model with a per-token KL penalty to the frozen reference."""
 
     reward_model: RewardModelRef
     ppo: PPOParams = Field(default_factory=PPOParams)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    judge: JudgeMonitor | None = Field(None, description="stop when a held-out judge's score falls while the training reward rises")
 
 
 class DPOParams(Strict):

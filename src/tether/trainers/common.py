@@ -147,6 +147,22 @@ def fmt(metrics: dict[str, float], keys: list[str]) -> str:
     return " ".join(f"{k.split('/')[-1]}={metrics[k]:.3g}" for k in keys if k in metrics and metrics[k] is not None)
 
 
+def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random, group: int = 16) -> list[int]:
+    """A shuffled order in which each run of `batch_size` indices has similar lengths (less padding).
+
+    Indices are shuffled, split into mega-batches of `group * batch_size`, each sorted by length and cut
+    into batches; then the batch order is shuffled again.
+    """
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunks = []
+    for i in range(0, len(order), batch_size * group):
+        mega = sorted(order[i : i + batch_size * group], key=lambda j: lengths[j])
+        chunks += [mega[k : k + batch_size] for k in range(0, len(mega), batch_size)]
+    rng.shuffle(chunks)
+    return [j for chunk in chunks for j in chunk]
+
+
 def infinite(loader: Iterable) -> Iterable:
     """Cycle a loader forever (each pass reshuffles when the loader does)."""
     while True:

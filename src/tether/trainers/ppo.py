@@ -25,7 +25,7 @@ import torch
 from tether.config import PPOConfig
 from tether.data.sources import load_prompts, select
 from tether.data.tokenize import tokenize_prompts
-from tether.errors import ModelError, TrainingError
+from tether.errors import ConfigError, ModelError, TrainingError
 from tether.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tether.models.heads import ValueModel
 from tether.models.load import (
@@ -143,6 +143,62 @@ def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device) -
     return s.mean().item(), max(s.std().item(), 1e-3)
 
 
+@dataclass
+class Judge:
+    """DESIGN.md 6.9: a held-out reward model scoring the policy on fixed held-out prompts."""
+
+    model: RewardModel
+    prompts: list[str]
+    history: list[tuple[float, float]]  # (judge score, training reward-model score) per evaluation
+
+
+def load_judge(cfg: PPOConfig, device: torch.device) -> Judge | None:
+    """The judge and its prompts: `data.eval`, or the held-out split of `data.train`.
+
+    Raises:
+        ConfigError: a judge without held-out prompts.
+    """
+    if cfg.judge is None:
+        return None
+    d = cfg.data
+    if d.eval:
+        prompts = [e.prompt for e in load_prompts(d.eval, d.on_invalid)]
+    elif d.holdout_fraction > 0:
+        prompts = [e.prompt for e in select(load_prompts(d.train, d.on_invalid), "holdout", d.holdout_fraction, None)]
+    else:
+        raise ConfigError("judge needs held-out prompts: set data.eval or data.holdout_fraction > 0")
+    return Judge(RewardModel.load(cfg.judge.path, device), prompts[: cfg.judge.num_prompts], [])
+
+
+@torch.no_grad()
+def judge_policy(cfg: PPOConfig, m: Models, judge: Judge, device: torch.device) -> dict[str, float]:
+    """Score the policy's answers to the judge prompts with the judge and the training reward model."""
+    ids = tokenize_prompts(judge.prompts, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.train.seed)  # the same sampling noise at every evaluation
+        gen = generate(m.policy, m.tokenizer, ids, cfg.generation, device)
+    texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
+    judge_score = judge.model.score(judge.prompts, texts, cfg.judge.batch_size, cfg.judge.max_length).mean().item()
+    train_score = m.reward_model.score(judge.prompts, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).mean().item()
+    judge.history.append((judge_score, train_score))
+    return {"judge/score": judge_score, "judge/train_rm_score": train_score}
+
+
+def reward_hacking_suspected(history: list[tuple[float, float]], patience: int) -> bool:
+    """True when the judge score fell `patience` times in a row while the training score rose overall.
+
+    Args:
+        history: (judge score, training reward-model score) per evaluation, oldest first.
+        patience: consecutive falls of the judge score that count as a trend.
+    """
+    if len(history) < patience + 1:
+        return False
+    window = history[-(patience + 1) :]
+    judge_falls = all(b[0] < a[0] for a, b in zip(window, window[1:]))
+    train_rises = window[-1][1] > window[0][1]
+    return judge_falls and train_rises
+
+
 def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optimizer) -> dict[str, float]:
     """Phase 4: `num_ppo_epochs` passes of minibatches over one rollout. Returns mean metrics."""
     p = cfg.ppo
@@ -191,6 +247,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
     d, p = cfg.data, cfg.ppo
     prompts = [e.prompt for e in select(load_prompts(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples)]
     m = load_models(cfg, device)
+    judge = load_judge(cfg, device)
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
     trainable, total = count_parameters(m.policy)
     console.print(
@@ -260,6 +317,11 @@ def train_ppo(cfg: PPOConfig) -> Path:
             if p.kl_budget is not None and mean_kl > p.kl_budget:
                 stop_reason = f"KL budget {p.kl_budget} exceeded (kl={mean_kl:.2f})"
                 break
+            if judge is not None and step % cfg.judge.every == 0:
+                run.log(step, judge_policy(cfg, m, judge, device))
+                if reward_hacking_suspected(judge.history, cfg.judge.patience):
+                    stop_reason = "reward hacking suspected: the held-out judge score fell while the training score rose"
+                    break
 
     # 6. final policy in Hugging Face format
     save_causal_lm(m.policy, m.tokenizer, run.path)

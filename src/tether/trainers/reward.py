@@ -19,7 +19,7 @@ from tether.losses.reward import bradley_terry_loss
 from tether.models.load import apply_lora, count_parameters, resolve_device, resolve_dtype, set_threads
 from tether.models.reward import RewardMeta, RewardModel, load_sequence_classifier
 from tether.trainers.common import (
-    RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, autocast, check_finite, console, fmt, length_grouped_order, make_optimizer, make_scheduler, progress, set_seed, total_steps,
 )
 from tether.types import PreferenceExample
 
@@ -109,6 +109,7 @@ def train_reward(cfg: RewardConfig) -> Path:
     # 3. training loop: Bradley-Terry loss on (chosen, rejected) pairs
     model.train()
     rng = random.Random(cfg.train.seed)
+    lengths = [len(e.prompt) + len(e.chosen) + len(e.rejected) for e in train]  # characters: a cheap proxy
     step, metrics, order = 0, {}, []
     bs, accum = cfg.train.batch_size, cfg.train.grad_accum_steps
     with progress() as bar:
@@ -116,7 +117,7 @@ def train_reward(cfg: RewardConfig) -> Path:
         while step < steps:
             for _ in range(accum):
                 if len(order) < bs:
-                    order += rng.sample(range(len(train)), len(train))
+                    order += length_grouped_order(lengths, bs, rng)
                 batch, order = [train[j] for j in order[:bs]], order[bs:]
                 with autocast(cfg.train, device):
                     chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device)

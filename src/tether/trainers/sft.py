@@ -15,7 +15,7 @@ from tether.losses.sft import sft_loss
 from tether.models.load import apply_lora, count_parameters, load_causal_lm, resolve_device, save_causal_lm, set_threads
 from tether.models.logprobs import forward_logits
 from tether.trainers.common import (
-    RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, autocast, check_finite, console, fmt, length_grouped_order, make_optimizer, make_scheduler, progress, set_seed, total_steps,
 )
 
 
@@ -32,10 +32,11 @@ def check_context(max_length: int, model, key: str = "data.max_length") -> None:
         raise ConfigError(f"{key}={max_length} is longer than the model's context of {ctx} tokens")
 
 
-def batches(items: list, batch_size: int, shuffle: bool, seed: int):
+def batches(items: list[TokenizedSFT], batch_size: int, shuffle: bool, seed: int):
+    """Yield lists of `batch_size` items; shuffled ones are grouped by length to cut padding."""
     order = list(range(len(items)))
     if shuffle:
-        random.Random(seed).shuffle(order)
+        order = length_grouped_order([len(it.input_ids) for it in items], batch_size, random.Random(seed))
     for i in range(0, len(order), batch_size):
         yield [items[j] for j in order[i : i + batch_size]]
 
