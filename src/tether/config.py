@@ -145,24 +145,52 @@ class SFTConfig(StageBase):
 
 
 class RewardConfig(StageBase):
-    """`tether rm`: a scalar-head reward model trained with the Bradley-Terry loss."""
+    """`tether rm`: a reward model (Bradley-Terry scalar head or 2-class classifier), optionally an ensemble."""
 
     normalize: bool = Field(True, description="save gain/bias so scores of the chosen/rejected set have mean 0, std 1")
     freeze_layers: int = Field(0, ge=0, description="freeze the embeddings and this many lowest layers")
+    kind: Literal["bradley_terry", "classifier"] = Field(
+        "bradley_terry",
+        description="bradley_terry: scalar head on pairs or rankings; classifier: 2-class head on labelled completions "
+        "({prompt, completion, label} or XSTest rows), cross-entropy, the positive-class logit is the reward",
+    )
+    ties: Literal["drop", "keep"] = Field("drop", description="ranking rows: drop tied pairs, or keep them with target 1/2")
+    margin_scale: float = Field(
+        0.0, ge=0.0, description="ranking rows: margin = scale * rank (or rating) gap for the Llama 2 margin loss; 0 = off"
+    )
+    group_by_prompt: bool = Field(True, description="put all pairs of one prompt in the same batch (InstructGPT)")
+    select_best: bool = Field(
+        True, description="keep the weights of the best eval (accuracy, then loss) instead of the last; needs train.eval_every"
+    )
+    ensemble_size: int = Field(1, ge=1, description="train this many members (seeds train.seed + i) into output_dir/member-i")
+    ensemble_combine: Literal["mean", "conservative"] = Field("mean", description="default combination saved in the ensemble manifest")
+    ensemble_k: float = Field(1.0, ge=0.0, description="conservative combination: mean - k * std over members")
+    normalize_policy: str | None = Field(
+        None, description="with normalize_prompts: set gain/bias from this policy's samples instead of the training replies"
+    )
+    normalize_prompts: str | None = Field(None, description="prompt file for normalize_policy")
+    normalize_samples: int = Field(64, gt=1, description="policy samples (one per prompt) for the normalisation")
 
 
 class RewardModelRef(Strict):
-    path: str | None = Field(None, description="directory written by `tether rm` (or any HF sequence-classification model)")
+    path: str | None = Field(
+        None, description="directory written by `tether rm` (a scalar or classifier model, or an ensemble), or any HF sequence-classification model"
+    )
     function: str | None = Field(
         None, description="instead of a model: a Python reward function 'module:name' taking (prompts, responses) -> scores"
     )
+    paths: list[str] | None = Field(None, description="instead of path: reward-model directories scored as an ensemble")
+    ensemble: Literal["mean", "conservative"] | None = Field(
+        None, description="ensemble score: mean, or conservative = mean - ensemble_k * std (default: the ensemble's manifest)"
+    )
+    ensemble_k: float | None = Field(None, ge=0.0, description="std multiplier of the conservative ensemble score")
     batch_size: int = Field(32, gt=0)
     max_length: int = Field(256, gt=8)
 
     @model_validator(mode="after")
     def _one_source(self):
-        if (self.path is None) == (self.function is None):
-            raise ValueError("set exactly one of reward_model.path and reward_model.function")
+        if sum(x is not None for x in (self.path, self.function, self.paths)) != 1:
+            raise ValueError("set exactly one of reward_model.path, reward_model.paths and reward_model.function")
         return self
 
 

@@ -117,3 +117,30 @@ class Rollout:
     @property
     def attention_mask(self) -> torch.Tensor:
         return torch.cat([self.prompt_mask, self.response_mask.long()], dim=1)  # (B, T)
+
+
+# --------------------------------------------------------------------------- reward-model feedback records
+
+
+@dataclass(frozen=True)
+class PreferenceTie(PreferenceExample):
+    """Two replies to one prompt judged equally good (a tie kept from a ranking); their order is arbitrary.
+
+    Trained with target probability 1/2 (`tether.losses.classifier.tied_bradley_terry_loss`) and left
+    out of pairwise accuracy.
+    """
+
+
+@dataclass(frozen=True)
+class RankingExample:
+    """K completions of one prompt ranked by a labeler; `ranking[i]` is the rank of `completions[i]`.
+
+    Rank 1 is best; equal ranks are ties. `ratings[i]`, when given, is a numeric rating of
+    `completions[i]` (higher is better) used for margins.
+    """
+
+    prompt: str
+    completions: tuple[str, ...]
+    ranking: tuple[int, ...]
+    ratings: tuple[float, ...] | None = None
+    source: str = ""

@@ -1,16 +1,21 @@
-"""Reward models: any HF sequence-classification model with one output, read as a scalar score.
+"""Reward models: scalar (Bradley-Terry) and 2-class classifier heads, ensembles, and Python functions.
 
 A reward-model directory written by `tether rm` holds the HF model and tokenizer plus `tether_reward.json`
-with the normalisation (score = gain * raw + bias) and the prompt template it was trained with, so its
-scores mean the same thing in every later stage. The reward model has its own tokenizer: policy text
-is decoded and re-tokenized for it, so a BERT-style encoder can score a Llama-style policy.
+with the kind of head (`scalar`: one output is the score; `classifier`: two classes, the positive-class
+logit is the score), the normalisation (score = gain * raw + bias) and the prompt template it was trained
+with, so its scores mean the same thing in every later stage. The reward model has its own tokenizer:
+policy text is decoded and re-tokenized for it, so a BERT-style encoder can score a Llama-style policy.
+
+An ensemble directory holds `tether_ensemble.json` listing member directories; it loads as an
+`EnsembleReward` whose score is the members' mean, or the conservative mean - k * std (Coste et al. 2023).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -22,6 +27,8 @@ from tether.models.load import check_model_path, disable_dropout, load_tokenizer
 from tether.models.tiny import TINY_NAMES, tiny_sequence_classifier
 
 META_FILE = "tether_reward.json"
+ENSEMBLE_FILE = "tether_ensemble.json"
+KINDS = ("scalar", "classifier")
 
 
 @dataclass
@@ -30,6 +37,47 @@ class RewardMeta:
     bias: float = 0.0
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     max_length: int = 256
+    kind: str = "scalar"  # "scalar": logits[:, 0]; "classifier": logits[:, positive_index] of 2 classes
+    positive_index: int = 1
+
+    @property
+    def num_labels(self) -> int:
+        return 2 if self.kind == "classifier" else 1
+
+    @classmethod
+    def read(cls, path: Path) -> "RewardMeta":
+        """Read `tether_reward.json`; keys this version does not know are ignored, missing ones default.
+
+        Raises:
+            ModelError: invalid JSON or an unknown kind.
+        """
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ModelError(f"{path}: cannot read reward-model metadata ({exc})") from None
+        known = {f.name for f in fields(cls)}
+        meta = cls(**{k: v for k, v in raw.items() if k in known})
+        if meta.kind not in KINDS:
+            raise ModelError(f"{path}: kind must be one of {KINDS}, got {meta.kind!r}")
+        return meta
+
+
+def _meta_for(path: str) -> RewardMeta:
+    """The metadata of a model directory: its `tether_reward.json`, else inferred from config.json."""
+    if path in TINY_NAMES:
+        return RewardMeta()
+    resolved = Path(resolve_path(path))
+    if (resolved / META_FILE).is_file():
+        return RewardMeta.read(resolved / META_FILE)
+    try:
+        config = json.loads((resolved / "config.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return RewardMeta()
+    # only a model that already has a sequence-classification head can be a 2-class classifier
+    has_head = any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or [])
+    if has_head and len(config.get("id2label") or {}) == 2:
+        return RewardMeta(kind="classifier")
+    return RewardMeta()
 
 
 def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0):
@@ -58,7 +106,7 @@ def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: torc
 
 
 class RewardModel(nn.Module):
-    """A scalar reward model: text in, normalised score out."""
+    """A reward model: text in, normalised score out; a scalar head or a 2-class classifier head."""
 
     def __init__(self, model: nn.Module, tokenizer, meta: RewardMeta | None = None):
         super().__init__()
@@ -67,10 +115,20 @@ class RewardModel(nn.Module):
         self.meta = meta or RewardMeta()
 
     @classmethod
-    def load(cls, path: str, device: torch.device, dtype: torch.dtype = torch.float32) -> "RewardModel":
-        model, tok = load_sequence_classifier(path, dtype=dtype)
-        meta_path = Path(resolve_path(path)) / META_FILE
-        meta = RewardMeta(**json.loads(meta_path.read_text())) if meta_path.is_file() else RewardMeta()
+    def load(cls, path: str, device: torch.device, dtype: torch.dtype = torch.float32):
+        """Load a reward-model directory of either kind, frozen and in eval mode.
+
+        The kind comes from `tether_reward.json` (or, for a plain HF model, 2 labels = classifier). An
+        ensemble directory (with `tether_ensemble.json`) loads as an `EnsembleReward`, which has the same
+        `score`, `tokenizer` and `meta`.
+
+        Raises:
+            ModelError: missing directory, weights or unreadable metadata.
+        """
+        if is_ensemble(path):
+            return EnsembleReward.load(path, device, dtype=dtype)
+        meta = _meta_for(path)
+        model, tok = load_sequence_classifier(path, num_labels=meta.num_labels, dtype=dtype)
         rm = cls(model.to(device), tok, meta)
         rm.eval()
         for p in rm.parameters():
@@ -78,8 +136,27 @@ class RewardModel(nn.Module):
         return rm
 
     def raw_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Unnormalised scores: (B, T) -> (B,) float32."""
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+        """Unnormalised scores: (B, T) -> (B,) float32; the positive-class logit for a classifier."""
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, num_labels)
+        return head_scores(logits, self.meta)
+
+    @torch.no_grad()
+    def class_probs(self, prompts: list[str], responses: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+        """P(desirable) of a classifier reward model: lists of B strings -> (B,) float32 on CPU.
+
+        Raises:
+            ModelError: for a scalar reward model, which has no classes.
+        """
+        if self.meta.kind != "classifier":
+            raise ModelError("class_probs needs a classifier reward model (kind 'classifier')")
+        texts = reward_texts(prompts, responses, self.meta.prompt_template)
+        device = next(self.model.parameters()).device
+        out = []
+        for i in range(0, len(texts), batch_size):
+            ids, mask = tokenize_for_reward(self.tokenizer, texts[i : i + batch_size], max_length or self.meta.max_length)
+            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()  # (b, 2)
+            out.append(logits.softmax(-1)[:, self.meta.positive_index].cpu())
+        return torch.cat(out)
 
     @torch.no_grad()
     def score(self, prompts: list[str], responses: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
@@ -143,8 +220,150 @@ class FunctionReward:
         return out
 
 
-def load_reward(path: str | None, function: str | None, device: torch.device):
-    """A `RewardModel` from a directory or a `FunctionReward` from 'module:function'."""
+def head_scores(logits: torch.Tensor, meta: RewardMeta) -> torch.Tensor:
+    """Raw scores from head logits: (B, 1) -> logits[:, 0]; (B, 2) classifier -> the positive-class logit."""
+    if meta.kind == "classifier":
+        from tether.losses.classifier import classifier_reward
+
+        return classifier_reward(logits, meta.positive_index)
+    return logits[:, 0].float()
+
+
+# --------------------------------------------------------------------------- ensembles
+
+
+Combine = Literal["mean", "conservative"]
+
+
+def is_ensemble(path: str | None) -> bool:
+    """Whether `path` is an ensemble directory (holds `tether_ensemble.json`)."""
+    return path is not None and path not in TINY_NAMES and (Path(resolve_path(path)) / ENSEMBLE_FILE).is_file()
+
+
+def write_ensemble_manifest(out_dir: str | Path, members: list[str], combine: Combine = "mean", k: float = 1.0) -> Path:
+    """Write `tether_ensemble.json` so `out_dir` loads as an ensemble of `members`.
+
+    Args:
+        out_dir: the ensemble directory.
+        members: member reward-model directories, relative to `out_dir` or absolute.
+        combine: default combination ('mean' or 'conservative').
+        k: default number of standard deviations subtracted by 'conservative'.
+
+    Returns:
+        The manifest path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ENSEMBLE_FILE
+    path.write_text(json.dumps({"members": list(members), "combine": combine, "k": k}, indent=2))
+    return path
+
+
+class EnsembleReward:
+    """Several reward models scoring the same text, combined into one score per response.
+
+    Ensembles of independently trained reward models (Lakshminarayanan et al. 2017) disagree where the
+    data is thin; PPO against the conservative score mean - k * std (Coste et al. 2023, "Reward Model
+    Ensembles Help Mitigate Overoptimization", uncertainty-weighted optimisation) is not paid for text
+    that only some members like. std is the population standard deviation over members. Each member
+    applies its own normalisation first, so members with different raw scales are comparable.
+    """
+
+    def __init__(self, members: list, combine: Combine = "mean", k: float = 1.0, names: list[str] | None = None):
+        if not members:
+            raise ModelError("an ensemble needs at least one member")
+        if combine not in ("mean", "conservative"):
+            raise ModelError(f"ensemble combine must be 'mean' or 'conservative', got {combine!r}")
+        self.members = members
+        self.combine = combine
+        self.k = float(k)
+        self.names = names or [f"member-{i}" for i in range(len(members))]
+
+    @property
+    def tokenizer(self):
+        return self.members[0].tokenizer
+
+    @property
+    def meta(self) -> RewardMeta:
+        """The first member's metadata (template, max length); gain/bias are per member."""
+        return self.members[0].meta
+
+    @classmethod
+    def load(cls, path: str | list[str], device: torch.device, combine: Combine | None = None, k: float | None = None,
+             dtype: torch.dtype = torch.float32) -> "EnsembleReward":
+        """Load an ensemble directory, or an explicit list of member directories.
+
+        Args:
+            path: a directory with `tether_ensemble.json`, or a list of reward-model directories.
+            combine, k: override the manifest's combination (defaults 'mean', 1.0 for a list).
+
+        Raises:
+            ModelError: an unreadable manifest or a member that cannot be loaded.
+        """
+        if isinstance(path, (list, tuple)):
+            dirs, default_combine, default_k = [str(p) for p in path], "mean", 1.0
+        else:
+            root = Path(resolve_path(path))
+            try:
+                manifest = json.loads((root / ENSEMBLE_FILE).read_text(encoding="utf-8"))
+                dirs = [str(root / m) if not Path(m).is_absolute() else m for m in manifest["members"]]
+            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise ModelError(f"{root / ENSEMBLE_FILE}: not a valid ensemble manifest ({exc})") from None
+            default_combine, default_k = manifest.get("combine", "mean"), manifest.get("k", 1.0)
+        members = [RewardModel.load(d, device, dtype) for d in dirs]
+        for d, m in zip(dirs, members):
+            if isinstance(m, EnsembleReward):
+                raise ModelError(f"{d}: an ensemble member cannot itself be an ensemble")
+        return cls(members, combine or default_combine, default_k if k is None else k, names=dirs)
+
+    def member_scores(self, prompts: list[str], responses: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+        """Every member's normalised scores: lists of B strings -> (M, B) float32 on CPU."""
+        return torch.stack([m.score(prompts, responses, batch_size, max_length) for m in self.members])
+
+    @staticmethod
+    def combine_scores(member_scores: torch.Tensor, combine: Combine, k: float) -> torch.Tensor:
+        """(M, B) member scores -> (B,): the mean, or mean - k * std (population std over members)."""
+        mean = member_scores.mean(0)  # (B,)
+        if combine == "mean":
+            return mean
+        return mean - k * member_scores.std(0, unbiased=False)
+
+    @torch.no_grad()
+    def score(self, prompts: list[str], responses: list[str], batch_size: int = 32, max_length: int | None = None) -> torch.Tensor:
+        """Combined scores: lists of B strings -> (B,) float32 on CPU."""
+        return self.combine_scores(self.member_scores(prompts, responses, batch_size, max_length), self.combine, self.k)
+
+
+def load_reward(
+    path: str | None,
+    function: str | None,
+    device: torch.device,
+    paths: list[str] | None = None,
+    ensemble: Combine | None = None,
+    ensemble_k: float | None = None,
+):
+    """The reward PPO optimises: a model, an ensemble, or a Python function, all with `.score` and `.tokenizer`.
+
+    Args:
+        path: a reward-model directory, or an ensemble directory (with `tether_ensemble.json`).
+        function: 'module:function' instead of a model.
+        device: where models go.
+        paths: member directories of an ensemble given explicitly (instead of `path`).
+        ensemble: 'mean' or 'conservative'; overrides the ensemble manifest.
+        ensemble_k: std multiplier of 'conservative'; overrides the manifest.
+
+    Returns:
+        A `RewardModel`, `EnsembleReward` or `FunctionReward`.
+
+    Raises:
+        ModelError: nothing to load, or a model that cannot be loaded.
+    """
     if function is not None:
         return FunctionReward.from_spec(function)
+    if paths:
+        return EnsembleReward.load(list(paths), device, ensemble, ensemble_k)
+    if path is None:
+        raise ModelError("no reward model: set reward_model.path, reward_model.paths or reward_model.function")
+    if is_ensemble(path):
+        return EnsembleReward.load(path, device, ensemble, ensemble_k)
     return RewardModel.load(path, device)
