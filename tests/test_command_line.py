@@ -53,11 +53,6 @@ def test_debug_shows_the_traceback(sft_yaml):
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="main() strips --debug into `rest` but parses the full argv, so `--debug` after the subcommand is "
-    "an argparse error (exit 2) instead of showing the traceback",
-)
 def test_debug_after_the_subcommand(sft_yaml):
     result = tether("sft", "--config", sft_yaml, "bad.key=1", "--debug")
     assert "Traceback" in result.stderr and "ConfigError" in result.stderr

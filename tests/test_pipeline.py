@@ -123,11 +123,6 @@ def test_second_run_skips_finished_training_stages(finished):
     assert {n: (outputs[n] / "DONE").stat().st_mtime_ns for n in STAGES[:4]} == mtimes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="EvalConfig.overwrite defaults to True, but pipeline._restore_config records the stage config with "
-    "overwrite=False, so the eval stage's config.yaml never matches and eval re-runs on every `tether run`",
-)
 def test_second_run_skips_every_stage(finished):
     path, outputs, _ = finished
     calls: list[str] = []
@@ -135,11 +130,6 @@ def test_second_run_skips_every_stage(finished):
     assert calls == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stage is skipped when its own config is unchanged, even when an earlier stage it reads from "
-    "has just been re-run: PPO keeps the policy trained from the old SFT model",
-)
 def test_changing_a_stage_reruns_the_stages_after_it(tmp_path, tiny_data):
     path = tiny_pipeline(tmp_path, tiny_data)
     run_pipeline(str(path), [], _runners())
@@ -183,12 +173,6 @@ def test_unknown_key_in_a_stage_override(tmp_path):
     assert stages[0].raw == {"train": {"seed": 3}}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_pipeline splits every override on the first '.', so `data_dir=/x` (no dot: head is the whole "
-    "text) and `data_dir=../x` (head 'data_dir=') never match the global keys and are rejected as stage overrides; "
-    "the missing-data message itself tells users to pass data_dir=...",
-)
 @pytest.mark.parametrize("override", ["data_dir=/some/where", "data_dir=../shared/data", "output_root=runs/v1.2"])
 def test_global_overrides(tmp_path, override):
     path = _write(tmp_path, {"stages": [{"name": "s", "command": "sft", "config": {}}]})

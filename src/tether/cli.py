@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _quiet_transformers()
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(rest)
     try:
         return dispatch(args, argv)
     except TetherError as exc:

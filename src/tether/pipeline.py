@@ -13,7 +13,8 @@ A pipeline file:
 `${NAME.output_dir}` is the output of an earlier stage, `${data_dir}` and `${output_root}` the
 pipeline's own settings. A stage's `output_dir` defaults to `output_root/NAME`. A stage whose output
 directory holds a finished run with the same resolved config is skipped, so re-running a pipeline
-resumes after the last finished stage.
+resumes after the last finished stage; a stage that reads the output of a stage that ran again runs
+again too.
 """
 
 from __future__ import annotations
@@ -90,11 +91,11 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[dict, list[Stage]]:
         stages.append(Stage(s["name"], s["command"], _deep_merge(raw, s.get("config") or {})))
     globals_: dict = {k: spec[k] for k in ("output_root", "data_dir") if k in spec}
     for text in overrides:
-        head, _, rest = text.partition(".")
-        if head in ("output_root", "data_dir") and "=" in text and not rest:
-            key, _, value = text.partition("=")
-            globals_[key] = value
+        key, _, value = text.partition("=")
+        if key.strip() in ("output_root", "data_dir"):
+            globals_[key.strip()] = value.strip()
             continue
+        head, _, rest = text.partition(".")
         match = [s for s in stages if s.name == head]
         if not match or not rest:
             raise ConfigError(f"override '{text}': expected STAGE.key=value with STAGE one of {', '.join(names)}")
@@ -134,14 +135,17 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
         env["data_dir"] = resolve_data_dir(globals_.get("data_dir"))
     outputs: dict[str, Path] = {}
     t_start = time.time()
+    ran: set[str] = set()  # stages run now: a stage that reads one of their outputs must run too
     for stage in stages:
         raw = _interpolate(stage.raw, env, f"{path}: stage '{stage.name}'")
         raw.setdefault("output_dir", f"{output_root}/{stage.name}")
         cfg = validate(CONFIGS[stage.command], raw, origin=f"{path}: stage '{stage.name}'")
         out = Path(cfg.output_dir)
-        if is_done(out) and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == dump_config(cfg):
+        depends_on = {ref.split(".")[0] for ref in _REF.findall(str(stage.raw)) if ref.endswith(".output_dir")}
+        if not (depends_on & ran) and _finished_with(out, cfg):
             console.print(f"[green]stage {stage.name}: already finished in {out}, skipped[/]")
         else:
+            ran.add(stage.name)
             cfg = cfg.model_copy(update={"overwrite": True})  # the pipeline owns its stage directories
             console.print(f"[bold]stage {stage.name} ({stage.command})[/] -> {out}")
             t0 = time.time()
@@ -154,6 +158,12 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
         env[f"{stage.name}.output_dir"] = str(out)
     console.print(f"pipeline finished in {time.time() - t_start:.0f}s")
     return outputs
+
+
+def _finished_with(out: Path, cfg: Strict) -> bool:
+    """True when `out` holds a finished run of the same config (the overwrite flag aside)."""
+    saved = out / "config.yaml"
+    return is_done(out) and saved.is_file() and saved.read_text() == dump_config(cfg.model_copy(update={"overwrite": False}))
 
 
 def _restore_config(out: Path, cfg: Strict) -> None:

@@ -185,11 +185,6 @@ def test_not_utf8(tmp_path):
     assert str(path) in msg and "UTF-8" in msg
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_iter_jsonl decodes in text mode, so the UnicodeDecodeError comes from reading a whole buffer "
-    "and the message names the line after the last one yielded (here line 1) instead of the bad line",
-)
 def test_not_utf8_names_the_bad_line(tmp_path):
     path = tmp_path / "latin1.jsonl"
     good = json.dumps(GOOD_SFT).encode() + b"\n"

@@ -166,11 +166,6 @@ def test_value_model_from_the_reward_model(tiny_data, tmp_path, tiny_models, mod
     assert math.isfinite(_metrics(out)[0]["loss/value"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="load_models builds the critic with ValueModel.from_pretrained(cfg.reward_model.path), which does not "
-    "know the tiny names: with reward_model.path=tiny-bert it tries the hub and fails (with a multi-line message)",
-)
 def test_value_model_from_a_tiny_reward_model(tiny_data, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "ppo"
@@ -199,11 +194,6 @@ def test_nan_loss_stops_the_run(tiny_data, tmp_path, tiny_models, monkeypatch):
     assert (out / "checkpoints" / "step-1" / "config.json").is_file()  # the last good checkpoint is kept
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ppo_update raises TrainingError('PPO loss is nan (...)') without the step (nor the last good "
-    "checkpoint); it should go through check_finite(loss, step, run)",
-)
 def test_nan_loss_message_names_the_step(tiny_data, tmp_path, tiny_models, monkeypatch):
     _nan_policy_loss(monkeypatch, from_call=1)
     with pytest.raises(TrainingError, match="step 1"):

@@ -80,11 +80,6 @@ def test_tokenizer_and_packing():
     assert stream[0] == tok.bos_token_id and tok.eos_token_id in stream
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="block_size is never compared with arch.max_position_embeddings: a GPT-2 with block_size above its "
-    "positions fails with IndexError in the first forward pass, after the run directory is written",
-)
 def test_block_size_longer_than_the_positions(tiny_data, tmp_path):
     from tether.errors import ConfigError
 

@@ -60,11 +60,19 @@ def _open_text(p: Path):
     return open(p, encoding="utf-8")
 
 
+def _open_bytes(p: Path):
+    return gzip.open(p, "rb") if p.name.lower().endswith(".gz") else open(p, "rb")
+
+
 def _iter_jsonl(p: Path) -> Iterable[Row]:
     lineno = 0
     try:
-        with _open_text(p) as fh:
-            for lineno, line in enumerate(fh, start=1):
+        with _open_bytes(p) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(f"{p}:{lineno}: not UTF-8 text") from None
                 if not line.strip():
                     continue
                 try:
@@ -74,8 +82,6 @@ def _iter_jsonl(p: Path) -> Iterable[Row]:
                 if not isinstance(obj, dict):
                     raise DataError(f"{p}:{lineno}: expected a JSON object, got {type(obj).__name__}")
                 yield Row(obj, f"{p}:{lineno}")
-    except UnicodeDecodeError:
-        raise DataError(f"{p}:{lineno + 1}: not UTF-8 text") from None
     except (gzip.BadGzipFile, EOFError, OSError) as exc:
         if isinstance(exc, DataError):
             raise

@@ -47,7 +47,7 @@ class ValueModel(nn.Module):
         try:
             backbone = AutoModel.from_pretrained(resolve_path(path), dtype=dtype)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load a value-model backbone from {path}: {exc}") from None
+            raise ModelError(f"cannot load a value-model backbone from {path}: {str(exc).splitlines()[0]}") from None
         disable_dropout(backbone)
         return cls(backbone, backbone.config.hidden_size).to(dtype)
 

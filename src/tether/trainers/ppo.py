@@ -61,6 +61,8 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
     reward_model = load_reward(cfg.reward_model.path, cfg.reward_model.function, device)
+    if isinstance(reward_model, RewardModel):
+        check_context(cfg.reward_model.max_length, reward_model.model, "reward_model.max_length")
     if cfg.ppo.value_init == "policy":
         value_model = ValueModel.from_backbone_of(policy)
     else:
@@ -69,7 +71,7 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
                 "ppo.value_init=reward_model needs the reward model and the policy to share a tokenizer "
                 "(values are per policy token); use ppo.value_init=policy"
             )
-        value_model = ValueModel.from_pretrained(cfg.reward_model.path).to(device)
+        value_model = ValueModel.from_backbone_of(reward_model.model)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
     else:
@@ -199,7 +201,7 @@ def reward_hacking_suspected(history: list[tuple[float, float]], patience: int) 
     return judge_falls and train_rises
 
 
-def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optimizer) -> dict[str, float]:
+def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optimizer, step: int, run: RunDir) -> dict[str, float]:
     """Phase 4: `num_ppo_epochs` passes of minibatches over one rollout. Returns mean metrics."""
     p = cfg.ppo
     B, T_p = r.prompts.shape
@@ -220,8 +222,7 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
             # entropy bonus
             entropy_mean = masked_mean(entropy, mask)
             loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy_mean
-            if not torch.isfinite(loss):
-                raise TrainingError(f"PPO loss is {loss.item()} (policy {pg_loss.item()}, value {vf_loss.item()})")
+            check_finite(loss, step, run)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, cfg.train.max_grad_norm)
@@ -289,7 +290,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 advantages = masked_whiten(advantages, r.response_mask)
 
             # 4. optimise
-            update = ppo_update(cfg, m, r, advantages, returns, optimizer)
+            update = ppo_update(cfg, m, r, advantages, returns, optimizer, step, run)
 
             # 5. control: KL coefficient, metrics, stopping, checkpoints
             mean_kl = kl.sum(-1).mean().item()
@@ -306,7 +307,6 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 "rollout/eos_fraction": (r.response_mask & (r.responses == m.tokenizer.eos_token_id)).any(-1).float().mean().item(),
                 **diag, **update,
             }
-            check_finite(torch.tensor(metrics["loss/policy"]), step, run)
             run.log(step, metrics)
             bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
             if cfg.train.save_every and step % cfg.train.save_every == 0:

@@ -15,7 +15,7 @@ import torch
 
 from tether.config import PretrainConfig
 from tether.data.sources import load_texts
-from tether.errors import DataError
+from tether.errors import ConfigError, DataError
 from tether.losses.sft import sft_loss
 from tether.models.load import count_parameters, resolve_device, set_threads
 from tether.models.tiny import BOS, EOS, PAD, wrap_tokenizer
@@ -80,6 +80,9 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
     set_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
 
+    if cfg.block_size > cfg.arch.max_position_embeddings:
+        raise ConfigError(f"block_size={cfg.block_size} is longer than arch.max_position_embeddings={cfg.arch.max_position_embeddings}")
+
     # 1. text
     texts = load_texts(cfg.data.train, cfg.text_fields)
     if not texts:
@@ -131,7 +134,7 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
                 with autocast(cfg.train, device):
                     logits = model(input_ids=x, use_cache=False).logits
                 loss, m = sft_loss(logits[:, :-1], x[:, 1:], ones[: len(idx)])
-                check_finite(loss, step, run)
+                check_finite(loss, step + 1, run)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 optimizer.step()

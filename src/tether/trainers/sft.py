@@ -96,18 +96,18 @@ def train_sft(cfg: SFTConfig) -> Path:
         task = bar.add_task("sft", total=steps, info="")
         while step < steps:
             micro = list(batches(items, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed + epoch))
-            for i in range(0, len(micro) - accum + 1, accum):
+            for i in range(0, len(micro), accum):
                 if step >= steps:
                     break
-                losses = []
-                for chunk in micro[i : i + accum]:
+                losses, group = [], micro[i : i + accum]
+                for chunk in group:
                     b = collate_sft(chunk, tokenizer.pad_token_id).to(device)
                     with autocast(cfg.train, device):
                         logits = forward_logits(model, b.input_ids, b.attention_mask)
                     # position t predicts token t+1: shift so the loss sees only response tokens
                     loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
-                    check_finite(loss, step, run)
-                    (loss / accum).backward()
+                    check_finite(loss, step + 1, run)
+                    (loss / len(group)).backward()
                     losses.append(loss.item())
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 optimizer.step()
