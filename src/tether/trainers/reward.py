@@ -1,7 +1,12 @@
-"""Reward-model training with the Bradley-Terry loss -log sigmoid(r_chosen - r_rejected).
+"""Reward-model training: a Bradley-Terry scalar head on pairs or rankings, or a 2-class classifier head.
 
-Chosen and rejected go through the model in one forward pass (concatenated batch). The model is any
-HF sequence classifier with one output; the offline default backbone is all-MiniLM-L6-v2.
+Bradley-Terry (`kind: bradley_terry`): the loss -log sigmoid(r_chosen - r_rejected - margin) (Ouyang et al.
+2022 eq. 1; margin of Touvron et al. 2023 eq. 2) on `{"prompt","chosen","rejected"}` pairs and on rankings
+of K completions (all K(K-1)/2 pairs, a prompt's pairs in one batch, each distinct completion scored once).
+Classifier (`kind: classifier`): cross-entropy of a 2-class head on labelled completions; the positive-class
+logit is the reward. Either way the best eval step's weights are kept (`select_best`), the scores are
+normalised (gain/bias in tether_reward.json), and `ensemble_size: N` trains N members with different seeds
+(so different head initialisations and data orders) into `output_dir/member-i` plus an ensemble manifest.
 """
 
 from __future__ import annotations
@@ -11,17 +16,20 @@ from pathlib import Path
 
 import torch
 
-from tether.config import RewardConfig
-from tether.data.sources import load_preferences, select
-from tether.data.tokenize import reward_texts, tokenize_for_reward
+from tether.config import GenerationConfig, ModelConfig, RewardConfig
+from tether.data.feedback import group_by_prompt, grouped_batches, load_reward_pairs, load_thumbs
+from tether.data.sources import load_prompts, select
+from tether.data.tokenize import reward_texts, tokenize_for_reward, tokenize_prompts
 from tether.errors import ConfigError
+from tether.losses.classifier import classifier_loss, tied_bradley_terry_loss
 from tether.losses.reward import bradley_terry_loss
 from tether.models.load import apply_lora, count_parameters, resolve_device, resolve_dtype, set_threads
-from tether.models.reward import RewardMeta, RewardModel, load_sequence_classifier
+from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
 from tether.trainers.common import (
     RunDir, autocast, check_finite, console, fmt, length_grouped_order, make_optimizer, make_scheduler, progress, set_seed, total_steps,
 )
-from tether.types import PreferenceExample
+from tether.trainers.sft import check_context
+from tether.types import BinaryFeedbackExample, PreferenceExample, PreferenceTie
 
 
 def freeze_lower_layers(model, n_layers: int) -> None:
@@ -46,23 +54,70 @@ def freeze_lower_layers(model, n_layers: int) -> None:
             p.requires_grad_(False)
 
 
-def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str, max_length: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Raw scores of chosen and rejected replies from one forward pass. Returns ((B,), (B,))."""
+# --------------------------------------------------------------------------- scoring
+
+
+def text_scores(model, tokenizer, texts: list[str], meta: RewardMeta, max_length: int, device) -> torch.Tensor:
+    """Raw head scores of reward-model texts; long texts lose tokens from the left (the reply is kept).
+
+    Returns:
+        (N,) float32: logits[:, 0] for a scalar head, the positive-class logit for a classifier.
+    """
+    ids, mask = tokenize_for_reward(tokenizer, texts, max_length)  # (N, T)
+    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (N, num_labels)
+    return head_scores(logits, meta)
+
+
+def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str, max_length: int, device,
+                meta: RewardMeta | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Raw scores of chosen and rejected replies from one forward pass over the distinct texts.
+
+    The pairs of a ranking share completions; each distinct (prompt, reply) text is scored once and
+    indexed into every pair that uses it (InstructGPT sec. 3.5: one forward pass per completion).
+
+    Returns:
+        ((B,), (B,)) scores of the chosen and the rejected replies.
+    """
     prompts = [e.prompt for e in batch]
     texts = reward_texts(prompts, [e.chosen for e in batch], template) + reward_texts(prompts, [e.rejected for e in batch], template)
+    index: dict[str, int] = {}
+    for t in texts:
+        index.setdefault(t, len(index))
+    unique = list(index)
+    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device)  # (U,)
+    where = torch.tensor([index[t] for t in texts], device=scores.device)  # (2B,)
+    both = scores[where]  # (2B,)
+    return both[: len(batch)], both[len(batch) :]
+
+
+def pair_loss(chosen: torch.Tensor, rejected: torch.Tensor, batch: list[PreferenceExample]) -> tuple[torch.Tensor, dict[str, float]]:
+    """Bradley-Terry loss of a batch, with margins when rows have them and target 1/2 for tied pairs."""
+    margin = None
+    if any(e.margin is not None for e in batch):
+        margin = torch.tensor([e.margin or 0.0 for e in batch], device=chosen.device)  # (B,)
+    tie = torch.tensor([isinstance(e, PreferenceTie) for e in batch], device=chosen.device)  # (B,)
+    if bool(tie.any()):
+        return tied_bradley_terry_loss(chosen, rejected, tie, margin)
+    return bradley_terry_loss(chosen, rejected, margin)
+
+
+def label_logits(model, tokenizer, batch: list[BinaryFeedbackExample], template: str, max_length: int, device) -> torch.Tensor:
+    """Class logits of labelled completions: (B, 2)."""
+    texts = reward_texts([e.prompt for e in batch], [e.completion for e in batch], template)
     ids, mask = tokenize_for_reward(tokenizer, texts, max_length)
-    scores = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits[:, 0].float()  # (2B,)
-    return scores[: len(batch)], scores[len(batch) :]
+    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
 
 
 @torch.no_grad()
-def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template: str, max_length: int, batch_size: int, device) -> dict[str, float]:
-    """Pairwise accuracy (ties count as wrong) and mean loss on preference examples."""
+def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template: str, max_length: int, batch_size: int, device,
+                   meta: RewardMeta | None = None) -> dict[str, float]:
+    """Pairwise accuracy (ties in score count as wrong; tied pairs are left out) and mean loss."""
+    examples = [e for e in examples if not isinstance(e, PreferenceTie)]
     was = model.training
     model.eval()
     chosen, rejected = [], []
     for i in range(0, len(examples), batch_size):
-        c, r = pair_scores(model, tokenizer, examples[i : i + batch_size], template, max_length, device)
+        c, r = pair_scores(model, tokenizer, examples[i : i + batch_size], template, max_length, device, meta)
         chosen.append(c)
         rejected.append(r)
     model.train(was)
@@ -70,61 +125,218 @@ def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template
     return {"eval/loss": loss.item(), "eval/accuracy": m["rm/accuracy"], "eval/margin": m["rm/margin"]}
 
 
+@torch.no_grad()
+def evaluate_labels(model, tokenizer, examples: list[BinaryFeedbackExample], template: str, max_length: int, batch_size: int, device) -> dict[str, float]:
+    """Classifier accuracy, AUROC of the positive-class probability, and mean cross-entropy."""
+    from tether.eval.reward_eval import auroc
+
+    was = model.training
+    model.eval()
+    logits = torch.cat([label_logits(model, tokenizer, examples[i : i + batch_size], template, max_length, device)
+                        for i in range(0, len(examples), batch_size)])  # (N, 2)
+    model.train(was)
+    labels = torch.tensor([e.label for e in examples], device=logits.device)
+    loss, m = classifier_loss(logits, labels)
+    score = (logits[:, 1] - logits[:, 0]).cpu().numpy()  # log-odds: same order as P(desirable)
+    return {"eval/loss": loss.item(), "eval/accuracy": m["rm/accuracy"], "eval/auroc": auroc(score, labels.cpu().numpy())}
+
+
+# --------------------------------------------------------------------------- best checkpoint and normalisation
+
+
+def trainable_state(model) -> dict[str, torch.Tensor]:
+    """A CPU copy of the parameters that train (frozen ones never change, so they are not copied)."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def is_better(new: dict[str, float], best: dict[str, float] | None) -> bool:
+    """Higher eval accuracy wins; equal accuracy is broken by lower eval loss."""
+    if best is None:
+        return True
+    if new["eval/accuracy"] != best["eval/accuracy"]:
+        return new["eval/accuracy"] > best["eval/accuracy"]
+    return new["eval/loss"] < best["eval/loss"]
+
+
+@torch.no_grad()
+def policy_samples(cfg: RewardConfig, device) -> tuple[list[str], list[str]]:
+    """One sample of `cfg.normalize_policy` per prompt of `cfg.normalize_prompts` (at most normalize_samples).
+
+    Returns:
+        (prompts, responses) as text.
+    """
+    from tether.models.load import load_causal_lm
+    from tether.rollout.generate import decode_responses, generate
+
+    d = cfg.data
+    prompts = [e.prompt for e in load_prompts(cfg.normalize_prompts, d.on_invalid)][: cfg.normalize_samples]
+    policy, tok = load_causal_lm(ModelConfig(name_or_path=cfg.normalize_policy), device, seed=cfg.train.seed)
+    ids = tokenize_prompts(prompts, tok, d.prompt_template, d.max_prompt_length)
+    gen = generate(policy, tok, ids, GenerationConfig(), device)
+    return prompts, decode_responses(tok, gen.responses, gen.response_mask)
+
+
+@torch.no_grad()
+def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: list, device) -> tuple[float, float]:
+    """Gain and bias so that normalised scores have mean 0 and std 1 on a reference set.
+
+    DESIGN.md 6.4: the reference set is samples of the initial policy when `normalize_policy` and
+    `normalize_prompts` are set; otherwise the training replies (chosen and rejected, or the labelled
+    completions), at most 256 rows.
+
+    Returns:
+        (gain, bias) with score = gain * raw + bias.
+    """
+    d = cfg.data
+    if cfg.normalize_policy and cfg.normalize_prompts:
+        prompts, responses = policy_samples(cfg, device)
+    elif cfg.kind == "classifier":
+        rows = train[:256]
+        prompts, responses = [e.prompt for e in rows], [e.completion for e in rows]
+    else:
+        rows = train[:256]
+        prompts, responses = [e.prompt for e in rows] * 2, [e.chosen for e in rows] + [e.rejected for e in rows]
+    model.eval()
+    texts = reward_texts(prompts, responses, d.prompt_template)
+    raw = torch.cat([text_scores(model, tokenizer, texts[i : i + 32], meta, d.max_length, device) for i in range(0, len(texts), 32)])
+    std = raw.std().clamp(min=1e-6).item()
+    return 1.0 / std, -raw.mean().item() / std
+
+
+# --------------------------------------------------------------------------- training
+
+
+def load_data(cfg: RewardConfig) -> tuple[list, list]:
+    """(train, eval) examples: pairs (from pair or ranking rows) or labelled completions.
+
+    The eval set is `data.eval`, or the held-out prompts of `data.train` (split by prompt hash, so no
+    prompt is on both sides), or empty.
+
+    Raises:
+        DataError: naming file and line of a bad row, or an empty split.
+    """
+    d = cfg.data
+    if cfg.kind == "classifier":
+        load = lambda paths: load_thumbs(paths, d.on_invalid)  # noqa: E731
+    else:
+        load = lambda paths: load_reward_pairs(paths, d.on_invalid, cfg.ties, cfg.margin_scale)  # noqa: E731
+    rows = load(d.train)
+    train = select(rows, d.split, d.holdout_fraction, d.max_samples)
+    # tied pairs have no right answer: they train (target 1/2) but are not evaluated
+    if d.eval:
+        evals = load(d.eval)
+    elif d.holdout_fraction > 0 and d.split == "train":
+        evals = select(rows, "holdout", d.holdout_fraction, None)
+    else:
+        evals = []
+    return train, [e for e in evals if not isinstance(e, PreferenceTie)]
+
+
+def epoch_batches(cfg: RewardConfig, train: list, rng: random.Random) -> list[list[int]]:
+    """One epoch of batches of example indices, similar lengths together.
+
+    Pairs of one prompt stay in one batch when `group_by_prompt` (a ranking's pairs together).
+    """
+    bs = cfg.train.batch_size
+    if cfg.kind == "classifier" or not cfg.group_by_prompt:
+        lengths = [len(e.prompt) + len(getattr(e, "completion", "")) + len(getattr(e, "chosen", "")) + len(getattr(e, "rejected", "")) for e in train]
+        order = length_grouped_order(lengths, bs, rng)
+        return [order[i : i + bs] for i in range(0, len(order), bs)]
+    groups = group_by_prompt(train)
+    lengths = [sum(len(train[j].prompt) + len(train[j].chosen) + len(train[j].rejected) for j in g) for g in groups]
+    groups_per_batch = max(1, round(bs * len(groups) / len(train)))
+    return grouped_batches(groups, bs, length_grouped_order(lengths, groups_per_batch, rng))
+
+
 def train_reward(cfg: RewardConfig) -> Path:
-    """Train a scalar reward model; writes it (HF format + tether_reward.json) to `cfg.output_dir`.
+    """Train a reward model (or an ensemble of `ensemble_size`) into `cfg.output_dir`.
 
     Raises:
         DataError, ConfigError, ModelError: before training.
         TrainingError: on a NaN/inf loss.
     """
+    if cfg.ensemble_size > 1:
+        return train_ensemble(cfg)
+    return train_one(cfg)
+
+
+def train_ensemble(cfg: RewardConfig) -> Path:
+    """N members with seeds train.seed + i in `output_dir/member-i`, and the manifest that makes
+    `output_dir` load as an `EnsembleReward` (Lakshminarayanan et al. 2017; Coste et al. 2023)."""
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    members: list[str] = []
+    for i in range(cfg.ensemble_size):
+        member = cfg.model_copy(update={
+            "ensemble_size": 1, "output_dir": str(run.path / f"member-{i}"), "overwrite": True,
+            "train": cfg.train.model_copy(update={"seed": cfg.train.seed + i}),
+        })
+        console.print(f"rm: ensemble member {i + 1} of {cfg.ensemble_size} (seed {cfg.train.seed + i})")
+        train_one(member)
+        members.append(f"member-{i}")
+    write_ensemble_manifest(run.path, members, cfg.ensemble_combine, cfg.ensemble_k)
+    run.finish({"members": members})
+    console.print(f"rm: ensemble of {len(members)} in {run.path}")
+    return run.path
+
+
+def train_one(cfg: RewardConfig) -> Path:
+    """Train one reward model; writes it (HF format + tether_reward.json) to `cfg.output_dir`."""
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     d = cfg.data
+    classifier = cfg.kind == "classifier"
+    meta = RewardMeta(prompt_template=d.prompt_template, max_length=d.max_length, kind="classifier" if classifier else "scalar")
+    if cfg.normalize and bool(cfg.normalize_policy) != bool(cfg.normalize_prompts):
+        raise ConfigError("normalize_policy and normalize_prompts go together: set both or neither")
 
-    # 1. data: train split, and an eval set (a file, or the held-out prompts of the train file)
-    rows = load_preferences(d.train, d.on_invalid)
-    train = select(rows, d.split, d.holdout_fraction, d.max_samples)
-    if d.eval:
-        evals = load_preferences(d.eval, d.on_invalid)
-    elif d.holdout_fraction > 0 and d.split == "train":
-        evals = select(rows, "holdout", d.holdout_fraction, None)
-    else:
-        evals = []
+    # 1. data: train split and an eval set
+    train, evals = load_data(cfg)
 
     # 2. model
-    model, tokenizer = load_sequence_classifier(cfg.model.name_or_path, dtype=resolve_dtype(cfg.model.dtype, device), seed=cfg.train.seed)
+    model, tokenizer = load_sequence_classifier(
+        cfg.model.name_or_path, num_labels=meta.num_labels, dtype=resolve_dtype(cfg.model.dtype, device), seed=cfg.train.seed
+    )
+    check_context(d.max_length, model)
     freeze_lower_layers(model, cfg.freeze_layers)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora, task_type="SEQ_CLS")
     model.to(device)
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
     trainable, total = count_parameters(model)
-    console.print(f"rm: {len(train)} pairs ({len(evals)} for eval), {trainable:,} of {total:,} parameters trainable")
+    what = "labelled completions" if classifier else "pairs"
+    console.print(f"rm: {len(train)} {what} ({len(evals)} for eval), {trainable:,} of {total:,} parameters trainable")
     steps = total_steps(cfg.train, len(train))
     optimizer = make_optimizer(model.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, steps)
 
-    # 3. training loop: Bradley-Terry loss on (chosen, rejected) pairs
+    def evaluate() -> dict[str, float]:
+        if classifier:
+            return evaluate_labels(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device)
+        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, meta)
+
+    # 3. training loop: Bradley-Terry loss on pairs, or cross-entropy on labelled completions
     model.train()
     rng = random.Random(cfg.train.seed)
-    lengths = [len(e.prompt) + len(e.chosen) + len(e.rejected) for e in train]  # characters: a cheap proxy
-    step, metrics, order = 0, {}, []
-    bs, accum = cfg.train.batch_size, cfg.train.grad_accum_steps
+    step, metrics, queue = 0, {}, []
+    best, best_state, best_step = None, None, 0
+    accum = cfg.train.grad_accum_steps
     with progress() as bar:
         task = bar.add_task("rm", total=steps, info="")
         while step < steps:
             for _ in range(accum):
-                if len(order) < bs:
-                    order += length_grouped_order(lengths, bs, rng)
-                batch, order = [train[j] for j in order[:bs]], order[bs:]
+                if not queue:
+                    queue = epoch_batches(cfg, train, rng)
+                batch = [train[j] for j in queue.pop(0)]
                 with autocast(cfg.train, device):
-                    chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device)
-                margin = None
-                if any(e.margin is not None for e in batch):
-                    margin = torch.tensor([e.margin or 0.0 for e in batch], device=device)
-                loss, m = bradley_terry_loss(chosen, rejected, margin)
+                    if classifier:
+                        logits = label_logits(model, tokenizer, batch, d.prompt_template, d.max_length, device)  # (B, 2)
+                        labels = torch.tensor([e.label for e in batch], device=device)
+                        loss, m = classifier_loss(logits, labels)
+                    else:
+                        chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta)
+                        loss, m = pair_loss(chosen, rejected, batch)
                 check_finite(loss, step, run)
                 (loss / accum).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
@@ -133,27 +345,30 @@ def train_reward(cfg: RewardConfig) -> Path:
             optimizer.zero_grad(set_to_none=True)
             step += 1
             metrics = {**m, "rm/grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
-            if evals and cfg.train.eval_every and step % cfg.train.eval_every == 0:
-                metrics.update(evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, bs, device))
+            if evals and cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == steps):
+                metrics.update(evaluate())
+                if cfg.select_best and is_better(metrics, best):
+                    best, best_state, best_step = dict(metrics), trainable_state(model), step
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log(step, metrics)
-            bar.update(task, advance=1, info=fmt(metrics, ["loss/reward", "rm/accuracy", "eval/accuracy"]))
+            bar.update(task, advance=1, info=fmt(metrics, ["loss/reward", "loss/classifier", "rm/accuracy", "eval/accuracy"]))
 
-    # 4. final eval, normalisation (scores of the training replies -> mean 0, std 1), save
+    # 4. best eval step's weights, final eval, normalisation, save
+    if best_state is not None and best_step != step:
+        model.load_state_dict(best_state, strict=False)
+        console.print(f"rm: keeping the weights of step {best_step} (eval accuracy {best['eval/accuracy']:.3f})")
     if cfg.model.lora.enabled:
         model = model.merge_and_unload()
-    if evals:
-        metrics.update(evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, bs, device))
+    if evals and best is not None:
+        metrics.update({k: v for k, v in best.items() if k.startswith("eval/")})  # the kept weights' eval
+        metrics["eval/best_step"] = float(best_step)
         run.log(step, metrics)
-    meta = RewardMeta(prompt_template=d.prompt_template, max_length=d.max_length)
+    elif evals:
+        metrics.update(evaluate())
+        metrics["eval/best_step"] = float(step)
+        run.log(step, metrics)
     if cfg.normalize:
-        sample = train[: min(len(train), 256)]
-        model.eval()
-        with torch.no_grad():
-            c, r = pair_scores(model, tokenizer, sample, d.prompt_template, d.max_length, device)
-        raw = torch.cat([c, r])
-        std = raw.std().clamp(min=1e-6).item()
-        meta.gain, meta.bias = 1.0 / std, -raw.mean().item() / std
+        meta.gain, meta.bias = normalisation(cfg, model, tokenizer, meta, train, device)
     RewardModel(model, tokenizer, meta).save(run.path)
     run.finish({"steps": step, **metrics})
     console.print(f"rm: done, eval accuracy {metrics.get('eval/accuracy', float('nan')):.3f}, model in {run.path}")
