@@ -5,6 +5,9 @@ accuracy it asks the questions that catch a reward model that will be hacked: do
 answers (accuracy split by which answer is longer, and the correlation of score difference with length
 difference), does it fail on long prompts (accuracy by prompt-length tertile), and are its preference
 probabilities sigmoid(r_chosen - r_rejected) calibrated (Bradley & Terry 1952; ECE of Guo et al. 2017).
+For an ensemble directory it adds how much the members disagree; for a classifier reward model on
+labelled completions (`{"prompt","completion","label"}` or XSTest rows) it reports accuracy, AUROC and the
+calibration of P(desirable) instead.
 """
 
 from __future__ import annotations
@@ -13,12 +16,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from tether.data.sources import load_preferences
+from tether.data.feedback import load_reward_pairs, load_thumbs
+from tether.data.sources import iter_rows
 from tether.eval.metrics import expected_calibration_error, reliability_bins, wilson_interval
 from tether.eval.report import embed_figure, esc, html_page, html_table, new_figure, paragraph
 from tether.models.load import resolve_device
-from tether.models.reward import RewardModel
+from tether.models.reward import EnsembleReward, RewardModel
 
 HIST_BINS = 20
 TERTILE_NAMES = ("short", "medium", "long")
@@ -40,6 +45,46 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
     if x.size < 2 or np.std(x) == 0 or np.std(y) == 0:
         return None
     return float(np.corrcoef(x, y)[0, 1])
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties half.
+
+    Computed from ranks (Mann-Whitney U / (n_pos * n_neg); Hanley & McNeil 1982) with tied scores given
+    their average rank.
+
+    Args:
+        scores: (N,) higher = more likely positive.
+        labels: (N,) 0/1 or bool.
+
+    Returns:
+        AUROC in [0, 1], or None when one class is absent.
+    """
+    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size)
+    sorted_scores = scores[order]
+    i = 0
+    while i < scores.size:  # average rank over runs of equal scores
+        j = i
+        while j + 1 < scores.size and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def length_baselines(chosen_lengths: np.ndarray, rejected_lengths: np.ndarray) -> dict:
+    """Accuracy of the rules "the longer answer wins" and "the shorter answer wins" (equal length = wrong).
+
+    A reward model should beat both; one that only matches the longer-wins rule has learnt length.
+    """
+    length_diff = np.asarray(chosen_lengths) - np.asarray(rejected_lengths)  # (N,)
+    return {"longer_wins": float((length_diff > 0).mean()), "shorter_wins": float((length_diff < 0).mean())}
 
 
 def length_bias(correct: np.ndarray, score_diff: np.ndarray, chosen_lengths: np.ndarray, rejected_lengths: np.ndarray) -> dict:
@@ -127,6 +172,7 @@ def preference_stats(
     rejected_lengths: Sequence[int],
     prompt_lengths: Sequence[int],
     logit_scale: float = 1.0,
+    logits: Sequence[float] | None = None,
 ) -> dict:
     """All reward-model statistics from scores and lengths (no model involved).
 
@@ -135,6 +181,8 @@ def preference_stats(
         chosen_lengths, rejected_lengths: (N,) answer lengths in tokens.
         prompt_lengths: (N,) prompt lengths in tokens.
         logit_scale: turns a score difference into the Bradley-Terry logit (1 / gain of normalised scores).
+        logits: (N,) Bradley-Terry logits given directly (an ensemble's mean raw difference); overrides
+            `logit_scale`.
 
     Returns:
         The JSON-ready dict described in `evaluate_reward_model` (without `model` and `data`).
@@ -149,7 +197,7 @@ def preference_stats(
     correct = diff > 0  # ties count as wrong
     n = int(chosen.size)
     low, high = wilson_interval(float(correct.sum()), n)
-    cal = calibration(diff * logit_scale)
+    cal = calibration(diff * logit_scale if logits is None else np.asarray(logits, float))
     return {
         "n": n,
         "accuracy": float(correct.mean()),
@@ -161,6 +209,7 @@ def preference_stats(
         "rejected_score_mean": float(rejected.mean()),
         "rejected_score_std": float(rejected.std()),
         "length": length_bias(correct, diff, np.asarray(chosen_lengths), np.asarray(rejected_lengths)),
+        "length_baselines": length_baselines(np.asarray(chosen_lengths), np.asarray(rejected_lengths)),
         "by_prompt_length": by_prompt_length(correct, np.asarray(prompt_lengths)),
         "ece": cal["ece"],
         "reliability_bins": cal["bins"],
@@ -176,42 +225,167 @@ def token_lengths(tokenizer, texts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
 
 
+def ensemble_disagreement(chosen: np.ndarray, rejected: np.ndarray, gains: Sequence[float]) -> dict:
+    """How much ensemble members disagree on preference pairs.
+
+    Args:
+        chosen, rejected: (M, N) normalised scores of each member.
+        gains: (M,) each member's normalisation gain (to turn score differences back into logits).
+
+    Returns:
+        `{"members", "member_accuracy": [M], "score_std_mean"` (mean over replies of the std across members),
+        `"pair_disagreement"` (fraction of pairs where the members do not all prefer the same reply),
+        `"diff_std_mean"` (mean over pairs of the std of r_chosen - r_rejected across members),
+        `"accuracy_when_agree"`, `"accuracy_when_disagree"` (of the mean score, with counts)}.
+    """
+    diff = chosen - rejected  # (M, N)
+    votes = diff > 0  # (M, N)
+    agree = votes.all(0) | (~votes).all(0)  # (N,)
+    correct = diff.mean(0) > 0  # (N,)
+    return {
+        "members": int(chosen.shape[0]),
+        "member_accuracy": [float(v.mean()) for v in votes],
+        "member_gain": [float(g) for g in gains],
+        "score_std_mean": float(np.concatenate([chosen.std(0), rejected.std(0)]).mean()),
+        "pair_disagreement": float((~agree).mean()),
+        "diff_std_mean": float(diff.std(0).mean()),
+        "accuracy_when_agree": _group(correct, agree),
+        "accuracy_when_disagree": _group(correct, ~agree),
+    }
+
+
+def _is_labelled(data: str) -> bool:
+    """Whether a data file holds labelled completions (thumbs or XSTest rows) rather than pairs."""
+    for row in iter_rows(data):
+        return "completion" in row.data and "chosen" not in row.data
+    return False
+
+
 def evaluate_reward_model(
     model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto"
 ) -> dict:
     """Score every pair of a preference file and measure how well and how fairly the model ranks them.
 
     Args:
-        model_dir: a reward-model directory (from `tether rm`) or any HF sequence-classification model.
-        data: a `{"prompt","chosen","rejected"}` file.
+        model_dir: a reward-model directory (from `tether rm`), an ensemble directory, or any HF
+            sequence-classification model.
+        data: a `{"prompt","chosen","rejected"}` or rankings file; or labelled completions
+            (`{"prompt","completion","label"}`, XSTest rows), which gives `evaluate_classifier`'s result.
         batch_size: texts per forward pass.
         max_length: reward-model input tokens (default: the length the model was trained with).
         device: 'auto', 'cpu' or 'cuda'.
 
     Returns:
-        A JSON-ready dict: `model`, `data`, `n`, `accuracy` (strictly higher chosen score; ties are
-        wrong), `accuracy_ci` (95% Wilson), `ties`, `mean_margin`, `chosen_score_mean/std`,
-        `rejected_score_mean/std`, `length` (accuracy when the chosen answer is longer / shorter / the
-        same length, with counts, and `score_length_correlation`), `by_prompt_length` (tertiles),
-        `ece` and `reliability_bins` of sigmoid(r_chosen - r_rejected), and `histogram` of the scores.
+        A JSON-ready dict: `model`, `data`, `model_kind` (scalar, classifier or ensemble), `n`, `accuracy`
+        (strictly higher chosen score; ties are wrong), `accuracy_ci` (95% Wilson), `ties`, `mean_margin`,
+        `chosen_score_mean/std`, `rejected_score_mean/std`, `length` (accuracy when the chosen answer is
+        longer / shorter / the same length, with counts, and `score_length_correlation`),
+        `length_baselines` (accuracy of "longer wins" and "shorter wins"), `by_prompt_length` (tertiles),
+        `ece` and `reliability_bins` of sigmoid(r_chosen - r_rejected), `histogram` of the scores, and
+        for an ensemble `ensemble` (`ensemble_disagreement`, plus `combine` and `k`).
 
     Raises:
         DataError: unreadable data file or rows.
         ModelError: the model cannot be loaded.
     """
-    examples = load_preferences(data)
+    if _is_labelled(data):
+        return evaluate_classifier(model_dir, data, batch_size, max_length, device)
+    examples = load_reward_pairs(data)
     rm = RewardModel.load(model_dir, resolve_device(device))
     prompts = [e.prompt for e in examples]
-    chosen = rm.score(prompts, [e.chosen for e in examples], batch_size, max_length)
-    rejected = rm.score(prompts, [e.rejected for e in examples], batch_size, max_length)
+    chosen_texts, rejected_texts = [e.chosen for e in examples], [e.rejected for e in examples]
+    extra: dict = {}
+    logits = None
+    if isinstance(rm, EnsembleReward):
+        member_chosen = rm.member_scores(prompts, chosen_texts, batch_size, max_length).numpy()  # (M, N)
+        member_rejected = rm.member_scores(prompts, rejected_texts, batch_size, max_length).numpy()  # (M, N)
+        chosen = rm.combine_scores(torch.from_numpy(member_chosen), rm.combine, rm.k)
+        rejected = rm.combine_scores(torch.from_numpy(member_rejected), rm.combine, rm.k)
+        gains = np.array([m.meta.gain or 1.0 for m in rm.members])
+        logits = ((member_chosen - member_rejected) / gains[:, None]).mean(0)  # (N,) mean raw BT logit
+        extra["ensemble"] = {"combine": rm.combine, "k": rm.k, **ensemble_disagreement(member_chosen, member_rejected, gains)}
+        kind = "ensemble"
+    else:
+        chosen = rm.score(prompts, chosen_texts, batch_size, max_length)
+        rejected = rm.score(prompts, rejected_texts, batch_size, max_length)
+        kind = rm.meta.kind
     stats = preference_stats(
         chosen.tolist(), rejected.tolist(),
-        token_lengths(rm.tokenizer, [e.chosen for e in examples]),
-        token_lengths(rm.tokenizer, [e.rejected for e in examples]),
+        token_lengths(rm.tokenizer, chosen_texts),
+        token_lengths(rm.tokenizer, rejected_texts),
         token_lengths(rm.tokenizer, prompts),
         logit_scale=1.0 / rm.meta.gain if rm.meta.gain else 1.0,
+        logits=logits,
     )
-    return {"model": model_dir, "data": data, **stats}
+    return {"model": model_dir, "data": data, "model_kind": kind, **stats, **extra}
+
+
+def classifier_stats(probs: Sequence[float], labels: Sequence[bool], scores: Sequence[float] | None = None) -> dict:
+    """Statistics of a classifier reward model on labelled completions.
+
+    Args:
+        probs: (N,) predicted P(desirable).
+        labels: (N,) True where the completion is desirable.
+        scores: (N,) reward scores, for the histograms (default: `probs`).
+
+    Returns:
+        `{"n", "accuracy" (p > 0.5 equals the label), "accuracy_ci", "auroc", "positive_fraction", "ece",
+        "reliability_bins", "histogram"` (scores of desirable as `chosen`, undesirable as `rejected`)}.
+
+    Raises:
+        ValueError: on empty input or mismatched lengths.
+    """
+    p, y = np.asarray(probs, float), np.asarray(labels).astype(bool)
+    if p.size == 0 or p.shape != y.shape:
+        raise ValueError(f"need equal, non-zero numbers of probabilities and labels, got {p.size} and {y.size}")
+    s = p if scores is None else np.asarray(scores, float)
+    correct = (p > 0.5) == y
+    low, high = wilson_interval(float(correct.sum()), int(p.size))
+    bins = reliability_bins(p, y, 10)
+    pos, neg = s[y], s[~y]
+    return {
+        "n": int(p.size),
+        "accuracy": float(correct.mean()),
+        "accuracy_ci": [low, high],
+        "auroc": auroc(p, y),
+        "positive_fraction": float(y.mean()),
+        "ece": expected_calibration_error(p, y, 10),
+        "reliability_bins": [{"confidence": b.confidence, "accuracy": b.accuracy, "count": b.count} for b in bins],
+        "histogram": score_histogram(pos if pos.size else s, neg if neg.size else s),
+    }
+
+
+def evaluate_classifier(model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto") -> dict:
+    """Accuracy, AUROC and calibration of a classifier reward model on labelled completions.
+
+    Args:
+        model_dir: a classifier reward-model directory (`kind: classifier`).
+        data: `{"prompt","completion","label"}` rows or XSTest labelled completions.
+
+    Returns:
+        `{"model", "data", "model_kind": "classifier", "task": "labels", "by_prompt_length"}` plus
+        `classifier_stats`.
+
+    Raises:
+        DataError: unreadable data file or rows.
+        ModelError: the model cannot be loaded or is not a classifier.
+    """
+    from tether.errors import ModelError
+
+    examples = load_thumbs(data)
+    rm = RewardModel.load(model_dir, resolve_device(device))
+    if isinstance(rm, EnsembleReward) or rm.meta.kind != "classifier":
+        raise ModelError(f"{model_dir}: labelled completions need a classifier reward model; use a preference file for this one")
+    prompts, completions = [e.prompt for e in examples], [e.completion for e in examples]
+    labels = np.array([e.label for e in examples])
+    probs = rm.class_probs(prompts, completions, batch_size, max_length).numpy()
+    scores = rm.score(prompts, completions, batch_size, max_length).numpy()
+    stats = classifier_stats(probs, labels, scores)
+    correct = (probs > 0.5) == labels
+    return {
+        "model": model_dir, "data": data, "model_kind": "classifier", "task": "labels", **stats,
+        "by_prompt_length": by_prompt_length(correct, np.asarray(token_lengths(rm.tokenizer, prompts))),
+    }
 
 
 # --------------------------------------------------------------------------- report
@@ -271,6 +445,8 @@ def write_reward_report(path: str | Path, result: dict) -> Path:
     Returns:
         The path written.
     """
+    if result.get("task") == "labels":
+        return _write_classifier_report(path, result)
     length = result["length"]
     summary = html_table(["statistic", "value"], [
         ["model", result.get("model", "-")], ["data", result.get("data", "-")], ["pairs", result["n"]],
@@ -296,7 +472,50 @@ def write_reward_report(path: str | Path, result: dict) -> Path:
         + paragraph("Each pair counted in both orders; p = sigmoid(r_chosen - r_rejected).", "note"),
         "<h2>Score distributions</h2>" + _histogram_figure(result["histogram"]),
     ]
+    baselines = result.get("length_baselines")
+    if baselines:
+        sections.insert(3, paragraph(
+            f"For reference, 'the longer answer wins' scores {baselines['longer_wins']:.1%} and "
+            f"'the shorter answer wins' {baselines['shorter_wins']:.1%} on these pairs.", "note"))
+    if "ensemble" in result:
+        sections.append("<h2>Ensemble disagreement</h2>" + _ensemble_section(result["ensemble"]))
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(html_page("Reward model evaluation", sections), encoding="utf-8")
+    return out
+
+
+def _ensemble_section(ens: dict) -> str:
+    rows = [[f"member {i}", acc] for i, acc in enumerate(ens["member_accuracy"])]
+    rows += [
+        ["combined score", f"{ens['combine']} (k = {ens['k']:g})"],
+        ["pairs where members disagree", ens["pair_disagreement"]],
+        ["mean std of a reply's score across members", ens["score_std_mean"]],
+        ["accuracy where members agree", f"{ens['accuracy_when_agree']['accuracy']} (n={ens['accuracy_when_agree']['n']})"],
+        ["accuracy where members disagree", f"{ens['accuracy_when_disagree']['accuracy']} (n={ens['accuracy_when_disagree']['n']})"],
+    ]
+    return html_table(["", "value"], rows)
+
+
+def _write_classifier_report(path: str | Path, result: dict) -> Path:
+    """HTML report of `evaluate_classifier`: summary, calibration, score distributions by label."""
+    auroc_text = "undefined" if result["auroc"] is None else f"{result['auroc']:.3f}"
+    verdict = (
+        f"The classifier reward model labels {result['accuracy']:.1%} of {result['n']} completions correctly, "
+        f"AUROC {auroc_text}, ECE {result['ece']:.3f}; {result['positive_fraction']:.0%} are desirable."
+    )
+    summary = html_table(["statistic", "value"], [
+        ["model", result.get("model", "-")], ["data", result.get("data", "-")], ["completions", result["n"]],
+        ["accuracy", result["accuracy"]], ["AUROC", auroc_text], ["ECE", result["ece"]],
+    ])
+    hist = {**result["histogram"]}
+    sections = [
+        f'<div class="verdict">{esc(verdict)}</div>',
+        "<h2>Summary</h2>" + summary,
+        "<h2>Calibration of P(desirable)</h2>" + _reliability_figure(result["reliability_bins"]),
+        "<h2>Scores of desirable (blue) and undesirable (grey) completions</h2>" + _histogram_figure(hist),
+    ]
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(html_page("Classifier reward model evaluation", sections), encoding="utf-8")
     return out
