@@ -82,3 +82,59 @@ def test_evaluate_real_tiny_model_gives_valid_json(rm_dir, data):
     assert json.loads(text)["n"] == 4
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["ece"] <= 1.0
     assert result["model"] == rm_dir and Path(result["data"]).name == "prefs.jsonl"
+
+
+# --------------------------------------------------------------------------- ensembles, classifiers, JSON keys
+
+
+def test_auroc_hand_cases():
+    from tether.eval.reward_eval import auroc
+
+    assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
+    assert auroc([0.5, 0.5], [0, 1]) == 0.5  # a tie counts half
+    assert auroc([0.1, 0.2], [1, 1]) is None
+
+
+def test_rm_eval_json_keys_and_ensemble_disagreement(rm_dir, data, tmp_path):
+    from tether.models.reward import write_ensemble_manifest
+
+    result = evaluate_reward_model(rm_dir, data, device="cpu")
+    for key in ("accuracy", "accuracy_ci", "length", "length_baselines", "by_prompt_length", "ece", "reliability_bins",
+                "histogram", "chosen_score_mean", "rejected_score_mean", "model_kind"):
+        assert key in result, key
+    assert result["length_baselines"] == {"longer_wins": 0.5, "shorter_wins": 0.25}
+    ens = tmp_path / "ens"
+    write_ensemble_manifest(ens, [rm_dir, rm_dir], "conservative", 1.0)
+    out = evaluate_reward_model(str(ens), data, device="cpu")
+    assert out["model_kind"] == "ensemble"
+    e = out["ensemble"]
+    assert e["members"] == 2 and e["pair_disagreement"] == 0.0 and e["score_std_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert out["accuracy"] == result["accuracy"]
+    html = write_reward_report(tmp_path / "r.html", out).read_text()
+    assert "Ensemble disagreement" in html
+    json.dumps(out)
+
+
+def test_classifier_eval_on_labelled_completions(tmp_path, monkeypatch):
+    from tether.models.reward import RewardMeta
+
+    model, tok = tiny_sequence_classifier("bert", num_labels=2)
+    path = tmp_path / "cls"
+    RewardModel(model, tok, RewardMeta(kind="classifier")).save(path)
+    rows = [{"prompt": "p", "completion": c, "label": y} for c, y in [("a", 1), ("bb", 0), ("ccc", 1), ("dddd", 0)]]
+    file = tmp_path / "thumbs.jsonl"
+    file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    probs = {"a": 0.9, "bb": 0.2, "ccc": 0.4, "dddd": 0.6}
+    monkeypatch.setattr(RewardModel, "class_probs", lambda self, p, r, *a: torch.tensor([probs[x] for x in r]))
+    result = evaluate_reward_model(str(path), str(file), device="cpu")
+    assert result["task"] == "labels" and result["model_kind"] == "classifier"
+    assert result["accuracy"] == 0.5 and result["auroc"] == 0.75 and result["n"] == 4
+    assert "data:image/png;base64," in write_reward_report(tmp_path / "c.html", result).read_text()
+
+
+def test_cli_rm_eval_json(rm_dir, data, capsys):
+    from tether.cli import main
+
+    assert main(["rm", "eval", "--model", rm_dir, "--data", data, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n"] == 4 and "length_baselines" in out and "reliability_bins" in out
