@@ -93,6 +93,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward passes (fast on CPUs with AMX and on GPUs)")
+    resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
 
 
 class GenerationConfig(Strict):

@@ -49,8 +49,10 @@ class RunDir:
     def __init__(self, path: str | Path, cfg: Strict, overwrite: bool = False):
         self.path = Path(path)
         self.config_text = dump_config(cfg)
+        self.resume_from: Path | None = None
         existing = self.path / "config.yaml"
-        if existing.is_file() and existing.read_text() != self.config_text and not overwrite:
+        same_run = existing.is_file() and _comparable(existing.read_text()) == _comparable(self.config_text)
+        if existing.is_file() and not same_run and not overwrite:
             raise ConfigError(
                 f"output_dir {self.path} already holds a different run (its config.yaml differs); "
                 "choose another output_dir or set overwrite=true"
@@ -59,8 +61,21 @@ class RunDir:
         (self.path / DONE_FILE).unlink(missing_ok=True)
         existing.write_text(self.config_text)
         self.metrics_path = self.path / "metrics.jsonl"
-        self.metrics_path.write_text("")
+        train = getattr(cfg, "train", None)
+        if same_run and getattr(train, "resume", False):
+            self.resume_from = self.last_checkpoint()
+        if self.resume_from is not None:
+            self._truncate_metrics(checkpoint_step(self.resume_from))
+        else:
+            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+            self.metrics_path.write_text("")
         self.start = time.time()
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Keep the metrics logged up to `step` (the rows after it will be logged again)."""
+        rows = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
+        kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+        self.metrics_path.write_text("".join(r + "\n" for r in kept))
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append one line of metrics (floats) for `step`."""
@@ -83,12 +98,101 @@ class RunDir:
         return final
 
     def last_checkpoint(self) -> Path | None:
+        """The newest complete checkpoint (a `.tmp` one is half-written and never picked)."""
         root = self.path / "checkpoints"
-        done = sorted(root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1])) if root.is_dir() else []
+        done = sorted(root.glob("step-*[0-9]"), key=checkpoint_step) if root.is_dir() else []
+        done = [d for d in done if (d / STATE_FILE).is_file()]
         return done[-1] if done else None
 
     def finish(self, summary: dict | None = None) -> None:
         (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
+
+
+def _comparable(config_text: str) -> str:
+    """Config text without the keys that may change between a run and its resumption."""
+    return "\n".join(line for line in config_text.splitlines() if line.strip() not in ("resume: true", "resume: false", "overwrite: true", "overwrite: false"))
+
+
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.split("-")[1])
+
+
+STATE_FILE = "trainer_state.pt"
+
+
+def rng_state() -> dict:
+    """Every random number generator's state (Python, NumPy, torch CPU and CUDA)."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(path: Path, **state) -> None:
+    """Write a trainer's resumable state (state dicts, RNG states, counters) into checkpoint `path`."""
+    path.mkdir(parents=True, exist_ok=True)
+    torch.save({**state, "rng": rng_state()}, path / STATE_FILE)
+
+
+def load_state(path: Path) -> dict:
+    """Read what `save_state` wrote (restores nothing by itself)."""
+    return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The parameters that train (all of them, or only LoRA adapters), detached on CPU."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state_dict(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+class StopSignal:
+    """Catches SIGTERM/SIGINT during training so the loop can checkpoint at the next step boundary.
+
+    Use as a context manager; `requested` becomes True on a signal. A second signal stops at once.
+    """
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        console.print("[yellow]stop requested: saving a checkpoint at the end of this step[/]")
+
+    def __enter__(self) -> "StopSignal":
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def interrupted(step: int, checkpoint: Path) -> TrainingError:
+    return TrainingError(f"stopped by a signal after step {step}; checkpoint {checkpoint}; continue with train.resume=true")
 
 
 def is_done(path: str | Path) -> bool:

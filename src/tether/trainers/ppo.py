@@ -38,7 +38,10 @@ from tether.rl.advantages import compute_gae
 from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
 from tether.rollout.generate import decode_responses, generate
-from tether.trainers.common import RunDir, check_finite, console, fmt, progress, set_seed
+from tether.trainers.common import (
+    RunDir, StopSignal, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict, progress,
+    save_state, set_rng_state, set_seed, trainable_state_dict,
+)
 from tether.trainers.sft import check_context
 from tether.types import Rollout
 
@@ -264,16 +267,39 @@ def train_ppo(cfg: PPOConfig) -> Path:
     )
     kl_ctl = make_kl_controller(p.kl_coef, p.adaptive_kl, p.target_kl, p.kl_horizon)
     max_steps = cfg.train.max_steps or max(1, int(len(prompts) * cfg.train.epochs) // p.batch_size)
-    score_shift = initial_score_stats(cfg, m, prompts, device)
-    (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
     rng = random.Random(cfg.train.seed)
     order: list[int] = []
+    start = 1
+    if run.resume_from is not None:
+        state = load_state(run.resume_from)
+        score_shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
+        load_trainable_state_dict(m.policy, state["policy"])
+        m.value_model.load_state_dict(state["value_model"])
+        optimizer.load_state_dict(state["optimizer"])
+        kl_ctl.load_state_dict(state["kl_controller"])
+        rng.setstate(state["order_rng"])
+        if judge is not None:
+            judge.history = state["judge_history"]
+        set_rng_state(state["rng"])
+        console.print(f"ppo: resumed from {run.resume_from} (step {start - 1})")
+    else:
+        score_shift = initial_score_stats(cfg, m, prompts, device)
+    (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
     dtype = next(m.policy.parameters()).dtype
-    stop_reason, metrics, step = "max_steps", {}, 0
+    stop_reason, metrics, step = "max_steps", {}, start - 1
 
-    with progress() as bar:
-        task = bar.add_task("ppo", total=max_steps, info="")
-        for step in range(1, max_steps + 1):
+    def save(path: Path) -> None:
+        """Policy in HF format for any tool, plus everything needed to continue exactly."""
+        save_causal_lm(m.policy, m.tokenizer, path)
+        save_state(
+            path, step=step, policy=trainable_state_dict(m.policy), value_model=m.value_model.state_dict(),
+            optimizer=optimizer.state_dict(), kl_controller=kl_ctl.state_dict(), score_shift=list(score_shift),
+            order=order, order_rng=rng.getstate(), judge_history=judge.history if judge else [],
+        )
+
+    with progress() as bar, StopSignal() as stop:
+        task = bar.add_task("ppo", total=max_steps, completed=start - 1, info="")
+        for step in range(start, max_steps + 1):
             # 1-2. generate and score
             if len(order) < p.batch_size:
                 order += rng.sample(range(len(prompts)), len(prompts))
@@ -309,8 +335,6 @@ def train_ppo(cfg: PPOConfig) -> Path:
             }
             run.log(step, metrics)
             bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
-            if cfg.train.save_every and step % cfg.train.save_every == 0:
-                run.checkpoint(step, lambda path: save_checkpoint(m, kl_ctl, step, path))
             if p.reward_threshold is not None and metrics["objective/scores"] >= p.reward_threshold:
                 stop_reason = f"reward threshold {p.reward_threshold} reached"
                 break
@@ -322,16 +346,13 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 if reward_hacking_suspected(judge.history, cfg.judge.patience):
                     stop_reason = "reward hacking suspected: the held-out judge score fell while the training score rose"
                     break
+            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                ckpt = run.checkpoint(step, save)
+                if stop.requested:
+                    raise interrupted(step, ckpt)
 
     # 6. final policy in Hugging Face format
     save_causal_lm(m.policy, m.tokenizer, run.path)
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"ppo: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path
-
-
-def save_checkpoint(m: Models, kl_ctl, step: int, path: Path) -> None:
-    """Policy (HF format), value model and controller state."""
-    save_causal_lm(m.policy, m.tokenizer, path)
-    m.value_model.save(path / "value_model")
-    (path / "state.json").write_text(json.dumps({"step": step, "kl_controller": kl_ctl.state_dict()}))
