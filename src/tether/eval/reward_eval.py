@@ -262,7 +262,8 @@ def _is_labelled(data: str) -> bool:
 
 
 def evaluate_reward_model(
-    model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto"
+    model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto",
+    on_invalid: str = "skip",
 ) -> dict:
     """Score every pair of a preference file and measure how well and how fairly the model ranks them.
 
@@ -274,6 +275,7 @@ def evaluate_reward_model(
         batch_size: texts per forward pass.
         max_length: reward-model input tokens (default: the length the model was trained with).
         device: 'auto', 'cpu' or 'cuda'.
+        on_invalid: 'skip' (default) leaves out rows with an empty text, with a warning; 'error' stops.
 
     Returns:
         A JSON-ready dict: `model`, `data`, `model_kind` (scalar, classifier or ensemble), `n`, `accuracy`
@@ -289,8 +291,8 @@ def evaluate_reward_model(
         ModelError: the model cannot be loaded.
     """
     if _is_labelled(data):
-        return evaluate_classifier(model_dir, data, batch_size, max_length, device)
-    examples = load_reward_pairs(data)
+        return evaluate_classifier(model_dir, data, batch_size, max_length, device, on_invalid)
+    examples = load_reward_pairs(data, on_invalid)
     rm = RewardModel.load(model_dir, resolve_device(device))
     prompts = [e.prompt for e in examples]
     chosen_texts, rejected_texts = [e.chosen for e in examples], [e.rejected for e in examples]
@@ -355,7 +357,9 @@ def classifier_stats(probs: Sequence[float], labels: Sequence[bool], scores: Seq
     }
 
 
-def evaluate_classifier(model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto") -> dict:
+def evaluate_classifier(
+    model_dir: str, data: str, batch_size: int = 32, max_length: int | None = None, device: str = "auto", on_invalid: str = "skip"
+) -> dict:
     """Accuracy, AUROC and calibration of a classifier reward model on labelled completions.
 
     Args:
@@ -372,7 +376,7 @@ def evaluate_classifier(model_dir: str, data: str, batch_size: int = 32, max_len
     """
     from tether.errors import ModelError
 
-    examples = load_thumbs(data)
+    examples = load_thumbs(data, on_invalid)
     rm = RewardModel.load(model_dir, resolve_device(device))
     if isinstance(rm, EnsembleReward) or rm.meta.kind != "classifier":
         raise ModelError(f"{model_dir}: labelled completions need a classifier reward model; use a preference file for this one")
