@@ -124,3 +124,24 @@ def test_ensemble_of_two_members_loads_through_load_reward(tiny_data, tmp_path):
     expected = s.mean(0) - 0.5 * s.std(0, unbiased=False)
     assert torch.allclose(reward.score(["Hi"], ["Hello"]), expected, atol=1e-5)
     assert isinstance(RewardModel.load(str(out), CPU), EnsembleReward)
+
+
+def test_normalisation_on_policy_samples(tiny_data, tmp_path, jsonl, monkeypatch):
+    prompts = jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"Say something {i}"} for i in range(5)])
+    calls = []
+    real = rm_mod.policy_samples
+
+    def spy(cfg, device):
+        out = real(cfg, device)
+        calls.append(out)
+        return out
+
+    monkeypatch.setattr(rm_mod, "policy_samples", spy)
+    out = tmp_path / "norm"
+    train_reward(cfg_for(tiny_data["prefs"], out, train={"max_steps": 1}, normalize_policy="tiny-llama",
+                         normalize_prompts=str(prompts), normalize_samples=4))
+    (sample_prompts, responses), = calls
+    assert len(sample_prompts) == len(responses) == 4
+    rm = RewardModel.load(str(out), CPU)
+    scores = rm.score(sample_prompts, responses)
+    assert abs(scores.mean().item()) < 1e-3 and abs(scores.std().item() - 1.0) < 1e-3
