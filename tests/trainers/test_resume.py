@@ -89,3 +89,37 @@ def test_sigterm_saves_a_checkpoint_and_says_how_to_continue(tmp_path, monkeypat
     with pytest.raises(TrainingError, match="after step 1.*train.resume=true"):
         train_ppo(cfg)
     assert (tmp_path / "run" / "checkpoints" / "step-1" / "trainer_state.pt").is_file()
+
+
+def test_sft_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    import tether.trainers.sft as sft_module
+    from tether.config import SFTConfig
+    from tether.trainers.sft import train_sft
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("".join(json.dumps({"prompt": f"say {i}", "response": f"number {i} is {'x' * (i % 5)}"}) + "\n" for i in range(24)))
+
+    def cfg(run, resume=False):
+        return SFTConfig(
+            model={"name_or_path": "tiny-llama"}, data={"train": str(data), "max_length": 64},
+            train={"batch_size": 4, "epochs": 2, "save_every": 2, "resume": resume, "log_every": 1},
+            output_dir=str(tmp_path / run),
+        )
+
+    full = train_sft(cfg("full"))
+    original, calls = sft_module.collate_sft, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:  # during step 8, after the checkpoint of step 6
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sft_module, "collate_sft", crashing)
+    with pytest.raises(RuntimeError):
+        train_sft(cfg("resumed"))
+    monkeypatch.undo()
+    resumed = train_sft(cfg("resumed", resume=True))
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all((a[k] - b[k]).abs().max().item() == 0.0 for k in a)
+    assert [r["loss/sft"] for r in _metrics(full)] == [r["loss/sft"] for r in _metrics(resumed)]

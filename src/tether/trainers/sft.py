@@ -15,7 +15,9 @@ from tether.losses.sft import sft_loss
 from tether.models.load import apply_lora, count_parameters, load_causal_lm, resolve_device, save_causal_lm, set_threads
 from tether.models.logprobs import forward_logits
 from tether.trainers.common import (
-    RunDir, autocast, check_finite, console, fmt, length_grouped_order, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, load_state,
+    load_trainable_state_dict, make_optimizer, make_scheduler, progress, save_state, set_rng_state, set_seed,
+    total_steps, trainable_state_dict,
 )
 
 
@@ -90,13 +92,29 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     # 3. training loop: micro-batches with gradient accumulation
     model.train()
-    step, epoch, metrics = 0, 0, {}
+    step, epoch, start_i, metrics = 0, 0, 0, {}
     accum = cfg.train.grad_accum_steps
-    with progress() as bar:
-        task = bar.add_task("sft", total=steps, info="")
+    if run.resume_from is not None:
+        state = load_state(run.resume_from)
+        load_trainable_state_dict(model, state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, epoch, start_i = state["step"], state["epoch"], state["next_batch"]
+        set_rng_state(state["rng"])
+        console.print(f"sft: resumed from {run.resume_from} (step {step})")
+
+    def save(path: Path) -> None:
+        save_causal_lm(model, tokenizer, path)
+        save_state(
+            path, step=step, epoch=epoch, next_batch=i + accum, model=trainable_state_dict(model),
+            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        )
+
+    with progress() as bar, StopSignal() as stop:
+        task = bar.add_task("sft", total=steps, completed=step, info="")
         while step < steps:
             micro = list(batches(items, cfg.train.batch_size, shuffle=True, seed=cfg.train.seed + epoch))
-            for i in range(0, len(micro), accum):
+            for i in range(start_i, len(micro), accum):
                 if step >= steps:
                     break
                 losses, group = [], micro[i : i + accum]
@@ -119,10 +137,12 @@ def train_sft(cfg: SFTConfig) -> Path:
                     metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device))
                 if step % cfg.train.log_every == 0 or step == steps:
                     run.log(step, metrics)
-                if cfg.train.save_every and step % cfg.train.save_every == 0:
-                    run.checkpoint(step, lambda p: save_causal_lm(model, tokenizer, p))
                 bar.update(task, advance=1, info=fmt(metrics, ["loss/sft", "eval/loss"]))
-            epoch += 1
+                if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                    ckpt = run.checkpoint(step, save)
+                    if stop.requested:
+                        raise interrupted(step, ckpt)
+            epoch, start_i = epoch + 1, 0
 
     # 4. final evaluation and model
     if eval_items:
