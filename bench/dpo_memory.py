@@ -8,11 +8,12 @@ same synthetic preference pairs for a few steps, each in a fresh subprocess so p
 - full_copy: full fine-tuning with a frozen copy (adds gradients and AdamW state for every weight).
 
 Printed as JSON: per run the peak resident set size (ru_maxrss), the RSS after imports (the Python,
-torch and transformers floor, the same in every run), the peak above that floor, and on CUDA the peak
-allocated GPU memory; then the ratios lora / lora_copy.
+torch and transformers floor, the same in every run), the peak above that floor, the peaks of each phase
+(load: model loading and the reference copy; train: the training loop; save: merging and writing), and on
+CUDA the peak allocated GPU memory; then the ratios lora / lora_copy.
 
-    python bench/dpo_memory.py                       # CPU, hidden 512, 8 layers
-    python bench/dpo_memory.py --hidden 1024 --layers 16 --device cuda
+    python bench/dpo_memory.py --hidden 1024 --layers 16 --batch-size 2 --max-length 128 --steps 2
+    python bench/dpo_memory.py --no-gradient-checkpointing     # hidden 512, 8 layers: activations dominate
 """
 
 from __future__ import annotations
@@ -75,18 +76,46 @@ def child(args) -> None:
     from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, TrainConfig
     from tether.trainers.dpo import train_dpo
 
+    import threading
+    import time
+
+    from tether.trainers import dpo as dpo_trainer
+
     floor = rss_mb()
     mode = MODES[args.child]
+    # sample RSS in the background and mark the phases: load, train (optimizer made -> save), save
+    phase, peaks, done = ["load"], {"load": 0.0, "train": 0.0, "save": 0.0}, threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peaks[phase[0]] = max(peaks[phase[0]], rss_mb())
+            time.sleep(0.01)
+
+    def mark(name: str, fn):
+        def wrapped(*a, **k):
+            peaks[phase[0]] = max(peaks[phase[0]], rss_mb())
+            phase[0] = name
+            return fn(*a, **k)
+        return wrapped
+
+    dpo_trainer.make_optimizer = mark("train", dpo_trainer.make_optimizer)
+    dpo_trainer.save_causal_lm = mark("save", dpo_trainer.save_causal_lm)
+    threading.Thread(target=sample, daemon=True).start()
     cfg = DPOConfig(
-        model=ModelConfig(name_or_path=args.model, lora=LoRAConfig(enabled=mode["lora"], r=16, alpha=32)),
+        model=ModelConfig(
+            name_or_path=args.model, lora=LoRAConfig(enabled=mode["lora"], r=16, alpha=32),
+            gradient_checkpointing=args.gradient_checkpointing,
+        ),
         data=DataConfig(train=args.data, max_length=args.max_length, max_prompt_length=args.max_length // 2),
         train=TrainConfig(batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-4, log_every=1, device=args.device),
         dpo=DPOParams(reference=mode["reference"]),
         output_dir=args.out,
     )
     train_dpo(cfg)
+    done.set()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    row = {"mode": args.child, "peak_rss_mb": round(peak, 1), "floor_rss_mb": round(floor, 1), "peak_above_floor_mb": round(peak - floor, 1)}
+    row = {"mode": args.child, "peak_rss_mb": round(peak, 1), "floor_rss_mb": round(floor, 1), "peak_above_floor_mb": round(peak - floor, 1),
+           "train_peak_rss_mb": round(peaks["train"], 1), "load_peak_rss_mb": round(peaks["load"], 1), "save_peak_rss_mb": round(peaks["save"], 1)}
     if torch.cuda.is_available() and args.device == "cuda":
         row["cuda_peak_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     print("RESULT " + json.dumps(row), flush=True)
@@ -100,6 +129,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=True,
+                   help="recompute activations in the backward pass (as one does for models that fill memory)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads in each run")
     p.add_argument("--child", choices=sorted(MODES), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -125,6 +156,7 @@ def main() -> None:
                    "--max-length", str(args.max_length), "--device", args.device]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
+            cmd += ["--gradient-checkpointing" if args.gradient_checkpointing else "--no-gradient-checkpointing"]
             proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
             lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode != 0 or not lines:
@@ -133,10 +165,12 @@ def main() -> None:
     lora, copy_ = results["lora"], results["lora_copy"]
     summary = {
         "model": {"hidden": args.hidden, "layers": args.layers, "parameters": n_params, "fp32_mb": round(n_params * 4 / 2**20, 1)},
-        "settings": {"steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length, "device": args.device},
+        "settings": {"steps": args.steps, "batch_size": args.batch_size, "max_length": args.max_length, "device": args.device,
+                     "gradient_checkpointing": args.gradient_checkpointing},
         "runs": results,
         "ratio_peak_rss": round(lora["peak_rss_mb"] / copy_["peak_rss_mb"], 3),
         "ratio_peak_above_floor": round(lora["peak_above_floor_mb"] / copy_["peak_above_floor_mb"], 3),
+        "ratio_train_peak_rss": round(lora["train_peak_rss_mb"] / copy_["train_peak_rss_mb"], 3),
     }
     if "cuda_peak_mb" in lora:
         summary["ratio_cuda_peak"] = round(lora["cuda_peak_mb"] / copy_["cuda_peak_mb"], 3)

@@ -454,7 +454,13 @@ def train_dpo(cfg: DPOConfig) -> Path:
         ref_policy = None
         _free()
 
-    # 5. save: merged model, and what `tether dpo eval` needs to find the reference
+    # 5. save: merged model, and what `tether dpo eval` needs to find the reference. Training is over, so
+    # the reference and optimizer state go first and LoRA is merged in place (no second copy at the end)
+    ref_policy = optimizer = scheduler = cache = None
+    _free()
+    if is_peft(policy):
+        policy.save_pretrained(run.path / "adapter")
+        policy = policy.merge_and_unload()
     save_causal_lm(policy, tokenizer, run.path)
     DPOMeta(
         reference=cfg.model.name_or_path, beta=params.beta, loss=params.loss, label_smoothing=params.label_smoothing,
