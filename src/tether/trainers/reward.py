@@ -222,14 +222,21 @@ def load_data(cfg: RewardConfig) -> tuple[list, list]:
         load = lambda paths: load_reward_pairs(paths, d.on_invalid, cfg.ties, cfg.margin_scale)  # noqa: E731
     rows = load(d.train)
     train = select(rows, d.split, d.holdout_fraction, d.max_samples)
-    # tied pairs have no right answer: they train (target 1/2) but are not evaluated
     if d.eval:
         evals = load(d.eval)
     elif d.holdout_fraction > 0 and d.split == "train":
         evals = select(rows, "holdout", d.holdout_fraction, None)
     else:
         evals = []
+    # tied pairs have no right answer: they train (target 1/2) but are not evaluated
     return train, [e for e in evals if not isinstance(e, PreferenceTie)]
+
+
+def example_chars(e: PreferenceExample | BinaryFeedbackExample) -> int:
+    """Characters of an example's texts: a cheap proxy for its token length."""
+    if isinstance(e, BinaryFeedbackExample):
+        return len(e.prompt) + len(e.completion)
+    return len(e.prompt) + len(e.chosen) + len(e.rejected)
 
 
 def epoch_batches(cfg: RewardConfig, train: list, rng: random.Random) -> list[list[int]]:
@@ -239,11 +246,10 @@ def epoch_batches(cfg: RewardConfig, train: list, rng: random.Random) -> list[li
     """
     bs = cfg.train.batch_size
     if cfg.kind == "classifier" or not cfg.group_by_prompt:
-        lengths = [len(e.prompt) + len(getattr(e, "completion", "")) + len(getattr(e, "chosen", "")) + len(getattr(e, "rejected", "")) for e in train]
-        order = length_grouped_order(lengths, bs, rng)
+        order = length_grouped_order([example_chars(e) for e in train], bs, rng)
         return [order[i : i + bs] for i in range(0, len(order), bs)]
     groups = group_by_prompt(train)
-    lengths = [sum(len(train[j].prompt) + len(train[j].chosen) + len(train[j].rejected) for j in g) for g in groups]
+    lengths = [sum(example_chars(train[j]) for j in g) for g in groups]
     groups_per_batch = max(1, round(bs * len(groups) / len(train)))
     return grouped_batches(groups, bs, length_grouped_order(lengths, groups_per_batch, rng))
 
