@@ -22,6 +22,7 @@ STAGE_HELP = {
     "rm": "train a reward model (Bradley-Terry); `tether rm eval` evaluates one",
     "ppo": "PPO against a reward model with a per-token KL penalty to the frozen reference",
     "dpo": "DPO / IPO / KTO directly from preferences; `tether dpo eval` scores the implicit reward model",
+    "grpo": "critic-free online RL: GRPO, RLOO or REINFORCE++ against a reward model or a reward function",
 }
 
 
@@ -43,6 +44,7 @@ def _runners() -> dict[str, Callable]:
         "rm": _runner("tether.trainers.reward", "train_reward"),
         "ppo": _runner("tether.trainers.ppo", "train_ppo"),
         "dpo": _runner("tether.trainers.dpo", "train_dpo"),
+        "grpo": _runner("tether.trainers.grpo", "train_grpo"),
         "eval": _runner("tether.eval.policy", "evaluate_policies"),
     }
 
@@ -66,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("pipeline")
     run.add_argument("overrides", nargs="*", help="STAGE.key=value, data_dir=..., output_root=...")
 
-    for name in ("pretrain", "sft", "ppo"):  # rm and dpo below, with their `eval` subcommand
+    for name in ("pretrain", "sft", "ppo", "grpo"):  # rm and dpo below, with their `eval` subcommand
         _stage_parser(sub, name)
     for name in ("rm", "dpo"):
         p = _stage_parser(sub, name)
@@ -172,7 +174,7 @@ def dispatch(args, argv: list[str]) -> int:
     if args.command == "dpo" and args.overrides[:1] == ["eval"]:
         args.overrides = args.overrides[1:]
         return _dpo_eval(args)
-    if args.command in ("pretrain", "sft", "rm", "ppo", "dpo"):
+    if args.command in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo"):
         cfg = load_config(CONFIGS[args.command], args.config, args.overrides)
         out = _runners()[args.command](cfg)
         print(out)

@@ -244,6 +244,23 @@ class PPOConfig(StageBase):
     judge: JudgeMonitor | None = Field(None, description="stop when a held-out judge's score falls while the training reward rises")
 
 
+class GRPOParams(Strict):
+    algorithm: Literal["grpo", "rloo", "reinforce_pp"] = Field("grpo", description="the advantage estimator")
+    group_size: int = Field(4, gt=1, description="completions per prompt (G)")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator in the loss (GRPO)")
+    kl_in: Literal["auto", "loss", "reward"] = Field(
+        "auto", description="where the KL penalty goes: auto = loss for GRPO, reward for RLOO and REINFORCE++"
+    )
+    scale_rewards: bool = Field(True, description="GRPO: divide by the group std (False: mean-centred only)")
+    normalize_scores: bool = Field(True, description="centre and scale scores on samples of the initial policy")
+
+
+class GRPOConfig(PPOConfig):
+    """`tether grpo`: GRPO, RLOO or REINFORCE++ against a reward model or a rule-based reward function."""
+
+    grpo: GRPOParams = Field(default_factory=GRPOParams)
+
+
 class DPOParams(Strict):
     loss: Literal["sigmoid", "ipo", "kto"] = Field(
         "sigmoid", description="sigmoid: DPO (Rafailov et al. 2023); ipo: IPO (Azar et al. 2023); kto: KTO on thumbs data"
@@ -292,6 +309,7 @@ CONFIGS: dict[str, type[Strict]] = {
     "rm": RewardConfig,
     "ppo": PPOConfig,
     "dpo": DPOConfig,
+    "grpo": GRPOConfig,
     "eval": EvalConfig,
 }
 

@@ -50,12 +50,12 @@ from tether.types import Rollout
 class Models:
     policy: torch.nn.Module
     ref_policy: torch.nn.Module | None  # None with LoRA: the policy with adapters disabled
-    value_model: ValueModel
+    value_model: ValueModel | None  # None for critic-free methods (GRPO, RLOO, REINFORCE++)
     reward_model: RewardModel | FunctionReward
     tokenizer: object
 
 
-def load_models(cfg: PPOConfig, device: torch.device) -> Models:
+def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = True) -> Models:
     """Policy (+LoRA), reference, value model and reward model, as configured.
 
     Raises:
@@ -66,7 +66,9 @@ def load_models(cfg: PPOConfig, device: torch.device) -> Models:
     reward_model = load_reward(cfg.reward_model.path, cfg.reward_model.function, device)
     if isinstance(reward_model, RewardModel):
         check_context(cfg.reward_model.max_length, reward_model.model, "reward_model.max_length")
-    if cfg.ppo.value_init == "policy":
+    if not with_value_model:
+        value_model = None
+    elif cfg.ppo.value_init == "policy":
         value_model = ValueModel.from_backbone_of(policy)
     else:
         if reward_model.tokenizer is None or reward_model.tokenizer.get_vocab() != tokenizer.get_vocab():
@@ -101,7 +103,10 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     with reference_context(m.policy, m.ref_policy):
         ref_model = m.ref_policy if m.ref_policy is not None else m.policy
         ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
-    values = m.value_model(sequences, attention_mask)[:, T_p - 1 : -1]  # (B, T_r) value of the state before each token
+    if m.value_model is not None:
+        values = m.value_model(sequences, attention_mask)[:, T_p - 1 : -1]  # (B, T_r) value of the state before each token
+    else:
+        values = torch.zeros_like(logprobs)
     m.policy.train()
     response_texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     raw_scores = m.reward_model.score(prompt_texts, response_texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).to(device)
