@@ -65,7 +65,9 @@ class DataConfig(Strict):
         "drop: like left, but skip such rows and report the count; error: stop on any too-long row",
     )
     on_invalid: Literal["error", "skip"] = Field(
-        "error", description="a row with an empty field: stop (error) or skip it and report the count (skip)"
+        "error",
+        description="a row with empty text, identical chosen/rejected replies or a duplicate pair: stop (error) "
+        "or skip it and report the count (skip)",
     )
     prompt_template: str = Field(
         DEFAULT_PROMPT_TEMPLATE,

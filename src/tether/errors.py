@@ -17,6 +17,11 @@ class DataError(TetherError):
     """A data file is wrong: names the file, the line and what is expected."""
 
 
+class InvalidRow(DataError):
+    """A well-formed row whose content is unusable (empty text, identical replies, a duplicate):
+    `data.on_invalid=skip` skips such rows and reports how many."""
+
+
 class ModelError(TetherError):
     """A model or tokenizer cannot be loaded or does not fit the task."""
 

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, TypeVar
 
 from rich.console import Console
 
-from tether.errors import DataError
+from tether.errors import DataError, InvalidRow
 from tether.types import BinaryFeedbackExample, PreferenceExample, PromptExample, SFTExample
 
 T = TypeVar("T")
@@ -140,7 +140,7 @@ def _text(row: Row, field: str) -> str:
     if not isinstance(value, str):
         raise DataError(f"{row.source}: field '{field}' must be a string, got {type(value).__name__}")
     if not value.strip():
-        raise DataError(f"{row.source}: field '{field}' is empty")
+        raise InvalidRow(f"{row.source}: field '{field}' is empty")
     return value
 
 
@@ -154,7 +154,7 @@ def _messages_to_pair(row: Row) -> tuple[str, str]:
     prompt = render_dialogue(msgs[:-1], row.source)
     reply = msgs[-1].get("content")
     if not isinstance(reply, str) or not reply.strip():
-        raise DataError(f"{row.source}: the assistant reply is empty")
+        raise InvalidRow(f"{row.source}: the assistant reply is empty")
     return prompt, reply.strip()
 
 
@@ -180,11 +180,11 @@ def _load(
             try:
                 out.append(parse(row))
             except DataError as exc:
-                if on_invalid != "skip" or "is empty" not in str(exc):
+                if on_invalid != "skip" or not isinstance(exc, InvalidRow):
                     raise
                 skipped.append(str(exc))
     if skipped:
-        _console.print(f"[yellow]skipped {len(skipped)} {what} rows with empty text, e.g. {skipped[0]}[/]")
+        _console.print(f"[yellow]skipped {len(skipped)} unusable {what} rows (data.on_invalid=skip), e.g. {skipped[0]}[/]")
     if not out:
         raise DataError(f"{paths}: no usable {what} rows")
     return out
@@ -213,13 +213,19 @@ def load_preferences(paths: str | list[str], on_invalid: str = "error") -> list[
     """Read `{"prompt","chosen","rejected"}` rows (optional numeric `margin`).
 
     Raises:
-        DataError: missing field, wrong type, empty text, chosen identical to rejected.
+        DataError: missing field, wrong type; InvalidRow (skippable with on_invalid='skip'): empty text,
+            chosen identical to rejected, a duplicate pair.
     """
+    seen: dict[tuple[str, str, str], str] = {}
 
     def parse(row: Row) -> PreferenceExample:
         prompt, chosen, rejected = (_text(row, k) for k in ("prompt", "chosen", "rejected"))
         if chosen.strip() == rejected.strip():
-            raise DataError(f"{row.source}: 'chosen' and 'rejected' are identical; a preference needs two different replies")
+            raise InvalidRow(f"{row.source}: 'chosen' and 'rejected' are identical; a preference needs two different replies")
+        key = (prompt, chosen.strip(), rejected.strip())
+        if key in seen:
+            raise InvalidRow(f"{row.source}: duplicate of the pair at {seen[key]}")
+        seen[key] = row.source
         margin = row.data.get("margin")
         if margin is not None and not isinstance(margin, (int, float)):
             raise DataError(f"{row.source}: field 'margin' must be a number")
