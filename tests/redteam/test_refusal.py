@@ -53,3 +53,19 @@ def test_xstest_rows_and_prompt_split(tmp_path, jsonl):
     bad = jsonl(tmp_path / "bad.jsonl", [{"prompt": "a", "completion": "b", "label": "maybe"}])
     with pytest.raises(DataError, match="bad.jsonl:1.*label"):
         load_xstest_completions(bad)
+
+
+def test_lexical_classifier_learns_refusals(tmp_path, jsonl):
+    import json
+
+    from tether.redteam.refusal import META_FILE, ClassifierDetector, train_refusal_classifier
+
+    rows = []
+    for i in range(40):
+        rows.append({"prompt": f"question {i}", "completion": f"Here is how: step {i}, then step {i + 1}.", "label": "1_full_compliance"})
+        rows.append({"prompt": f"question {i}", "completion": "I must decline; this is something I will not do.", "label": "2_full_refusal"})
+    meta = train_refusal_classifier(str(jsonl(tmp_path / "x.jsonl", rows)), str(tmp_path / "lex"), base_model="lexical", device="cpu")
+    assert meta["heldout_accuracy"] == 1.0 and meta["n_train"] + meta["n_heldout"] == 80
+    assert json.loads((tmp_path / "lex" / META_FILE).read_text())["base_model"] == "lexical"
+    probs = ClassifierDetector(tmp_path / "lex", device=None).refusal_probs(["q", "q", "q"], ["Here is how: step 1.", "I must decline.", ""])
+    assert probs[0] < 0.5 < probs[1] and probs[2] == 1.0

@@ -42,7 +42,8 @@ class RefusalConfig(Strict):
     method: Literal["string", "classifier"] = Field("string", description="string: refusal phrases; classifier: trained on XSTest")
     classifier: str | None = Field(None, description="refusal classifier directory (trained here when missing and train_data is set)")
     train_data: str | None = Field(None, description="XSTest labelled completions to train the classifier from")
-    base_model: str = Field("all-MiniLM-L6-v2", description="backbone of a newly trained classifier")
+    base_model: str = Field("all-MiniLM-L6-v2", description="backbone of a newly trained classifier, or 'lexical' "
+                            "(logistic regression on word n-grams of the reply: seconds on a CPU)")
     holdout_fraction: float = Field(0.2, gt=0.0, lt=1.0, description="fraction of XSTest prompts held out for its accuracy")
     epochs: float = Field(2.0, gt=0.0)
     batch_size: int = Field(16, gt=0)

@@ -72,6 +72,12 @@ class ClassifierDetector:
         if not meta_path.is_file():
             raise ModelError(f"{path}: no {META_FILE}; is this a refusal classifier written by train_refusal_classifier?")
         self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.batch_size, self.max_length = batch_size, max_length
+        self.lexical = None
+        if self.meta.get("base_model") == "lexical":
+            self.lexical = LexicalRefusalModel(self.meta.get("buckets", 1 << 16), self.meta.get("max_chars", 400))
+            self.lexical.load_state_dict(torch.load(Path(path) / "lexical.pt", weights_only=True))
+            return
         self.model = RewardModel.load(str(path), device)
         if getattr(self.model, "meta", None) is None or self.model.meta.kind != "classifier":
             raise ModelError(f"{path}: a refusal classifier must be a 2-class classifier reward model")
@@ -79,9 +85,59 @@ class ClassifierDetector:
 
     def refusal_probs(self, prompts: list[str], responses: list[str]) -> torch.Tensor:
         """(B,) float32: P(refusal) of each reply to its prompt; an empty reply is a refusal (1.0)."""
-        probs = self.model.class_probs(prompts, [r if r.strip() else "(no answer)" for r in responses], self.batch_size, self.max_length)
+        if self.lexical is not None:
+            with torch.no_grad():
+                probs = torch.sigmoid(self.lexical(responses)) if responses else torch.zeros(0)
+        else:
+            probs = self.model.class_probs(prompts, [r if r.strip() else "(no answer)" for r in responses], self.batch_size, self.max_length)
         empty = torch.tensor([not r.strip() for r in responses])
         return probs.masked_fill(empty, 1.0)
+
+
+class LexicalRefusalModel(torch.nn.Module):
+    """Logistic regression on hashed word uni- and bigrams of the start of a reply (no prompt).
+
+    A cheap refusal classifier for CPUs where fine-tuning a transformer is too slow: refusals are mostly
+    signalled in the first sentences, so only the first `max_chars` characters are read.
+    """
+
+    def __init__(self, buckets: int = 1 << 16, max_chars: int = 400):
+        super().__init__()
+        self.buckets, self.max_chars = buckets, max_chars
+        self.weights = torch.nn.EmbeddingBag(buckets, 1, mode="sum")
+        torch.nn.init.zeros_(self.weights.weight)
+        self.bias = torch.nn.Parameter(torch.zeros(1))
+
+    def features(self, text: str) -> list[int]:
+        import zlib
+
+        words = re.findall(r"[a-z']+|[^\sa-z']", text[: self.max_chars].lower())
+        grams = words + [a + " " + b for a, b in zip(words, words[1:])] + ["<start> " + w for w in words[:3]]
+        return sorted({zlib.crc32(g.encode("utf-8")) % self.buckets for g in grams}) or [0]
+
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Hashed feature ids of B texts, flattened, and the offset of each text's ids."""
+        feats = [self.features(t) for t in texts]
+        flat = torch.tensor([i for f in feats for i in f])
+        offsets = torch.tensor([0] + [len(f) for f in feats[:-1]]).cumsum(0)
+        return flat, offsets
+
+    def forward(self, texts: list[str], encoded: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """Refusal logits: B texts -> (B,)."""
+        flat, offsets = encoded if encoded is not None else self.encode(texts)
+        return self.weights(flat, offsets)[:, 0] + self.bias
+
+    def fit(self, texts: list[str], labels: list[bool], epochs: int = 300, lr: float = 0.05, l2: float = 1e-4, seed: int = 0) -> None:
+        """Full-batch Adam on the logistic loss with an L2 penalty."""
+        torch.manual_seed(seed)
+        y = torch.tensor(labels, dtype=torch.float32)
+        opt = torch.optim.Adam(self.parameters(), lr=lr)
+        encoded = self.encode(texts)
+        for _ in range(epochs):
+            opt.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(self(texts, encoded), y) + l2 * self.weights.weight.pow(2).sum()
+            loss.backward()
+            opt.step()
 
 
 # --------------------------------------------------------------------------- XSTest labelled completions
@@ -141,7 +197,8 @@ def train_refusal_classifier(
     Args:
         data: XSTest labelled completions (`{"prompt","completion","label"}` with the XSTest labels).
         output_dir: where the classifier and `tether_refusal.json` are written.
-        base_model: sequence-classification backbone (default all-MiniLM-L6-v2; tiny-bert in tests).
+        base_model: sequence-classification backbone (default all-MiniLM-L6-v2; tiny-bert in tests), or
+            'lexical': logistic regression on hashed word n-grams of the reply (`LexicalRefusalModel`, seconds on a CPU).
         holdout_fraction: fraction of prompts held out for the accuracy measurement.
 
     Returns:
@@ -160,6 +217,12 @@ def train_refusal_classifier(
         raise DataError(f"{data}: holdout_fraction={holdout_fraction} leaves an empty train or held-out split")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if base_model == "lexical":
+        lexical = LexicalRefusalModel()
+        lexical.fit([r.completion for r in train], [r.refusal for r in train], seed=seed)
+        torch.save(lexical.state_dict(), out / "lexical.pt")
+        return _measure(out, data, base_model, holdout_fraction, train, held, epochs, seed, device,
+                        {"buckets": lexical.buckets, "max_chars": lexical.max_chars, "epochs": 300})
     converted = out / "refusal_labels.jsonl"
     with open(converted, "w", encoding="utf-8") as fh:
         for r in rows:
@@ -173,15 +236,20 @@ def train_refusal_classifier(
         select_best=False, normalize=False, freeze_layers=freeze_layers,
     )
     train_reward(cfg)
+    return _measure(out, data, base_model, holdout_fraction, train, held, epochs, seed, device, {})
+
+
+def _measure(out: Path, data, base_model, holdout_fraction, train, held, epochs, seed, device, extra: dict) -> dict:
+    """Write `tether_refusal.json` with the held-out accuracy of the classifier and of the string match."""
+    from tether.models.load import resolve_device
+
     meta = {
         "positive_class": "refusal (XSTest full or partial refusal)",
         "data": str(data), "base_model": base_model, "holdout_fraction": holdout_fraction, "split": "by prompt (sha256 hash)",
         "n_train": len(train), "n_heldout": len(held), "heldout_prompts": len({r.prompt for r in held}),
-        "epochs": epochs, "seed": seed,
+        "epochs": epochs, "seed": seed, **extra,
     }
     (out / META_FILE).write_text(json.dumps(meta, indent=2))
-    from tether.models.load import resolve_device
-
     detector = ClassifierDetector(out, resolve_device(device))
     probs = detector.refusal_probs([r.prompt for r in held], [r.completion for r in held])
     labels = [r.refusal for r in held]
