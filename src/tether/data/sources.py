@@ -209,29 +209,39 @@ def load_sft(paths: str | list[str], on_invalid: str = "error") -> list[SFTExamp
     return _load(paths, parse, on_invalid, "SFT")
 
 
-def load_preferences(paths: str | list[str], on_invalid: str = "error") -> list[PreferenceExample]:
-    """Read `{"prompt","chosen","rejected"}` rows (optional numeric `margin`).
+def parse_preference(row: Row, seen: dict[tuple[str, str, str], str] | None = None) -> PreferenceExample:
+    """One `{"prompt","chosen","rejected"}` row (optional numeric `margin`) as a `PreferenceExample`.
+
+    Args:
+        row: the raw row.
+        seen: pairs already read (key -> where), to report duplicates; updated in place.
 
     Raises:
         DataError: missing field, wrong type; InvalidRow (skippable with on_invalid='skip'): empty text,
             chosen identical to rejected, a duplicate pair.
     """
-    seen: dict[tuple[str, str, str], str] = {}
-
-    def parse(row: Row) -> PreferenceExample:
-        prompt, chosen, rejected = (_text(row, k) for k in ("prompt", "chosen", "rejected"))
-        if chosen.strip() == rejected.strip():
-            raise InvalidRow(f"{row.source}: 'chosen' and 'rejected' are identical; a preference needs two different replies")
+    prompt, chosen, rejected = (_text(row, k) for k in ("prompt", "chosen", "rejected"))
+    if chosen.strip() == rejected.strip():
+        raise InvalidRow(f"{row.source}: 'chosen' and 'rejected' are identical; a preference needs two different replies")
+    margin = row.data.get("margin")
+    if margin is not None and (not isinstance(margin, (int, float)) or isinstance(margin, bool)):
+        raise DataError(f"{row.source}: field 'margin' must be a number")
+    if seen is not None:
         key = (prompt, chosen.strip(), rejected.strip())
         if key in seen:
             raise InvalidRow(f"{row.source}: duplicate of the pair at {seen[key]}")
         seen[key] = row.source
-        margin = row.data.get("margin")
-        if margin is not None and not isinstance(margin, (int, float)):
-            raise DataError(f"{row.source}: field 'margin' must be a number")
-        return PreferenceExample(prompt, chosen.strip(), rejected.strip(), margin, row.source)
+    return PreferenceExample(prompt, chosen.strip(), rejected.strip(), margin, row.source)
 
-    return _load(paths, parse, on_invalid, "preference")
+
+def load_preferences(paths: str | list[str], on_invalid: str = "error") -> list[PreferenceExample]:
+    """Read `{"prompt","chosen","rejected"}` rows (see `parse_preference`).
+
+    Raises:
+        DataError: naming the file and line of the first bad row (InvalidRow ones skipped with on_invalid='skip').
+    """
+    seen: dict[tuple[str, str, str], str] = {}
+    return _load(paths, lambda row: parse_preference(row, seen), on_invalid, "preference")
 
 
 def load_prompts(paths: str | list[str], on_invalid: str = "error") -> list[PromptExample]:
