@@ -28,7 +28,7 @@ from torch import nn
 from tether.config import DPOConfig, DPOParams, GenerationConfig, LoRAConfig
 from tether.data.sources import load_binary_feedback, load_preferences, select
 from tether.data.tokenize import (
-    TokenizedFeedback, TokenizedPair, collate_pairs, collate_sft, feedback_sequences, tokenize_feedback,
+    TokenizedFeedback, collate_pairs, collate_sft, feedback_sequences, tokenize_feedback,
     tokenize_pairs, tokenize_prompts,
 )
 from tether.errors import ConfigError
