@@ -105,8 +105,42 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--max-new-tokens", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
 
+    for name, (module, cls, helptext) in EXTRA_STAGES.items():
+        import importlib
+
+        schema = getattr(importlib.import_module(module), cls)
+        p = sub.add_parser(
+            name, help=helptext, formatter_class=argparse.RawDescriptionHelpFormatter,
+            epilog="config keys (set in the YAML file or as key.path=value):\n" + "\n".join(describe(schema)),
+        )
+        p.add_argument("--config", help="YAML config file")
+        p.add_argument("--json", action="store_true", help="print the summary as JSON")
+        p.add_argument("overrides", nargs="*")
+
     sub.add_parser("label", help="the human feedback app: serve, import, export (see `tether label --help`)", add_help=False)
     return parser
+
+
+# stages whose config schemas live beside them (no torch import at config time)
+EXTRA_STAGES = {
+    "redteam": ("tether.redteam.config", "RedteamConfig", "attack suites against baseline and aligned models; attack success and refusal rates"),
+    "cai": ("tether.constitutional.config", "CAIConfig", "Constitutional AI: critique-revision SFT data and AI preference labels (RLAIF)"),
+}
+EXTRA_RUNNERS = {"redteam": ("tether.redteam.run", "run_redteam", "redteam.json"), "cai": ("tether.constitutional.run", "run_cai", None)}
+
+
+def _extra_stage(args) -> int:
+    import importlib
+
+    module, cls, _ = EXTRA_STAGES[args.command]
+    cfg = load_config(getattr(importlib.import_module(module), cls), args.config, args.overrides)
+    run_module, fn, summary = EXTRA_RUNNERS[args.command]
+    out = getattr(importlib.import_module(run_module), fn)(cfg)
+    if args.json and summary and (out / summary).is_file():
+        print((out / summary).read_text())
+    else:
+        print(out)
+    return 0
 
 
 def _eval_config(args) -> EvalConfig:
@@ -186,6 +220,8 @@ def dispatch(args, argv: list[str]) -> int:
         return 0
     if args.command == "sample":
         return _sample(args)
+    if args.command in EXTRA_STAGES:
+        return _extra_stage(args)
     raise TetherError(f"unknown command {args.command}")
 
 

@@ -237,6 +237,20 @@ class JudgeMonitor(Strict):
     max_length: int = Field(256, gt=8)
 
 
+class GuardConfig(Strict):
+    """Divergence guards of online RL: what to do when a step goes wrong."""
+
+    on_nonfinite: Literal["stop", "skip"] = Field(
+        "stop", description="a NaN/inf loss or gradient: stop (after saving the last good state) or skip that update"
+    )
+    max_skipped: int = Field(10, gt=0, description="stop after this many skipped updates")
+    max_kl: float | None = Field(None, gt=0.0, description="stop when the mean summed KL per response exceeds this (divergence)")
+    min_entropy: float | None = Field(None, ge=0.0, description="stop when the mean per-token entropy falls below this (collapse)")
+    score_range: tuple[float, float] | None = Field(
+        None, description="stop when a raw reward-model score falls outside [low, high] (a broken reward model)"
+    )
+
+
 class PPOConfig(StageBase):
     """`tether ppo`: PPO against a reward model with a per-token KL penalty to the frozen reference."""
 
@@ -244,6 +258,7 @@ class PPOConfig(StageBase):
     ppo: PPOParams = Field(default_factory=PPOParams)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     judge: JudgeMonitor | None = Field(None, description="stop when a held-out judge's score falls while the training reward rises")
+    guards: GuardConfig = Field(default_factory=GuardConfig)
 
 
 class GRPOParams(Strict):

@@ -39,7 +39,7 @@ from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
 from tether.rollout.generate import decode_responses, generate
 from tether.trainers.common import (
-    RunDir, StopSignal, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict, progress,
+    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, load_state, load_trainable_state_dict, progress,
     save_state, set_rng_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
@@ -230,16 +230,44 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
             # entropy bonus
             entropy_mean = masked_mean(entropy, mask)
             loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy_mean
-            check_finite(loss, step, run)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, cfg.train.max_grad_norm)
-            gn_value = torch.nn.utils.clip_grad_norm_(m.value_model.parameters(), cfg.train.max_grad_norm)
+            finite = bool(torch.isfinite(loss))
+            if finite:
+                loss.backward()
+                gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, cfg.train.max_grad_norm)
+                gn_value = torch.nn.utils.clip_grad_norm_(m.value_model.parameters(), cfg.train.max_grad_norm)
+                finite = bool(torch.isfinite(gn_policy) and torch.isfinite(gn_value))
+            if not finite:  # never step on NaN/inf: the weights stay the last good ones
+                optimizer.zero_grad(set_to_none=True)
+                if cfg.guards.on_nonfinite == "stop":
+                    raise GuardTripped(f"step {step}: non-finite loss ({loss.item()}) or gradient")
+                sums["guard/skipped"] = sums.get("guard/skipped", 0.0) + 1
+                continue
             optimizer.step()
             for k, v in {**pm, **vm, "policy/entropy": entropy_mean.item(), "policy/grad_norm": float(gn_policy), "value/grad_norm": float(gn_value)}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
-    return {k: v / n for k, v in sums.items()}
+    skipped = sums.pop("guard/skipped", 0.0)
+    return {**{k: v / max(n, 1) for k, v in sums.items()}, "guard/skipped": skipped}
+
+
+def divergence(guards, metrics: dict[str, float], raw_scores: torch.Tensor) -> str | None:
+    """What went wrong in this step according to the guards, or None.
+
+    Args:
+        guards: the `GuardConfig`.
+        metrics: this step's metrics (`objective/kl`, `policy/entropy`).
+        raw_scores: (B,) reward-model scores before normalisation.
+    """
+    if guards.max_kl is not None and metrics["objective/kl"] > guards.max_kl:
+        return f"KL to the reference exploded: {metrics['objective/kl']:.3g} > guards.max_kl={guards.max_kl}"
+    if guards.min_entropy is not None and metrics.get("policy/entropy", float("inf")) < guards.min_entropy:
+        return f"entropy collapsed: {metrics['policy/entropy']:.3g} < guards.min_entropy={guards.min_entropy}"
+    if guards.score_range is not None:
+        low, high = guards.score_range
+        if not torch.isfinite(raw_scores).all() or raw_scores.min() < low or raw_scores.max() > high:
+            return f"reward-model scores out of range: [{raw_scores.min():.3g}, {raw_scores.max():.3g}] not within [{low}, {high}]"
+    return None
 
 
 def train_ppo(cfg: PPOConfig) -> Path:
@@ -291,7 +319,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         score_shift = initial_score_stats(cfg, m, prompts, device)
     (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
     dtype = next(m.policy.parameters()).dtype
-    stop_reason, metrics, step = "max_steps", {}, start - 1
+    stop_reason, metrics, step, skipped = "max_steps", {}, start - 1, 0
 
     def save(path: Path) -> None:
         """Policy in HF format for any tool, plus everything needed to continue exactly."""
@@ -305,56 +333,66 @@ def train_ppo(cfg: PPOConfig) -> Path:
     with progress() as bar, StopSignal() as stop:
         task = bar.add_task("ppo", total=max_steps, completed=start - 1, info="")
         for step in range(start, max_steps + 1):
-            # 1-2. generate and score
-            if len(order) < p.batch_size:
-                order += rng.sample(range(len(prompts)), len(prompts))
-            batch, order = [prompts[i] for i in order[: p.batch_size]], order[p.batch_size :]
-            r, diag = make_rollout(cfg, m, batch, device, score_shift)
-            if p.check_rollout_logprobs:
-                check_rollout_logprobs(diag, dtype, step)
+            try:
+                # 1-2. generate and score
+                if len(order) < p.batch_size:
+                    order += rng.sample(range(len(prompts)), len(prompts))
+                batch, order = [prompts[i] for i in order[: p.batch_size]], order[p.batch_size :]
+                r, diag = make_rollout(cfg, m, batch, device, score_shift)
+                if p.check_rollout_logprobs:
+                    check_rollout_logprobs(diag, dtype, step)
 
-            # 3. rewards: KL-shaped per-token rewards, GAE advantages and returns
-            scores = masked_whiten(r.scores, torch.ones_like(r.scores, dtype=torch.bool)) if p.whiten_scores else r.scores
-            rewards, kl = compute_rewards(scores, r.logprobs, r.ref_logprobs, r.response_mask, kl_ctl.value)
-            advantages, returns = compute_gae(rewards, r.values, r.response_mask, p.gamma, p.gae_lambda)
-            if p.whiten_advantages:
-                advantages = masked_whiten(advantages, r.response_mask)
+                # 3. rewards: KL-shaped per-token rewards, GAE advantages and returns
+                scores = masked_whiten(r.scores, torch.ones_like(r.scores, dtype=torch.bool)) if p.whiten_scores else r.scores
+                rewards, kl = compute_rewards(scores, r.logprobs, r.ref_logprobs, r.response_mask, kl_ctl.value)
+                advantages, returns = compute_gae(rewards, r.values, r.response_mask, p.gamma, p.gae_lambda)
+                if p.whiten_advantages:
+                    advantages = masked_whiten(advantages, r.response_mask)
 
-            # 4. optimise
-            update = ppo_update(cfg, m, r, advantages, returns, optimizer, step, run)
+                # 4. optimise
+                update = ppo_update(cfg, m, r, advantages, returns, optimizer, step, run)
 
-            # 5. control: KL coefficient, metrics, stopping, checkpoints
-            mean_kl = kl.sum(-1).mean().item()
-            kl_ctl.update(mean_kl, p.batch_size)
-            k3 = kl_estimate(r.logprobs, r.ref_logprobs, "k3").masked_fill(~r.response_mask, 0.0).sum(-1).mean().item()
-            metrics = {
-                "objective/scores": r.scores.mean().item(),
-                "objective/raw_scores": r.raw_scores.mean().item(),
-                "objective/kl": mean_kl,
-                "objective/kl_k3": k3,
-                "objective/rlhf_reward": (r.scores - kl_ctl.value * kl.sum(-1)).mean().item(),
-                "objective/kl_coef": kl_ctl.value,
-                "rollout/response_length": r.response_mask.sum(-1).float().mean().item(),
-                "rollout/eos_fraction": (r.response_mask & (r.responses == m.tokenizer.eos_token_id)).any(-1).float().mean().item(),
-                **diag, **update,
-            }
-            run.log(step, metrics)
-            bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
-            if p.reward_threshold is not None and metrics["objective/scores"] >= p.reward_threshold:
-                stop_reason = f"reward threshold {p.reward_threshold} reached"
-                break
-            if p.kl_budget is not None and mean_kl > p.kl_budget:
-                stop_reason = f"KL budget {p.kl_budget} exceeded (kl={mean_kl:.2f})"
-                break
-            if judge is not None and step % cfg.judge.every == 0:
-                run.log(step, judge_policy(cfg, m, judge, device))
-                if reward_hacking_suspected(judge.history, cfg.judge.patience):
-                    stop_reason = "reward hacking suspected: the held-out judge score fell while the training score rose"
+                # 5. control: KL coefficient, metrics, stopping, checkpoints
+                mean_kl = kl.sum(-1).mean().item()
+                kl_ctl.update(mean_kl, p.batch_size)
+                k3 = kl_estimate(r.logprobs, r.ref_logprobs, "k3").masked_fill(~r.response_mask, 0.0).sum(-1).mean().item()
+                metrics = {
+                    "objective/scores": r.scores.mean().item(),
+                    "objective/raw_scores": r.raw_scores.mean().item(),
+                    "objective/kl": mean_kl,
+                    "objective/kl_k3": k3,
+                    "objective/rlhf_reward": (r.scores - kl_ctl.value * kl.sum(-1)).mean().item(),
+                    "objective/kl_coef": kl_ctl.value,
+                    "rollout/response_length": r.response_mask.sum(-1).float().mean().item(),
+                    "rollout/eos_fraction": (r.response_mask & (r.responses == m.tokenizer.eos_token_id)).any(-1).float().mean().item(),
+                    **diag, **update,
+                }
+                run.log(step, metrics)
+                bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
+                skipped += int(update["guard/skipped"])
+                if skipped > cfg.guards.max_skipped:
+                    raise GuardTripped(f"step {step}: {skipped} updates skipped for non-finite values (guards.max_skipped={cfg.guards.max_skipped})")
+                problem = divergence(cfg.guards, metrics, r.raw_scores)
+                if problem:
+                    raise GuardTripped(f"step {step}: {problem}")
+                if p.reward_threshold is not None and metrics["objective/scores"] >= p.reward_threshold:
+                    stop_reason = f"reward threshold {p.reward_threshold} reached"
                     break
-            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                if p.kl_budget is not None and mean_kl > p.kl_budget:
+                    stop_reason = f"KL budget {p.kl_budget} exceeded (kl={mean_kl:.2f})"
+                    break
+                if judge is not None and step % cfg.judge.every == 0:
+                    run.log(step, judge_policy(cfg, m, judge, device))
+                    if reward_hacking_suspected(judge.history, cfg.judge.patience):
+                        stop_reason = "reward hacking suspected: the held-out judge score fell while the training score rose"
+                        break
+                if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                    ckpt = run.checkpoint(step, save)
+                    if stop.requested:
+                        raise interrupted(step, ckpt)
+            except GuardTripped as exc:
                 ckpt = run.checkpoint(step, save)
-                if stop.requested:
-                    raise interrupted(step, ckpt)
+                raise TrainingError(f"{exc}; the state at that moment is saved in {ckpt}") from None
 
     # 6. final policy in Hugging Face format
     save_causal_lm(m.policy, m.tokenizer, run.path)
