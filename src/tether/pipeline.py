@@ -10,7 +10,8 @@ A pipeline file:
         config: {model: {name_or_path: "${pretrain.output_dir}"}, data: {train: "${data_dir}/x.jsonl.gz"}}
         # or: config_file: configs/sft.yaml, with `config` applied on top
 
-`${NAME.output_dir}` is the output of an earlier stage, `${data_dir}` and `${output_root}` the
+`extends: other.yaml` runs that pipeline's stages first (with its output_root and data_dir unless this
+file sets them), then this file's. `${NAME.output_dir}` is the output of an earlier stage, `${data_dir}` and `${output_root}` the
 pipeline's own settings. A stage's `output_dir` defaults to `output_root/NAME`. A stage whose output
 directory holds a finished run with the same resolved config is skipped, so re-running a pipeline
 resumes after the last finished stage; a stage that reads the output of a stage that ran again runs
@@ -28,7 +29,7 @@ from typing import Any, Callable
 
 from tether.config import CONFIGS, Strict, apply_overrides, dump_config, read_yaml, validate
 from tether.errors import ConfigError, DataError
-from tether.trainers.common import DONE_FILE, console, is_done
+from tether.trainers.common import DONE_FILE, console, is_done, same_config
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 
@@ -69,9 +70,17 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[dict, list[Stage]]:
         ConfigError: bad structure, unknown command, duplicate stage name, unknown stage in an override.
     """
     spec = read_yaml(path)
-    unknown = set(spec) - {"output_root", "data_dir", "stages", "name", "description"}
+    unknown = set(spec) - {"output_root", "data_dir", "stages", "name", "description", "extends"}
     if unknown:
         raise ConfigError(f"{path}: unknown pipeline key(s) {sorted(unknown)}")
+    if spec.get("extends"):
+        # the stages of another pipeline first (reused when finished), then this file's own
+        base_path = Path(path).parent / spec["extends"]
+        if not base_path.is_file():
+            base_path = Path(spec["extends"])
+        base = read_yaml(base_path)
+        spec = {**{k: v for k, v in base.items() if k != "stages"}, **spec,
+                "stages": list(base.get("stages") or []) + list(spec.get("stages") or [])}
     stages_raw = spec.get("stages")
     if not isinstance(stages_raw, list) or not stages_raw:
         raise ConfigError(f"{path}: 'stages' must be a non-empty list")
@@ -161,9 +170,9 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
 
 
 def _finished_with(out: Path, cfg: Strict) -> bool:
-    """True when `out` holds a finished run of the same config (the overwrite flag aside)."""
+    """True when `out` holds a finished run of the same config (see `same_config`)."""
     saved = out / "config.yaml"
-    return is_done(out) and saved.is_file() and saved.read_text() == dump_config(cfg.model_copy(update={"overwrite": False}))
+    return is_done(out) and saved.is_file() and same_config(saved.read_text(), cfg)
 
 
 def _restore_config(out: Path, cfg: Strict) -> None:

@@ -18,6 +18,8 @@ from typing import Callable, Iterable
 
 import numpy as np
 import torch
+import yaml
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -51,7 +53,7 @@ class RunDir:
         self.config_text = dump_config(cfg)
         self.resume_from: Path | None = None
         existing = self.path / "config.yaml"
-        same_run = existing.is_file() and _comparable(existing.read_text()) == _comparable(self.config_text)
+        same_run = existing.is_file() and same_config(existing.read_text(), cfg)
         if existing.is_file() and not same_run and not overwrite:
             raise ConfigError(
                 f"output_dir {self.path} already holds a different run (its config.yaml differs); "
@@ -108,9 +110,26 @@ class RunDir:
         (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
 
 
-def _comparable(config_text: str) -> str:
-    """Config text without the keys that may change between a run and its resumption."""
-    return "\n".join(line for line in config_text.splitlines() if line.strip() not in ("resume: true", "resume: false", "overwrite: true", "overwrite: false"))
+def same_config(saved_text: str, cfg: Strict) -> bool:
+    """True when a saved config.yaml describes the same run as `cfg`.
+
+    The saved text is validated against the current schema, so keys added since (with their defaults) do
+    not make an old run look different; `overwrite` and `train.resume` may differ between a run and its
+    resumption and are ignored. A saved config that no longer validates is a different run.
+    """
+    try:
+        old = type(cfg).model_validate(yaml.safe_load(saved_text) or {})
+    except (ValidationError, yaml.YAMLError):
+        return False
+    return _normalised(old) == _normalised(cfg)
+
+
+def _normalised(cfg: Strict) -> dict:
+    data = cfg.model_dump(mode="json")
+    data.pop("overwrite", None)
+    if isinstance(data.get("train"), dict):
+        data["train"].pop("resume", None)
+    return data
 
 
 def checkpoint_step(path: Path) -> int:
