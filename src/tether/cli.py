@@ -176,6 +176,10 @@ def _dpo_eval(args) -> int:
     if not args.model or not args.data:
         raise TetherError("tether dpo eval needs --model DIR and --data FILE")
     result = evaluate_implicit_reward(args.model, args.data, reference=args.reference, batch_size=args.batch_size)
+    if args.report:
+        from tether.eval.reward_eval import write_reward_report
+
+        write_reward_report(args.report, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
