@@ -123,3 +123,39 @@ def test_sft_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeyp
     a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
     assert all((a[k] - b[k]).abs().max().item() == 0.0 for k in a)
     assert [r["loss/sft"] for r in _metrics(full)] == [r["loss/sft"] for r in _metrics(resumed)]
+
+
+def test_dpo_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    import tether.trainers.dpo as dpo_module
+    from tether.config import DPOConfig
+    from tether.trainers.dpo import train_dpo
+
+    data = tmp_path / "pairs.jsonl"
+    data.write_text("".join(
+        json.dumps({"prompt": f"question {i}", "chosen": f"a good answer {i}", "rejected": f"bad {i}"}) + "\n" for i in range(16)
+    ))
+
+    def cfg(run, resume=False):
+        return DPOConfig(
+            model={"name_or_path": "tiny-llama"}, data={"train": str(data), "max_length": 64},
+            train={"batch_size": 4, "max_steps": 6, "save_every": 2, "resume": resume, "log_every": 1},
+            output_dir=str(tmp_path / run),
+        )
+
+    full = train_dpo(cfg("full"))
+    original, calls = dpo_module.batch_loss, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # in step 5, after the checkpoint of step 4
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(dpo_module, "batch_loss", crashing)
+    with pytest.raises(RuntimeError):
+        train_dpo(cfg("resumed"))
+    monkeypatch.undo()
+    resumed = train_dpo(cfg("resumed", resume=True))
+    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
+    assert all((a[k] - b[k]).abs().max().item() == 0.0 for k in a)
+    assert [r["loss/dpo"] for r in _metrics(full)] == [r["loss/dpo"] for r in _metrics(resumed)]

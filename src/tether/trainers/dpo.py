@@ -40,7 +40,7 @@ from tether.models.load import (
 from tether.models.logprobs import response_logprobs, sequence_logprobs
 from tether.rollout.generate import generate
 from tether.trainers.common import (
-    RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict, make_optimizer, make_scheduler, progress, save_state, set_rng_state, set_seed, total_steps, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
 from tether.types import SFTBatch
@@ -415,8 +415,23 @@ def train_dpo(cfg: DPOConfig) -> Path:
     rng = random.Random(cfg.train.seed)
     step, metrics, order = 0, {}, []
     accum = cfg.train.grad_accum_steps
-    with progress() as bar:
-        task = bar.add_task(params.loss, total=steps, info="")
+    if run.resume_from is not None:
+        state = load_state(run.resume_from)
+        load_trainable_state_dict(policy, state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, order = state["step"], state["order"]
+        rng.setstate(state["order_rng"])
+        set_rng_state(state["rng"])
+        console.print(f"dpo: resumed from {run.resume_from} (step {step})")
+
+    def save(path: Path) -> None:
+        save_causal_lm(policy, tokenizer, path)
+        save_state(path, step=step, policy=trainable_state_dict(policy), optimizer=optimizer.state_dict(),
+                   scheduler=scheduler.state_dict(), order=order, order_rng=rng.getstate())
+
+    with progress() as bar, StopSignal() as stop:
+        task = bar.add_task(params.loss, total=steps, completed=step, info="")
         while step < steps:
             sums: dict[str, float] = {}
             for _ in range(accum):
@@ -424,7 +439,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
                     order += rng.sample(range(len(items)), len(items))
                 chunk, order = [items[j] for j in order[:bs]], order[bs:]
                 loss, m = batch_loss(policy, ref_policy, cache, chunk, kind, "train", params, pad_id, d.max_length, device, cfg.train)
-                check_finite(loss, step, run)
+                check_finite(loss, step + 1, run)
                 (loss / accum).backward()
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + v / accum
@@ -438,9 +453,11 @@ def train_dpo(cfg: DPOConfig) -> Path:
                 metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device))
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log(step, metrics)
-            if cfg.train.save_every and step % cfg.train.save_every == 0:
-                run.checkpoint(step, lambda p: save_causal_lm(policy, tokenizer, p))
             bar.update(task, advance=1, info=fmt(metrics, ["loss/dpo", "dpo/accuracy", "dpo/margin", "eval/accuracy"]))
+            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                ckpt = run.checkpoint(step, save)
+                if stop.requested:
+                    raise interrupted(step, ckpt)
 
     # 4. final evaluation: held-out accuracy, and KL to the reference on held-out prompts
     if eval_items:
