@@ -19,7 +19,7 @@ from tether.errors import TetherError
 STAGE_HELP = {
     "pretrain": "train a byte-level BPE tokenizer and a small causal LM from scratch",
     "sft": "supervised fine-tuning (loss on response tokens only, optional LoRA)",
-    "rm": "train a reward model (Bradley-Terry); `tether rm eval` evaluates one",
+    "rm": "train a reward model (Bradley-Terry, classifier, ensembles); `tether rm eval` evaluates one",
     "ppo": "PPO against a reward model with a per-token KL penalty to the frozen reference",
     "dpo": "DPO / IPO / KTO directly from preferences; `tether dpo eval` scores the implicit reward model",
     "grpo": "critic-free online RL: GRPO, RLOO or REINFORCE++ against a reward model or a reward function",
@@ -155,30 +155,21 @@ def _eval_config(args) -> EvalConfig:
     return validate(EvalConfig, data, origin=args.config or "tether eval")
 
 
-def _rm_eval(args) -> int:
-    from tether.eval.reward_eval import evaluate_reward_model, write_reward_report
+def _pairwise_eval(args) -> int:
+    """`tether rm eval` and `tether dpo eval`: pairwise accuracy and diagnostics on a preference file."""
+    from tether.eval.reward_eval import write_reward_report
 
     if not args.model or not args.data:
-        raise TetherError("tether rm eval needs --model DIR and --data FILE")
-    result = evaluate_reward_model(args.model, args.data, batch_size=args.batch_size)
-    if args.report:
-        write_reward_report(args.report, result)
-    if args.json:
-        print(json.dumps(result, indent=2))
+        raise TetherError(f"tether {args.command} eval needs --model DIR and --data FILE")
+    if args.command == "rm":
+        from tether.eval.reward_eval import evaluate_reward_model
+
+        result = evaluate_reward_model(args.model, args.data, batch_size=args.batch_size)
     else:
-        print(f"accuracy {result['accuracy']:.4f} on {result['n']} pairs")
-    return 0
+        from tether.eval.dpo_eval import evaluate_implicit_reward
 
-
-def _dpo_eval(args) -> int:
-    from tether.eval.dpo_eval import evaluate_implicit_reward
-
-    if not args.model or not args.data:
-        raise TetherError("tether dpo eval needs --model DIR and --data FILE")
-    result = evaluate_implicit_reward(args.model, args.data, reference=args.reference, batch_size=args.batch_size)
+        result = evaluate_implicit_reward(args.model, args.data, reference=args.reference, batch_size=args.batch_size)
     if args.report:
-        from tether.eval.reward_eval import write_reward_report
-
         write_reward_report(args.report, result)
     if args.json:
         print(json.dumps(result, indent=2))
@@ -206,12 +197,9 @@ def dispatch(args, argv: list[str]) -> int:
                 if (out / name).is_file():
                     print(f"{name}: {out / name}")
         return 0
-    if args.command == "rm" and args.overrides[:1] == ["eval"]:
+    if args.command in ("rm", "dpo") and args.overrides[:1] == ["eval"]:
         args.overrides = args.overrides[1:]
-        return _rm_eval(args)
-    if args.command == "dpo" and args.overrides[:1] == ["eval"]:
-        args.overrides = args.overrides[1:]
-        return _dpo_eval(args)
+        return _pairwise_eval(args)
     if args.command in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo"):
         cfg = load_config(CONFIGS[args.command], args.config, args.overrides)
         out = _runners()[args.command](cfg)

@@ -19,7 +19,7 @@ def share_of_letter_e(prompts, responses):
 
 @pytest.fixture
 def rule_reward(monkeypatch):
-    monkeypatch.setattr(ppo_module, "load_reward", lambda path, function, device: FunctionReward(share_of_letter_e, "e"))
+    monkeypatch.setattr(ppo_module, "load_reward", lambda *args, **kwargs: FunctionReward(share_of_letter_e, "e"))
 
 
 def _config(tmp_path, algorithm: str, steps: int) -> GRPOConfig:

@@ -38,6 +38,30 @@ def _crash_on_call(monkeypatch, n: int, exc: BaseException):
     monkeypatch.setattr(ppo_module, "ppo_update", update)
 
 
+def _crash_then_resume(tmp_path, monkeypatch, train, cfg, module, name: str, crash_on_call: int):
+    """Run uninterrupted; run again crashing on the n-th call of `module.name`; resume. Returns both dirs."""
+    full = train(cfg("full"))
+    original, calls = getattr(module, name), {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == crash_on_call:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, crashing)
+    with pytest.raises(RuntimeError):
+        train(cfg("resumed"))
+    monkeypatch.undo()
+    return full, train(cfg("resumed", resume=True))
+
+
+def _assert_same_weights(a_dir, b_dir):
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all((a[k] - b[k]).abs().max().item() == 0.0 for k in a)
+
+
 def _metrics(path):
     return [json.loads(line) for line in open(path / "metrics.jsonl")]
 
@@ -106,22 +130,9 @@ def test_sft_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeyp
             output_dir=str(tmp_path / run),
         )
 
-    full = train_sft(cfg("full"))
-    original, calls = sft_module.collate_sft, {"n": 0}
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:  # during step 8, after the checkpoint of step 6
-            raise RuntimeError("simulated crash")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(sft_module, "collate_sft", crashing)
-    with pytest.raises(RuntimeError):
-        train_sft(cfg("resumed"))
-    monkeypatch.undo()
-    resumed = train_sft(cfg("resumed", resume=True))
-    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert all((a[k] - b[k]).abs().max().item() == 0.0 for k in a)
+    # crash in step 8 (the 8th batch), after the checkpoint of step 6
+    full, resumed = _crash_then_resume(tmp_path, monkeypatch, train_sft, cfg, sft_module, "collate_sft", 8)
+    _assert_same_weights(full, resumed)
     assert [r["loss/sft"] for r in _metrics(full)] == [r["loss/sft"] for r in _metrics(resumed)]
 
 
@@ -142,20 +153,7 @@ def test_dpo_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeyp
             output_dir=str(tmp_path / run),
         )
 
-    full = train_dpo(cfg("full"))
-    original, calls = dpo_module.batch_loss, {"n": 0}
-
-    def crashing(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # in step 5, after the checkpoint of step 4
-            raise RuntimeError("simulated crash")
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(dpo_module, "batch_loss", crashing)
-    with pytest.raises(RuntimeError):
-        train_dpo(cfg("resumed"))
-    monkeypatch.undo()
-    resumed = train_dpo(cfg("resumed", resume=True))
-    a, b = load_file(full / "model.safetensors"), load_file(resumed / "model.safetensors")
-    assert all((a[k] - b[k]).abs().max().item() == 0.0 for k in a)
+    # crash in step 5, after the checkpoint of step 4
+    full, resumed = _crash_then_resume(tmp_path, monkeypatch, train_dpo, cfg, dpo_module, "batch_loss", 5)
+    _assert_same_weights(full, resumed)
     assert [r["loss/dpo"] for r in _metrics(full)] == [r["loss/dpo"] for r in _metrics(resumed)]

@@ -18,7 +18,7 @@ from collections import OrderedDict
 from itertools import combinations
 from typing import Literal
 
-from tether.data.sources import Row, _load, _text, parse_binary_label, xstest_desirable
+from tether.data.sources import Row, _load, _text, parse_binary_label, parse_preference, xstest_desirable
 from tether.errors import DataError
 from tether.types import BinaryFeedbackExample, PreferenceExample, PreferenceTie, RankingExample
 
@@ -119,19 +119,12 @@ def load_reward_pairs(
         DataError: as `load_preferences` and `load_rankings`, naming file and line; or no pairs at all
             (e.g. every ranking was a full tie and ties are dropped).
     """
+    seen: dict[tuple[str, str, str], str] = {}
+
     def parse(row: Row) -> list[PreferenceExample]:
         if "completions" in row.data or "ranking" in row.data:
             return ranking_pairs(_parse_ranking(row), ties, margin_scale)
-        return [_parse_pair(row)]
-
-    def _parse_pair(row: Row) -> PreferenceExample:
-        prompt, chosen, rejected = (_text(row, k) for k in ("prompt", "chosen", "rejected"))
-        if chosen.strip() == rejected.strip():
-            raise DataError(f"{row.source}: 'chosen' and 'rejected' are identical; a preference needs two different replies")
-        margin = row.data.get("margin")
-        if margin is not None and (not isinstance(margin, (int, float)) or isinstance(margin, bool)):
-            raise DataError(f"{row.source}: field 'margin' must be a number")
-        return PreferenceExample(prompt, chosen.strip(), rejected.strip(), margin, row.source)
+        return [parse_preference(row, seen)]
 
     groups = _load(paths, parse, on_invalid, "preference")
     pairs = [p for group in groups for p in group]

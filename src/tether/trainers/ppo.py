@@ -63,7 +63,8 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
     """
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
-    reward_model = load_reward(cfg.reward_model.path, cfg.reward_model.function, device)
+    rm = cfg.reward_model
+    reward_model = load_reward(rm.path, rm.function, device, paths=rm.paths, ensemble=rm.ensemble, ensemble_k=rm.ensemble_k)
     if isinstance(reward_model, RewardModel):
         check_context(cfg.reward_model.max_length, reward_model.model, "reward_model.max_length")
     if not with_value_model:
