@@ -99,7 +99,7 @@ def test_identical_pair_stops_before_training(tmp_path, jsonl):
 
 
 def test_max_length_longer_than_the_context(tmp_path, jsonl):
-    rows = [{"prompt": "p" * 700, "chosen": "a", "rejected": "b"}] * 4
+    rows = [{"prompt": "p" * 700, "chosen": f"a{i}", "rejected": f"b{i}"} for i in range(4)]
     out = tmp_path / "rm"
     with pytest.raises(ConfigError, match="data.max_length"):
         train_reward(rm_config(jsonl(tmp_path / "long.jsonl", rows), out, data={"max_length": 1024}, train={"max_steps": 1}))

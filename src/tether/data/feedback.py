@@ -119,7 +119,7 @@ def load_reward_pairs(
         DataError: as `load_preferences` and `load_rankings`, naming file and line; or no pairs at all
             (e.g. every ranking was a full tie and ties are dropped).
     """
-    seen: dict[tuple[str, str, str], str] = {}
+    seen: dict[tuple[str, ...], str] = {}
 
     def parse(row: Row) -> list[PreferenceExample]:
         if "completions" in row.data or "ranking" in row.data:

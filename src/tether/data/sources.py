@@ -209,12 +209,13 @@ def load_sft(paths: str | list[str], on_invalid: str = "error") -> list[SFTExamp
     return _load(paths, parse, on_invalid, "SFT")
 
 
-def parse_preference(row: Row, seen: dict[tuple[str, str, str], str] | None = None) -> PreferenceExample:
+def parse_preference(row: Row, seen: dict[tuple[str, ...], str] | None = None) -> PreferenceExample:
     """One `{"prompt","chosen","rejected"}` row (optional numeric `margin`) as a `PreferenceExample`.
 
     Args:
         row: the raw row.
-        seen: pairs already read (key -> where), to report duplicates; updated in place.
+        seen: pairs already read (key -> where), to report duplicates (the same pair from the same
+            `labeler`, if the row names one); updated in place.
 
     Raises:
         DataError: missing field, wrong type; InvalidRow (skippable with on_invalid='skip'): empty text,
@@ -227,7 +228,8 @@ def parse_preference(row: Row, seen: dict[tuple[str, str, str], str] | None = No
     if margin is not None and (not isinstance(margin, (int, float)) or isinstance(margin, bool)):
         raise DataError(f"{row.source}: field 'margin' must be a number")
     if seen is not None:
-        key = (prompt, chosen.strip(), rejected.strip())
+        # the same pair from different labelers is a vote, not a duplicate
+        key = (prompt, chosen.strip(), rejected.strip(), str(row.data.get("labeler", "")))
         if key in seen:
             raise InvalidRow(f"{row.source}: duplicate of the pair at {seen[key]}")
         seen[key] = row.source
@@ -240,7 +242,7 @@ def load_preferences(paths: str | list[str], on_invalid: str = "error") -> list[
     Raises:
         DataError: naming the file and line of the first bad row (InvalidRow ones skipped with on_invalid='skip').
     """
-    seen: dict[tuple[str, str, str], str] = {}
+    seen: dict[tuple[str, ...], str] = {}
     return _load(paths, lambda row: parse_preference(row, seen), on_invalid, "preference")
 
 
