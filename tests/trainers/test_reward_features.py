@@ -5,27 +5,15 @@ import math
 
 import torch
 
-from tether.config import RewardConfig, validate
 from tether.data.tokenize import reward_texts, tokenize_for_reward
 from tether.losses.classifier import classifier_loss, classifier_reward, tied_bradley_terry_loss
 from tether.models.reward import ENSEMBLE_FILE, META_FILE, EnsembleReward, RewardModel, load_reward
 from tether.models.tiny import byte_tokenizer
 from tether.trainers import reward as rm_mod
 from tether.trainers.reward import train_reward
+from test_reward import rm_config  # the same tiny reward-model config as the core tests
 
 CPU = torch.device("cpu")
-
-
-def cfg_for(train_file, out, data=None, train=None, **top) -> RewardConfig:
-    raw = {
-        "model": {"name_or_path": "tiny-bert"},
-        "data": {"train": str(train_file), "max_length": 64, **(data or {})},
-        "train": {"batch_size": 4, "max_steps": 3, "learning_rate": 1e-3, "log_every": 1, "device": "cpu",
-                  "warmup_ratio": 0.0, **(train or {})},
-        "output_dir": str(out),
-        **top,
-    }
-    return validate(RewardConfig, raw)
 
 
 def test_classifier_loss_and_reward_hand_case():
@@ -49,7 +37,7 @@ def test_tied_pairs_pull_scores_together():
 def test_classifier_reward_model_trains_and_scores_positive_logit(tmp_path, jsonl):
     rows = [{"prompt": f"q{i}", "completion": ("Sure, here it is." if i % 2 else "I cannot help."), "label": i % 2} for i in range(12)]
     out = tmp_path / "cls"
-    train_reward(cfg_for(jsonl(tmp_path / "t.jsonl", rows), out, data={"holdout_fraction": 0.3}, train={"eval_every": 1}, kind="classifier"))
+    train_reward(rm_config(jsonl(tmp_path / "t.jsonl", rows), out, data={"holdout_fraction": 0.3}, train={"eval_every": 1}, kind="classifier"))
     meta = json.loads((out / META_FILE).read_text())
     assert meta["kind"] == "classifier"
     rm = RewardModel.load(str(out), CPU)
@@ -72,7 +60,7 @@ def test_rankings_train_with_grouped_batches_and_deduplicated_texts(tmp_path, js
 
     monkeypatch.setattr(rm_mod, "text_scores", spy)
     out = tmp_path / "rk"
-    train_reward(cfg_for(jsonl(tmp_path / "r.jsonl", rows), out, data={"max_samples": 100}, train={"max_steps": 2, "batch_size": 3}, ties="keep", normalize=False))
+    train_reward(rm_config(jsonl(tmp_path / "r.jsonl", rows), out, data={"max_samples": 100}, train={"max_steps": 2, "batch_size": 3}, ties="keep", normalize=False))
     # batch 3 = one prompt's 3 pairs (one of them a tie); its 3 distinct completions are scored once each
     assert [len(t) for t in seen] == [3, 3]
     assert all(len({t.split("Human: ")[1].split("\n")[0] for t in texts}) == 1 for texts in seen)
@@ -94,7 +82,7 @@ def test_best_checkpoint_keeps_the_best_eval_step(tiny_data, tmp_path, monkeypat
     monkeypatch.setattr(rm_mod, "evaluate_pairs", fake_eval)
     monkeypatch.setattr(rm_mod, "trainable_state", spy_state)
     out = tmp_path / "best"
-    train_reward(cfg_for(tiny_data["prefs"], out, data={"holdout_fraction": 0.3}, train={"max_steps": 4, "eval_every": 1}, normalize=False))
+    train_reward(rm_config(tiny_data["prefs"], out, data={"holdout_fraction": 0.3}, train={"max_steps": 4, "eval_every": 1}, normalize=False))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["eval/best_step"] == 2 and rows[-1]["eval/accuracy"] == 0.9
     saved = RewardModel.load(str(out), CPU).model.state_dict()
@@ -113,7 +101,7 @@ def test_left_truncation_keeps_the_response():
 
 def test_ensemble_of_two_members_loads_through_load_reward(tiny_data, tmp_path):
     out = tmp_path / "ens"
-    train_reward(cfg_for(tiny_data["prefs"], out, train={"max_steps": 2}, ensemble_size=2, ensemble_combine="conservative", ensemble_k=0.5))
+    train_reward(rm_config(tiny_data["prefs"], out, train={"max_steps": 2}, ensemble_size=2, ensemble_combine="conservative", ensemble_k=0.5))
     manifest = json.loads((out / ENSEMBLE_FILE).read_text())
     assert manifest == {"members": ["member-0", "member-1"], "combine": "conservative", "k": 0.5}
     reward = load_reward(str(out), None, CPU)
@@ -138,7 +126,7 @@ def test_normalisation_on_policy_samples(tiny_data, tmp_path, jsonl, monkeypatch
 
     monkeypatch.setattr(rm_mod, "policy_samples", spy)
     out = tmp_path / "norm"
-    train_reward(cfg_for(tiny_data["prefs"], out, train={"max_steps": 1}, normalize_policy="tiny-llama",
+    train_reward(rm_config(tiny_data["prefs"], out, train={"max_steps": 1}, normalize_policy="tiny-llama",
                          normalize_prompts=str(prompts), normalize_samples=4))
     (sample_prompts, responses), = calls
     assert len(sample_prompts) == len(responses) == 4

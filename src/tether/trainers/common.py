@@ -290,6 +290,17 @@ def length_grouped_order(lengths: list[int], batch_size: int, rng: random.Random
     return [j for chunk in chunks for j in chunk]
 
 
+def next_batch(items: list, order: list[int], rng: random.Random, batch_size: int) -> tuple[list, list[int]]:
+    """Take the next `batch_size` items of a shuffled stream; a fresh permutation is appended when it runs low.
+
+    `order` (the indices still to come) and `rng` are the stream's whole state, saved in checkpoints so a
+    resumed run sees the same batches. Returns (batch, remaining order).
+    """
+    if len(order) < batch_size:
+        order = order + rng.sample(range(len(items)), len(items))
+    return [items[i] for i in order[:batch_size]], order[batch_size:]
+
+
 def infinite(loader: Iterable) -> Iterable:
     """Cycle a loader forever (each pass reshuffles when the loader does)."""
     while True:

@@ -40,7 +40,9 @@ from tether.models.load import (
 from tether.models.logprobs import response_logprobs, sequence_logprobs
 from tether.rollout.generate import generate
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict, make_optimizer, make_scheduler, progress, save_state, set_rng_state, set_seed, total_steps, trainable_state_dict,
+    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, load_state,
+    load_trainable_state_dict, make_optimizer, make_scheduler, next_batch, progress, save_state, set_rng_state,
+    set_seed, total_steps, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
 from tether.types import SFTBatch
@@ -435,9 +437,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         while step < steps:
             sums: dict[str, float] = {}
             for _ in range(accum):
-                if len(order) < bs:
-                    order += rng.sample(range(len(items)), len(items))
-                chunk, order = [items[j] for j in order[:bs]], order[bs:]
+                chunk, order = next_batch(items, order, rng, bs)
                 loss, m = batch_loss(policy, ref_policy, cache, chunk, kind, "train", params, pad_id, d.max_length, device, cfg.train)
                 check_finite(loss, step + 1, run)
                 (loss / accum).backward()

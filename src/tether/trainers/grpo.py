@@ -37,8 +37,8 @@ from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_ad
 from tether.rl.kl import kl_estimate
 from tether.rl.rewards import compute_rewards
 from tether.trainers.common import (
-    RunDir, StopSignal, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict, progress,
-    save_state, set_rng_state, set_seed, trainable_state_dict,
+    RunDir, StopSignal, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict,
+    next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.ppo import Models, check_rollout_logprobs, initial_score_stats, load_models, make_rollout
 from tether.types import Rollout
@@ -147,9 +147,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         task = bar.add_task(cfg.grpo.algorithm, total=max_steps, completed=start - 1, info="")
         for step in range(start, max_steps + 1):
             # 1-2. generate G responses per prompt and score them
-            if len(order) < p.batch_size:
-                order += rng.sample(range(len(prompts)), len(prompts))
-            batch, order = [prompts[i] for i in order[: p.batch_size]], order[p.batch_size :]
+            batch, order = next_batch(prompts, order, rng, p.batch_size)
             r, diag = make_rollout(cfg, m, [q for q in batch for _ in range(G)], device, score_shift)
             if p.check_rollout_logprobs:
                 check_rollout_logprobs(diag, dtype, step)

@@ -39,8 +39,8 @@ from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
 from tether.rollout.generate import decode_responses, generate
 from tether.trainers.common import (
-    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, load_state, load_trainable_state_dict, progress,
-    save_state, set_rng_state, set_seed, trainable_state_dict,
+    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, load_state, load_trainable_state_dict,
+    next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
 from tether.types import Rollout
@@ -336,9 +336,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         for step in range(start, max_steps + 1):
             try:
                 # 1-2. generate and score
-                if len(order) < p.batch_size:
-                    order += rng.sample(range(len(prompts)), len(prompts))
-                batch, order = [prompts[i] for i in order[: p.batch_size]], order[p.batch_size :]
+                batch, order = next_batch(prompts, order, rng, p.batch_size)
                 r, diag = make_rollout(cfg, m, batch, device, score_shift)
                 if p.check_rollout_logprobs:
                     check_rollout_logprobs(diag, dtype, step)
