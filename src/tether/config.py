@@ -107,6 +107,27 @@ class GenerationConfig(Strict):
     batch_size: int = Field(16, gt=0)
 
 
+class VLLMOptions(Strict):
+    """Settings of the vLLM engine used for rollouts when `generation.backend=vllm` (GPU only)."""
+
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0.0, le=1.0,
+        description="fraction of GPU memory vLLM may take for its weights and KV cache; the trainer's models share the GPU",
+    )
+    enable_prefix_caching: bool = Field(True, description="reuse the KV cache of shared prompt prefixes (GRPO's G samples per prompt)")
+    enforce_eager: bool = Field(False, description="no CUDA graphs (slower decoding, faster start, less memory)")
+
+
+class RolloutGenerationConfig(GenerationConfig):
+    """Sampling settings of online RL (`tether ppo`, `tether grpo`), plus the engine that samples."""
+
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="hf: Hugging Face generate on the training policy; vllm: a vLLM engine on the same GPU, "
+        "weights pushed after every update (needs the vllm package and CUDA)",
+    )
+    vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+
+
 class StageBase(Strict):
     model: ModelConfig
     data: DataConfig
@@ -256,9 +277,29 @@ class PPOConfig(StageBase):
 
     reward_model: RewardModelRef
     ppo: PPOParams = Field(default_factory=PPOParams)
-    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    generation: RolloutGenerationConfig = Field(default_factory=RolloutGenerationConfig)
     judge: JudgeMonitor | None = Field(None, description="stop when a held-out judge's score falls while the training reward rises")
     guards: GuardConfig = Field(default_factory=GuardConfig)
+
+    @model_validator(mode="after")
+    def _vllm_logprobs_match_the_trainer(self):
+        g = self.generation
+        if g.backend != "vllm" or not self.ppo.check_rollout_logprobs:
+            return self
+        if not g.do_sample and g.temperature != 1.0:
+            raise ValueError(
+                "generation.backend=vllm with generation.do_sample=false returns logprobs at temperature 1, while the "
+                f"trainer's are at generation.temperature={g.temperature}: set generation.temperature=1.0, "
+                "generation.do_sample=true, or ppo.check_rollout_logprobs=false"
+            )
+        if g.do_sample and (g.top_k > 0 or g.top_p < 1.0):
+            raise ValueError(
+                "generation.backend=vllm returns the logprobs of the distribution it samples from, here truncated by "
+                f"generation.top_k={g.top_k} / generation.top_p={g.top_p}, while the trainer's logprobs are of the full "
+                "distribution at the same temperature, so ppo.check_rollout_logprobs would stop the run: set "
+                "generation.top_k=0 and generation.top_p=1.0 (on-policy PPO), or ppo.check_rollout_logprobs=false"
+            )
+        return self
 
 
 class GRPOParams(Strict):

@@ -82,13 +82,28 @@ def generate(
             logits = torch.stack(out.logits, dim=1).float() / gen.temperature  # (b, t_r, V)
             sampling.append(gather_logprobs(logits, new))
     policy.train(was_training)
+    return assemble_generation(ids, mask, responses, sampling, pad, eos)
+
+
+def assemble_generation(
+    prompts: torch.Tensor, prompt_mask: torch.Tensor, responses: list[torch.Tensor],
+    sampling: list[torch.Tensor], pad: int, eos: int,
+) -> Generation:
+    """One `Generation` from chunks of sampled tokens: pad to one width, cut at the first EOS.
+
+    Args:
+        prompts, prompt_mask: (B, T_p) left-padded prompts and their mask.
+        responses: chunks of new tokens, (b_i, t_i) each, sum of b_i = B, in prompt order.
+        sampling: the matching (b_i, t_i) sampling logprobs (columns past a chunk's width get 0), or [].
+        pad, eos: token ids.
+    """
     width = max(r.shape[1] for r in responses)
     resp = torch.cat([_pad_right(r, width, pad) for r in responses])  # (B, T_r)
     response_mask = response_mask_from_eos(resp, eos, pad)  # (B, T_r)
     resp = resp.masked_fill(~response_mask, pad)
     ended = ((resp == eos) & response_mask).any(dim=1)
     sampling_logprobs = torch.cat([_pad_right(s, width, 0.0) for s in sampling]) if sampling else None
-    return Generation(ids, mask, resp, response_mask, ended, sampling_logprobs)
+    return Generation(prompts, prompt_mask, resp, response_mask, ended, sampling_logprobs)
 
 
 def decode_responses(tokenizer, responses: torch.Tensor, response_mask: torch.Tensor) -> list[str]:

@@ -127,6 +127,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     if run.resume_from is not None:
         state = load_state(run.resume_from)
         load_trainable_state_dict(m.policy, state["policy"])
+        m.backend.sync_weights(m.policy)
         optimizer.load_state_dict(state["optimizer"])
         score_shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
         rng.setstate(state["order_rng"])
@@ -157,6 +158,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
 
             # 4. optimise
             update = policy_update(cfg, m, r, advantages, optimizer, step, run)
+            m.backend.sync_weights(m.policy)
 
             # 5. control
             groups = r.scores.view(-1, G)

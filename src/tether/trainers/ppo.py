@@ -37,7 +37,8 @@ from tether.ops import masked_mean, masked_whiten
 from tether.rl.advantages import compute_gae
 from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
-from tether.rollout.generate import decode_responses, generate
+from tether.rollout.backends import GenerationBackend, make_backend, require_backend
+from tether.rollout.generate import decode_responses
 from tether.trainers.common import (
     GuardTripped, RunDir, StopSignal, console, fmt, interrupted, load_state, load_trainable_state_dict,
     next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
@@ -53,14 +54,17 @@ class Models:
     value_model: ValueModel | None  # None for critic-free methods (GRPO, RLOO, REINFORCE++)
     reward_model: RewardModel | FunctionReward
     tokenizer: object
+    backend: GenerationBackend  # samples the rollouts; sync_weights after every update
 
 
 def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = True) -> Models:
-    """Policy (+LoRA), reference, value model and reward model, as configured.
+    """Policy (+LoRA), reference, value model, reward model and generation backend, as configured.
 
     Raises:
+        ConfigError: a generation backend this machine cannot run.
         ModelError: a missing model, or a value model from a reward model whose tokenizer differs.
     """
+    require_backend(cfg.generation, device)
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
     rm = cfg.reward_model
@@ -84,7 +88,9 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
         ref_policy = copy.deepcopy(policy).eval()
         for p in ref_policy.parameters():
             p.requires_grad_(False)
-    return Models(policy, ref_policy, value_model, reward_model, tokenizer)
+    max_model_len = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
+    backend = make_backend(cfg.generation, policy, tokenizer, device, max_model_len, cfg.train.seed)
+    return Models(policy, ref_policy, value_model, reward_model, tokenizer, backend)
 
 
 @torch.no_grad()
@@ -93,7 +99,7 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     g, d = cfg.generation, cfg.data
     # 1. generate (the policy's own sampling logprobs come back for the engine check)
     prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
-    gen = generate(m.policy, m.tokenizer, prompt_ids, g, device, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs)
+    gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs)
     T_p = gen.prompts.shape[1]
     sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
     attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
@@ -132,9 +138,14 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
 def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
     """DESIGN.md 6.8: the engine's sampling logprobs must equal a fresh forward pass of the same weights.
 
+    The mean absolute difference over real response tokens may be at most 1e-3 for a float32 policy and
+    5e-2 for bf16/fp16 (the vLLM backend's kernels differ from the trainer's; see rollout/backends.py).
+
     Raises:
-        TrainingError: when they differ by more than float noise.
+        TrainingError: when they differ by more than float noise, or the backend returned no logprobs.
     """
+    if "rollout/logprob_diff_mean" not in diag:
+        raise TrainingError(f"step {step}: ppo.check_rollout_logprobs is on but the generation backend returned no sampling logprobs")
     tol = 1e-3 if dtype == torch.float32 else 5e-2
     if diag.get("rollout/logprob_diff_mean", 0.0) > tol:
         raise TrainingError(
@@ -148,7 +159,7 @@ def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device) -
     """DESIGN.md 6.4: mean and std of reward-model scores of the initial policy's samples."""
     sample = prompts[: max(cfg.ppo.batch_size, 32)]
     ids = tokenize_prompts(sample, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
-    gen = generate(m.policy, m.tokenizer, ids, cfg.generation, device)
+    gen = m.backend.generate(ids)
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     s = m.reward_model.score(sample, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length)
     return s.mean().item(), max(s.std().item(), 1e-3)
@@ -187,7 +198,7 @@ def judge_policy(cfg: PPOConfig, m: Models, judge: Judge, device: torch.device) 
     ids = tokenize_prompts(judge.prompts, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.train.seed)  # the same sampling noise at every evaluation
-        gen = generate(m.policy, m.tokenizer, ids, cfg.generation, device)
+        gen = m.backend.generate(ids)
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     judge_score = judge.model.score(judge.prompts, texts, cfg.judge.batch_size, cfg.judge.max_length).mean().item()
     train_score = m.reward_model.score(judge.prompts, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).mean().item()
@@ -308,6 +319,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         state = load_state(run.resume_from)
         score_shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
         load_trainable_state_dict(m.policy, state["policy"])
+        m.backend.sync_weights(m.policy)
         m.value_model.load_state_dict(state["value_model"])
         optimizer.load_state_dict(state["optimizer"])
         kl_ctl.load_state_dict(state["kl_controller"])
@@ -350,6 +362,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
 
                 # 4. optimise
                 update = ppo_update(cfg, m, r, advantages, returns, optimizer, step, run)
+                m.backend.sync_weights(m.policy)
 
                 # 5. control: KL coefficient, metrics, stopping, checkpoints
                 mean_kl = kl.sum(-1).mean().item()
