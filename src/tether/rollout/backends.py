@@ -224,6 +224,9 @@ class VLLMBackend:
 
     @torch.no_grad()
     def sync_weights(self, policy: nn.Module) -> None:
-        weights = merged_weights(policy)
+        """Push the full weights. A DDP-wrapped policy is unwrapped; FSDP-sharded weights are not gathered."""
+        from accelerate.utils import extract_model_from_parallel
+
+        weights = merged_weights(extract_model_from_parallel(policy))
         self.llm.apply_model(lambda model: model.load_weights(weights))
         self.llm.reset_prefix_cache()
