@@ -178,6 +178,11 @@ class RewardConfig(StageBase):
         description="bradley_terry: scalar head on pairs or rankings; classifier: 2-class head on labelled completions "
         "({prompt, completion, label} or XSTest rows), cross-entropy, the positive-class logit is the reward",
     )
+    pooling: Literal["model", "mean"] = Field(
+        "model",
+        description="model: the backbone's own head input (BERT's [CLS] pooler, a decoder's last token); mean: the "
+        "masked mean of the last hidden states (encoders only; how sentence encoders such as all-MiniLM-L6-v2 were trained)",
+    )
     ties: Literal["drop", "keep"] = Field("drop", description="ranking rows: drop tied pairs, or keep them with target 1/2")
     margin_scale: float = Field(
         0.0, ge=0.0, description="ranking rows: margin = scale * rank (or rating) gap for the Llama 2 margin loss; 0 = off"

@@ -83,7 +83,7 @@ def test_reward_model_save_load_round_trip(tmp_path):
     before = rm.score(PROMPTS, REPLIES)
     rm.save(tmp_path / "rm")
     meta = json.loads((tmp_path / "rm" / META_FILE).read_text())
-    assert meta == {"gain": 0.25, "bias": 1.5, "prompt_template": "Q: {prompt}\nA:", "max_length": 48, "kind": "scalar", "positive_index": 1}
+    assert meta == {"gain": 0.25, "bias": 1.5, "prompt_template": "Q: {prompt}\nA:", "max_length": 48, "kind": "scalar", "positive_index": 1, "pooling": "model"}
     loaded = RewardModel.load(str(tmp_path / "rm"), CPU)
     assert loaded.meta == rm.meta
     assert torch.allclose(loaded.score(PROMPTS, REPLIES), before, atol=1e-5)

@@ -46,7 +46,7 @@ def test_reward_model_trains_and_reloads(tiny_data, tmp_path):
     assert any("eval/accuracy" in r for r in rows)
     assert (out / DONE_FILE).is_file()
     meta = json.loads((out / META_FILE).read_text())
-    assert set(meta) == {"gain", "bias", "prompt_template", "max_length", "kind", "positive_index"}
+    assert set(meta) == {"gain", "bias", "prompt_template", "max_length", "kind", "positive_index", "pooling"}
     assert meta["max_length"] == 64 and meta["kind"] == "scalar"
 
     rm = RewardModel.load(str(out), CPU)
@@ -125,3 +125,15 @@ def test_nan_loss_names_the_step(tiny_data, tmp_path, monkeypatch):
     with pytest.raises(TrainingError, match="nan at step"):
         train_reward(rm_config(tiny_data["prefs"], out))
     assert not (out / DONE_FILE).exists()
+
+
+def test_mean_pooling_is_trained_saved_and_reloaded(tiny_data, tmp_path):
+    from tether.models.reward import MaskedMeanPooler
+
+    out = tmp_path / "rm_mean"
+    train_reward(rm_config(tiny_data["prefs"], out, pooling="mean"))
+    assert json.loads((out / META_FILE).read_text())["pooling"] == "mean"
+    rm = RewardModel.load(str(out), CPU)
+    assert isinstance(rm.model.base_model.pooler, MaskedMeanPooler)
+    scores = rm.score(["q", "q"], ["a", "a longer answer"])
+    assert torch.isfinite(scores).all() and scores[0] != scores[1]

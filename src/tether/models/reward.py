@@ -29,6 +29,7 @@ from tether.models.tiny import TINY_NAMES, tiny_sequence_classifier
 META_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
 KINDS = ("scalar", "classifier")
+POOLINGS = ("model", "mean")
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RewardMeta:
     max_length: int = 256
     kind: str = "scalar"  # "scalar": logits[:, 0]; "classifier": logits[:, positive_index] of 2 classes
     positive_index: int = 1
+    pooling: str = "model"  # "model": the backbone's own pooling; "mean": masked mean of the last hidden states
 
     @property
     def num_labels(self) -> int:
@@ -59,6 +61,8 @@ class RewardMeta:
         meta = cls(**{k: v for k, v in raw.items() if k in known})
         if meta.kind not in KINDS:
             raise ModelError(f"{path}: kind must be one of {KINDS}, got {meta.kind!r}")
+        if meta.pooling not in POOLINGS:
+            raise ModelError(f"{path}: pooling must be one of {POOLINGS}, got {meta.pooling!r}")
         return meta
 
 
@@ -80,11 +84,60 @@ def _meta_for(path: str) -> RewardMeta:
     return RewardMeta()
 
 
-def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0):
-    """Load (or build, for tiny names) a sequence classifier and its tokenizer.
+class MaskedMeanPooler(nn.Module):
+    """Replaces an encoder's [CLS] pooler: the mean of the last hidden states over real (unmasked) tokens.
+
+    (B, T, H) hidden states -> (B, H). The attention mask of the current forward pass is handed over by a
+    forward pre-hook on the encoder (`use_mean_pooling`), since HF poolers receive only the hidden states.
+    This is the pooling sentence-embedding encoders such as all-MiniLM-L6-v2 are trained with (Reimers and
+    Gurevych 2019, Sentence-BERT, sec. 3), whereas their [CLS] pooler was never trained for it.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.attention_mask: torch.Tensor | None = None
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if self.attention_mask is None:
+            return hidden_states.mean(dim=1)
+        mask = self.attention_mask.to(hidden_states.dtype).unsqueeze(-1)  # (B, T, 1)
+        return (hidden_states * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+
+
+def use_mean_pooling(model: nn.Module) -> nn.Module:
+    """Swap the [CLS] pooler of an encoder sequence classifier (BERT, MiniLM, DeBERTa ...) for masked mean pooling.
+
+    The head (dropout + linear classifier) then reads the mean over real tokens. Weights, state-dict keys
+    (less the unused pooler) and `save_pretrained` are unchanged; `tether_reward.json` records `pooling: mean`
+    so that `RewardModel.load` pools the same way again.
 
     Raises:
-        ModelError: missing directory or weights.
+        ModelError: a model without a pooler module (decoder classifiers pool the last token inside forward).
+    """
+    encoder = model.base_model
+    if getattr(encoder, "pooler", None) is None:
+        raise ModelError(
+            f"pooling 'mean' needs an encoder with a pooler module (BERT-style); {type(model).__name__} has none"
+        )
+    pooler = MaskedMeanPooler()
+    encoder.pooler = pooler
+
+    def hand_over_mask(module, args, kwargs):
+        pooler.attention_mask = kwargs.get("attention_mask", args[1] if len(args) > 1 else None)
+
+    encoder.register_forward_pre_hook(hand_over_mask, with_kwargs=True)
+    return model
+
+
+def load_sequence_classifier(
+    name_or_path: str, num_labels: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0, pooling: str = "model"
+):
+    """Load (or build, for tiny names) a sequence classifier and its tokenizer.
+
+    `pooling="mean"` replaces an encoder's [CLS] pooler by masked mean pooling (`use_mean_pooling`).
+
+    Raises:
+        ModelError: missing directory or weights; mean pooling on a model without a pooler.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -101,6 +154,8 @@ def load_sequence_classifier(name_or_path: str, num_labels: int = 1, dtype: torc
         if len(tok) > model.get_input_embeddings().weight.shape[0]:
             model.resize_token_embeddings(len(tok))
     model.config.pad_token_id = tok.pad_token_id
+    if pooling == "mean":
+        use_mean_pooling(model)
     disable_dropout(model)
     return model.to(dtype), tok
 
@@ -128,7 +183,7 @@ class RewardModel(nn.Module):
         if is_ensemble(path):
             return EnsembleReward.load(path, device, dtype=dtype)
         meta = _meta_for(path)
-        model, tok = load_sequence_classifier(path, num_labels=meta.num_labels, dtype=dtype)
+        model, tok = load_sequence_classifier(path, num_labels=meta.num_labels, dtype=dtype, pooling=meta.pooling)
         rm = cls(model.to(device), tok, meta)
         rm.eval()
         for p in rm.parameters():

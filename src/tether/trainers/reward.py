@@ -293,7 +293,8 @@ def train_one(cfg: RewardConfig) -> Path:
     device = resolve_device(cfg.train.device)
     d = cfg.data
     classifier = cfg.kind == "classifier"
-    meta = RewardMeta(prompt_template=d.prompt_template, max_length=d.max_length, kind="classifier" if classifier else "scalar")
+    meta = RewardMeta(prompt_template=d.prompt_template, max_length=d.max_length, kind="classifier" if classifier else "scalar",
+                      pooling=cfg.pooling)
     if cfg.normalize and bool(cfg.normalize_policy) != bool(cfg.normalize_prompts):
         raise ConfigError("normalize_policy and normalize_prompts go together: set both or neither")
 
@@ -302,7 +303,8 @@ def train_one(cfg: RewardConfig) -> Path:
 
     # 2. model
     model, tokenizer = load_sequence_classifier(
-        cfg.model.name_or_path, num_labels=meta.num_labels, dtype=resolve_dtype(cfg.model.dtype, device), seed=cfg.train.seed
+        cfg.model.name_or_path, num_labels=meta.num_labels, dtype=resolve_dtype(cfg.model.dtype, device), seed=cfg.train.seed,
+        pooling=cfg.pooling,
     )
     check_context(d.max_length, model)
     freeze_lower_layers(model, cfg.freeze_layers)
