@@ -251,3 +251,29 @@ def test_reward_model_resume_keeps_the_best_eval_step_from_before_the_crash(tmp_
     resumed = train_reward(_rm_config(tmp_path, tiny_data["prefs"], "resumed", resume=True, normalize=False))
     assert _metrics(full)[-1]["eval/best_step"] == _metrics(resumed)[-1]["eval/best_step"] == 2
     _assert_same_weights(full, resumed)
+
+
+def test_resume_picks_the_newest_complete_checkpoint_and_its_metrics_rows(tmp_path):
+    import torch
+
+    from tether.config import SFTConfig
+    from tether.trainers.common import RunDir, save_state
+
+    def cfg(resume):
+        return SFTConfig(model={"name_or_path": "tiny-llama"}, data={"train": "x.jsonl"}, train={"resume": resume},
+                         output_dir=str(tmp_path / "run"))
+
+    run = RunDir(tmp_path / "run", cfg(False))
+    for step in (1, 2, 3):
+        run.log(step, {"loss": float(step)})
+        if step in (2, 3):
+            run.checkpoint(step, lambda p, s=step: save_state(p, step=s, w=torch.zeros(1)), keep=5)
+    run.log(3, {"eval/loss": 0.5})  # a second row of step 3, logged after its checkpoint
+    run.log(4, {"loss": 4.0})
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "step-4").mkdir()  # renamed but without trainer state (not written by tether; never trusted)
+    save_state(ckpts / "step-5.tmp", step=5)  # killed before the rename
+
+    resumed = RunDir(tmp_path / "run", cfg(True))
+    assert resumed.resume_from == ckpts / "step-3"
+    assert [(r["step"], "loss" in r) for r in _metrics(tmp_path / "run")] == [(1, True), (2, True), (3, True)]
