@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 from tether.config import CONFIGS, Strict, apply_overrides, dump_config, read_yaml, validate
 from tether.errors import ConfigError, DataError
-from tether.trainers.common import DONE_FILE, console, is_done, same_config
+from tether.trainers.common import DONE_FILE, console, finished_with
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 
@@ -151,7 +151,7 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
         cfg = validate(CONFIGS[stage.command], raw, origin=f"{path}: stage '{stage.name}'")
         out = Path(cfg.output_dir)
         depends_on = {ref.split(".")[0] for ref in _REF.findall(str(stage.raw)) if ref.endswith(".output_dir")}
-        if not (depends_on & ran) and _finished_with(out, cfg):
+        if not (depends_on & ran) and finished_with(out, cfg):
             console.print(f"[green]stage {stage.name}: already finished in {out}, skipped[/]")
         else:
             ran.add(stage.name)
@@ -167,12 +167,6 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
         env[f"{stage.name}.output_dir"] = str(out)
     console.print(f"pipeline finished in {time.time() - t_start:.0f}s")
     return outputs
-
-
-def _finished_with(out: Path, cfg: Strict) -> bool:
-    """True when `out` holds a finished run of the same config (see `same_config`)."""
-    saved = out / "config.yaml"
-    return is_done(out) and saved.is_file() and same_config(saved.read_text(), cfg)
 
 
 def _restore_config(out: Path, cfg: Strict) -> None:

@@ -193,3 +193,28 @@ def test_openapi_schema_lists_the_api(client):
     assert "/api/assignments/{assignment_id}/label" in schema["paths"]
     assert "/api/campaigns/{campaign_id}/export" in schema["paths"]
     assert not any(path.startswith("/admin") for path in schema["paths"])
+
+
+def test_ids_beyond_64_bits_are_rejected_not_a_server_error(client, admin):
+    # found by fuzzing: SQLite integers are 64-bit, and a larger path id used to fail inside the driver
+    huge = 2**64
+    ann = make_labeler(client, admin, "ann")
+    for method, path, who in [("GET", f"/api/campaigns/{huge}", admin), ("GET", f"/api/campaigns/{huge}/agreement", admin),
+                              ("POST", f"/api/labelers/{huge}/token", admin), ("POST", f"/api/assignments/{huge}/skip", ann)]:
+        response = client.request(method, path, headers=who)
+        assert response.status_code == 422 and response.json()["detail"][0]["loc"][0] == "path", (path, response.text)
+    assert client.get(f"/admin/campaigns/{huge}", headers=admin).status_code == 422
+    assert client.get(f"/label/{huge}", headers=ann).status_code == 422
+
+
+def test_export_of_a_campaign_with_a_non_latin_name(client, admin):
+    # found by fuzzing: HTTP headers are Latin-1, so the file name travels percent-encoded (RFC 6266)
+    from urllib.parse import unquote
+
+    campaign = make_campaign(client, admin, name='日本 "€" \\ campaign')
+    response = client.get(f"/api/campaigns/{campaign['id']}/export", headers=admin)
+    assert response.status_code == 200
+    disposition = response.headers["content-disposition"]
+    fallback, encoded = disposition.split('filename="')[1].split('"; filename*=UTF-8\'\'')
+    assert fallback == "__ ___ _ campaign.pairs.consensus.jsonl"
+    assert unquote(encoded) == '日本 "€" \\ campaign.pairs.consensus.jsonl'

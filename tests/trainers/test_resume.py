@@ -157,3 +157,123 @@ def test_dpo_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeyp
     full, resumed = _crash_then_resume(tmp_path, monkeypatch, train_dpo, cfg, dpo_module, "batch_loss", 5)
     _assert_same_weights(full, resumed)
     assert [r["loss/dpo"] for r in _metrics(full)] == [r["loss/dpo"] for r in _metrics(resumed)]
+
+
+def _rm_config(tmp_path, data, run, resume=False, **top):
+    from tether.config import RewardConfig, validate
+
+    return validate(RewardConfig, {
+        "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(data), "max_length": 64, "holdout_fraction": 0.3},
+        "train": {"batch_size": 4, "max_steps": 7, "save_every": 3, "eval_every": 2, "log_every": 1, "learning_rate": 1e-3,
+                  "resume": resume},
+        "output_dir": str(tmp_path / run), **top,
+    })
+
+
+def test_reward_model_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch, tiny_data):
+    import tether.trainers.reward as rm_module
+    from tether.trainers.reward import train_reward
+
+    def cfg(run, resume=False):
+        return _rm_config(tmp_path, tiny_data["prefs"], run, resume)
+
+    # crash in step 5, after the checkpoint of step 3: mid-epoch (2 batches of 4 pairs per epoch), with the
+    # best eval step's weights so far (step 2) in the checkpoint
+    full, resumed = _crash_then_resume(tmp_path, monkeypatch, train_reward, cfg, rm_module, "pair_loss", 5)
+    _assert_same_weights(full, resumed)
+    drop = ("time",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _metrics(full)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in _metrics(resumed)
+    ]
+    assert any("eval/best_step" in r for r in _metrics(resumed))
+
+
+def test_reward_ensemble_resumes_member_by_member(tmp_path, monkeypatch, tiny_data):
+    import tether.trainers.reward as rm_module
+    from tether.trainers.reward import train_reward
+
+    def cfg(run, resume=False):
+        return _rm_config(tmp_path, tiny_data["prefs"], run, resume, ensemble_size=2)
+
+    # member 0 trains 7 steps; crash in member 1's step 5, after its checkpoint of step 3
+    full = train_reward(cfg("full"))
+    original, calls = rm_module.pair_loss, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7 + 5:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rm_module, "pair_loss", crashing)
+    with pytest.raises(RuntimeError):
+        train_reward(cfg("resumed"))
+    monkeypatch.undo()
+    out = tmp_path / "resumed"
+    assert (out / "member-0" / "DONE").is_file() and (out / "member-1" / "checkpoints" / "step-3").is_dir()
+    member_0 = (out / "member-0" / "model.safetensors").stat().st_mtime_ns
+
+    trained = []
+    original_one = rm_module.train_one
+    monkeypatch.setattr(rm_module, "train_one", lambda c: trained.append(c.output_dir) or original_one(c))
+    train_reward(cfg("resumed", resume=True))
+    assert trained == [str(out / "member-1")]  # the finished member is kept as it is
+    assert (out / "member-0" / "model.safetensors").stat().st_mtime_ns == member_0
+    for i in range(2):
+        _assert_same_weights(full / f"member-{i}", out / f"member-{i}")
+        assert [r["loss/reward"] for r in _metrics(full / f"member-{i}")] == [r["loss/reward"] for r in _metrics(out / f"member-{i}")]
+
+
+def test_reward_model_resume_keeps_the_best_eval_step_from_before_the_crash(tmp_path, monkeypatch, tiny_data):
+    import tether.trainers.reward as rm_module
+    from tether.trainers.reward import train_reward
+
+    def eval_by_weights(model, *args, **kwargs):
+        # a deterministic stand-in for eval accuracy that falls as the head's weights grow: the best eval
+        # is the first one (step 2), before the checkpoint of step 3, so only a restored best state keeps it
+        norm = float(model.classifier.weight.detach().norm())
+        return {"eval/loss": norm, "eval/accuracy": -norm, "eval/margin": 0.0}
+
+    monkeypatch.setattr(rm_module, "evaluate_pairs", eval_by_weights)
+    full = train_reward(_rm_config(tmp_path, tiny_data["prefs"], "full", normalize=False))
+    original, calls = rm_module.pair_loss, {"n": 0}
+
+    def crashing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("simulated crash")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(rm_module, "pair_loss", crashing)
+    with pytest.raises(RuntimeError):
+        train_reward(_rm_config(tmp_path, tiny_data["prefs"], "resumed", normalize=False))
+    monkeypatch.setattr(rm_module, "pair_loss", original)
+    resumed = train_reward(_rm_config(tmp_path, tiny_data["prefs"], "resumed", resume=True, normalize=False))
+    assert _metrics(full)[-1]["eval/best_step"] == _metrics(resumed)[-1]["eval/best_step"] == 2
+    _assert_same_weights(full, resumed)
+
+
+def test_resume_picks_the_newest_complete_checkpoint_and_its_metrics_rows(tmp_path):
+    import torch
+
+    from tether.config import SFTConfig
+    from tether.trainers.common import RunDir, save_state
+
+    def cfg(resume):
+        return SFTConfig(model={"name_or_path": "tiny-llama"}, data={"train": "x.jsonl"}, train={"resume": resume},
+                         output_dir=str(tmp_path / "run"))
+
+    run = RunDir(tmp_path / "run", cfg(False))
+    for step in (1, 2, 3):
+        run.log(step, {"loss": float(step)})
+        if step in (2, 3):
+            run.checkpoint(step, lambda p, s=step: save_state(p, step=s, w=torch.zeros(1)), keep=5)
+    run.log(3, {"eval/loss": 0.5})  # a second row of step 3, logged after its checkpoint
+    run.log(4, {"loss": 4.0})
+    ckpts = tmp_path / "run" / "checkpoints"
+    (ckpts / "step-4").mkdir()  # renamed but without trainer state (not written by tether; never trusted)
+    save_state(ckpts / "step-5.tmp", step=5)  # killed before the rename
+
+    resumed = RunDir(tmp_path / "run", cfg(True))
+    assert resumed.resume_from == ckpts / "step-3"
+    assert [(r["step"], "loss" in r) for r in _metrics(tmp_path / "run")] == [(1, True), (2, True), (3, True)]

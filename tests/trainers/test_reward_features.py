@@ -69,7 +69,7 @@ def test_rankings_train_with_grouped_batches_and_deduplicated_texts(tmp_path, js
 def test_best_checkpoint_keeps_the_best_eval_step(tiny_data, tmp_path, monkeypatch):
     accuracies = iter([0.5, 0.9, 0.6, 0.7])
     snapshots = {}
-    real_state = rm_mod.trainable_state
+    real_state = rm_mod.trainable_state_dict
 
     def fake_eval(*args, **kwargs):
         return {"eval/loss": 0.5, "eval/accuracy": next(accuracies), "eval/margin": 0.0}
@@ -80,7 +80,7 @@ def test_best_checkpoint_keeps_the_best_eval_step(tiny_data, tmp_path, monkeypat
         return state
 
     monkeypatch.setattr(rm_mod, "evaluate_pairs", fake_eval)
-    monkeypatch.setattr(rm_mod, "trainable_state", spy_state)
+    monkeypatch.setattr(rm_mod, "trainable_state_dict", spy_state)
     out = tmp_path / "best"
     train_reward(rm_config(tiny_data["prefs"], out, data={"holdout_fraction": 0.3}, train={"max_steps": 4, "eval_every": 1}, normalize=False))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
@@ -27,6 +29,7 @@ from tether.feedback.schemas import (
     MeOut,
     MyCampaignOut,
     ProgressOut,
+    RowId,
     TaskOut,
 )
 from tether.feedback.service import (
@@ -44,6 +47,13 @@ from tether.feedback.service import (
 from tether.storage import Campaign, FeedbackStore, Labeler, NotFound
 
 router = APIRouter(prefix="/api")
+
+
+def attachment(filename: str) -> str:
+    """A Content-Disposition header value for any file name (RFC 6266): an ASCII fallback, and the
+    name itself percent-encoded as UTF-8 (HTTP headers are Latin-1: a raw non-Latin name cannot be sent)."""
+    fallback = re.sub(r'[^\x20-\x7e]|["\\]', "_", filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _labeler_out(labeler: Labeler) -> LabelerOut:
@@ -72,21 +82,21 @@ def get_campaigns(_: Principal = Depends(admin_only), store: FeedbackStore = Dep
 
 
 @router.get("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["admin"])
-def get_campaign(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
+def get_campaign(campaign_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
     """One campaign."""
     return campaign_out(store.get_campaign(campaign_id))
 
 
 @router.patch("/campaigns/{campaign_id}", response_model=CampaignOut, tags=["admin"])
 def patch_campaign(
-    campaign_id: int, body: CampaignPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)
+    campaign_id: RowId, body: CampaignPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)
 ) -> CampaignOut:
     """Changes guidelines, status (active/closed) or the red-team model."""
     return campaign_out(store.update_campaign(campaign_id, body.guidelines, body.status, body.model_path))
 
 
 @router.post("/campaigns/{campaign_id}/items", response_model=CampaignOut, tags=["admin"])
-def post_items(campaign_id: int, body: ItemsIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
+def post_items(campaign_id: RowId, body: ItemsIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> CampaignOut:
     """Appends items to a campaign."""
     campaign = store.get_campaign(campaign_id)
     store.add_items(campaign_id, items_from_api(campaign.kind, body.items))
@@ -94,19 +104,19 @@ def post_items(campaign_id: int, body: ItemsIn, _: Principal = Depends(admin_onl
 
 
 @router.get("/campaigns/{campaign_id}/progress", response_model=ProgressOut, tags=["admin"])
-def get_progress(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> ProgressOut:
+def get_progress(campaign_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> ProgressOut:
     """Items, labels given and wanted, and per-labeler counts."""
     return progress_out(store, campaign_id)
 
 
 @router.get("/campaigns/{campaign_id}/agreement", response_model=AgreementOut, tags=["admin"])
-def get_agreement(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> AgreementOut:
+def get_agreement(campaign_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> AgreementOut:
     """Pairwise agreement, Krippendorff's alpha (ordinal), per-labeler numbers and outliers."""
     return agreement_out(store, store.get_campaign(campaign_id))
 
 
 @router.get("/campaigns/{campaign_id}/labels", response_model=list[LabelOut], tags=["admin"])
-def get_labels(campaign_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelOut]:
+def get_labels(campaign_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelOut]:
     """Every label of a campaign."""
     store.get_campaign(campaign_id)
     return [label_out(label) for label in store.list_labels(campaign_id)]
@@ -114,7 +124,7 @@ def get_labels(campaign_id: int, _: Principal = Depends(admin_only), store: Feed
 
 @router.get("/campaigns/{campaign_id}/export", tags=["admin"], response_class=StreamingResponse)
 def get_export(
-    campaign_id: int,
+    campaign_id: RowId,
     mode: ExportMode = Query(ExportMode.CONSENSUS),
     kind: ExportKind = Query(ExportKind.AUTO),
     _: Principal = Depends(admin_only),
@@ -129,8 +139,8 @@ def get_export(
         for record in records:
             yield record_json(record) + "\n"
 
-    filename = f"{campaign.name}.{chosen.value}.{mode.value}.jsonl".replace('"', "")
-    headers = {"Content-Disposition": f'attachment; filename="{filename}"'}
+    filename = f"{campaign.name}.{chosen.value}.{mode.value}.jsonl"
+    headers = {"Content-Disposition": attachment(filename)}
     return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
 
 
@@ -151,13 +161,13 @@ def get_labelers(_: Principal = Depends(admin_only), store: FeedbackStore = Depe
 
 
 @router.patch("/labelers/{labeler_id}", response_model=LabelerOut, tags=["admin"])
-def patch_labeler(labeler_id: int, body: LabelerPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerOut:
+def patch_labeler(labeler_id: RowId, body: LabelerPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerOut:
     """Enables or disables a labeler."""
     return _labeler_out(store.set_labeler_active(labeler_id, body.active))
 
 
 @router.post("/labelers/{labeler_id}/token", response_model=LabelerCreated, tags=["admin"])
-def post_labeler_token(labeler_id: int, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerCreated:
+def post_labeler_token(labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerCreated:
     """Gives a labeler a new token; the old one stops working."""
     token = store.rotate_token(labeler_id)
     labeler = next((lab for lab in store.list_labelers() if lab.id == labeler_id), None)
@@ -181,7 +191,7 @@ def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = D
     return out
 
 
-def _active_campaign(store: FeedbackStore, campaign_id: int) -> Campaign:
+def _active_campaign(store: FeedbackStore, campaign_id: RowId) -> Campaign:
     """The campaign if it is active; a closed one is not found for labelers."""
     campaign = store.get_campaign(campaign_id, count_items=False)
     if campaign.status != "active":
@@ -190,33 +200,33 @@ def _active_campaign(store: FeedbackStore, campaign_id: int) -> Campaign:
 
 
 @router.get("/campaigns/{campaign_id}/next", response_model=TaskOut, responses={204: {"description": "nothing left"}}, tags=["labeler"])
-def get_next(campaign_id: int, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> TaskOut | Response:
+def get_next(campaign_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> TaskOut | Response:
     """The labeler's current task (the same until answered or skipped); 204 when none is left."""
     task = current_task(store, _active_campaign(store, campaign_id), labeler)
     return task if task is not None else Response(status_code=204)
 
 
 @router.post("/assignments/{assignment_id}/label", response_model=LabelAck, tags=["labeler"])
-def post_label(assignment_id: int, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
+def post_label(assignment_id: RowId, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
     """Answers an assigned item (again: replaces the answer). Committed before the reply."""
     return submit_answer(store, labeler, assignment_id, body)
 
 
 @router.post("/assignments/{assignment_id}/skip", status_code=204, tags=["labeler"])
-def post_skip(assignment_id: int, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+def post_skip(assignment_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """Gives an item back; the labeler will not get it again."""
     store.skip(assignment_id, labeler.id)
     return Response(status_code=204)
 
 
 @router.post("/campaigns/{campaign_id}/redteam", response_model=LabelAck, tags=["labeler"])
-def post_redteam(campaign_id: int, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
+def post_redteam(campaign_id: RowId, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
     """Stores a red-team finding written from scratch (prompt, response, harm, better_response)."""
     return submit_free(store, labeler, _active_campaign(store, campaign_id), body)
 
 
 @router.post("/campaigns/{campaign_id}/generate", response_model=GenerateOut, tags=["labeler"])
-def post_generate(campaign_id: int, body: GenerateIn, _: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> GenerateOut:
+def post_generate(campaign_id: RowId, body: GenerateIn, _: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> GenerateOut:
     """The campaign model's answer to a red-team prompt (400 when no model is available)."""
     campaign = _active_campaign(store, campaign_id)
     return GenerateOut(response=generate_response(campaign.model_path, body.prompt))

@@ -19,10 +19,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tether import __version__
 from tether.errors import TetherError
 from tether.feedback.tasks import LabelError
-from tether.storage import Conflict, FeedbackStore, NotFound
+from tether.storage import Conflict, FeedbackStore, NotFound, Unavailable
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 32 * 1024 * 1024
+RETRY_AFTER_S = 5  # what a 503 (database locked or full) asks clients to wait before sending again
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
@@ -102,7 +103,9 @@ def _error(request: Request, status: int, message: str, headers: dict[str, str] 
         return JSONResponse({"detail": message}, status_code=status, headers=headers)
     if status == 401:
         return RedirectResponse("/login", status_code=303)
-    return render(request, "error.html", status_code=status, status=status, message=message)
+    page = render(request, "error.html", status_code=status, status=status, message=message)
+    page.headers.update(headers or {})
+    return page
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -117,6 +120,11 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Conflict)
     async def conflict(request: Request, exc: Conflict) -> Response:
         return _error(request, 409, str(exc))
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request: Request, exc: Unavailable) -> Response:
+        # the transaction was rolled back: the client keeps its answer and sends it again
+        return _error(request, 503, f"the database cannot store this now: {exc}", {"Retry-After": str(RETRY_AFTER_S)})
 
     @app.exception_handler(LabelError)
     async def bad_label(request: Request, exc: LabelError) -> Response:

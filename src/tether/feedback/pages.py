@@ -10,6 +10,7 @@ from tether.feedback.app import render
 from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, request_token, resolve_token
 from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
 from tether.feedback.export import ALLOWED, AUTO_KIND
+from tether.feedback.schemas import RowId
 from tether.feedback.service import agreement_out, current_task, progress_out, sample_items
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
 from tether.storage import Conflict, FeedbackStore, Labeler, NewItem, TaskKind
@@ -71,7 +72,7 @@ def queue(request: Request, labeler: Labeler = Depends(labeler_only), store: Fee
 
 
 @router.get("/label/{campaign_id}")
-def label_page(campaign_id: int, request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+def label_page(campaign_id: RowId, request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """The labeler's current task in a campaign, with the guidelines beside it."""
     campaign = store.get_campaign(campaign_id)
     if campaign.status != "active":
@@ -109,7 +110,7 @@ def admin_add_labeler(
 
 
 @router.post("/admin/labelers/{labeler_id}/token")
-def admin_rotate_token(labeler_id: int, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+def admin_rotate_token(labeler_id: RowId, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """Gives a labeler a new token and shows it once."""
     token = store.rotate_token(labeler_id)
     name = next(lab.name for lab in store.list_labelers() if lab.id == labeler_id)
@@ -117,7 +118,7 @@ def admin_rotate_token(labeler_id: int, request: Request, _: Principal = Depends
 
 
 @router.post("/admin/labelers/{labeler_id}/active")
-def admin_set_active(labeler_id: int, active: bool = Form(...), _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+def admin_set_active(labeler_id: RowId, active: bool = Form(...), _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """Enables or disables a labeler."""
     store.set_labeler_active(labeler_id, active)
     return _redirect("/admin")
@@ -180,7 +181,7 @@ async def create_campaign_page(
 
 
 @router.get("/admin/campaigns/{campaign_id}")
-def campaign_page(campaign_id: int, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+def campaign_page(campaign_id: RowId, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """A campaign: progress, agreement, outliers, export links, guidelines."""
     campaign = store.get_campaign(campaign_id)
     return render(
@@ -197,7 +198,7 @@ def campaign_page(campaign_id: int, request: Request, _: Principal = Depends(adm
 
 @router.post("/admin/campaigns/{campaign_id}")
 def campaign_update(
-    campaign_id: int,
+    campaign_id: RowId,
     guidelines: str | None = Form(None, max_length=100_000),
     status: str | None = Form(None, pattern="^(active|closed)$"),
     model_path: str | None = Form(None, max_length=1000),

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from tether.storage import PairChoice, TaskKind
@@ -12,6 +13,8 @@ from tether.storage import PairChoice, TaskKind
 MAX_TEXT = 100_000
 MAX_NOTE = 10_000
 Name = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f]+$")
+MAX_ROW_ID = 2**63 - 1  # SQL integer keys are signed 64-bit
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID, description="a row id")]
 
 
 class ItemIn(BaseModel):

@@ -16,6 +16,7 @@ from tether.storage.records import (
     StoreError,
     Task,
     TaskKind,
+    Unavailable,
 )
 from tether.storage.store import FeedbackStore
 
@@ -36,4 +37,5 @@ __all__ = [
     "StoreError",
     "Task",
     "TaskKind",
+    "Unavailable",
 ]

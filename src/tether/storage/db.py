@@ -23,11 +23,12 @@ BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "tether_write"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
     """Creates an engine for a database URL, tuned for SQLite when the URL is SQLite.
 
     Args:
         url: SQLAlchemy URL, e.g. `sqlite:///feedback.db` or `postgresql://user@host/db`.
+        busy_timeout_ms: SQLite only: how long a write waits for another connection's write lock.
 
     Returns:
         The engine. Use `engine.execution_options(tether_write=True)` for write transactions.
@@ -47,15 +48,15 @@ def make_engine(url: str) -> Engine:
         except ImportError as exc:
             raise ConfigError(f"--db: driver for {parsed.drivername!r} is not installed ({exc})") from None
     in_memory = parsed.database in (None, "", ":memory:")
-    kwargs: dict[str, object] = {"connect_args": {"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}}
+    kwargs: dict[str, object] = {"connect_args": {"check_same_thread": False, "timeout": busy_timeout_ms / 1000}}
     if in_memory:
         kwargs["poolclass"] = StaticPool
     engine = create_engine(url, **kwargs)
-    _configure_sqlite(engine, wal=not in_memory)
+    _configure_sqlite(engine, wal=not in_memory, busy_timeout_ms=busy_timeout_ms)
     return engine
 
 
-def _configure_sqlite(engine: Engine, wal: bool) -> None:
+def _configure_sqlite(engine: Engine, wal: bool, busy_timeout_ms: int) -> None:
     """Sets WAL, synchronous=FULL, foreign keys and explicit BEGIN handling on every connection."""
 
     @event.listens_for(engine, "connect")
@@ -65,7 +66,7 @@ def _configure_sqlite(engine: Engine, wal: bool) -> None:
         if wal:
             cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
@@ -73,6 +74,29 @@ def _configure_sqlite(engine: Engine, wal: bool) -> None:
     def _on_begin(conn: Connection) -> None:
         immediate = conn.get_execution_options().get(WRITE_OPTION, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+# SQLite result codes (primary, the low byte) of faults that pass: another writer, a full disk, I/O.
+SQLITE_FAULTS = {
+    5: "the database is locked by another connection (SQLITE_BUSY)",
+    6: "a table is locked (SQLITE_LOCKED)",
+    8: "the database is read-only (SQLITE_READONLY)",
+    10: "disk I/O error (SQLITE_IOERR)",
+    13: "the database or the disk is full (SQLITE_FULL)",
+    14: "the database file cannot be opened (SQLITE_CANTOPEN)",
+}
+
+
+def transient_fault(exc: OperationalError, dialect: str) -> str | None:
+    """What went wrong when a database error is a fault of the moment rather than a bug, else None.
+
+    SQLite: locked past the busy timeout, disk full, read-only, I/O errors (by result code). Other
+    databases: every OperationalError (connection lost, disk full, server shutting down).
+    """
+    if dialect != "sqlite":
+        return str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "database unavailable"
+    code = getattr(exc.orig, "sqlite_errorcode", None)
+    return SQLITE_FAULTS.get(code & 0xFF) if isinstance(code, int) else None
 
 
 def _migrate_1_to_2(conn: Connection) -> None:

@@ -159,3 +159,11 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The request conflicts with the stored state (duplicate name, closed campaign)."""
+
+
+class Unavailable(StoreError):
+    """The database cannot take the write now (locked past the busy timeout, disk full, I/O error).
+
+    The transaction was rolled back: nothing of the request was stored, and the same request can be
+    sent again once the fault clears.
+    """

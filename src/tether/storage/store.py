@@ -7,6 +7,9 @@ Concurrency rules, in one place:
   the same item twice, and a retried submission updates the label instead of adding one.
 - Every method is one transaction, committed before it returns: a label the app acknowledged is
   on disk.
+- A write the database cannot take now (locked by another process past the busy timeout, disk
+  full, I/O error) is rolled back and raises `Unavailable`: nothing is half stored, and the same
+  request succeeds once the fault clears.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
-from tether.storage.db import WRITE_OPTION, ensure_schema, make_engine
+from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, transient_fault
 from tether.storage.records import (
     Campaign,
     Conflict,
@@ -39,6 +42,7 @@ from tether.storage.records import (
     Progress,
     Task,
     TaskKind,
+    Unavailable,
 )
 from tether.storage.schema import (
     AssignmentRow,
@@ -69,14 +73,17 @@ class FeedbackStore:
 
     Args:
         url: SQLAlchemy database URL (`sqlite:///feedback.db`, `postgresql://...`).
+        busy_timeout_ms: SQLite only: how long a write waits for another process's write lock
+            before it fails with `Unavailable`.
 
     Raises:
         ConfigError: the database cannot be opened or is newer than this code.
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
         self.url = url
-        self.engine = make_engine(url)
+        self.busy_timeout_ms = busy_timeout_ms
+        self.engine = make_engine(url, busy_timeout_ms)
         self.previous_schema_version = ensure_schema(self.engine)
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
         # SQLite has one writer at a time: queue this process's writers on a lock rather than
@@ -89,14 +96,24 @@ class FeedbackStore:
 
     @contextmanager
     def _tx(self, write: bool = False) -> Iterator[Session]:
-        """Yields a session inside one transaction, committed on exit (rolled back on error)."""
-        if write and self._write_lock is not None:
-            with self._write_lock:
-                with Session(self._writer, expire_on_commit=False) as session, session.begin():
-                    yield session
-            return
-        with Session(self._writer if write else self.engine, expire_on_commit=False) as session, session.begin():
-            yield session
+        """Yields a session inside one transaction, committed on exit (rolled back on error).
+
+        Raises:
+            Unavailable: the database cannot take the transaction now (see `transient_fault`).
+        """
+        try:
+            if write and self._write_lock is not None:
+                with self._write_lock:
+                    with Session(self._writer, expire_on_commit=False) as session, session.begin():
+                        yield session
+                return
+            with Session(self._writer if write else self.engine, expire_on_commit=False) as session, session.begin():
+                yield session
+        except OperationalError as exc:
+            fault = transient_fault(exc, self.engine.dialect.name)
+            if fault is None:
+                raise
+            raise Unavailable(f"{fault}; nothing was stored, try again") from exc
 
     # ---- admin token -------------------------------------------------------------------------
 

@@ -67,17 +67,30 @@ class RunDir:
         if same_run and getattr(train, "resume", False):
             self.resume_from = self.last_checkpoint()
         if self.resume_from is not None:
-            self._truncate_metrics(checkpoint_step(self.resume_from))
+            self._truncate_metrics(self.resume_from)
         else:
             shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
             self.metrics_path.write_text("")
         self.start = time.time()
 
-    def _truncate_metrics(self, step: int) -> None:
-        """Keep the metrics logged up to `step` (the rows after it will be logged again)."""
-        rows = self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []
-        kept = [r for r in rows if r.strip() and json.loads(r).get("step", 0) <= step]
+    def _truncate_metrics(self, checkpoint: Path) -> None:
+        """Keep the metrics rows logged before `checkpoint` was written (the rows after it will be logged again).
+
+        A checkpoint records how many rows there were (`METRICS_ROWS_FILE`); older ones without it keep
+        the rows up to their step.
+        """
+        rows = [r for r in (self.metrics_path.read_text().splitlines() if self.metrics_path.is_file() else []) if r.strip()]
+        counted = checkpoint / METRICS_ROWS_FILE
+        if counted.is_file():
+            kept = rows[: int(counted.read_text())]
+        else:
+            kept = [r for r in rows if json.loads(r).get("step", 0) <= checkpoint_step(checkpoint)]
         self.metrics_path.write_text("".join(r + "\n" for r in kept))
+
+    def _metrics_rows(self) -> int:
+        if not self.metrics_path.is_file():
+            return 0
+        return sum(1 for r in self.metrics_path.read_text().splitlines() if r.strip())
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append one line of metrics (floats) for `step`."""
@@ -93,6 +106,7 @@ class RunDir:
         tmp, final = root / f"step-{step}.tmp", root / f"step-{step}"
         shutil.rmtree(tmp, ignore_errors=True)
         save(tmp)
+        (tmp / METRICS_ROWS_FILE).write_text(str(self._metrics_rows()))
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted(root.glob("step-*[0-9]"), key=lambda p: int(p.name.split("-")[1]))[:-keep]:
@@ -108,6 +122,12 @@ class RunDir:
 
     def finish(self, summary: dict | None = None) -> None:
         (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
+
+
+def finished_with(out: Path, cfg: Strict) -> bool:
+    """True when `out` holds a finished run of the same config (see `same_config`)."""
+    saved = out / "config.yaml"
+    return is_done(out) and saved.is_file() and same_config(saved.read_text(), cfg)
 
 
 def same_config(saved_text: str, cfg: Strict) -> bool:
@@ -137,6 +157,7 @@ def checkpoint_step(path: Path) -> int:
 
 
 STATE_FILE = "trainer_state.pt"
+METRICS_ROWS_FILE = "metrics_rows"
 
 
 def rng_state() -> dict:
@@ -164,6 +185,20 @@ def save_state(path: Path, **state) -> None:
 def load_state(path: Path) -> dict:
     """Read what `save_state` wrote (restores nothing by itself)."""
     return torch.load(path / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def resume_training(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler=None,
+                    model_key: str = "model") -> dict:
+    """Restore checkpoint `path` into a trainer: trainable weights (under `model_key`), optimizer, LR schedule
+    (if given) and every RNG. Returns the whole saved state, for the trainer's own counters and data order."""
+    state = load_state(path)
+    load_trainable_state_dict(model, state[model_key])
+    optimizer.load_state_dict(state["optimizer"])
+    if scheduler is not None:
+        scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])
+    console.print(f"resumed from {path} (step {state['step']})")
+    return state
 
 
 def trainable_state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -40,9 +40,8 @@ from tether.models.load import (
 from tether.models.logprobs import response_logprobs, sequence_logprobs
 from tether.rollout.generate import generate
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, load_state,
-    load_trainable_state_dict, make_optimizer, make_scheduler, next_batch, progress, save_state, set_rng_state,
-    set_seed, total_steps, trainable_state_dict,
+    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler,
+    next_batch, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
 from tether.types import SFTBatch
@@ -418,14 +417,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     step, metrics, order = 0, {}, []
     accum = cfg.train.grad_accum_steps
     if run.resume_from is not None:
-        state = load_state(run.resume_from)
-        load_trainable_state_dict(policy, state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = resume_training(run.resume_from, policy, optimizer, scheduler, model_key="policy")
         step, order = state["step"], state["order"]
         rng.setstate(state["order_rng"])
-        set_rng_state(state["rng"])
-        console.print(f"dpo: resumed from {run.resume_from} (step {step})")
 
     def save(path: Path) -> None:
         save_causal_lm(policy, tokenizer, path)

@@ -37,8 +37,8 @@ from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_ad
 from tether.rl.kl import kl_estimate
 from tether.rl.rewards import compute_rewards
 from tether.trainers.common import (
-    RunDir, StopSignal, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict,
-    next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
+    RunDir, StopSignal, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
+    set_seed, trainable_state_dict,
 )
 from tether.trainers.ppo import Models, check_rollout_logprobs, initial_score_stats, load_models, make_rollout
 from tether.types import Rollout
@@ -125,13 +125,10 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     order: list[int] = []
     start = 1
     if run.resume_from is not None:
-        state = load_state(run.resume_from)
-        load_trainable_state_dict(m.policy, state["policy"])
+        state = resume_training(run.resume_from, m.policy, optimizer, model_key="policy")
         m.backend.sync_weights(m.policy)
-        optimizer.load_state_dict(state["optimizer"])
         score_shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
         rng.setstate(state["order_rng"])
-        set_rng_state(state["rng"])
     elif cfg.grpo.normalize_scores:
         score_shift = initial_score_stats(cfg, m, prompts, device)
     else:

@@ -40,8 +40,8 @@ from tether.rl.rewards import compute_rewards
 from tether.rollout.backends import GenerationBackend, make_backend, require_backend
 from tether.rollout.generate import decode_responses
 from tether.trainers.common import (
-    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, load_state, load_trainable_state_dict,
-    next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
+    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
+    set_seed, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
 from tether.types import Rollout
@@ -316,18 +316,14 @@ def train_ppo(cfg: PPOConfig) -> Path:
     order: list[int] = []
     start = 1
     if run.resume_from is not None:
-        state = load_state(run.resume_from)
+        state = resume_training(run.resume_from, m.policy, optimizer, model_key="policy")
         score_shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
-        load_trainable_state_dict(m.policy, state["policy"])
         m.backend.sync_weights(m.policy)
         m.value_model.load_state_dict(state["value_model"])
-        optimizer.load_state_dict(state["optimizer"])
         kl_ctl.load_state_dict(state["kl_controller"])
         rng.setstate(state["order_rng"])
         if judge is not None:
             judge.history = state["judge_history"]
-        set_rng_state(state["rng"])
-        console.print(f"ppo: resumed from {run.resume_from} (step {start - 1})")
     else:
         score_shift = initial_score_stats(cfg, m, prompts, device)
     (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))

@@ -7,6 +7,10 @@ Classifier (`kind: classifier`): cross-entropy of a 2-class head on labelled com
 logit is the reward. Either way the best eval step's weights are kept (`select_best`), the scores are
 normalised (gain/bias in tether_reward.json), and `ensemble_size: N` trains N members with different seeds
 (so different head initialisations and data orders) into `output_dir/member-i` plus an ensemble manifest.
+
+Checkpoints (`train.save_every`, and on SIGTERM/SIGINT) hold everything a resumed run needs to continue
+exactly: the trainable weights, optimizer, schedule, the epoch's remaining batches and their RNG, every
+RNG, the last metrics and the best eval step's weights; `train.resume=true` continues from the newest.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from tether.losses.reward import bradley_terry_loss
 from tether.models.load import apply_lora, count_parameters, resolve_device, resolve_dtype, set_threads
 from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
 from tether.trainers.common import (
-    RunDir, autocast, check_finite, console, fmt, length_grouped_order, make_optimizer, make_scheduler, progress, set_seed, total_steps,
+    RunDir, StopSignal, autocast, check_finite, console, finished_with, fmt, interrupted, length_grouped_order,
+    make_optimizer, make_scheduler, progress, resume_training, save_state, set_seed, total_steps,
+    trainable_state_dict,
 )
 from tether.trainers.sft import check_context
 from tether.types import BinaryFeedbackExample, PreferenceExample, PreferenceTie
@@ -144,11 +150,6 @@ def evaluate_labels(model, tokenizer, examples: list[BinaryFeedbackExample], tem
 # --------------------------------------------------------------------------- best checkpoint and normalisation
 
 
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    """A CPU copy of the parameters that train (frozen ones never change, so they are not copied)."""
-    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
-
-
 def is_better(new: dict[str, float], best: dict[str, float] | None) -> bool:
     """Higher eval accuracy wins; equal accuracy is broken by lower eval loss."""
     if best is None:
@@ -259,7 +260,8 @@ def train_reward(cfg: RewardConfig) -> Path:
 
     Raises:
         DataError, ConfigError, ModelError: before training.
-        TrainingError: on a NaN/inf loss.
+        TrainingError: on a NaN/inf loss (the last good checkpoint is kept), or a stop signal (after
+            writing a checkpoint).
     """
     if cfg.ensemble_size > 1:
         return train_ensemble(cfg)
@@ -268,7 +270,10 @@ def train_reward(cfg: RewardConfig) -> Path:
 
 def train_ensemble(cfg: RewardConfig) -> Path:
     """N members with seeds train.seed + i in `output_dir/member-i`, and the manifest that makes
-    `output_dir` load as an `EnsembleReward` (Lakshminarayanan et al. 2017; Coste et al. 2023)."""
+    `output_dir` load as an `EnsembleReward` (Lakshminarayanan et al. 2017; Coste et al. 2023).
+
+    With `train.resume`, a finished member (same config) is kept and the others resume from their own
+    newest checkpoint."""
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
     members: list[str] = []
     for i in range(cfg.ensemble_size):
@@ -276,9 +281,12 @@ def train_ensemble(cfg: RewardConfig) -> Path:
             "ensemble_size": 1, "output_dir": str(run.path / f"member-{i}"), "overwrite": True,
             "train": cfg.train.model_copy(update={"seed": cfg.train.seed + i}),
         })
-        console.print(f"rm: ensemble member {i + 1} of {cfg.ensemble_size} (seed {cfg.train.seed + i})")
-        train_one(member)
         members.append(f"member-{i}")
+        if cfg.train.resume and finished_with(Path(member.output_dir), member):
+            console.print(f"rm: ensemble member {i + 1} of {cfg.ensemble_size} already trained; kept")
+            continue
+        console.print(f"rm: ensemble member {i + 1} of {cfg.ensemble_size} (seed {cfg.train.seed + i})")
+        train_one(member)  # with train.resume, continues from the member's own newest checkpoint
     write_ensemble_manifest(run.path, members, cfg.ensemble_combine, cfg.ensemble_k)
     run.finish({"members": members})
     console.print(f"rm: ensemble of {len(members)} in {run.path}")
@@ -330,8 +338,21 @@ def train_one(cfg: RewardConfig) -> Path:
     step, metrics, queue = 0, {}, []
     best, best_state, best_step = None, None, 0
     accum = cfg.train.grad_accum_steps
-    with progress() as bar:
-        task = bar.add_task("rm", total=steps, info="")
+    if run.resume_from is not None:
+        state = resume_training(run.resume_from, model, optimizer, scheduler)
+        step, queue, metrics = state["step"], state["queue"], state["metrics"]
+        best, best_state, best_step = state["best"], state["best_state"], state["best_step"]
+        rng.setstate(state["order_rng"])
+
+    def save(path: Path) -> None:
+        save_state(
+            path, step=step, model=trainable_state_dict(model), optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), queue=queue, order_rng=rng.getstate(), metrics=metrics,
+            best=best, best_state=best_state, best_step=best_step,
+        )
+
+    with progress() as bar, StopSignal() as stop:
+        task = bar.add_task("rm", total=steps, completed=step, info="")
         while step < steps:
             for _ in range(accum):
                 if not queue:
@@ -345,7 +366,7 @@ def train_one(cfg: RewardConfig) -> Path:
                     else:
                         chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta)
                         loss, m = pair_loss(chosen, rejected, batch)
-                check_finite(loss, step, run)
+                check_finite(loss, step + 1, run)
                 (loss / accum).backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
             optimizer.step()
@@ -356,10 +377,14 @@ def train_one(cfg: RewardConfig) -> Path:
             if evals and cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == steps):
                 metrics.update(evaluate())
                 if cfg.select_best and is_better(metrics, best):
-                    best, best_state, best_step = dict(metrics), trainable_state(model), step
+                    best, best_state, best_step = dict(metrics), trainable_state_dict(model), step
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log(step, metrics)
             bar.update(task, advance=1, info=fmt(metrics, ["loss/reward", "loss/classifier", "rm/accuracy", "eval/accuracy"]))
+            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                ckpt = run.checkpoint(step, save)
+                if stop.requested:
+                    raise interrupted(step, ckpt)
 
     # 4. best eval step's weights, final eval, normalisation, save
     if best_state is not None and best_step != step:

@@ -15,9 +15,8 @@ from tether.losses.sft import sft_loss
 from tether.models.load import apply_lora, count_parameters, load_causal_lm, resolve_device, save_causal_lm, set_threads
 from tether.models.logprobs import forward_logits
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, load_state,
-    load_trainable_state_dict, make_optimizer, make_scheduler, progress, save_state, set_rng_state, set_seed,
-    total_steps, trainable_state_dict,
+    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, make_optimizer,
+    make_scheduler, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
 
 
@@ -95,13 +94,8 @@ def train_sft(cfg: SFTConfig) -> Path:
     step, epoch, start_i, metrics = 0, 0, 0, {}
     accum = cfg.train.grad_accum_steps
     if run.resume_from is not None:
-        state = load_state(run.resume_from)
-        load_trainable_state_dict(model, state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        state = resume_training(run.resume_from, model, optimizer, scheduler)
         step, epoch, start_i = state["step"], state["epoch"], state["next_batch"]
-        set_rng_state(state["rng"])
-        console.print(f"sft: resumed from {run.resume_from} (step {step})")
 
     def save(path: Path) -> None:
         save_causal_lm(model, tokenizer, path)
