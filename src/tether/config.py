@@ -40,8 +40,8 @@ class ModelConfig(Strict):
         ..., description="HF hub id, local directory, or a tiny random model: tiny-llama, tiny-gpt2, tiny-bert"
     )
     tokenizer: str | None = Field(None, description="tokenizer path if not the model's")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU (float64: numerical checks on CPU)"
     )
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
