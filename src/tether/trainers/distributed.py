@@ -63,6 +63,7 @@ class Distributed:
         device = resolve_device(train.device)
         self.grad_accum_steps = grad_accum_steps or train.grad_accum_steps
         self.accelerator = None
+        self._wrapped: dict[int, torch.nn.Module] = {}
         if launched():
             from accelerate import Accelerator
 
@@ -136,6 +137,12 @@ class Distributed:
         """
         if self.accelerator is None:
             return objs if len(objs) > 1 else objs[0]
+        prepared = self.accelerator.prepare(*objs)
+        prepared = prepared if len(objs) > 1 else (prepared,)
+        for plain, wrapped in zip(objs, prepared):
+            if isinstance(plain, torch.nn.Module):
+                self._wrapped[id(plain)] = wrapped
+        return prepared if len(objs) > 1 else prepared[0]
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is not None:
             ds = plugin.deepspeed_config
@@ -143,7 +150,11 @@ class Distributed:
                 ds["train_micro_batch_size_per_gpu"] = micro_batch_size
             if max_grad_norm is not None and ds.get("gradient_clipping", "auto") == "auto":
                 ds["gradient_clipping"] = max_grad_norm
-        return self.accelerator.prepare(*objs)
+
+    def wrapped(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The DDP/FSDP/DeepSpeed wrapper `prepare` made around the plain `model` (the model itself if none):
+        training forward passes go through it so that gradients are reduced."""
+        return self._wrapped.get(id(model), model)
 
     def unwrap(self, model: torch.nn.Module) -> torch.nn.Module:
         """The plain model inside a DDP/FSDP/DeepSpeed wrapper (it shares the wrapper's parameters)."""
@@ -186,7 +197,7 @@ class Distributed:
         start = self.process_index * base + min(self.process_index, extra)
         return start, start + base + (self.process_index < extra)
 
-    def shard(self, items: Sequence) -> tuple[list, int]:
+    def shard(self, items: Sequence) -> tuple[Sequence, int]:
         """This process's part of a global batch, and how many of its rows are real.
 
         A process whose part is empty (a global batch smaller than P) gets the batch's first row as a
@@ -194,8 +205,7 @@ class Distributed:
         and its loss is weighted by `share(0)` = 0.
         """
         start, stop = self.shard_range(len(items))
-        part = list(items[start:stop])
-        return (part, len(part)) if part else ([items[0]], 0)
+        return (items[start:stop], stop - start) if stop > start else (items[:1], 0)
 
     def sum(self, value: float | torch.Tensor) -> float:
         """Sum over processes."""
@@ -203,6 +213,13 @@ class Distributed:
             return float(value)
         t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
         return float(self.accelerator.reduce(t, "sum").item())
+
+    def max(self, value: float) -> float:
+        """Maximum over processes."""
+        if self.accelerator is None:
+            return float(value)
+        t = torch.tensor([float(value)], dtype=torch.float64, device=self.device)
+        return float(self.accelerator.reduce(t, "max").item())
 
     def any(self, flag: bool) -> bool:
         """True on every process when it is True on any."""
@@ -320,19 +337,22 @@ class Distributed:
             tokenizer.save_pretrained(out_dir)
         self.wait()
 
-    def sample_seeds(self, seed: int, stream: str, indices: range, mode: str = "auto") -> list[int] | None:
-        """Per-sample seeds for `generate` (`rollout/seeding.py`), or None for torch's global generator.
-
-        Args:
-            mode: per_sample, global, or auto (per_sample with several processes, else global).
+    def per_sample(self, mode: str = "auto") -> bool:
+        """Whether generation is seeded per sample (`rollout/seeding.py`): mode per_sample, or auto with
+        several processes; global keeps torch's generator.
 
         Raises:
-            ConfigError: mode global with several processes (the processes would share one noise stream).
+            ConfigError: mode global with several processes (they would share one noise stream).
         """
         if mode == "global" and self.num_processes > 1:
-            raise ConfigError("rollout seeding 'global' needs one process; use per_sample (or auto) with several")
-        if mode == "per_sample" or (mode == "auto" and self.num_processes > 1):
-            from tether.rollout.seeding import sample_seeds
+            raise ConfigError("ppo.rollout_seeding=global needs one process; use per_sample (or auto) with several")
+        return mode == "per_sample" or (mode == "auto" and self.num_processes > 1)
 
-            return sample_seeds(seed, stream, indices)
-        return None
+    def sample_seeds(self, seed: int, stream: str, indices: range, mode: str = "auto") -> list[int] | None:
+        """Per-sample seeds of the global sample `indices` for `generate`, or None for torch's generator
+        (see `per_sample`)."""
+        if not self.per_sample(mode):
+            return None
+        from tether.rollout.seeding import sample_seeds
+
+        return sample_seeds(seed, stream, indices)
