@@ -22,7 +22,7 @@ import contextlib
 import math
 import os
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -321,14 +321,15 @@ class Distributed:
         else:
             yield plain
 
-    def save_model(self, model: torch.nn.Module, tokenizer, out_dir: str | Path) -> None:
-        """Write the model in Hugging Face format from the main process (LoRA merged, as `save_causal_lm`).
+    def save_model(self, model: torch.nn.Module, tokenizer, out_dir: str | Path, save: Callable = save_causal_lm) -> None:
+        """Write the model in Hugging Face format from the main process with `save(model, tokenizer, out_dir)`
+        (`save_causal_lm`: LoRA merged, adapters kept).
 
         Under FSDP and ZeRO-3 the full state dict is gathered first, which every process takes part in.
         """
         if not self.sharded:
             if self.is_main:
-                save_causal_lm(self.unwrap(model), tokenizer, out_dir)
+                save(self.unwrap(model), tokenizer, out_dir)
             return
         state = self.accelerator.get_state_dict(model)
         if self.is_main:

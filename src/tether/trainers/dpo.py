@@ -543,7 +543,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         if dist.is_main:
             policy.save_pretrained(run.path / "adapter")
         policy = policy.merge_and_unload()
-    dist.save_model(policy, tokenizer, run.path)
+    dist.save_model(policy, tokenizer, run.path, save_causal_lm)
     if dist.is_main:
         DPOMeta(
             reference=cfg.model.name_or_path, beta=params.beta, loss=params.loss, label_smoothing=params.label_smoothing,

@@ -206,7 +206,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
                     raise interrupted(step, ckpt)
 
     # 6. final policy
-    dist.save_model(m.policy, m.tokenizer, run.path)
+    dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"{cfg.grpo.algorithm}: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path

@@ -482,7 +482,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 raise TrainingError(f"{exc}; the state at that moment is saved in {ckpt}") from None
 
     # 6. final policy in Hugging Face format
-    dist.save_model(m.policy, m.tokenizer, run.path)
+    dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"ppo: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path

@@ -166,7 +166,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if eval_items:
         metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device, dist))
         run.log(step, metrics)
-    dist.save_model(model, tokenizer, run.path)
+    dist.save_model(model, tokenizer, run.path, save_causal_lm)
     run.finish({"steps": step, **metrics})
     console.print(f"sft: done, model in {run.path}")
     return run.path
