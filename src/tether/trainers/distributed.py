@@ -179,8 +179,10 @@ class Distributed:
         if self.accelerator is None:
             (loss / micro_batches).backward()
             return
-        # Accelerate (or DeepSpeed) divides by grad_accum_steps itself
-        self.accelerator.backward(loss if micro_batches == self.grad_accum_steps else loss * (self.grad_accum_steps / micro_batches))
+        # Accelerate (or DeepSpeed) divides by its own accumulation steps (`accelerate launch
+        # --gradient_accumulation_steps` may set them); the micro-batch boundaries are the trainer's
+        theirs = self.accelerator.gradient_accumulation_steps
+        self.accelerator.backward(loss if micro_batches == theirs else loss * (theirs / micro_batches))
 
     def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
         """Clip the (already reduced) gradients to `max_norm`; returns the norm before clipping."""

@@ -23,6 +23,7 @@ from tether.data.tokenize import reward_texts, tokenize_for_reward, tokenize_pro
 from tether.errors import ConfigError
 from tether.losses.classifier import classifier_loss, tied_bradley_terry_loss
 from tether.losses.reward import bradley_terry_loss
+from tether.ops import upcast
 from tether.models.load import apply_lora, count_parameters, resolve_dtype, set_threads
 from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
 from tether.trainers.common import (
@@ -106,7 +107,7 @@ def label_logits(model, tokenizer, batch: list[BinaryFeedbackExample], template:
     """Class logits of labelled completions: (B, 2)."""
     texts = reward_texts([e.prompt for e in batch], [e.completion for e in batch], template)
     ids, mask = tokenize_for_reward(tokenizer, texts, max_length)
-    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    return upcast(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits)
 
 
 @torch.no_grad()
