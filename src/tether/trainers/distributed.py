@@ -137,12 +137,6 @@ class Distributed:
         """
         if self.accelerator is None:
             return objs if len(objs) > 1 else objs[0]
-        prepared = self.accelerator.prepare(*objs)
-        prepared = prepared if len(objs) > 1 else (prepared,)
-        for plain, wrapped in zip(objs, prepared):
-            if isinstance(plain, torch.nn.Module):
-                self._wrapped[id(plain)] = wrapped
-        return prepared if len(objs) > 1 else prepared[0]
         plugin = self.accelerator.state.deepspeed_plugin
         if plugin is not None:
             ds = plugin.deepspeed_config
@@ -150,6 +144,12 @@ class Distributed:
                 ds["train_micro_batch_size_per_gpu"] = micro_batch_size
             if max_grad_norm is not None and ds.get("gradient_clipping", "auto") == "auto":
                 ds["gradient_clipping"] = max_grad_norm
+        prepared = self.accelerator.prepare(*objs)
+        prepared = prepared if len(objs) > 1 else (prepared,)
+        for plain, wrapped in zip(objs, prepared):
+            if isinstance(plain, torch.nn.Module):
+                self._wrapped[id(plain)] = wrapped
+        return prepared if len(objs) > 1 else prepared[0]
 
     def wrapped(self, model: torch.nn.Module) -> torch.nn.Module:
         """The DDP/FSDP/DeepSpeed wrapper `prepare` made around the plain `model` (the model itself if none):
