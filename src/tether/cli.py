@@ -203,7 +203,8 @@ def dispatch(args, argv: list[str]) -> int:
     if args.command in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo"):
         cfg = load_config(CONFIGS[args.command], args.config, args.overrides)
         out = _runners()[args.command](cfg)
-        print(out)
+        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process answers
+            print(out)
         return 0
     if args.command == "eval":
         result = _runners()["eval"](_eval_config(args))

@@ -40,8 +40,8 @@ class ModelConfig(Strict):
         ..., description="HF hub id, local directory, or a tiny random model: tiny-llama, tiny-gpt2, tiny-bert"
     )
     tokenizer: str | None = Field(None, description="tokenizer path if not the model's")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bfloat16 on CUDA, float32 on CPU"
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "float64"] = Field(
+        "auto", description="auto: bfloat16 on CUDA, float32 on CPU (float64: numerical checks on CPU)"
     )
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
@@ -250,6 +250,13 @@ class PPOParams(Strict):
     reward_threshold: float | None = Field(None, description="stop when the mean score reaches this")
     kl_budget: float | None = Field(None, gt=0.0, description="stop when the mean summed KL to the reference exceeds this")
     check_rollout_logprobs: bool = Field(True, description="assert rollout logprobs equal a fresh forward pass")
+    rollout_seeding: Literal["auto", "global", "per_sample"] = Field(
+        "auto",
+        description="global: sampling and minibatch order draw from torch's generator, seeded once by train.seed; "
+        "per_sample: each response has its own generator seeded from (train.seed, step, sample index) and minibatches "
+        "one seeded from (train.seed, step), so a run samples the same on any number of processes; "
+        "auto: per_sample with several processes, else global",
+    )
 
 
 class JudgeMonitor(Strict):

@@ -13,6 +13,7 @@ __all__ = [
     "masked_mean",
     "masked_var",
     "masked_whiten",
+    "upcast",
     "gather_logprobs",
     "entropy_from_logits",
     "first_true_indices",
@@ -106,22 +107,27 @@ def masked_whiten(
     return torch.where(mask.bool(), whitened, torch.zeros_like(whitened))
 
 
+def upcast(values: torch.Tensor) -> torch.Tensor:
+    """`values` in float32, or unchanged when already float64: losses are computed in float32 or wider."""
+    return values if values.dtype == torch.float64 else values.float()
+
+
 def gather_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Log-probability of each label under the softmax of `logits`.
 
-    Computes `logits[label] - logsumexp(logits)` in float32, which is what `log_softmax(...).gather(...)`
-    gives without materialising a second (B, T, V) tensor of log-probabilities.
+    Computes `logits[label] - logsumexp(logits)` in float32 (float64 for float64 logits), which is what
+    `log_softmax(...).gather(...)` gives without materialising a second (B, T, V) tensor of log-probabilities.
 
     Args:
         logits: (B, T, V), any floating dtype; `logits[:, t]` predicts `labels[:, t]`.
         labels: (B, T) long token ids in [0, V).
 
     Returns:
-        (B, T) float32 log-probabilities.
+        (B, T) float32 log-probabilities (float64 for float64 logits).
     """
-    label_logits = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1).float()  # (B, T)
+    label_logits = upcast(logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1))  # (B, T)
     if logits.dtype in (torch.float32, torch.float64):
-        normalisers = torch.logsumexp(logits, dim=-1).float()  # (B, T)
+        normalisers = upcast(torch.logsumexp(logits, dim=-1))  # (B, T)
     else:
         # one row at a time keeps the float32 copy of half-precision logits to (T, V)
         normalisers = torch.stack([torch.logsumexp(row.float(), dim=-1) for row in logits])  # (B, T)
@@ -137,9 +143,9 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
         logits: (B, T, V).
 
     Returns:
-        (B, T) float32 entropies in nats.
+        (B, T) float32 entropies in nats (float64 for float64 logits).
     """
-    logits = logits.float()
+    logits = upcast(logits)
     probs = torch.softmax(logits, dim=-1)  # (B, T, V)
     return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)
 

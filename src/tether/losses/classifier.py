@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tether.ops import upcast
+
 __all__ = ["classifier_loss", "classifier_reward", "tied_bradley_terry_loss"]
 
 
@@ -16,9 +18,9 @@ def classifier_reward(logits: torch.Tensor, positive_index: int = 1) -> torch.Te
         positive_index: the column of the desirable class.
 
     Returns:
-        (B,) float32 scores.
+        (B,) float32 scores (float64 for float64 logits).
     """
-    return logits[:, positive_index].float()
+    return upcast(logits[:, positive_index])
 
 
 def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -33,7 +35,7 @@ def classifier_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.T
         equals the label), `rm/positive_fraction` (fraction of labels that are 1).
     """
     labels = labels.long()
-    loss = F.cross_entropy(logits.float(), labels)
+    loss = F.cross_entropy(upcast(logits), labels)
     with torch.no_grad():
         metrics = {
             "loss/classifier": loss.item(),

@@ -10,6 +10,7 @@ from torch import nn
 from tether.errors import ModelError
 from tether.models.load import disable_dropout, resolve_path
 from tether.models.logprobs import position_ids_from_mask
+from tether.ops import upcast
 
 
 class ValueModel(nn.Module):
@@ -52,13 +53,13 @@ class ValueModel(nn.Module):
         return cls(backbone, backbone.config.hidden_size).to(dtype)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token values: (B, T) -> (B, T) float32."""
+        """Per-token values: (B, T) -> (B, T) float32 (float64 for a float64 model)."""
         out = self.backbone(
             input_ids=input_ids, attention_mask=attention_mask,
             position_ids=position_ids_from_mask(attention_mask), use_cache=False,
         )
         hidden = out.last_hidden_state  # (B, T, H)
-        return self.head(hidden).squeeze(-1).float()  # (B, T)
+        return upcast(self.head(hidden).squeeze(-1))  # (B, T)
 
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from tether.ops import entropy_from_logits, gather_logprobs
+from tether.ops import entropy_from_logits, gather_logprobs, upcast
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -47,7 +47,7 @@ def response_logprobs(
         logprobs (B, T_r), and entropy (B, T_r) if `with_entropy`.
     """
     logits = forward_logits(model, sequences, attention_mask)  # (B, T, V)
-    logits = logits[:, prompt_length - 1 : -1].float() / temperature  # (B, T_r, V) predicts responses
+    logits = upcast(logits[:, prompt_length - 1 : -1]) / temperature  # (B, T_r, V) predicts responses
     labels = sequences[:, prompt_length:]  # (B, T_r)
     logprobs = gather_logprobs(logits, labels)  # (B, T_r)
     if with_entropy:
@@ -66,7 +66,7 @@ def sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention_mask:
     Returns:
         (B,) float32.
     """
-    logits = forward_logits(model, input_ids, attention_mask)[:, :-1].float()  # (B, T-1, V)
+    logits = upcast(forward_logits(model, input_ids, attention_mask)[:, :-1])  # (B, T-1, V)
     logprobs = gather_logprobs(logits, input_ids[:, 1:])  # (B, T-1)
     mask = loss_mask[:, 1:].to(logprobs.dtype)
     total = (logprobs * mask).sum(-1)

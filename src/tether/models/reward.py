@@ -25,6 +25,7 @@ from tether.data.tokenize import reward_texts, tokenize_for_reward
 from tether.errors import ModelError
 from tether.models.load import check_model_path, disable_dropout, load_tokenizer, resolve_path
 from tether.models.tiny import TINY_NAMES, tiny_sequence_classifier
+from tether.ops import upcast
 
 META_FILE = "tether_reward.json"
 ENSEMBLE_FILE = "tether_ensemble.json"
@@ -281,7 +282,7 @@ def head_scores(logits: torch.Tensor, meta: RewardMeta) -> torch.Tensor:
         from tether.losses.classifier import classifier_reward
 
         return classifier_reward(logits, meta.positive_index)
-    return logits[:, 0].float()
+    return upcast(logits[:, 0])
 
 
 # --------------------------------------------------------------------------- ensembles

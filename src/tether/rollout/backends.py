@@ -55,8 +55,13 @@ VLLM_MIN_VERSION = "0.10.2"  # the first release with `logprobs_mode` (logprobs 
 class GenerationBackend(Protocol):
     """What the trainers need from a generation engine."""
 
-    def generate(self, prompt_ids: list[list[int]], return_sampling_logprobs: bool = False) -> Generation:
+    def generate(
+        self, prompt_ids: list[list[int]], return_sampling_logprobs: bool = False, seeds: list[int] | None = None
+    ) -> Generation:
         """One sampled response per prompt (B lists of token ids, already formatted and truncated).
+
+        `seeds`: one sampling seed per prompt (`rollout/seeding.py`), so a response does not depend on the
+        batch or process it is generated in; None: the engine's own stream of randomness.
 
         Returns a `Generation`: left-padded prompts (B, T_p), responses (B, T_r) cut at the first EOS,
         response_mask (B, T_r), ended (B,), and with `return_sampling_logprobs` the engine's own
@@ -75,8 +80,10 @@ class HFBackend:
     def __init__(self, policy: nn.Module, tokenizer, gen: RolloutGenerationConfig, device: torch.device):
         self.policy, self.tokenizer, self.gen, self.device = policy, tokenizer, gen, device
 
-    def generate(self, prompt_ids: list[list[int]], return_sampling_logprobs: bool = False) -> Generation:
-        return generate(self.policy, self.tokenizer, prompt_ids, self.gen, self.device, return_sampling_logprobs)
+    def generate(
+        self, prompt_ids: list[list[int]], return_sampling_logprobs: bool = False, seeds: list[int] | None = None
+    ) -> Generation:
+        return generate(self.policy, self.tokenizer, prompt_ids, self.gen, self.device, return_sampling_logprobs, seeds)
 
     def sync_weights(self, policy: nn.Module) -> None:
         """Nothing to copy: generation runs on the very module the optimizer updates."""
@@ -194,12 +201,13 @@ class VLLMBackend:
         )
         self.sync_weights(policy)
 
-    def sampling_params(self, n: int, with_logprobs: bool) -> list:
-        """One `SamplingParams` per prompt with the trainer's settings and a seed from torch's RNG."""
+    def sampling_params(self, n: int, with_logprobs: bool, seeds: list[int] | None = None) -> list:
+        """One `SamplingParams` per prompt with the trainer's settings and the given seeds (else from torch's RNG)."""
         from vllm import SamplingParams
 
         g = self.gen
-        seeds = torch.randint(0, 2**31 - 1, (n,)).tolist()
+        if seeds is None:
+            seeds = torch.randint(0, 2**31 - 1, (n,)).tolist()
         return [
             SamplingParams(
                 n=1, max_tokens=g.max_new_tokens, temperature=g.temperature if g.do_sample else 0.0,
@@ -211,8 +219,10 @@ class VLLMBackend:
         ]
 
     @torch.no_grad()
-    def generate(self, prompt_ids: list[list[int]], return_sampling_logprobs: bool = False) -> Generation:
-        params = self.sampling_params(len(prompt_ids), return_sampling_logprobs)
+    def generate(
+        self, prompt_ids: list[list[int]], return_sampling_logprobs: bool = False, seeds: list[int] | None = None
+    ) -> Generation:
+        params = self.sampling_params(len(prompt_ids), return_sampling_logprobs, seeds)
         outputs = self.llm.generate([{"prompt_token_ids": ids} for ids in prompt_ids], params, use_tqdm=False)
         responses, sampling = [], []
         for out in outputs:  # in prompt order

@@ -44,6 +44,7 @@ def generate(
     gen: GenerationConfig,
     device: torch.device,
     return_sampling_logprobs: bool = False,
+    seeds: list[int] | None = None,
 ) -> Generation:
     """Sample one response per prompt with HF `generate`, in chunks of `gen.batch_size`.
 
@@ -52,6 +53,8 @@ def generate(
         gen: sampling settings (temperature, top-k/top-p, max_new_tokens).
         return_sampling_logprobs: also return the logprobs the engine sampled from (for the
             rollout-logprob check, DESIGN.md 6.8).
+        seeds: one seed per prompt: each response is sampled with its own generator (`rollout/seeding.py`),
+            so it does not depend on batching or sharding. None: torch's global generator.
 
     Returns:
         A `Generation` with all tensors on `device`.
@@ -63,18 +66,25 @@ def generate(
     policy.eval()
     responses, sampling = [], []
     for i in range(0, ids.shape[0], gen.batch_size):
+        sampler = None
+        if seeds is not None and gen.do_sample:
+            from tether.rollout.seeding import SeededSampler
+
+            sampler = SeededSampler(gen, seeds[i : i + gen.batch_size])  # draws the token; greedy decoding takes it
+        sample = gen.do_sample and sampler is None
         out = policy.generate(
             input_ids=ids[i : i + gen.batch_size],
             attention_mask=mask[i : i + gen.batch_size],
-            do_sample=gen.do_sample,
-            temperature=gen.temperature if gen.do_sample else None,
-            top_k=gen.top_k if gen.do_sample else None,
-            top_p=gen.top_p if gen.do_sample else None,
+            do_sample=sample,
+            temperature=gen.temperature if sample else None,
+            top_k=gen.top_k if sample else None,
+            top_p=gen.top_p if sample else None,
             max_new_tokens=gen.max_new_tokens,
             pad_token_id=pad,
             eos_token_id=eos,
             return_dict_in_generate=True,
             output_logits=return_sampling_logprobs,
+            logits_processor=[sampler] if sampler else None,
         )
         new = out.sequences[:, ids.shape[1] :]  # (b, t_r)
         responses.append(new)

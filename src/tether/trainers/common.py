@@ -44,14 +44,19 @@ def set_seed(seed: int) -> None:
 class RunDir:
     """A run directory: resolved config, metrics log, checkpoints, final model.
 
+    With several processes (`dist`, a `Distributed`) every process reads the directory, and only the
+    main one writes: `log`, `checkpoint` and `finish` do nothing on the others.
+
     Raises:
         ConfigError: when `path` already holds a different run and `overwrite` is False.
     """
 
-    def __init__(self, path: str | Path, cfg: Strict, overwrite: bool = False):
+    def __init__(self, path: str | Path, cfg: Strict, overwrite: bool = False, dist=None):
         self.path = Path(path)
         self.config_text = dump_config(cfg)
         self.resume_from: Path | None = None
+        self.main = dist is None or dist.is_main
+        self.sharded = dist is not None and dist.sharded
         existing = self.path / "config.yaml"
         same_run = existing.is_file() and same_config(existing.read_text(), cfg)
         if existing.is_file() and not same_run and not overwrite:
@@ -59,18 +64,21 @@ class RunDir:
                 f"output_dir {self.path} already holds a different run (its config.yaml differs); "
                 "choose another output_dir or set overwrite=true"
             )
-        self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / DONE_FILE).unlink(missing_ok=True)
-        existing.write_text(self.config_text)
         self.metrics_path = self.path / "metrics.jsonl"
         train = getattr(cfg, "train", None)
         if same_run and getattr(train, "resume", False):
             self.resume_from = self.last_checkpoint()
-        if self.resume_from is not None:
-            self._truncate_metrics(self.resume_from)
-        else:
-            shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
-            self.metrics_path.write_text("")
+        if dist is not None:
+            dist.wait()  # every process has read the directory before the main one changes it
+        if self.main:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / DONE_FILE).unlink(missing_ok=True)
+            existing.write_text(self.config_text)
+            if self.resume_from is not None:
+                self._truncate_metrics(self.resume_from)
+            else:
+                shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
+                self.metrics_path.write_text("")
         self.start = time.time()
 
     def _truncate_metrics(self, checkpoint: Path) -> None:
@@ -94,6 +102,8 @@ class RunDir:
 
     def log(self, step: int, metrics: dict[str, float]) -> None:
         """Append one line of metrics (floats) for `step`."""
+        if not self.main:
+            return
         row = {"step": step, "time": round(time.time() - self.start, 3)}
         row.update({k: (float(v) if v is not None else None) for k, v in metrics.items()})
         with open(self.metrics_path, "a") as fh:
@@ -102,8 +112,12 @@ class RunDir:
     def checkpoint(self, step: int, save: Callable[[Path], None], keep: int = 2) -> Path:
         """Write a checkpoint atomically: into `step-N.tmp`, then rename to `step-N`."""
         root = self.path / "checkpoints"
-        root.mkdir(exist_ok=True)
         tmp, final = root / f"step-{step}.tmp", root / f"step-{step}"
+        if self.sharded:
+            raise TrainingError(f"step {step}: no checkpoint: each process holds only a shard of the parameters")
+        if not self.main:
+            return final
+        root.mkdir(exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
         save(tmp)
         (tmp / METRICS_ROWS_FILE).write_text(str(self._metrics_rows()))
@@ -121,7 +135,8 @@ class RunDir:
         return done[-1] if done else None
 
     def finish(self, summary: dict | None = None) -> None:
-        (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
+        if self.main:
+            (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
 
 
 def finished_with(out: Path, cfg: Strict) -> bool:

@@ -34,8 +34,7 @@ from tether.data.tokenize import (
 from tether.errors import ConfigError
 from tether.losses.dpo import dpo_loss, ipo_loss, kto_kl_ref_point, kto_loss
 from tether.models.load import (
-    apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, resolve_device, save_causal_lm,
-    set_threads,
+    apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_threads,
 )
 from tether.models.logprobs import response_logprobs, sequence_logprobs
 from tether.rollout.generate import generate
@@ -43,6 +42,7 @@ from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler,
     next_batch, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
+from tether.trainers.distributed import Distributed
 from tether.trainers.sft import check_context
 from tether.types import SFTBatch
 
@@ -152,12 +152,14 @@ def reference_logprobs(policy: nn.Module, ref_policy: nn.Module | None, batch: S
 
 
 @torch.no_grad()
-def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, pad_id: int, max_length: int, batch_size: int, average: bool, device) -> dict[str, torch.Tensor]:
+def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, pad_id: int, max_length: int, batch_size: int, average: bool, device,
+                         dist: Distributed | None = None) -> dict[str, torch.Tensor]:
     """Reference log-probabilities of every sequence of `items`, from the starting weights, no gradients.
 
     With LoRA the adapters are disabled; without it the policy has not been updated yet, so it is the
     reference. Values are keyed `"{split}/{name}"` (name from `SEQUENCE_NAMES[kind]`) and indexed by
-    each item's `index` (NaN where an example was dropped).
+    each item's `index` (NaN where an example was dropped). With several processes each computes its
+    shard of every batch and the values are gathered, so every process holds the whole cache.
 
     Returns:
         {key: (N_examples,) float32 on CPU}.
@@ -168,15 +170,18 @@ def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, 
     n = max(it.index for it in items) + 1
     out = {f"{split}/{first}": torch.full((n,), float("nan")), f"{split}/{second}": torch.full((n,), float("nan"))}
     for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
+        chunk, n_real = dist.shard(items[i : i + batch_size]) if dist else (items[i : i + batch_size], None)
         b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
         if is_peft(policy):
             lp = reference_logprobs(policy, None, b, average).cpu()  # (2B,)
         else:
             lp = sequence_logprobs(policy, b.input_ids, b.attention_mask, b.loss_mask, average).cpu()  # (2B,)
         idx = torch.tensor([it.index for it in chunk])
-        out[f"{split}/{first}"][idx] = lp[: len(chunk)]
-        out[f"{split}/{second}"][idx] = lp[len(chunk) :]
+        lp_first, lp_second = lp[: len(chunk)], lp[len(chunk) :]
+        if dist is not None:  # (B,) of the whole batch, from every process
+            idx, lp_first, lp_second = (dist.gather(t.to(device), n_real).cpu() for t in (idx, lp_first, lp_second))
+        out[f"{split}/{first}"][idx] = lp_first
+        out[f"{split}/{second}"][idx] = lp_second
     policy.train(was)
     return out
 
@@ -203,7 +208,8 @@ def load_reference_cache(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- loss
 
 
-def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, labels: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, labels: torch.Tensor | None = None,
+                    dist: Distributed | None = None, n_real: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured loss on the 2B sequence log-probabilities of one batch.
 
     Args:
@@ -212,6 +218,8 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
             mismatched completions (kto).
         ref_logprobs: (2B,) the same under the reference.
         labels: (B,) bool, True for desirable completions (kto only).
+        dist, n_real: with several processes, KTO's reference point z0 is estimated on the mismatched
+            halves of the whole global batch (the first `n_real` rows of each process), as on one process.
 
     Returns:
         `(loss, metrics)` with `loss/dpo`, `dpo/accuracy`, `dpo/margin`, `rewards/chosen`,
@@ -224,7 +232,10 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
     if params.loss == "ipo":
         return ipo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], params.beta)
     # kto: z0 from the mismatched half (Ethayarajh et al. 2024, sec. 4.1); no gradient flows through it
-    z0 = kto_kl_ref_point(logprobs[B:], ref_logprobs[B:])
+    if dist is None:
+        z0 = kto_kl_ref_point(logprobs[B:], ref_logprobs[B:])
+    else:
+        z0 = kto_kl_ref_point(dist.gather(logprobs[B:].detach(), n_real), dist.gather(ref_logprobs[B:], n_real))
     loss, metrics = kto_loss(
         logprobs[:B], ref_logprobs[:B], labels, z0, params.beta, params.desirable_weight, params.undesirable_weight
     )
@@ -235,11 +246,14 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
     return loss, metrics
 
 
-def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, params: DPOParams, pad_id: int, max_length: int, device, train_cfg=None) -> tuple[torch.Tensor, dict[str, float]]:
+def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, params: DPOParams, pad_id: int, max_length: int, device, train_cfg=None,
+               dist: Distributed | None = None, n_real: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch: one forward pass of the policy, reference logprobs from the model or the cache.
 
     For KTO only the judged completions need gradients; the mismatched ones only estimate z0, so their
-    policy log-probabilities are computed without gradients.
+    policy log-probabilities are computed without gradients. With several processes `chunk` is this
+    process's shard (`n_real` real rows) and `policy` the wrapped model; the LoRA reference runs on the
+    plain model inside it.
     """
     average = params.loss == "ipo"
     b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
@@ -256,20 +270,42 @@ def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, pa
         if cache is not None:
             ref = cached_reference(cache, chunk, kind, split, device)  # (2B,)
         else:
-            ref = reference_logprobs(policy, ref_policy, b, average)  # (2B,)
+            ref = reference_logprobs(dist.unwrap(policy) if dist else policy, ref_policy, b, average)  # (2B,)
     labels = torch.tensor([it.label for it in chunk], device=device) if kind == "kto" else None
-    return preference_loss(params, logprobs, ref, labels)
+    return preference_loss(params, logprobs, ref, labels, dist, n_real)
+
+
+def reduce_metrics(dist: Distributed, metrics: dict[str, float], part: list, kind: str, n_real: int) -> dict[str, float]:
+    """A shard's batch metrics as metrics of the whole global batch (`Distributed.mean_metrics`).
+
+    KTO's chosen / rejected metrics are means over the desirable / undesirable completions only, so
+    they are weighted by those counts, and the margin is their difference again.
+    """
+    if kind != "kto":
+        return dist.mean_metrics(metrics, n_real)
+    pos = sum(bool(it.label) for it in part[:n_real])
+    counts = {"rewards/chosen": pos, "logprobs/chosen": pos, "rewards/rejected": n_real - pos, "logprobs/rejected": n_real - pos}
+    out = dist.mean_metrics(metrics, n_real, counts)
+    out["dpo/margin"] = out["rewards/chosen"] - out["rewards/rejected"]
+    return out
 
 
 @torch.no_grad()
-def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOParams, pad_id: int, max_length: int, batch_size: int, device) -> dict[str, float]:
-    """Loss, preference accuracy and margin on held-out examples (example-weighted means over batches)."""
+def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOParams, pad_id: int, max_length: int, batch_size: int, device,
+                 dist: Distributed | None = None) -> dict[str, float]:
+    """Loss, preference accuracy and margin on held-out examples (example-weighted means over batches;
+    with several processes each batch is sharded and its metrics reduced, as in training)."""
     was = policy.training
     policy.eval()
     totals: dict[str, float] = {}
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        _, m = batch_loss(policy, ref_policy, cache, chunk, kind, "eval", params, pad_id, max_length, device)
+        if dist is None:
+            _, m = batch_loss(policy, ref_policy, cache, chunk, kind, "eval", params, pad_id, max_length, device)
+        else:
+            part, n_real = dist.shard(chunk)
+            _, m = batch_loss(policy, ref_policy, cache, part, kind, "eval", params, pad_id, max_length, device, dist=dist, n_real=n_real)
+            m = reduce_metrics(dist, m, part, kind, n_real)
         for k in ("loss/dpo", "dpo/accuracy", "dpo/margin"):
             totals[k] = totals.get(k, 0.0) + m[k] * len(chunk)
     policy.train(was)
@@ -278,18 +314,32 @@ def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOP
 
 
 @torch.no_grad()
-def heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str, max_prompt_length: int, device, seed: int) -> dict[str, float]:
+def heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str, max_prompt_length: int, device, seed: int,
+               dist: Distributed | None = None) -> dict[str, float]:
     """KL(policy || reference) on held-out prompts: sum over tokens of log pi - log pi_ref of sampled answers.
 
     The k1 estimate (Schulman 2020, "Approximating KL divergence"): unbiased for the KL of whole responses
     sampled from the policy at temperature 1.
 
+    With several processes each answers its shard of the prompts (sampled with per-prompt seeds) on the
+    plain model with every parameter present, and the per-response KLs are gathered.
+
     Returns:
         `eval/kl` (mean summed KL per response), `eval/kl_prompts` and `eval/response_length`.
     """
+    if dist is not None:
+        start, stop = dist.shard_range(len(prompts))
+        with dist.full_parameters(policy) as plain:
+            seeds = dist.sample_seeds(seed, "heldout-kl", range(start, stop))
+            return _heldout_kl(plain, ref_policy, tokenizer, prompts[start:stop], template, max_prompt_length, device, seed, seeds, dist)
+    return _heldout_kl(policy, ref_policy, tokenizer, prompts, template, max_prompt_length, device, seed)
+
+
+def _heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str, max_prompt_length: int, device, seed: int,
+                seeds: list[int] | None = None, dist: Distributed | None = None) -> dict[str, float]:
     prompt_ids = tokenize_prompts(prompts, tokenizer, template, max_prompt_length)
     torch.manual_seed(seed)
-    gen = generate(policy, tokenizer, prompt_ids, KL_GENERATION, device)
+    gen = generate(policy, tokenizer, prompt_ids, KL_GENERATION, device, seeds=seeds)
     sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
     attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
     T_p = gen.prompts.shape[1]
@@ -304,8 +354,10 @@ def heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str,
         response_mask = gen.response_mask[i : i + KL_GENERATION.batch_size]  # (b, T_r)
         kl.append(((logprobs - ref_logprobs) * response_mask).sum(-1))
     policy.train(was)
-    return {"eval/kl": torch.cat(kl).mean().item(), "eval/kl_prompts": float(len(prompts)),
-            "eval/response_length": gen.response_mask.sum(-1).float().mean().item()}
+    kl, lengths = torch.cat(kl), gen.response_mask.sum(-1).float()  # (B,), (B,)
+    if dist is not None:
+        kl, lengths = dist.gather(kl), dist.gather(lengths)
+    return {"eval/kl": kl.mean().item(), "eval/kl_prompts": float(len(kl)), "eval/response_length": lengths.mean().item()}
 
 
 def _free() -> None:
@@ -378,7 +430,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    dist = Distributed(cfg.train, "dpo", lora=cfg.model.lora.enabled)
+    device = dist.device
+    dist.per_process(cfg.train.batch_size, "train.batch_size")
     d, params = cfg.data, cfg.dpo
     mode = reference_mode(cfg)
     average = params.loss == "ipo"
@@ -389,7 +443,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     kind, items, eval_items = load_dpo_data(cfg, tokenizer)
     if kind == "kto" and len(items) < 2:
         raise ConfigError("KTO needs at least 2 training examples (the KL reference point uses mismatched pairs)")
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     pad_id, bs = tokenizer.pad_token_id, cfg.train.batch_size
 
     # 2. policy and reference: LoRA base, frozen copy, or cached logprobs of the starting weights
@@ -397,10 +451,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
     cache = None
     if mode == "precomputed":
         console.print(f"dpo: computing reference logprobs of {len(items)} train and {len(eval_items)} eval examples")
-        cache = precompute_reference(policy, items, kind, "train", pad_id, d.max_length, bs, average, device)
+        cache = precompute_reference(policy, items, kind, "train", pad_id, d.max_length, bs, average, device, dist)
         if eval_items:
-            cache.update(precompute_reference(policy, eval_items, kind, "eval", pad_id, d.max_length, bs, average, device))
-        save_reference_cache(cache, run.path / REFERENCE_CACHE)
+            cache.update(precompute_reference(policy, eval_items, kind, "eval", pad_id, d.max_length, bs, average, device, dist))
+        if dist.is_main:
+            save_reference_cache(cache, run.path / REFERENCE_CACHE)
+        dist.wait()
         cache = load_reference_cache(run.path / REFERENCE_CACHE)
     trainable, total = count_parameters(policy)
     console.print(
@@ -410,57 +466,64 @@ def train_dpo(cfg: DPOConfig) -> Path:
     steps = total_steps(cfg.train, len(items))
     optimizer = make_optimizer(policy.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, steps)
+    policy, optimizer, scheduler = dist.prepare(
+        policy, optimizer, scheduler, micro_batch_size=bs // dist.num_processes, max_grad_norm=cfg.train.max_grad_norm
+    )
 
-    # 3. training loop: one forward pass per micro-batch, gradient accumulation
+    # 3. training loop: one forward pass per micro-batch, gradient accumulation; each process takes its
+    # shard of every batch
     policy.train()
     rng = random.Random(cfg.train.seed)
     step, metrics, order = 0, {}, []
     accum = cfg.train.grad_accum_steps
     if run.resume_from is not None:
-        state = resume_training(run.resume_from, policy, optimizer, scheduler, model_key="policy")
+        state = resume_training(run.resume_from, dist.unwrap(policy), optimizer, scheduler, model_key="policy")
         step, order = state["step"], state["order"]
         rng.setstate(state["order_rng"])
 
     def save(path: Path) -> None:
-        save_causal_lm(policy, tokenizer, path)
-        save_state(path, step=step, policy=trainable_state_dict(policy), optimizer=optimizer.state_dict(),
+        save_causal_lm(dist.unwrap(policy), tokenizer, path)
+        save_state(path, step=step, policy=trainable_state_dict(dist.unwrap(policy)), optimizer=optimizer.state_dict(),
                    scheduler=scheduler.state_dict(), order=order, order_rng=rng.getstate())
 
     with progress() as bar, StopSignal() as stop:
         task = bar.add_task(params.loss, total=steps, completed=step, info="")
         while step < steps:
             sums: dict[str, float] = {}
-            for _ in range(accum):
+            for j in range(accum):
                 chunk, order = next_batch(items, order, rng, bs)
-                loss, m = batch_loss(policy, ref_policy, cache, chunk, kind, "train", params, pad_id, d.max_length, device, cfg.train)
-                check_finite(loss, step + 1, run)
-                (loss / accum).backward()
-                for k, v in m.items():
+                part, n_real = dist.shard(chunk)
+                with dist.micro_batch(policy, last=j == accum - 1):
+                    loss, m = batch_loss(policy, ref_policy, cache, part, kind, "train", params, pad_id, d.max_length, device, cfg.train, dist, n_real)
+                    check_finite(loss, step + 1, run)
+                    dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
+                for k, v in reduce_metrics(dist, m, part, kind, n_real).items():
                     sums[k] = sums.get(k, 0.0) + v / accum
-            grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
+            grad_norm = dist.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             metrics = {**sums, "dpo/grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
             if eval_items and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < steps:
-                metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device))
+                metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device, dist))
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log(step, metrics)
             bar.update(task, advance=1, info=fmt(metrics, ["loss/dpo", "dpo/accuracy", "dpo/margin", "eval/accuracy"]))
-            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+            stopping = dist.any(stop.requested)  # all processes stop at the same step
+            if cfg.train.save_every and step % cfg.train.save_every == 0 or stopping:
                 ckpt = run.checkpoint(step, save)
-                if stop.requested:
+                if stopping:
                     raise interrupted(step, ckpt)
 
     # 4. final evaluation: held-out accuracy, and KL to the reference on held-out prompts
     if eval_items:
-        metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device))
-        if mode == "precomputed" and not is_peft(policy):
+        metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device, dist))
+        if mode == "precomputed" and not is_peft(dist.unwrap(policy)):
             # the cache cannot score new samples: load the reference now that training is over
             ref_policy, _ = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
         prompts = eval_prompts(eval_items, tokenizer, KL_PROMPTS)
-        metrics.update(heldout_kl(policy, ref_policy, tokenizer, prompts, d.prompt_template, d.max_prompt_length, device, cfg.train.seed))
+        metrics.update(heldout_kl(policy, ref_policy, tokenizer, prompts, d.prompt_template, d.max_prompt_length, device, cfg.train.seed, dist))
         run.log(step, metrics)
         ref_policy = None
         _free()
@@ -469,15 +532,18 @@ def train_dpo(cfg: DPOConfig) -> Path:
     # the reference and optimizer state go first and LoRA is merged in place (no second copy at the end)
     ref_policy = optimizer = scheduler = cache = None
     _free()
-    if is_peft(policy):
-        policy.save_pretrained(run.path / "adapter")
+    if is_peft(dist.unwrap(policy)):
+        policy = dist.unwrap(policy)
+        if dist.is_main:
+            policy.save_pretrained(run.path / "adapter")
         policy = policy.merge_and_unload()
-    save_causal_lm(policy, tokenizer, run.path)
-    DPOMeta(
-        reference=cfg.model.name_or_path, beta=params.beta, loss=params.loss, label_smoothing=params.label_smoothing,
-        reference_mode=mode, prompt_template=d.prompt_template, max_length=d.max_length,
-        max_prompt_length=d.max_prompt_length, average_logprobs=average, seed=cfg.train.seed,
-    ).save(run.path)
+    dist.save_model(policy, tokenizer, run.path, save_causal_lm)
+    if dist.is_main:
+        DPOMeta(
+            reference=cfg.model.name_or_path, beta=params.beta, loss=params.loss, label_smoothing=params.label_smoothing,
+            reference_mode=mode, prompt_template=d.prompt_template, max_length=d.max_length,
+            max_prompt_length=d.max_prompt_length, average_logprobs=average, seed=cfg.train.seed,
+        ).save(run.path)
     run.finish({"steps": step, **metrics})
     summary = fmt(metrics, ["eval/accuracy", "eval/kl"])
     console.print(f"dpo: done{', ' + summary if summary else ''}, model in {run.path}")

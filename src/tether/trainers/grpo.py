@@ -30,7 +30,7 @@ import torch
 from tether.config import GRPOConfig
 from tether.data.sources import load_prompts, select
 from tether.losses.ppo import ppo_policy_loss
-from tether.models.load import count_parameters, resolve_device, save_causal_lm, set_threads
+from tether.models.load import count_parameters, save_causal_lm, set_threads
 from tether.models.logprobs import response_logprobs
 from tether.ops import masked_mean, masked_whiten
 from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_advantages
@@ -40,7 +40,11 @@ from tether.trainers.common import (
     RunDir, StopSignal, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
     set_seed, trainable_state_dict,
 )
-from tether.trainers.ppo import Models, check_rollout_logprobs, initial_score_stats, load_models, make_rollout
+from tether.trainers.distributed import Distributed
+from tether.trainers.ppo import (
+    Models, check_rollout_logprobs, check_sharding, gather_rollout, initial_score_stats, load_models, make_rollout,
+    minibatch_generator, minibatches,
+)
 from tether.types import Rollout
 
 
@@ -69,18 +73,22 @@ def compute_advantages(cfg: GRPOConfig, r: Rollout, kl_coef: float) -> tuple[tor
     return advantages, {"objective/kl": kl.sum(-1).mean().item()}
 
 
-def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tensor, optimizer, step: int, run: RunDir) -> dict[str, float]:
-    """Phase 4: clipped surrogate over minibatches, plus beta * KL when the KL is a loss term."""
+def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tensor, optimizer, step: int, run: RunDir,
+                  dist: Distributed | None = None) -> dict[str, float]:
+    """Phase 4: clipped surrogate over minibatches, plus beta * KL when the KL is a loss term (sharded over
+    processes as in `ppo_update`)."""
     p, B, T_p = cfg.ppo, r.prompts.shape[0], r.prompts.shape[1]
     kl_in_loss = kl_placement(cfg) == "loss"
     sequences, attention_mask = r.sequences, r.attention_mask
     params = [q for q in m.policy.parameters() if q.requires_grad]
+    policy = dist.wrapped(m.policy) if dist else m.policy
+    generator = minibatch_generator(cfg, dist, step) if dist else None
     sums: dict[str, float] = {}
     n = 0
     for _ in range(p.num_ppo_epochs):
-        for idx in torch.randperm(B).split(max(1, B // p.num_minibatches)):
+        for idx, n_real in minibatches(B, max(1, B // p.num_minibatches), generator, dist):
             mask = r.response_mask[idx]
-            logprobs = response_logprobs(m.policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
+            logprobs = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
             # policy loss
             loss, metrics = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
             # KL to the reference as a loss term (GRPO eq. 4)
@@ -90,8 +98,14 @@ def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tens
                 metrics["loss/kl"] = kl.item()
             check_finite(loss, step, run)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            metrics["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
+            if dist is None:
+                loss.backward()
+                metrics["policy/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm))
+            else:
+                tokens = float(mask.sum()) if n_real else 0.0
+                dist.backward(loss * dist.share(tokens))  # the token mean over the global minibatch
+                metrics = dist.mean_metrics(metrics, tokens)
+                metrics["policy/grad_norm"] = float(dist.clip_grad_norm_(params, cfg.train.max_grad_norm))
             optimizer.step()
             for k, v in metrics.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -109,17 +123,22 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    dist = Distributed(cfg.train, cfg.grpo.algorithm, ("single", "ddp"), grad_accum_steps=1)
+    device = dist.device
     d, p, G = cfg.data, cfg.ppo, cfg.grpo.group_size
+    check_sharding(dist, p.batch_size * G, p.num_minibatches, "ppo.batch_size x grpo.group_size")
+    dist.per_process(p.batch_size, "ppo.batch_size")  # whole groups on each process
+    dist.per_sample(p.rollout_seeding)  # fails early where global seeding meets several processes
     prompts = [e.prompt for e in select(load_prompts(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples)]
     m = load_models(cfg, device, with_value_model=False)
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     trainable, total = count_parameters(m.policy)
     console.print(f"{cfg.grpo.algorithm}: {len(prompts)} prompts x {G} samples, policy {trainable:,}/{total:,} trainable")
     optimizer = torch.optim.AdamW(
         [q for q in m.policy.parameters() if q.requires_grad], lr=cfg.train.learning_rate,
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay, eps=1e-5,
     )
+    _, optimizer = dist.prepare(m.policy, optimizer)  # training passes go through dist.wrapped(m.policy)
     max_steps = cfg.train.max_steps or max(1, int(len(prompts) * cfg.train.epochs) // p.batch_size)
     rng = random.Random(cfg.train.seed)
     order: list[int] = []
@@ -130,7 +149,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         score_shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
         rng.setstate(state["order_rng"])
     elif cfg.grpo.normalize_scores:
-        score_shift = initial_score_stats(cfg, m, prompts, device)
+        score_shift = initial_score_stats(cfg, m, prompts, device, dist)
     else:
         score_shift = (0.0, 1.0)
     dtype = next(m.policy.parameters()).dtype
@@ -144,9 +163,13 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     with progress() as bar, StopSignal() as stop:
         task = bar.add_task(cfg.grpo.algorithm, total=max_steps, completed=start - 1, info="")
         for step in range(start, max_steps + 1):
-            # 1-2. generate G responses per prompt and score them
+            # 1-2. generate G responses per prompt and score them (this process's shard of the prompts); gather
             batch, order = next_batch(prompts, order, rng, p.batch_size)
-            r, diag = make_rollout(cfg, m, [q for q in batch for _ in range(G)], device, score_shift)
+            samples = [q for q in batch for _ in range(G)]
+            lo, hi = dist.shard_range(len(samples))
+            seeds = dist.sample_seeds(cfg.train.seed, f"rollout-{step}", range(lo, hi), p.rollout_seeding)
+            r, diag = make_rollout(cfg, m, samples[lo:hi], device, score_shift, seeds)
+            r, diag = gather_rollout(dist, r, diag, m.tokenizer.pad_token_id)
             if p.check_rollout_logprobs:
                 check_rollout_logprobs(diag, dtype, step)
 
@@ -154,7 +177,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             advantages, adv_metrics = compute_advantages(cfg, r, p.kl_coef)
 
             # 4. optimise
-            update = policy_update(cfg, m, r, advantages, optimizer, step, run)
+            update = policy_update(cfg, m, r, advantages, optimizer, step, run, dist)
             m.backend.sync_weights(m.policy)
 
             # 5. control
@@ -175,13 +198,14 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             if p.kl_budget is not None and metrics["objective/kl"] > p.kl_budget:
                 stop_reason = f"KL budget {p.kl_budget} exceeded (kl={metrics['objective/kl']:.2f})"
                 break
-            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+            stopping = dist.any(stop.requested)  # all processes stop at the same step
+            if cfg.train.save_every and step % cfg.train.save_every == 0 or stopping:
                 ckpt = run.checkpoint(step, save)
-                if stop.requested:
+                if stopping:
                     raise interrupted(step, ckpt)
 
     # 6. final policy
-    save_causal_lm(m.policy, m.tokenizer, run.path)
+    dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"{cfg.grpo.algorithm}: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path

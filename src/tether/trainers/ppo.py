@@ -29,7 +29,7 @@ from tether.errors import ConfigError, ModelError, TrainingError
 from tether.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tether.models.heads import ValueModel
 from tether.models.load import (
-    apply_lora, count_parameters, load_causal_lm, reference_context, resolve_device, save_causal_lm, set_threads,
+    apply_lora, count_parameters, load_causal_lm, reference_context, save_causal_lm, set_threads,
 )
 from tether.models.logprobs import response_logprobs
 from tether.models.reward import FunctionReward, RewardModel, load_reward
@@ -43,6 +43,7 @@ from tether.trainers.common import (
     GuardTripped, RunDir, StopSignal, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
     set_seed, trainable_state_dict,
 )
+from tether.trainers.distributed import Distributed
 from tether.trainers.sft import check_context
 from tether.types import Rollout
 
@@ -94,12 +95,16 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
 
 
 @torch.no_grad()
-def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float]) -> tuple[Rollout, dict]:
-    """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics."""
+def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float],
+                 seeds: list[int] | None = None) -> tuple[Rollout, dict]:
+    """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics.
+
+    `seeds`: one per prompt for per-sample seeded sampling (`rollout/seeding.py`), else None.
+    """
     g, d = cfg.generation, cfg.data
     # 1. generate (the policy's own sampling logprobs come back for the engine check)
     prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
-    gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs)
+    gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs, seeds=seeds)
     T_p = gen.prompts.shape[1]
     sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
     attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
@@ -135,6 +140,41 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     return rollout, diag
 
 
+def gather_rollout(dist: Distributed, r: Rollout, diag: dict, pad_id: int) -> tuple[Rollout, dict]:
+    """The global rollout, on every process, from each process's shard (in process order).
+
+    Prompts are left-padded and responses right-padded to the widest shard; the logprob check's
+    diagnostics become token-weighted means and maxima over all shards. A no-op on one process.
+    """
+    if dist.num_processes == 1:
+        return r, diag
+    if diag:
+        tokens = float(r.response_mask.sum())
+        diag = {"rollout/logprob_diff_mean": dist.mean_metrics({"d": diag["rollout/logprob_diff_mean"]}, tokens)["d"],
+                "rollout/logprob_diff_max": dist.max(diag["rollout/logprob_diff_max"])}
+    rows = [dist.gather(t) for t in (r.logprobs, r.ref_logprobs, r.values, r.scores, r.raw_scores)]
+    r = Rollout(
+        dist.gather(r.prompts, pad_value=pad_id, pad_first=True), dist.gather(r.prompt_mask, pad_first=True),
+        dist.gather(r.responses, pad_value=pad_id), dist.gather(r.response_mask), *rows,
+        dist.gather_objects(r.prompt_texts), dist.gather_objects(r.response_texts),
+    )
+    return r, diag
+
+
+def minibatch_generator(cfg: PPOConfig, dist: Distributed, step: int) -> torch.Generator | None:
+    """The generator that orders minibatches: torch's global one (None) with global seeding, else one
+    seeded from (train.seed, step) so that every process draws the same permutation."""
+    seeds = dist.sample_seeds(cfg.train.seed, f"minibatches-{step}", range(1), cfg.ppo.rollout_seeding)
+    return torch.Generator().manual_seed(seeds[0]) if seeds else None
+
+
+def minibatches(n: int, size: int, generator: torch.Generator | None, dist: Distributed | None):
+    """One epoch over a rollout of n rows: a shuffled split into minibatches of `size` rows, each as this
+    process's shard (row indices, real rows; see `Distributed.shard`)."""
+    for idx in torch.randperm(n, generator=generator).split(size):
+        yield dist.shard(idx) if dist is not None else (idx, len(idx))
+
+
 def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
     """DESIGN.md 6.8: the engine's sampling logprobs must equal a fresh forward pass of the same weights.
 
@@ -155,13 +195,17 @@ def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
 
 
 @torch.no_grad()
-def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device) -> tuple[float, float]:
-    """DESIGN.md 6.4: mean and std of reward-model scores of the initial policy's samples."""
+def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device, dist: Distributed | None = None) -> tuple[float, float]:
+    """DESIGN.md 6.4: mean and std of reward-model scores of the initial policy's samples (with several
+    processes each samples and scores its shard of the prompts; the scores are gathered)."""
     sample = prompts[: max(cfg.ppo.batch_size, 32)]
-    ids = tokenize_prompts(sample, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
-    gen = m.backend.generate(ids)
+    start, stop = dist.shard_range(len(sample)) if dist else (0, len(sample))
+    seeds = dist.sample_seeds(cfg.train.seed, "score-stats", range(start, stop), cfg.ppo.rollout_seeding) if dist else None
+    ids = tokenize_prompts(sample[start:stop], m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
+    gen = m.backend.generate(ids, seeds=seeds)
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
-    s = m.reward_model.score(sample, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length)
+    s = m.reward_model.score(sample[start:stop], texts, cfg.reward_model.batch_size, cfg.reward_model.max_length)
+    s = dist.gather(s.to(device)) if dist else s
     return s.mean().item(), max(s.std().item(), 1e-3)
 
 
@@ -193,15 +237,22 @@ def load_judge(cfg: PPOConfig, device: torch.device) -> Judge | None:
 
 
 @torch.no_grad()
-def judge_policy(cfg: PPOConfig, m: Models, judge: Judge, device: torch.device) -> dict[str, float]:
-    """Score the policy's answers to the judge prompts with the judge and the training reward model."""
-    ids = tokenize_prompts(judge.prompts, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
+def judge_policy(cfg: PPOConfig, m: Models, judge: Judge, device: torch.device, dist: Distributed | None = None) -> dict[str, float]:
+    """Score the policy's answers to the judge prompts with the judge and the training reward model
+    (with several processes each answers its shard of the prompts; the scores are gathered)."""
+    start, stop = dist.shard_range(len(judge.prompts)) if dist else (0, len(judge.prompts))
+    prompts = judge.prompts[start:stop]
+    seeds = dist.sample_seeds(cfg.train.seed, "judge", range(start, stop), cfg.ppo.rollout_seeding) if dist else None
+    ids = tokenize_prompts(prompts, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(cfg.train.seed)  # the same sampling noise at every evaluation
-        gen = m.backend.generate(ids)
+        gen = m.backend.generate(ids, seeds=seeds)
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
-    judge_score = judge.model.score(judge.prompts, texts, cfg.judge.batch_size, cfg.judge.max_length).mean().item()
-    train_score = m.reward_model.score(judge.prompts, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).mean().item()
+    judge_scores = judge.model.score(prompts, texts, cfg.judge.batch_size, cfg.judge.max_length).to(device)  # (b,)
+    train_scores = m.reward_model.score(prompts, texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).to(device)  # (b,)
+    if dist is not None:
+        judge_scores, train_scores = dist.gather(judge_scores), dist.gather(train_scores)
+    judge_score, train_score = judge_scores.mean().item(), train_scores.mean().item()
     judge.history.append((judge_score, train_score))
     return {"judge/score": judge_score, "judge/train_rm_score": train_score}
 
@@ -221,8 +272,13 @@ def reward_hacking_suspected(history: list[tuple[float, float]], patience: int) 
     return judge_falls and train_rises
 
 
-def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optimizer, step: int, run: RunDir) -> dict[str, float]:
-    """Phase 4: `num_ppo_epochs` passes of minibatches over one rollout. Returns mean metrics."""
+def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optimizer, step: int, run: RunDir,
+               dist: Distributed | None = None) -> dict[str, float]:
+    """Phase 4: `num_ppo_epochs` passes of minibatches over one rollout. Returns mean metrics.
+
+    With several processes `r` is the global rollout; each minibatch is drawn from it alike on every
+    process and each process trains on its shard, its token-mean losses scaled to the minibatch's mean.
+    """
     p = cfg.ppo
     B, T_p = r.prompts.shape
     sequences, attention_mask = r.sequences, r.attention_mask
@@ -230,11 +286,13 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
     sums: dict[str, float] = {}
     n = 0
     policy_params = [q for q in m.policy.parameters() if q.requires_grad]
+    policy, value_model = (dist.wrapped(m.policy), dist.wrapped(m.value_model)) if dist else (m.policy, m.value_model)
+    generator = minibatch_generator(cfg, dist, step) if dist else None
     for _ in range(p.num_ppo_epochs):
-        for idx in torch.randperm(B).split(mb_size):
+        for idx, n_real in minibatches(B, mb_size, generator, dist):
             mask = r.response_mask[idx]
-            logprobs, entropy = response_logprobs(m.policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True)
-            values = m.value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
+            logprobs, entropy = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True)
+            values = value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
             # policy loss
             pg_loss, pm = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
             # value loss
@@ -243,11 +301,16 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
             entropy_mean = masked_mean(entropy, mask)
             loss = pg_loss + p.vf_coef * vf_loss - p.ent_coef * entropy_mean
             optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
+            tokens = float(mask.sum()) if n_real else 0.0
+            finite = bool(torch.isfinite(loss)) if dist is None else not dist.any(not torch.isfinite(loss))
             if finite:
-                loss.backward()
-                gn_policy = torch.nn.utils.clip_grad_norm_(policy_params, cfg.train.max_grad_norm)
-                gn_value = torch.nn.utils.clip_grad_norm_(m.value_model.parameters(), cfg.train.max_grad_norm)
+                if dist is None:
+                    loss.backward()
+                else:
+                    dist.backward(loss * dist.share(tokens))  # the token mean over the global minibatch
+                clip = dist.clip_grad_norm_ if dist else torch.nn.utils.clip_grad_norm_
+                gn_policy = clip(policy_params, cfg.train.max_grad_norm)
+                gn_value = clip(m.value_model.parameters(), cfg.train.max_grad_norm)
                 finite = bool(torch.isfinite(gn_policy) and torch.isfinite(gn_value))
             if not finite:  # never step on NaN/inf: the weights stay the last good ones
                 optimizer.zero_grad(set_to_none=True)
@@ -256,11 +319,27 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
                 sums["guard/skipped"] = sums.get("guard/skipped", 0.0) + 1
                 continue
             optimizer.step()
-            for k, v in {**pm, **vm, "policy/entropy": entropy_mean.item(), "policy/grad_norm": float(gn_policy), "value/grad_norm": float(gn_value)}.items():
+            local = {**pm, **vm, "policy/entropy": entropy_mean.item()}
+            local = dist.mean_metrics(local, tokens) if dist else local
+            for k, v in {**local, "policy/grad_norm": float(gn_policy), "value/grad_norm": float(gn_value)}.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
             n += 1
     skipped = sums.pop("guard/skipped", 0.0)
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "guard/skipped": skipped}
+
+
+def check_sharding(dist: Distributed, batch_size: int, num_minibatches: int, key: str) -> None:
+    """With several processes, every minibatch of a rollout must split evenly over them.
+
+    Raises:
+        ConfigError: `batch_size` rows are not num_minibatches x num_processes equal parts.
+    """
+    P = dist.num_processes
+    if P > 1 and batch_size % (num_minibatches * P):
+        raise ConfigError(
+            f"{key}={batch_size} is the global rollout; with ppo.num_minibatches={num_minibatches} and {P} processes "
+            f"it must be a multiple of {num_minibatches * P}"
+        )
 
 
 def divergence(guards, metrics: dict[str, float], raw_scores: torch.Tensor) -> str | None:
@@ -292,12 +371,15 @@ def train_ppo(cfg: PPOConfig) -> Path:
     # 0. setup: data, models, optimizer, KL controller
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    dist = Distributed(cfg.train, "ppo", ("single", "ddp"), grad_accum_steps=1)
+    device = dist.device
     d, p = cfg.data, cfg.ppo
+    check_sharding(dist, p.batch_size, p.num_minibatches, "ppo.batch_size")
+    dist.per_sample(p.rollout_seeding)  # fails early where global seeding meets several processes
     prompts = [e.prompt for e in select(load_prompts(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples)]
     m = load_models(cfg, device)
     judge = load_judge(cfg, device)
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     trainable, total = count_parameters(m.policy)
     console.print(
         f"ppo: {len(prompts)} prompts, policy {trainable:,}/{total:,} trainable, "
@@ -310,6 +392,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         ],
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay, eps=1e-5,
     )
+    _, _, optimizer = dist.prepare(m.policy, m.value_model, optimizer)  # training passes go through dist.wrapped
     kl_ctl = make_kl_controller(p.kl_coef, p.adaptive_kl, p.target_kl, p.kl_horizon)
     max_steps = cfg.train.max_steps or max(1, int(len(prompts) * cfg.train.epochs) // p.batch_size)
     rng = random.Random(cfg.train.seed)
@@ -325,8 +408,9 @@ def train_ppo(cfg: PPOConfig) -> Path:
         if judge is not None:
             judge.history = state["judge_history"]
     else:
-        score_shift = initial_score_stats(cfg, m, prompts, device)
-    (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
+        score_shift = initial_score_stats(cfg, m, prompts, device, dist)
+    if dist.is_main:
+        (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
     dtype = next(m.policy.parameters()).dtype
     stop_reason, metrics, step, skipped = "max_steps", {}, start - 1, 0
 
@@ -343,9 +427,12 @@ def train_ppo(cfg: PPOConfig) -> Path:
         task = bar.add_task("ppo", total=max_steps, completed=start - 1, info="")
         for step in range(start, max_steps + 1):
             try:
-                # 1-2. generate and score
+                # 1-2. generate and score this process's shard of the batch; gather the global rollout
                 batch, order = next_batch(prompts, order, rng, p.batch_size)
-                r, diag = make_rollout(cfg, m, batch, device, score_shift)
+                lo, hi = dist.shard_range(len(batch))
+                seeds = dist.sample_seeds(cfg.train.seed, f"rollout-{step}", range(lo, hi), p.rollout_seeding)
+                r, diag = make_rollout(cfg, m, batch[lo:hi], device, score_shift, seeds)
+                r, diag = gather_rollout(dist, r, diag, m.tokenizer.pad_token_id)
                 if p.check_rollout_logprobs:
                     check_rollout_logprobs(diag, dtype, step)
 
@@ -357,7 +444,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
                     advantages = masked_whiten(advantages, r.response_mask)
 
                 # 4. optimise
-                update = ppo_update(cfg, m, r, advantages, returns, optimizer, step, run)
+                update = ppo_update(cfg, m, r, advantages, returns, optimizer, step, run, dist)
                 m.backend.sync_weights(m.policy)
 
                 # 5. control: KL coefficient, metrics, stopping, checkpoints
@@ -390,20 +477,21 @@ def train_ppo(cfg: PPOConfig) -> Path:
                     stop_reason = f"KL budget {p.kl_budget} exceeded (kl={mean_kl:.2f})"
                     break
                 if judge is not None and step % cfg.judge.every == 0:
-                    run.log(step, judge_policy(cfg, m, judge, device))
+                    run.log(step, judge_policy(cfg, m, judge, device, dist))
                     if reward_hacking_suspected(judge.history, cfg.judge.patience):
                         stop_reason = "reward hacking suspected: the held-out judge score fell while the training score rose"
                         break
-                if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                stopping = dist.any(stop.requested)  # all processes stop at the same step
+                if cfg.train.save_every and step % cfg.train.save_every == 0 or stopping:
                     ckpt = run.checkpoint(step, save)
-                    if stop.requested:
+                    if stopping:
                         raise interrupted(step, ckpt)
             except GuardTripped as exc:
                 ckpt = run.checkpoint(step, save)
                 raise TrainingError(f"{exc}; the state at that moment is saved in {ckpt}") from None
 
     # 6. final policy in Hugging Face format
-    save_causal_lm(m.policy, m.tokenizer, run.path)
+    dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"ppo: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path

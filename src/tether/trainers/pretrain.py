@@ -17,9 +17,10 @@ from tether.config import PretrainConfig
 from tether.data.sources import load_texts
 from tether.errors import ConfigError, DataError
 from tether.losses.sft import sft_loss
-from tether.models.load import count_parameters, resolve_device, set_threads
+from tether.models.load import count_parameters, set_threads
 from tether.models.tiny import BOS, EOS, PAD, wrap_tokenizer
 from tether.trainers.common import RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed
+from tether.trainers.distributed import Distributed
 
 
 def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
@@ -78,7 +79,7 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    device = Distributed(cfg.train, "pretrain", ("single",)).device  # one process: small models from scratch
 
     if cfg.block_size > cfg.arch.max_position_embeddings:
         raise ConfigError(f"block_size={cfg.block_size} is longer than arch.max_position_embeddings={cfg.arch.max_position_embeddings}")

@@ -27,13 +27,15 @@ from tether.data.tokenize import reward_texts, tokenize_for_reward, tokenize_pro
 from tether.errors import ConfigError
 from tether.losses.classifier import classifier_loss, tied_bradley_terry_loss
 from tether.losses.reward import bradley_terry_loss
-from tether.models.load import apply_lora, count_parameters, resolve_device, resolve_dtype, set_threads
+from tether.ops import upcast
+from tether.models.load import apply_lora, count_parameters, resolve_dtype, set_threads
 from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, finished_with, fmt, interrupted, length_grouped_order,
     make_optimizer, make_scheduler, progress, resume_training, save_state, set_seed, total_steps,
     trainable_state_dict,
 )
+from tether.trainers.distributed import REPLICATED, Distributed
 from tether.trainers.sft import check_context
 from tether.types import BinaryFeedbackExample, PreferenceExample, PreferenceTie
 
@@ -111,37 +113,51 @@ def label_logits(model, tokenizer, batch: list[BinaryFeedbackExample], template:
     """Class logits of labelled completions: (B, 2)."""
     texts = reward_texts([e.prompt for e in batch], [e.completion for e in batch], template)
     ids, mask = tokenize_for_reward(tokenizer, texts, max_length)
-    return model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
+    return upcast(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits)
 
 
 @torch.no_grad()
 def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template: str, max_length: int, batch_size: int, device,
-                   meta: RewardMeta | None = None) -> dict[str, float]:
-    """Pairwise accuracy (ties in score count as wrong; tied pairs are left out) and mean loss."""
+                   meta: RewardMeta | None = None, dist: Distributed | None = None) -> dict[str, float]:
+    """Pairwise accuracy (ties in score count as wrong; tied pairs are left out) and mean loss.
+
+    With several processes each batch is sharded and the scores gathered, so every pair counts once.
+    """
     examples = [e for e in examples if not isinstance(e, PreferenceTie)]
     was = model.training
     model.eval()
     chosen, rejected = [], []
     for i in range(0, len(examples), batch_size):
-        c, r = pair_scores(model, tokenizer, examples[i : i + batch_size], template, max_length, device, meta)
-        chosen.append(c)
-        rejected.append(r)
+        part, n_real = dist.shard(examples[i : i + batch_size]) if dist else (examples[i : i + batch_size], None)
+        c, r = pair_scores(model, tokenizer, part, template, max_length, device, meta)
+        chosen.append(c[:n_real])
+        rejected.append(r[:n_real])
     model.train(was)
-    loss, m = bradley_terry_loss(torch.cat(chosen), torch.cat(rejected))
+    chosen, rejected = torch.cat(chosen), torch.cat(rejected)
+    if dist is not None:
+        chosen, rejected = dist.gather(chosen), dist.gather(rejected)
+    loss, m = bradley_terry_loss(chosen, rejected)
     return {"eval/loss": loss.item(), "eval/accuracy": m["rm/accuracy"], "eval/margin": m["rm/margin"]}
 
 
 @torch.no_grad()
-def evaluate_labels(model, tokenizer, examples: list[BinaryFeedbackExample], template: str, max_length: int, batch_size: int, device) -> dict[str, float]:
-    """Classifier accuracy, AUROC of the positive-class probability, and mean cross-entropy."""
+def evaluate_labels(model, tokenizer, examples: list[BinaryFeedbackExample], template: str, max_length: int, batch_size: int, device,
+                    dist: Distributed | None = None) -> dict[str, float]:
+    """Classifier accuracy, AUROC of the positive-class probability, and mean cross-entropy (sharded and
+    gathered like `evaluate_pairs`)."""
     from tether.eval.reward_eval import auroc
 
     was = model.training
     model.eval()
-    logits = torch.cat([label_logits(model, tokenizer, examples[i : i + batch_size], template, max_length, device)
-                        for i in range(0, len(examples), batch_size)])  # (N, 2)
+    logits, labels = [], []
+    for i in range(0, len(examples), batch_size):
+        part, n_real = dist.shard(examples[i : i + batch_size]) if dist else (examples[i : i + batch_size], None)
+        logits.append(label_logits(model, tokenizer, part, template, max_length, device)[:n_real])  # (n, 2)
+        labels += [e.label for e in part[:n_real]]
     model.train(was)
-    labels = torch.tensor([e.label for e in examples], device=logits.device)
+    logits, labels = torch.cat(logits), torch.tensor(labels, device=device)  # (N, 2), (N,)
+    if dist is not None:
+        logits, labels = dist.gather(logits), dist.gather(labels)
     loss, m = classifier_loss(logits, labels)
     score = (logits[:, 1] - logits[:, 0]).cpu().numpy()  # log-odds: same order as P(desirable)
     return {"eval/loss": loss.item(), "eval/accuracy": m["rm/accuracy"], "eval/auroc": auroc(score, labels.cpu().numpy())}
@@ -160,8 +176,10 @@ def is_better(new: dict[str, float], best: dict[str, float] | None) -> bool:
 
 
 @torch.no_grad()
-def policy_samples(cfg: RewardConfig, device) -> tuple[list[str], list[str]]:
+def policy_samples(cfg: RewardConfig, device, dist: Distributed | None = None) -> tuple[list[str], list[str]]:
     """One sample of `cfg.normalize_policy` per prompt of `cfg.normalize_prompts` (at most normalize_samples).
+
+    With several processes each samples its shard of the prompts (seeded per sample) and the texts are gathered.
 
     Returns:
         (prompts, responses) as text.
@@ -171,14 +189,17 @@ def policy_samples(cfg: RewardConfig, device) -> tuple[list[str], list[str]]:
 
     d = cfg.data
     prompts = [e.prompt for e in load_prompts(cfg.normalize_prompts, d.on_invalid)][: cfg.normalize_samples]
+    start, stop = dist.shard_range(len(prompts)) if dist else (0, len(prompts))
+    seeds = dist.sample_seeds(cfg.train.seed, "normalize", range(start, stop)) if dist else None
     policy, tok = load_causal_lm(ModelConfig(name_or_path=cfg.normalize_policy), device, seed=cfg.train.seed)
-    ids = tokenize_prompts(prompts, tok, d.prompt_template, d.max_prompt_length)
-    gen = generate(policy, tok, ids, GenerationConfig(), device)
-    return prompts, decode_responses(tok, gen.responses, gen.response_mask)
+    ids = tokenize_prompts(prompts[start:stop], tok, d.prompt_template, d.max_prompt_length)
+    gen = generate(policy, tok, ids, GenerationConfig(), device, seeds=seeds)
+    responses = decode_responses(tok, gen.responses, gen.response_mask)
+    return (dist.gather_objects(prompts[start:stop]), dist.gather_objects(responses)) if dist else (prompts, responses)
 
 
 @torch.no_grad()
-def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: list, device) -> tuple[float, float]:
+def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: list, device, dist: Distributed | None = None) -> tuple[float, float]:
     """Gain and bias so that normalised scores have mean 0 and std 1 on a reference set.
 
     DESIGN.md 6.4: the reference set is samples of the initial policy when `normalize_policy` and
@@ -190,7 +211,7 @@ def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: 
     """
     d = cfg.data
     if cfg.normalize_policy and cfg.normalize_prompts:
-        prompts, responses = policy_samples(cfg, device)
+        prompts, responses = policy_samples(cfg, device, dist)
     elif cfg.kind == "classifier":
         rows = train[:256]
         prompts, responses = [e.prompt for e in rows], [e.completion for e in rows]
@@ -199,7 +220,11 @@ def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: 
         prompts, responses = [e.prompt for e in rows] * 2, [e.chosen for e in rows] + [e.rejected for e in rows]
     model.eval()
     texts = reward_texts(prompts, responses, d.prompt_template)
-    raw = torch.cat([text_scores(model, tokenizer, texts[i : i + 32], meta, d.max_length, device) for i in range(0, len(texts), 32)])
+    raw = []
+    for i in range(0, len(texts), 32):
+        part, n_real = dist.shard(texts[i : i + 32]) if dist else (texts[i : i + 32], None)
+        raw.append(text_scores(model, tokenizer, part, meta, d.max_length, device)[:n_real])
+    raw = dist.gather(torch.cat(raw)) if dist else torch.cat(raw)  # (N,) every text scored once
     std = raw.std().clamp(min=1e-6).item()
     return 1.0 / std, -raw.mean().item() / std
 
@@ -274,7 +299,8 @@ def train_ensemble(cfg: RewardConfig) -> Path:
 
     With `train.resume`, a finished member (same config) is kept and the others resume from their own
     newest checkpoint."""
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    dist = Distributed(cfg.train, "rm", REPLICATED)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     members: list[str] = []
     for i in range(cfg.ensemble_size):
         member = cfg.model_copy(update={
@@ -287,7 +313,8 @@ def train_ensemble(cfg: RewardConfig) -> Path:
             continue
         console.print(f"rm: ensemble member {i + 1} of {cfg.ensemble_size} (seed {cfg.train.seed + i})")
         train_one(member)  # with train.resume, continues from the member's own newest checkpoint
-    write_ensemble_manifest(run.path, members, cfg.ensemble_combine, cfg.ensemble_k)
+    if dist.is_main:
+        write_ensemble_manifest(run.path, members, cfg.ensemble_combine, cfg.ensemble_k)
     run.finish({"members": members})
     console.print(f"rm: ensemble of {len(members)} in {run.path}")
     return run.path
@@ -298,7 +325,9 @@ def train_one(cfg: RewardConfig) -> Path:
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    dist = Distributed(cfg.train, "rm", REPLICATED)
+    device = dist.device
+    dist.per_process(cfg.train.batch_size, "train.batch_size")
     d = cfg.data
     classifier = cfg.kind == "classifier"
     meta = RewardMeta(prompt_template=d.prompt_template, max_length=d.max_length, kind="classifier" if classifier else "scalar",
@@ -319,34 +348,39 @@ def train_one(cfg: RewardConfig) -> Path:
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora, task_type="SEQ_CLS")
     model.to(device)
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     trainable, total = count_parameters(model)
     what = "labelled completions" if classifier else "pairs"
     console.print(f"rm: {len(train)} {what} ({len(evals)} for eval), {trainable:,} of {total:,} parameters trainable")
     steps = total_steps(cfg.train, len(train))
     optimizer = make_optimizer(model.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, steps)
+    plain = model
+    model, optimizer, scheduler = dist.prepare(
+        model, optimizer, scheduler, micro_batch_size=cfg.train.batch_size // dist.num_processes, max_grad_norm=cfg.train.max_grad_norm
+    )
 
     def evaluate() -> dict[str, float]:
         if classifier:
-            return evaluate_labels(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device)
-        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, meta)
+            return evaluate_labels(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, dist)
+        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, meta, dist)
 
-    # 3. training loop: Bradley-Terry loss on pairs, or cross-entropy on labelled completions
+    # 3. training loop: Bradley-Terry loss on pairs, or cross-entropy on labelled completions; each process
+    # takes its shard of every batch
     model.train()
     rng = random.Random(cfg.train.seed)
     step, metrics, queue = 0, {}, []
     best, best_state, best_step = None, None, 0
     accum = cfg.train.grad_accum_steps
     if run.resume_from is not None:
-        state = resume_training(run.resume_from, model, optimizer, scheduler)
+        state = resume_training(run.resume_from, plain, optimizer, scheduler)
         step, queue, metrics = state["step"], state["queue"], state["metrics"]
         best, best_state, best_step = state["best"], state["best_state"], state["best_step"]
         rng.setstate(state["order_rng"])
 
     def save(path: Path) -> None:
         save_state(
-            path, step=step, model=trainable_state_dict(model), optimizer=optimizer.state_dict(),
+            path, step=step, model=trainable_state_dict(plain), optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), queue=queue, order_rng=rng.getstate(), metrics=metrics,
             best=best, best_state=best_state, best_step=best_step,
         )
@@ -354,21 +388,23 @@ def train_one(cfg: RewardConfig) -> Path:
     with progress() as bar, StopSignal() as stop:
         task = bar.add_task("rm", total=steps, completed=step, info="")
         while step < steps:
-            for _ in range(accum):
+            for k in range(accum):
                 if not queue:
                     queue = epoch_batches(cfg, train, rng)
-                batch = [train[j] for j in queue.pop(0)]
-                with autocast(cfg.train, device):
-                    if classifier:
-                        logits = label_logits(model, tokenizer, batch, d.prompt_template, d.max_length, device)  # (B, 2)
-                        labels = torch.tensor([e.label for e in batch], device=device)
-                        loss, m = classifier_loss(logits, labels)
-                    else:
-                        chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta)
-                        loss, m = pair_loss(chosen, rejected, batch)
-                check_finite(loss, step + 1, run)
-                (loss / accum).backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                batch, n_real = dist.shard([train[j] for j in queue.pop(0)])
+                with dist.micro_batch(model, last=k == accum - 1):
+                    with autocast(cfg.train, device):
+                        if classifier:
+                            logits = label_logits(model, tokenizer, batch, d.prompt_template, d.max_length, device)  # (B, 2)
+                            labels = torch.tensor([e.label for e in batch], device=device)
+                            loss, m = classifier_loss(logits, labels)
+                        else:
+                            chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta)
+                            loss, m = pair_loss(chosen, rejected, batch)
+                    check_finite(loss, step + 1, run)
+                    dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
+            m = dist.mean_metrics(m, n_real)
+            grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -377,7 +413,7 @@ def train_one(cfg: RewardConfig) -> Path:
             if evals and cfg.train.eval_every and (step % cfg.train.eval_every == 0 or step == steps):
                 metrics.update(evaluate())
                 if cfg.select_best and is_better(metrics, best):
-                    best, best_state, best_step = dict(metrics), trainable_state_dict(model), step
+                    best, best_state, best_step = dict(metrics), trainable_state_dict(plain), step
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log(step, metrics)
             bar.update(task, advance=1, info=fmt(metrics, ["loss/reward", "loss/classifier", "rm/accuracy", "eval/accuracy"]))
@@ -387,6 +423,7 @@ def train_one(cfg: RewardConfig) -> Path:
                     raise interrupted(step, ckpt)
 
     # 4. best eval step's weights, final eval, normalisation, save
+    model = plain
     if best_state is not None and best_step != step:
         model.load_state_dict(best_state, strict=False)
         console.print(f"rm: keeping the weights of step {best_step} (eval accuracy {best['eval/accuracy']:.3f})")
@@ -401,8 +438,9 @@ def train_one(cfg: RewardConfig) -> Path:
         metrics["eval/best_step"] = float(step)
         run.log(step, metrics)
     if cfg.normalize:
-        meta.gain, meta.bias = normalisation(cfg, model, tokenizer, meta, train, device)
-    RewardModel(model, tokenizer, meta).save(run.path)
+        meta.gain, meta.bias = normalisation(cfg, model, tokenizer, meta, train, device, dist)
+    if dist.is_main:
+        RewardModel(model, tokenizer, meta).save(run.path)
     run.finish({"steps": step, **metrics})
     console.print(f"rm: done, eval accuracy {metrics.get('eval/accuracy', float('nan')):.3f}, model in {run.path}")
     return run.path

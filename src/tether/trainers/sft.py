@@ -12,12 +12,13 @@ from tether.data.sources import load_sft, select
 from tether.data.tokenize import TokenizedSFT, collate_sft, tokenize_sft
 from tether.errors import ConfigError
 from tether.losses.sft import sft_loss
-from tether.models.load import apply_lora, count_parameters, load_causal_lm, resolve_device, save_causal_lm, set_threads
+from tether.models.load import apply_lora, count_parameters, load_causal_lm, save_causal_lm, set_threads
 from tether.models.logprobs import forward_logits
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, make_optimizer,
     make_scheduler, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
+from tether.trainers.distributed import Distributed
 
 
 def model_context(model) -> int | None:
@@ -43,17 +44,24 @@ def batches(items: list[TokenizedSFT], batch_size: int, shuffle: bool, seed: int
 
 
 @torch.no_grad()
-def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int, device) -> dict[str, float]:
-    """Mean response-token loss and perplexity on held-out examples."""
+def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int, device, dist: Distributed | None = None) -> dict[str, float]:
+    """Mean response-token loss and perplexity on held-out examples.
+
+    With several processes each global batch of `batch_size` is sharded and the token sums are added up
+    over processes, so every example counts once.
+    """
     model.eval()
     total, tokens = 0.0, 0
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
-        b = collate_sft(chunk, pad_id).to(device)
+        part, n_real = dist.shard(chunk) if dist else (chunk, len(chunk))
+        b = collate_sft(part, pad_id).to(device)
         logits = forward_logits(model, b.input_ids, b.attention_mask)
         loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
-        n = int(b.loss_mask[:, 1:].sum())
+        n = int(b.loss_mask[:, 1:].sum()) if n_real else 0
         total, tokens = total + loss.item() * n, tokens + n
     model.train()
+    if dist is not None:
+        total, tokens = dist.sum(total), dist.sum(tokens)
     mean = total / max(tokens, 1)
     return {"eval/loss": mean, "eval/ppl": float(torch.tensor(mean).exp())}
 
@@ -68,7 +76,9 @@ def train_sft(cfg: SFTConfig) -> Path:
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = resolve_device(cfg.train.device)
+    dist = Distributed(cfg.train, "sft", lora=cfg.model.lora.enabled)
+    device = dist.device
+    dist.per_process(cfg.train.batch_size, "train.batch_size")
 
     # 1. data and model (all checks before anything is written)
     d = cfg.data
@@ -78,7 +88,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     check_context(d.max_length, model)
     items = tokenize_sft(examples, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
     eval_items = tokenize_sft(eval_examples, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
 
     # 2. LoRA (optional) and optimizer
     if cfg.model.lora.enabled:
@@ -88,19 +98,22 @@ def train_sft(cfg: SFTConfig) -> Path:
     steps = total_steps(cfg.train, len(items))
     optimizer = make_optimizer(model.parameters(), cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, steps)
+    model, optimizer, scheduler = dist.prepare(
+        model, optimizer, scheduler, micro_batch_size=cfg.train.batch_size // dist.num_processes, max_grad_norm=cfg.train.max_grad_norm
+    )
 
-    # 3. training loop: micro-batches with gradient accumulation
+    # 3. training loop: micro-batches with gradient accumulation; each process takes its shard of a micro-batch
     model.train()
     step, epoch, start_i, metrics = 0, 0, 0, {}
     accum = cfg.train.grad_accum_steps
     if run.resume_from is not None:
-        state = resume_training(run.resume_from, model, optimizer, scheduler)
+        state = resume_training(run.resume_from, dist.unwrap(model), optimizer, scheduler)
         step, epoch, start_i = state["step"], state["epoch"], state["next_batch"]
 
     def save(path: Path) -> None:
-        save_causal_lm(model, tokenizer, path)
+        save_causal_lm(dist.unwrap(model), tokenizer, path)
         save_state(
-            path, step=step, epoch=epoch, next_batch=i + accum, model=trainable_state_dict(model),
+            path, step=step, epoch=epoch, next_batch=i + accum, model=trainable_state_dict(dist.unwrap(model)),
             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
         )
 
@@ -112,37 +125,42 @@ def train_sft(cfg: SFTConfig) -> Path:
                 if step >= steps:
                     break
                 losses, group = [], micro[i : i + accum]
-                for chunk in group:
-                    b = collate_sft(chunk, tokenizer.pad_token_id).to(device)
-                    with autocast(cfg.train, device):
-                        logits = forward_logits(model, b.input_ids, b.attention_mask)
-                    # position t predicts token t+1: shift so the loss sees only response tokens
-                    loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
-                    check_finite(loss, step + 1, run)
-                    (loss / len(group)).backward()
-                    losses.append(loss.item())
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+                for j, chunk in enumerate(group):
+                    part, n_real = dist.shard(chunk)
+                    with dist.micro_batch(model, last=j == len(group) - 1):
+                        b = collate_sft(part, tokenizer.pad_token_id).to(device)
+                        with autocast(cfg.train, device):
+                            logits = forward_logits(model, b.input_ids, b.attention_mask)
+                        # position t predicts token t+1: shift so the loss sees only response tokens
+                        loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
+                        check_finite(loss, step + 1, run)
+                        # the mean over every response token of the global micro-batch
+                        tokens = m["sft/tokens"] if n_real else 0.0
+                        dist.backward(loss * dist.share(tokens), len(group))
+                    losses.append(dist.mean_metrics({"loss/sft": loss.item()}, tokens)["loss/sft"])
+                grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
                 metrics = {"loss/sft": sum(losses) / len(losses), "sft/grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
                 if eval_items and cfg.train.eval_every and step % cfg.train.eval_every == 0:
-                    metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device))
+                    metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device, dist))
                 if step % cfg.train.log_every == 0 or step == steps:
                     run.log(step, metrics)
                 bar.update(task, advance=1, info=fmt(metrics, ["loss/sft", "eval/loss"]))
-                if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                stopping = dist.any(stop.requested)  # all processes stop at the same step
+                if cfg.train.save_every and step % cfg.train.save_every == 0 or stopping:
                     ckpt = run.checkpoint(step, save)
-                    if stop.requested:
+                    if stopping:
                         raise interrupted(step, ckpt)
             epoch, start_i = epoch + 1, 0
 
     # 4. final evaluation and model
     if eval_items:
-        metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device))
+        metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device, dist))
         run.log(step, metrics)
-    save_causal_lm(model, tokenizer, run.path)
+    dist.save_model(model, tokenizer, run.path, save_causal_lm)
     run.finish({"steps": step, **metrics})
     console.print(f"sft: done, model in {run.path}")
     return run.path
