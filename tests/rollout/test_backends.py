@@ -95,9 +95,9 @@ class RecordingBackend:
     def _weights(self, policy) -> torch.Tensor:
         return torch.cat([p.detach().flatten() for p in policy.parameters() if p.requires_grad]).clone()
 
-    def generate(self, prompt_ids, return_sampling_logprobs=False):
+    def generate(self, prompt_ids, return_sampling_logprobs=False, seeds=None):
         self.calls.append(("generate", self._weights(self.policy)))
-        return self.inner.generate(prompt_ids, return_sampling_logprobs)
+        return self.inner.generate(prompt_ids, return_sampling_logprobs, seeds)
 
     def sync_weights(self, policy):
         self.calls.append(("sync", self._weights(policy)))
