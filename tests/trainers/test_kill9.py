@@ -40,6 +40,12 @@ ROLLOUT = {"max_prompt_length": 32}
 def _configs(data: dict[str, Path]) -> dict[str, dict]:
     """Tiny configs, each with enough steps after step-4 that the kill lands mid-run."""
     return {
+        "pretrain": {
+            "data": {"train": str(data["text"])}, "block_size": 32,
+            "arch": {"kind": "llama", "vocab_size": 320, "hidden_size": 64, "num_layers": 2, "num_heads": 4,
+                     "intermediate_size": 128, "max_position_embeddings": 64},
+            "train": {**TRAIN, "batch_size": 8, "max_steps": 20, "learning_rate": 3e-3},
+        },
         "sft": {
             "model": {"name_or_path": "tiny-llama"}, "data": {"train": str(data["sft"]), "max_length": 64},
             "train": {**TRAIN, "batch_size": 4, "max_steps": 20, "learning_rate": 1e-3},
@@ -104,7 +110,7 @@ def _metrics(out: Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "time"} for r in rows]
 
 
-@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "ppo", "grpo"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "dpo", "ppo", "grpo"])
 def test_kill_9_then_resume_matches_an_uninterrupted_run(stage, tiny_data, tmp_path):
     cfg = _configs(tiny_data)[stage]
     config = tmp_path / f"{stage}.yaml"
@@ -144,7 +150,7 @@ def test_kill_9_then_resume_matches_an_uninterrupted_run(stage, tiny_data, tmp_p
         a, b = load_file(full / name), load_file(killed / name)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), f"{name} differs after resuming"
-    for meta in full.glob("tether_*.json"):
+    for meta in [*full.glob("tether_*.json"), *full.glob("tokenizer*.json")]:
         assert json.loads(meta.read_text()) == json.loads((killed / meta.name).read_text())
     assert _metrics(full) == _metrics(killed)
     grad_norms = [v for r in _metrics(full) for k, v in r.items() if k.endswith("grad_norm")]

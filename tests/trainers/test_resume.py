@@ -98,16 +98,22 @@ def test_half_written_checkpoint_is_never_picked(tmp_path, monkeypatch):
     assert [r["step"] for r in _metrics(out)] == [1, 2, 3, 4]
 
 
-def test_sigterm_saves_a_checkpoint_and_says_how_to_continue(tmp_path, monkeypatch):
-    original, calls = ppo_module.ppo_update, {"n": 0}
+def _sigterm_on_call(monkeypatch, module, name: str, n: int):
+    """Send this process SIGTERM in the n-th call of `module.name`: it arrives mid-step; the step finishes,
+    then checkpoints."""
+    original, calls = getattr(module, name), {"n": 0}
 
-    def update(*args, **kwargs):
+    def signalling(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 1:
-            os.kill(os.getpid(), signal.SIGTERM)  # arrives mid-step; the step finishes, then checkpoints
+        if calls["n"] == n:
+            os.kill(os.getpid(), signal.SIGTERM)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ppo_module, "ppo_update", update)
+    monkeypatch.setattr(module, name, signalling)
+
+
+def test_sigterm_saves_a_checkpoint_and_says_how_to_continue(tmp_path, monkeypatch):
+    _sigterm_on_call(monkeypatch, ppo_module, "ppo_update", 1)
     cfg = _config(tmp_path, "run")
     cfg.train.save_every = None  # the checkpoint comes from the signal alone
     with pytest.raises(TrainingError, match="after step 1.*train.resume=true"):
@@ -277,3 +283,68 @@ def test_resume_picks_the_newest_complete_checkpoint_and_its_metrics_rows(tmp_pa
     resumed = RunDir(tmp_path / "run", cfg(True))
     assert resumed.resume_from == ckpts / "step-3"
     assert [(r["step"], "loss" in r) for r in _metrics(tmp_path / "run")] == [(1, True), (2, True), (3, True)]
+
+
+def _pretrain_config(text, out, resume=False, save_every=3, **top):
+    from tether.config import PretrainConfig, validate
+
+    return validate(PretrainConfig, {
+        "data": {"train": str(text)}, "block_size": 32,
+        "arch": {"kind": "gpt2", "vocab_size": 320, "hidden_size": 32, "num_layers": 1, "num_heads": 2,
+                 "intermediate_size": 64, "max_position_embeddings": 64},
+        "train": {"batch_size": 16, "max_steps": 10, "save_every": save_every, "log_every": 1, "learning_rate": 3e-3,
+                  "device": "cpu", "resume": resume},
+        "output_dir": str(out), **top,
+    })
+
+
+def test_pretrain_resume_after_a_crash_matches_an_uninterrupted_run(tmp_path, monkeypatch, tiny_data):
+    import tether.trainers.pretrain as pretrain_module
+    from tether.trainers.pretrain import train_pretrain
+
+    def cfg(run, resume=False):
+        return _pretrain_config(tiny_data["text"], tmp_path / run, resume)
+
+    def train(c):
+        if not c.train.resume:
+            return train_pretrain(c)
+        with pytest.MonkeyPatch.context() as mp:  # a resumed run reads the tokenizer from the checkpoint
+            mp.setattr(pretrain_module, "train_tokenizer", lambda *a, **k: pytest.fail("the tokenizer was trained again"))
+            return train_pretrain(c)
+
+    # 63 training blocks, batches of 16: 4 per epoch (the last one of 15). Crash in step 5, after the checkpoint
+    # of step 3: the resumed run continues mid-epoch from the saved block order, then draws epochs 2 and 3
+    # from the restored RNG (GPT-2's dropout draws from it too)
+    full, resumed = _crash_then_resume(tmp_path, monkeypatch, train, cfg, pretrain_module, "sft_loss", 5)
+    _assert_same_weights(full, resumed)
+    assert (full / "tokenizer.json").read_text() == (resumed / "tokenizer.json").read_text()
+    drop = ("time",)
+    assert [{k: v for k, v in r.items() if k not in drop} for r in _metrics(full)] == [
+        {k: v for k, v in r.items() if k not in drop} for r in _metrics(resumed)
+    ]
+    assert [r["step"] for r in _metrics(resumed)] == list(range(1, 11)) + [10]  # the last row adds eval/ppl
+
+
+def test_pretrain_sigterm_checkpoint_and_max_minutes_across_a_resume(tmp_path, monkeypatch, tiny_data):
+    import torch
+
+    import tether.trainers.pretrain as pretrain_module
+    from tether.trainers.common import STATE_FILE
+    from tether.trainers.pretrain import train_pretrain
+
+    _sigterm_on_call(monkeypatch, pretrain_module, "sft_loss", 2)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="after step 2.*train.resume=true"):
+        train_pretrain(_pretrain_config(tiny_data["text"], out, save_every=None, max_minutes=10))
+    monkeypatch.undo()
+    ckpt = out / "checkpoints" / "step-2"
+    assert (ckpt / "tokenizer.json").is_file() and (ckpt / "model.safetensors").is_file()
+    state = torch.load(ckpt / STATE_FILE, weights_only=False)
+    assert state["step"] == 2 and state["position"] == 32 and sorted(state["order"].tolist()) == list(range(63))
+    assert 0 < state["train_seconds"] < 600
+
+    # pretend the first process had trained for just over max_minutes: the resumed run stops at once
+    state["train_seconds"] = 10 * 60 + 1
+    torch.save(state, ckpt / STATE_FILE)
+    train_pretrain(_pretrain_config(tiny_data["text"], out, resume=True, save_every=None, max_minutes=10))
+    assert json.loads((out / "DONE").read_text())["steps"] == 2

@@ -3,6 +3,11 @@
 This is the offline default base model (no hub access needed). Each document is wrapped as
 BOS + text + EOS, documents are concatenated and cut into `block_size` blocks (packing), and the
 model learns next-token prediction on every token.
+
+Checkpoints (`train.save_every`, and on SIGTERM/SIGINT) hold the model, the trained tokenizer, the
+optimizer, the LR schedule, every RNG, the epoch's block order with the position in it, and the
+training time spent so far; `train.resume=true` continues from the newest one exactly (the tokenizer
+is read from the checkpoint, not trained again, and `max_minutes` counts the time before the resume).
 """
 
 from __future__ import annotations
@@ -17,9 +22,12 @@ from tether.config import PretrainConfig
 from tether.data.sources import load_texts
 from tether.errors import ConfigError, DataError
 from tether.losses.sft import sft_loss
-from tether.models.load import count_parameters, set_threads
+from tether.models.load import count_parameters, save_causal_lm, set_threads
 from tether.models.tiny import BOS, EOS, PAD, wrap_tokenizer
-from tether.trainers.common import RunDir, autocast, check_finite, console, fmt, make_optimizer, make_scheduler, progress, set_seed
+from tether.trainers.common import (
+    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler, progress,
+    resume_training, save_state, set_seed, trainable_state_dict,
+)
 from tether.trainers.distributed import Distributed
 
 
@@ -36,6 +44,13 @@ def train_tokenizer(texts: list[str], vocab_size: int, model_max_length: int):
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return wrap_tokenizer(tok, model_max_length)
+
+
+def saved_tokenizer(path: Path, model_max_length: int):
+    """The tokenizer `train_tokenizer` made, read back from the `tokenizer.json` saved in directory `path`."""
+    from tokenizers import Tokenizer
+
+    return wrap_tokenizer(Tokenizer.from_file(str(path / "tokenizer.json")), model_max_length)
 
 
 def build_model(cfg: PretrainConfig, tokenizer):
@@ -74,7 +89,8 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
 
     Raises:
         DataError: no text, or too little for two blocks.
-        TrainingError: on a NaN/inf loss.
+        TrainingError: on a NaN/inf loss (the last good checkpoint is kept), or when stopped by a signal
+            (after writing a checkpoint).
     """
     # 0. setup
     set_threads(cfg.train.num_threads)
@@ -99,19 +115,23 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
         texts = kept
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
 
-    # 2. tokenizer and packed blocks (2% held out for perplexity)
+    # 2. tokenizer (the checkpoint's when resuming) and packed blocks (2% held out for perplexity)
     t0 = time.time()
-    tokenizer = train_tokenizer(texts, cfg.arch.vocab_size, cfg.arch.max_position_embeddings)
+    if run.resume_from is not None:
+        tokenizer = saved_tokenizer(run.resume_from, cfg.arch.max_position_embeddings)
+    else:
+        tokenizer = train_tokenizer(texts, cfg.arch.vocab_size, cfg.arch.max_position_embeddings)
     blocks = pack(texts, tokenizer, cfg.block_size)
     n_eval = max(1, len(blocks) // 50)
     eval_blocks, train_blocks = blocks[:n_eval], blocks[n_eval:]
-    console.print(
-        f"pretrain: {len(texts)} documents, {blocks.numel():,} tokens, vocab {len(tokenizer)}, "
-        f"tokenizer trained in {time.time() - t0:.1f}s"
-    )
+    made = "read from the checkpoint" if run.resume_from is not None else f"trained in {time.time() - t0:.1f}s"
+    console.print(f"pretrain: {len(texts)} documents, {blocks.numel():,} tokens, vocab {len(tokenizer)}, tokenizer {made}")
 
     # 3. model and optimizer
     model = build_model(cfg, tokenizer).to(device)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.generation_config.bos_token_id = tokenizer.bos_token_id
     _, total = count_parameters(model)
     bs = cfg.train.batch_size
     steps = cfg.train.max_steps or max(1, int(len(train_blocks) * cfg.train.epochs) // bs)
@@ -119,33 +139,52 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
     scheduler = make_scheduler(optimizer, cfg.train, steps)
     console.print(f"pretrain: {total:,} parameters, {steps} steps of {bs} x {cfg.block_size} tokens")
 
-    # 4. next-token training on packed blocks
+    # 4. next-token training on packed blocks, in a fresh random order every epoch
     model.train()
     ones = torch.ones(bs, cfg.block_size - 1, dtype=torch.bool, device=device)
-    deadline = time.time() + 60 * cfg.max_minutes if cfg.max_minutes else None
-    step, metrics = 0, {}
-    with progress() as bar:
-        task = bar.add_task("pretrain", total=steps, info="")
+    step, metrics, spent = 0, {}, 0.0
+    order, pos = torch.empty(0, dtype=torch.long), 0  # this epoch's block order, and the next block in it
+    if run.resume_from is not None:
+        state = resume_training(run.resume_from, model, optimizer, scheduler)
+        step, order, pos, spent = state["step"], state["order"], state["position"], state["train_seconds"]
+    clock = time.time() - spent  # training time counts across resumptions (max_minutes)
+
+    def save(path: Path) -> None:
+        save_causal_lm(model, tokenizer, path)
+        save_state(
+            path, step=step, model=trainable_state_dict(model), optimizer=optimizer.state_dict(),
+            scheduler=scheduler.state_dict(), order=order, position=pos, train_seconds=time.time() - clock,
+        )
+
+    with progress() as bar, StopSignal() as stop:
+        task = bar.add_task("pretrain", total=steps, completed=step, info="")
         while step < steps:
-            for idx in torch.randperm(len(train_blocks)).split(bs):
-                if step >= steps or (deadline and time.time() > deadline):
-                    steps = step
-                    break
-                x = train_blocks[idx].to(device)
-                with autocast(cfg.train, device):
-                    logits = model(input_ids=x, use_cache=False).logits
-                loss, m = sft_loss(logits[:, :-1], x[:, 1:], ones[: len(idx)])
-                check_finite(loss, step + 1, run)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                metrics = {"loss/lm": loss.item(), "lr": scheduler.get_last_lr()[0]}
-                if step % cfg.train.log_every == 0:
-                    run.log(step, metrics)
-                bar.update(task, completed=step, info=fmt(metrics, ["loss/lm"]))
+            if cfg.max_minutes and time.time() - clock > 60 * cfg.max_minutes:
+                console.print(f"pretrain: max_minutes={cfg.max_minutes} reached after {step} steps")
+                break
+            if pos >= len(order):
+                order, pos = torch.randperm(len(train_blocks)), 0
+            idx = order[pos : pos + bs]
+            pos += len(idx)
+            x = train_blocks[idx].to(device)
+            with autocast(cfg.train, device):
+                logits = model(input_ids=x, use_cache=False).logits
+            loss, m = sft_loss(logits[:, :-1], x[:, 1:], ones[: len(idx)])
+            check_finite(loss, step + 1, run)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            metrics = {"loss/lm": loss.item(), "pretrain/grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
+            if step % cfg.train.log_every == 0:
+                run.log(step, metrics)
+            bar.update(task, completed=step, info=fmt(metrics, ["loss/lm"]))
+            if cfg.train.save_every and step % cfg.train.save_every == 0 or stop.requested:
+                ckpt = run.checkpoint(step, save)
+                if stop.requested:
+                    raise interrupted(step, ckpt)
 
     # 5. held-out perplexity, save
     model.eval()
@@ -155,11 +194,7 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
         eval_loss, _ = sft_loss(logits[:, :-1], x[:, 1:], torch.ones_like(x[:, 1:], dtype=torch.bool))
     metrics.update({"eval/loss": eval_loss.item(), "eval/ppl": eval_loss.exp().item()})
     run.log(step, metrics)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(run.path)
-    tokenizer.save_pretrained(run.path)
+    save_causal_lm(model, tokenizer, run.path)
     run.finish({"steps": step, **metrics})
     console.print(f"pretrain: done after {step} steps, held-out ppl {metrics['eval/ppl']:.1f}, model in {run.path}")
     return run.path
