@@ -37,7 +37,7 @@ from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_ad
 from tether.rl.kl import kl_estimate
 from tether.rl.rewards import compute_rewards
 from tether.trainers.common import (
-    RunDir, StopSignal, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict,
+    RunDir, StopSignal, adamw, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict,
     next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.ppo import Models, check_rollout_logprobs, initial_score_stats, load_models, make_rollout
@@ -116,7 +116,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
     trainable, total = count_parameters(m.policy)
     console.print(f"{cfg.grpo.algorithm}: {len(prompts)} prompts x {G} samples, policy {trainable:,}/{total:,} trainable")
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [q for q in m.policy.parameters() if q.requires_grad], lr=cfg.train.learning_rate,
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay, eps=1e-5,
     )

@@ -39,7 +39,7 @@ from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
 from tether.rollout.generate import decode_responses, generate
 from tether.trainers.common import (
-    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, load_state, load_trainable_state_dict,
+    GuardTripped, RunDir, StopSignal, adamw, console, fmt, interrupted, load_state, load_trainable_state_dict,
     next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.sft import check_context
@@ -222,7 +222,9 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
     for _ in range(p.num_ppo_epochs):
         for idx in torch.randperm(B).split(mb_size):
             mask = r.response_mask[idx]
-            logprobs, entropy = response_logprobs(m.policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True)
+            logprobs, entropy = response_logprobs(
+                m.policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True, entropy_grad=p.ent_coef > 0
+            )
             values = m.value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
             # policy loss
             pg_loss, pm = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
@@ -292,7 +294,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         f"ppo: {len(prompts)} prompts, policy {trainable:,}/{total:,} trainable, "
         f"reference {'= policy with adapters disabled (LoRA)' if m.ref_policy is None else 'frozen copy'}"
     )
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [
             {"params": [q for q in m.policy.parameters() if q.requires_grad], "lr": cfg.train.learning_rate},
             {"params": list(m.value_model.parameters()), "lr": p.value_learning_rate or cfg.train.learning_rate},
