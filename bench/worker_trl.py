@@ -14,8 +14,8 @@ to TRL's arguments so both sides do the same work:
 - dpo: DPOTrainer, sigmoid loss, a reference model, batch `batch` pairs; rm: RewardTrainer (Bradley-Terry),
   batch `batch` pairs; sft: SFTTrainer on prompt/completion rows, loss on completions. One optimizer step each.
 
-Everywhere: float32 (or bf16 autocast when `bf16`), AdamW (`adamw_torch`, torch.optim.AdamW like tether) at
-the same constant learning rate, no gradient checkpointing (TRL's default is on), no warm-up, `threads` torch
+Everywhere: float32 (or bf16 autocast when `bf16`), fused torch AdamW (`adamw_torch_fused`, the Trainer
+default since torch 2.8, and what tether uses) at the same constant learning rate, no gradient checkpointing (TRL's default is on), no warm-up, `threads` torch
 threads, checkpoints off, metrics logged every step (tether logs every step too). A `TrainerCallback`
 stamps the step clock in `on_step_end`.
 
@@ -38,7 +38,7 @@ from worker_tether import LORA, settings_for  # noqa: E402  (settings only; impo
 def common_args(s: dict, out_dir: str) -> dict:
     return dict(
         output_dir=out_dir, learning_rate=s["lr"], lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0,
-        optim="adamw_torch", max_grad_norm=1.0, seed=s["seed"], use_cpu=True, bf16=s["bf16"], fp16=False,
+        optim="adamw_torch_fused", max_grad_norm=1.0, seed=s["seed"], use_cpu=True, bf16=s["bf16"], fp16=False,
         gradient_checkpointing=False, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True,
         dataloader_num_workers=0,
     )
