@@ -5,9 +5,13 @@ and the TRL workers (bench/.venv-trl*, where tether is not installed) use the sa
 
 How a step is timed, identically on both sides: each framework runs its own training entry point for
 `warmup + steps` steps, and a hook at the end of every step (tether: `RunDir.log`, called once per step;
-TRL: `TrainerCallback.on_step_end`) stamps `time.perf_counter()`. Step k lasts from the end of step k-1 to
-the end of step k, so everything the framework does per step is inside (data, generation, scoring, backward,
-optimizer, logging); the first `warmup` steps are dropped.
+TRL: `TrainerCallback.on_step_end`) stamps the wall clock (`time.perf_counter()`) and the CPU time of the
+process (`time.process_time()`, user + system over all its threads). Step k lasts from the end of step k-1
+to the end of step k, so everything the framework does per step is inside (data, generation, scoring,
+backward, optimizer, logging); the first `warmup` steps are dropped. On a machine shared with other jobs the
+wall time of a step depends on how much CPU the process got; its CPU time much less so, which makes it the
+steadier number for comparing two frameworks (with one torch thread it is close to the wall time of an idle
+machine).
 
 How tokens and FLOPs are counted: `LlamaModel.forward` (the backbone every causal LM, reward model and value
 model of the benchmark runs through) is wrapped once at class level. Each call adds its real (non-pad)
@@ -33,9 +37,14 @@ BENCH = Path(__file__).resolve().parent
 CACHE = BENCH / ".cache"
 
 
+def cache_dir() -> Path:
+    """Where the models, data, logs and profiles live: bench/.cache, or $BENCH_CACHE."""
+    return Path(os.environ.get("BENCH_CACHE", CACHE))
+
+
 def manifest() -> dict:
     """The cache manifest written by `bench/prepare.py`."""
-    path = CACHE / "manifest.json"
+    path = cache_dir() / "manifest.json"
     if not path.is_file():
         raise SystemExit(f"{path} is missing: run `python bench/prepare.py` in tether's venv first")
     return json.loads(path.read_text())
@@ -98,7 +107,20 @@ class TokenCounter:
             return original(module, *args, **kwargs)
 
         LlamaModel.forward = forward
+        self._restore = lambda: setattr(LlamaModel, "forward", original)
         return self
+
+    def uninstall(self) -> None:
+        restore = getattr(self, "_restore", None)
+        if restore is not None:
+            restore()
+            self._restore = None
+
+    def __enter__(self) -> "TokenCounter":
+        return self.install()
+
+    def __exit__(self, *exc) -> None:
+        self.uninstall()
 
     def _params(self, module) -> int:
         key = id(module)
@@ -137,29 +159,30 @@ class TokenCounter:
 
 
 class StepClock:
-    """Time stamps (and token counts) at the end of every step; see the module doc."""
+    """Wall and CPU time stamps (and token counts) at the end of every step; see the module doc."""
 
     def __init__(self, counter: TokenCounter | None = None):
         self.counter = counter
-        self.marks: list[tuple[float, dict]] = []
-        self.start = time.perf_counter()
+        self.marks: list[tuple[float, float, dict]] = []
+        self.start = (time.perf_counter(), time.process_time(), self._zero())
 
     def mark(self) -> None:
-        self.marks.append((time.perf_counter(), self.counter.snapshot() if self.counter else {}))
+        self.marks.append((time.perf_counter(), time.process_time(), self.counter.snapshot() if self.counter else {}))
 
-    def steps(self, warmup: int) -> tuple[list[float], dict]:
-        """Seconds of each step after the first `warmup`, and the mean counts per timed step.
+    def steps(self, warmup: int) -> tuple[list[float], list[float], dict]:
+        """Wall seconds and CPU seconds of each step after the first `warmup`, and mean counts per timed step.
 
         Raises:
             SystemExit: when fewer than warmup + 1 steps were stamped.
         """
         if len(self.marks) < warmup + 1:
             raise SystemExit(f"only {len(self.marks)} steps were timed; need warmup ({warmup}) + at least 1")
-        timed = self.marks[warmup - 1 :] if warmup > 0 else [(self.start, self._zero())] + self.marks
-        seconds = [b[0] - a[0] for a, b in zip(timed, timed[1:])]
-        first, last = timed[0][1], timed[-1][1]
-        per_step = {k: (last[k] - first[k]) / len(seconds) for k in last} if last else {}
-        return seconds, per_step
+        timed = self.marks[warmup - 1 :] if warmup > 0 else [self.start] + self.marks
+        wall = [b[0] - a[0] for a, b in zip(timed, timed[1:])]
+        cpu = [b[1] - a[1] for a, b in zip(timed, timed[1:])]
+        first, last = timed[0][2], timed[-1][2]
+        per_step = {k: (last[k] - first[k]) / len(wall) for k in last} if last else {}
+        return wall, cpu, per_step
 
     def _zero(self) -> dict:
         return {k: 0 for k in self.counter.snapshot()} if self.counter else {}
@@ -178,13 +201,15 @@ def versions() -> dict:
 
 def record(name: str, framework: str, settings: dict, clock: StepClock, rss_floor_mb: float, extra: dict | None = None) -> dict:
     """One worker result: step times, their median, counts per step, peak memory, versions, machine load."""
-    seconds, per_step = clock.steps(settings["warmup"])
+    seconds, cpu, per_step = clock.steps(settings["warmup"])
     return {
         "name": name,
         "framework": framework,
         "settings": settings,
         "step_s": [round(s, 4) for s in seconds],
         "median_s": statistics.median(seconds),
+        "step_cpu_s": [round(s, 4) for s in cpu],
+        "median_cpu_s": statistics.median(cpu),
         "per_step": per_step,
         "tokens_per_step": per_step.get("fwd_tokens", 0) + per_step.get("train_tokens", 0),
         "peak_rss_mb": round(peak_rss_mb(), 1),

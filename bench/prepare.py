@@ -16,6 +16,8 @@ Both frameworks read exactly these files:
 - `manifest.json`: paths, parameter counts (all, and those in matrix products) and token lengths.
 
     python bench/prepare.py            # idempotent: skipped when the manifest matches
+
+$BENCH_CACHE puts the cache elsewhere (the harness's own test builds a tiny one that way).
 """
 
 from __future__ import annotations
@@ -23,10 +25,13 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
-CACHE = BENCH / ".cache"
+sys.path.insert(0, str(BENCH))
+from harness import cache_dir  # noqa: E402
+
 DATA = BENCH.parent.parent / "shared" / "data"
 VOCAB = 8192
 PROMPT_TOKENS = 64  # BOS + 63
@@ -60,17 +65,17 @@ def matmul_params(model) -> int:
     return total - (0 if tied else emb.numel())
 
 
-def build_tokenizer(hh: list[dict], sft: list[dict]):
+def build_tokenizer(hh: list[dict], sft: list[dict], vocab: int):
     from tether.trainers.pretrain import train_tokenizer
 
     texts = [r["prompt"] + " " + r["chosen"] for r in hh] + [r["rejected"] for r in hh]
     texts += [r["prompt"] + " " + r["response"] for r in sft]
-    tok = train_tokenizer(texts, VOCAB, model_max_length=1024)
+    tok = train_tokenizer(texts, vocab, model_max_length=1024)
     assert tok.pad_token_id != tok.eos_token_id
     return tok
 
 
-def build_models(tok, out: Path) -> dict:
+def build_models(tok, out: Path, sizes: dict) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -78,9 +83,9 @@ def build_models(tok, out: Path) -> dict:
     from tether.trainers.pretrain import build_model
 
     info = {}
-    for name, (layers, hidden, heads, inter) in SIZES.items():
+    for name, (layers, hidden, heads, inter) in sizes.items():
         arch = PretrainArch(num_layers=layers, hidden_size=hidden, num_heads=heads, intermediate_size=inter,
-                            vocab_size=VOCAB, max_position_embeddings=512)
+                            vocab_size=len(tok), max_position_embeddings=512)
         torch.manual_seed(0)
         policy = build_model(PretrainConfig(arch=arch, data={"train": "unused"}, output_dir="unused"), tok)
         policy.generation_config.pad_token_id = tok.pad_token_id
@@ -155,22 +160,37 @@ def build_data(tok, hh: list[dict], seeds: list[dict], out: Path) -> dict:
     return {"prompts": len(prompts), "pairs": len(pairs), "sft": len(sft), "prompt_tokens": PROMPT_TOKENS, "seq_tokens": SEQ_TOKENS}
 
 
-def prepare(force: bool = False) -> dict:
-    manifest_path = CACHE / "manifest.json"
+def prepare(force: bool = False, sizes: dict | None = None, vocab: int = VOCAB) -> dict:
+    """Build (or reuse) the cache in `cache_dir()`; returns the manifest.
+
+    Args:
+        force: rebuild even when the manifest is current.
+        sizes: {name: (layers, hidden, heads, intermediate)}; default `SIZES`.
+        vocab: tokenizer vocabulary size.
+
+    Raises:
+        SystemExit: the shared data sets are missing.
+    """
+    sizes = sizes or SIZES
+    cache = cache_dir()
+    manifest_path = cache / "manifest.json"
+    key = {"version": VERSION, "sizes": {k: list(v) for k, v in sizes.items()}, "vocab": vocab}
     if manifest_path.is_file() and not force:
         manifest = json.loads(manifest_path.read_text())
-        if manifest.get("version") == VERSION:
+        if manifest.get("key") == key:
             return manifest
+    if not DATA.is_dir():
+        raise SystemExit(f"{DATA} is missing: the benchmarks read hh_harmless_base and self_instruct_seed_sft from there")
     hh = read_jsonl(DATA / "hh_harmless_base" / "train.jsonl.gz")
     seeds = read_jsonl(DATA / "self_instruct_seed_sft" / "data.jsonl.gz")
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(hh, seeds)
-    tok.save_pretrained(CACHE / "tokenizer")
+    cache.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(hh, seeds, vocab)
+    tok.save_pretrained(cache / "tokenizer")
     manifest = {
-        "version": VERSION,
-        "tokenizer": str(CACHE / "tokenizer"),
-        "models": build_models(tok, CACHE),
-        "data": {**build_data(tok, hh, seeds, CACHE / "data"), "dir": str(CACHE / "data")},
+        "key": key,
+        "tokenizer": str(cache / "tokenizer"),
+        "models": build_models(tok, cache, sizes),
+        "data": {**build_data(tok, hh, seeds, cache / "data"), "dir": str(cache / "data")},
     }
     manifest_path.write_text(json.dumps(manifest, indent=2))
     return manifest

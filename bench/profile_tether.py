@@ -18,7 +18,7 @@ of an iteration, each counted exclusive of the timers inside it:
 
 The phase table is per timed step (warm-up excluded). Then a cProfile of the timed steps (top functions by
 own time) and a torch.profiler table of one step (top operators by self CPU time) go to
-bench/.cache/profile_<name>.txt; the phase table is also written to bench/.cache/profile_<name>.json.
+bench/.cache/profile_<label>.txt; the phase table is also written to bench/.cache/profile_<label>.json.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ def main() -> None:
     clock = Clock()
     worker_tether.run_training(args.name, s, clock)
     profiled_steps = s["steps"] - 1  # the last timed step runs under torch.profiler instead
-    seconds, _ = clock.steps(s["warmup"])
+    seconds, _, _ = clock.steps(s["warmup"])
     step_s = sum(seconds[:profiled_steps]) / profiled_steps
     per_step = {k: v / profiled_steps for k, v in phases.total.items()}
     per_step["other"] = step_s - sum(per_step.values())
@@ -159,9 +159,9 @@ def main() -> None:
     header = f"tether {args.name} {json.dumps(s)}\nseconds per step (phase timers on): {step_s:.3f}\n"
     stats = io.StringIO()
     pstats.Stats(profiler, stream=stats).sort_stats("tottime").print_stats(30)
-    out = harness.CACHE / f"profile_{label}.txt"
+    out = harness.cache_dir() / f"profile_{label}.txt"
     out.write_text(header + table + "\n\n== cProfile (own time)\n" + stats.getvalue() + "\n== torch.profiler, one step\n" + torch_table.get("text", ""))
-    (harness.CACHE / f"profile_{label}.json").write_text(json.dumps(
+    (harness.cache_dir() / f"profile_{label}.json").write_text(json.dumps(
         {"settings": s, "step_s": step_s, "phases_s": dict(rows), "loadavg": list(__import__("os").getloadavg())}, indent=1))
     print(header + table)
     print(f"details: {out}")

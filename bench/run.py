@@ -8,9 +8,10 @@
 Each benchmark runs `repeats` times per side in fresh processes, alternating tether, baseline, tether,
 baseline... so that both sides see the same machine load (recorded per run). The baseline is TRL (latest in
 bench/.venv-trl, 1.12.0 for PPO in bench/.venv-trl112), or plain `model.generate` for generation (in tether's
-venv). A side's time is the median of all its timed steps over its runs; its peak memory is the median of the
-runs' peak RSS. MFU = counted model FLOPs per step / seconds / the matmul ceiling of the dtype
-(bench/matmul_ceiling.py, same thread count). Writes bench/results.json, docs/benchmarks.md (between its
+venv). A side's time is the median of all its timed steps over its runs, as wall time and as the CPU time of
+the process (steadier on a shared machine, see bench/harness.py); ratio = tether / baseline, below 1 when
+tether is faster. Its peak memory is the median of the runs' peak RSS. MFU = counted model FLOPs per step /
+CPU seconds per step / the matmul ceiling of the dtype (bench/matmul_ceiling.py, same thread count). Writes bench/results.json, docs/benchmarks.md (between its
 generated-section markers) and docs/img/ppo_scaling.png.
 """
 
@@ -32,7 +33,7 @@ import harness  # noqa: E402
 
 TRL_LATEST = BENCH / ".venv-trl" / "bin" / "python"
 TRL_PPO = BENCH / ".venv-trl112" / "bin" / "python"
-LOGS = harness.CACHE / "logs"
+LOGS = harness.cache_dir() / "logs"
 
 # name: (benchmark, settings, baseline)
 FULL = {
@@ -108,7 +109,7 @@ def run_worker(side: str, bench: str, settings: dict, tag: str, tether_py: str, 
     rec = json.loads(out.read_text())
     rec["loadavg_before"] = load_before
     rec["wall_s"] = round(time.time() - t, 1)
-    print(f"  {tag}: median {rec['median_s']:.3f} s/step, peak {rec['peak_rss_mb']:.0f} MB, "
+    print(f"  {tag}: median {rec['median_s']:.3f} s/step ({rec['median_cpu_s']:.3f} s CPU), peak {rec['peak_rss_mb']:.0f} MB, "
           f"load {load_before[0]:.1f}->{rec['loadavg'][0]:.1f}, wall {rec['wall_s']} s", flush=True)
     return rec
 
@@ -118,18 +119,22 @@ def side_summary(runs: list[dict]) -> dict | None:
     if not ok:
         return None
     steps = [s for r in ok for s in r["step_s"]]
+    cpu = [s for r in ok for s in r["step_cpu_s"]]
     out = {
         "s": statistics.median(steps),
+        "cpu_s": statistics.median(cpu),
         "peak_mb": statistics.median(r["peak_rss_mb"] for r in ok),
         "flops_per_step": statistics.median(r["per_step"].get("flops", 0.0) for r in ok),
         "tokens_per_step": statistics.median(r["tokens_per_step"] for r in ok),
         "per_step": ok[0]["per_step"],
         "step_s": [r["step_s"] for r in ok],
+        "step_cpu_s": [r["step_cpu_s"] for r in ok],
         "loadavg": [r["loadavg"][0] for r in ok],
         "versions": ok[0]["versions"],
     }
     if "generated_tokens_per_step" in ok[0]:
-        out["tokens_per_s"] = statistics.median(r["generated_tokens_per_step"] for r in ok) / out["s"]
+        tokens = statistics.median(r["generated_tokens_per_step"] for r in ok)
+        out["tokens_per_s"], out["tokens_per_cpu_s"] = tokens / out["s"], tokens / out["cpu_s"]
     return out
 
 
@@ -138,10 +143,10 @@ def combine(name: str, bench: str, baseline: str, settings: dict, tether_runs: l
     t, b = side_summary(tether_runs), side_summary(base_runs)
     peak = (ceiling or {}).get("bfloat16" if settings.get("bf16") else "float32")
 
-    def mfu(side):
+    def mfu(side):  # per second of CPU time: the ceiling is a best-of, i.e. an undisturbed, rate
         if side is None or not peak or not side["flops_per_step"]:
             return None
-        return side["flops_per_step"] / side["s"] / (peak * 1e12)
+        return side["flops_per_step"] / side["cpu_s"] / (peak * 1e12)
 
     rec = {
         "name": name,
@@ -151,6 +156,9 @@ def combine(name: str, bench: str, baseline: str, settings: dict, tether_runs: l
         "tether_s": t and t["s"],
         "trl_s": b and b["s"],
         "ratio": (t["s"] / b["s"]) if t and b else None,
+        "tether_cpu_s": t and t["cpu_s"],
+        "trl_cpu_s": b and b["cpu_s"],
+        "cpu_ratio": (t["cpu_s"] / b["cpu_s"]) if t and b else None,
         "tether_peak_mb": t and t["peak_mb"],
         "trl_peak_mb": b and b["peak_mb"],
         "tether_mfu": mfu(t),
@@ -160,8 +168,8 @@ def combine(name: str, bench: str, baseline: str, settings: dict, tether_runs: l
         "errors": [r for r in tether_runs + base_runs if "error" in r],
     }
     if bench == "generate":
-        rec["tether_tokens_per_s"] = t and t.get("tokens_per_s")
-        rec["trl_tokens_per_s"] = b and b.get("tokens_per_s")
+        for key in ("tokens_per_s", "tokens_per_cpu_s"):
+            rec[f"tether_{key}"], rec[f"trl_{key}"] = t and t.get(key), b and b.get(key)
     return rec
 
 
@@ -196,6 +204,7 @@ def run_scaling(args, tether_py: str) -> list[dict]:
             rec = run_worker("tether", "ppo", s, f"scaling-{axis}-{v}", tether_py)
             points.append({"axis": axis, "value": v, "settings": s,
                            "s": None if "error" in rec else rec["median_s"],
+                           "cpu_s": None if "error" in rec else rec["median_cpu_s"],
                            "peak_mb": None if "error" in rec else rec["peak_rss_mb"],
                            "loadavg": None if "error" in rec else rec["loadavg"][0]})
     return points
@@ -211,7 +220,9 @@ def plot_scaling(points: list[dict], path: Path) -> None:
     titles = {"batch": "prompts per rollout", "new_tokens": "new tokens per response", "model": "model size"}
     for ax, axis in zip(axes, SCALING):
         pts = [p for p in points if p["axis"] == axis and p["s"] is not None]
-        ax.plot([str(p["value"]) for p in pts], [p["s"] for p in pts], marker="o")
+        ax.plot([str(p["value"]) for p in pts], [p["cpu_s"] for p in pts], marker="o", label="CPU time")
+        ax.plot([str(p["value"]) for p in pts], [p["s"] for p in pts], marker="s", ls="--", label="wall time")
+        ax.legend()
         ax.set_xlabel(titles[axis])
         ax.set_ylabel("seconds per PPO iteration")
         ax.grid(alpha=0.3)
@@ -231,29 +242,37 @@ def results_table(records: list[dict], ceiling: dict | None, threads: int) -> st
         f"Matmul ceiling: {fmt(ceiling and ceiling['float32'] * 1000, '.1f')} GFLOP/s fp32, "
         f"{fmt(ceiling and ceiling['bfloat16'] * 1000, '.1f')} GFLOP/s bf16.",
         "",
-        "| benchmark | baseline | tether s/step | baseline s/step | ratio | tether peak MB | baseline peak MB | tether MFU | baseline MFU | tokens/step (tether / baseline) | load |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "Times are medians per step; ratio = tether / baseline (below 1: tether is faster). CPU = CPU time of the",
+        "process per step, wall = wall-clock time per step; load = the 1-minute load average during the runs.",
+        "",
+        "| benchmark | baseline | tether CPU s | baseline CPU s | CPU ratio | tether wall s | baseline wall s | wall ratio | tether peak MB | baseline peak MB | tether MFU | baseline MFU | tokens/step (tether / baseline) | load |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         t, b = r["tether"] or {}, r["trl"] or {}
         loads = (t.get("loadavg") or []) + (b.get("loadavg") or [])
         load = f"{min(loads):.1f}-{max(loads):.1f}" if loads else "n/a"
         lines.append(
-            f"| {r['name']} | {r['baseline']} | {fmt(r['tether_s'], '.3f')} | {fmt(r['trl_s'], '.3f')} | "
-            f"{fmt(r['ratio'])} | {fmt(r['tether_peak_mb'], '.0f')} | {fmt(r['trl_peak_mb'], '.0f')} | "
+            f"| {r['name']} | {r['baseline']} | {fmt(r['tether_cpu_s'], '.3f')} | {fmt(r['trl_cpu_s'], '.3f')} | "
+            f"**{fmt(r['cpu_ratio'])}** | {fmt(r['tether_s'], '.3f')} | {fmt(r['trl_s'], '.3f')} | {fmt(r['ratio'])} | "
+            f"{fmt(r['tether_peak_mb'], '.0f')} | {fmt(r['trl_peak_mb'], '.0f')} | "
             f"{fmt(r['tether_mfu'] and r['tether_mfu'] * 100, '.1f')}% | {fmt(r['trl_mfu'] and r['trl_mfu'] * 100, '.1f')}% | "
             f"{fmt(t.get('tokens_per_step'), '.0f')} / {fmt(b.get('tokens_per_step'), '.0f')} | {load} |"
         )
     gen = [r for r in records if r["benchmark"] == "generate"]
     if gen:
-        lines += ["", "| generation | tether tokens/s | transformers generate tokens/s |", "|---|---|---|"]
-        lines += [f"| {r['name']} | {fmt(r['tether_tokens_per_s'], '.0f')} | {fmt(r['trl_tokens_per_s'], '.0f')} |" for r in gen]
+        lines += ["", "| generation | tether tokens per CPU s | generate tokens per CPU s | tether tokens/s (wall) | generate tokens/s (wall) |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {r['name']} | {fmt(r['tether_tokens_per_cpu_s'], '.0f')} | {fmt(r['trl_tokens_per_cpu_s'], '.0f')} | "
+                  f"{fmt(r['tether_tokens_per_s'], '.0f')} | {fmt(r['trl_tokens_per_s'], '.0f')} |" for r in gen]
     return "\n".join(lines)
 
 
 def scaling_table(points: list[dict]) -> str:
-    lines = ["![tether PPO scaling](img/ppo_scaling.png)", "", "| varied | value | s / iteration | peak MB | load |", "|---|---|---|---|---|"]
-    lines += [f"| {p['axis']} | {p['value']} | {fmt(p['s'], '.2f')} | {fmt(p['peak_mb'], '.0f')} | {fmt(p['loadavg'], '.1f')} |" for p in points]
+    lines = ["![tether PPO scaling](img/ppo_scaling.png)", "",
+             "| varied | value | CPU s / iteration | wall s / iteration | peak MB | load |", "|---|---|---|---|---|---|"]
+    lines += [f"| {p['axis']} | {p['value']} | {fmt(p.get('cpu_s'), '.2f')} | {fmt(p['s'], '.2f')} | {fmt(p['peak_mb'], '.0f')} | "
+              f"{fmt(p['loadavg'], '.1f')} |" for p in points]
     return "\n".join(lines)
 
 
@@ -287,7 +306,7 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/")
     args = ap.parse_args()
     args.repeats = args.repeats or (1 if args.quick else 2)
-    args.out = args.out or str(harness.CACHE / "results_quick.json" if args.quick else BENCH / "results.json")
+    args.out = args.out or str(harness.cache_dir() / "results_quick.json" if args.quick else BENCH / "results.json")
     tether_py = tether_python()
     missing = [str(p) for p in (TRL_LATEST, TRL_PPO) if not p.exists()]
     if missing and not args.no_trl:
@@ -320,8 +339,9 @@ def main() -> None:
         ceiling = ceiling or result.get("ceiling", {}).get("ceiling_tflops")
         write_docs(result.get("records"), result.get("scaling"), ceiling, args.threads)
     for r in result.get("records", []):
-        print(f"{r['name']:>22}: tether {fmt(r['tether_s'], '.3f')} s, {r['baseline']} {fmt(r['trl_s'], '.3f')} s, "
-              f"ratio {fmt(r['ratio'])}, peak {fmt(r['tether_peak_mb'], '.0f')} / {fmt(r['trl_peak_mb'], '.0f')} MB")
+        print(f"{r['name']:>22}: tether {fmt(r['tether_cpu_s'], '.3f')} s CPU, {r['baseline']} {fmt(r['trl_cpu_s'], '.3f')} s CPU, "
+              f"CPU ratio {fmt(r['cpu_ratio'])}, wall ratio {fmt(r['ratio'])}, "
+              f"peak {fmt(r['tether_peak_mb'], '.0f')} / {fmt(r['trl_peak_mb'], '.0f')} MB")
 
 
 if __name__ == "__main__":

@@ -134,8 +134,11 @@ def run_training(name: str, s: dict, clock: harness.StepClock) -> None:
         return original_log(self, step, metrics)
 
     common.RunDir.log = log
-    with tempfile.TemporaryDirectory() as tmp:
-        train(build(s, str(Path(tmp) / "run")))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            train(build(s, str(Path(tmp) / "run")))
+    finally:
+        common.RunDir.log = original_log
 
 
 def run_generate(s: dict, clock: harness.StepClock) -> dict:
@@ -169,27 +172,32 @@ def run_generate(s: dict, clock: harness.StepClock) -> dict:
     return {"generated_tokens_per_step": sum(timed) / len(timed)}
 
 
+def run(name: str, given: dict) -> dict:
+    """Run benchmark `name` with settings `given` (over the defaults) in this process; returns its record."""
+    s = settings_for(name, given)
+    harness.set_threads(s["threads"])
+    import tether  # noqa: F401  (its version goes into the record)
+    import transformers  # noqa: F401
+
+    floor = harness.rss_mb()
+    with harness.TokenCounter() as counter:
+        clock = harness.StepClock(counter)
+        extra = run_generate(s, clock) if name == "generate" else {}
+        if name != "generate":
+            run_training(name, s, clock)
+    rec = harness.record(name, "tether", s, clock, floor, extra)
+    if name == "generate":
+        rec["tokens_per_s"] = extra["generated_tokens_per_step"] / rec["median_s"]
+    return rec
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")
     ap.add_argument("settings", nargs="?", default="{}", help="JSON object of settings (see DEFAULTS)")
     ap.add_argument("--out", help="write the JSON record here instead of stdout")
     args = ap.parse_args()
-    s = settings_for(args.name, json.loads(args.settings))
-    harness.set_threads(s["threads"])
-    import tether  # noqa: F401  (its version goes into the record)
-    import transformers  # noqa: F401
-
-    floor = harness.rss_mb()
-    counter = harness.TokenCounter().install()
-    clock = harness.StepClock(counter)
-    extra = run_generate(s, clock) if args.name == "generate" else {}
-    if args.name != "generate":
-        run_training(args.name, s, clock)
-    rec = harness.record(args.name, "tether", s, clock, floor, extra)
-    if args.name == "generate":
-        rec["tokens_per_s"] = extra["generated_tokens_per_step"] / rec["median_s"]
-    harness.write_result(args.out, rec)
+    harness.write_result(args.out, run(args.name, json.loads(args.settings)))
 
 
 if __name__ == "__main__":

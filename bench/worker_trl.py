@@ -180,9 +180,8 @@ def main() -> None:
     import trl  # noqa: F401
 
     floor = harness.rss_mb()
-    counter = harness.TokenCounter().install()
-    clock = harness.StepClock(counter)
-    with tempfile.TemporaryDirectory() as tmp:
+    with harness.TokenCounter() as counter, tempfile.TemporaryDirectory() as tmp:
+        clock = harness.StepClock(counter)
         RUNNERS[args.name](s, clock, tmp)
     harness.write_result(args.out, harness.record(args.name, "trl", s, clock, floor))
 
