@@ -40,7 +40,7 @@ from tether.trainers.common import (
     RunDir, StopSignal, adamw, check_finite, console, fmt, interrupted, load_state, load_trainable_state_dict,
     next_batch, progress, save_state, set_rng_state, set_seed, trainable_state_dict,
 )
-from tether.trainers.ppo import Models, check_rollout_logprobs, initial_score_stats, load_models, make_rollout
+from tether.trainers.ppo import Models, check_rollout_logprobs, initial_score_stats, load_models, logprob_diff, make_rollout
 from tether.types import Rollout
 
 
@@ -69,8 +69,19 @@ def compute_advantages(cfg: GRPOConfig, r: Rollout, kl_coef: float) -> tuple[tor
     return advantages, {"objective/kl": kl.sum(-1).mean().item()}
 
 
-def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tensor, optimizer, step: int, run: RunDir) -> dict[str, float]:
-    """Phase 4: clipped surrogate over minibatches, plus beta * KL when the KL is a loss term."""
+def on_policy(cfg: GRPOConfig) -> bool:
+    """One update per rollout (one epoch, one minibatch): its forward pass is the fresh pass of the rollout weights."""
+    return cfg.ppo.num_ppo_epochs == 1 and cfg.ppo.num_minibatches == 1
+
+
+def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tensor, optimizer, step: int, run: RunDir,
+                  check_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Phase 4: clipped surrogate over minibatches, plus beta * KL when the KL is a loss term.
+
+    Args:
+        check_dtype: on-policy (`on_policy(cfg)`), the rollout holds the engine's sampling logprobs; the
+            first forward pass, before any weight changes, is then compared with them (DESIGN.md 6.8).
+    """
     p, B, T_p = cfg.ppo, r.prompts.shape[0], r.prompts.shape[1]
     kl_in_loss = kl_placement(cfg) == "loss"
     sequences, attention_mask = r.sequences, r.attention_mask
@@ -81,6 +92,10 @@ def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tens
         for idx in torch.randperm(B).split(max(1, B // p.num_minibatches)):
             mask = r.response_mask[idx]
             logprobs = response_logprobs(m.policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
+            if check_dtype is not None and n == 0:
+                diag = logprob_diff(r.logprobs[idx], logprobs.detach(), mask)
+                check_rollout_logprobs(diag, check_dtype, step)
+                sums.update(diag)
             # policy loss
             loss, metrics = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
             # KL to the reference as a loss term (GRPO eq. 4)
@@ -148,15 +163,17 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         for step in range(start, max_steps + 1):
             # 1-2. generate G responses per prompt and score them
             batch, order = next_batch(prompts, order, rng, p.batch_size)
-            r, diag = make_rollout(cfg, m, [q for q in batch for _ in range(G)], device, score_shift)
-            if p.check_rollout_logprobs:
+            # on-policy, the update's own forward pass is the fresh pass the engine is checked against
+            r, diag = make_rollout(cfg, m, [q for q in batch for _ in range(G)], device, score_shift, fresh_logprobs=not on_policy(cfg))
+            if p.check_rollout_logprobs and not on_policy(cfg):
                 check_rollout_logprobs(diag, dtype, step)
 
             # 3. advantages
             advantages, adv_metrics = compute_advantages(cfg, r, p.kl_coef)
 
             # 4. optimise
-            update = policy_update(cfg, m, r, advantages, optimizer, step, run)
+            check_dtype = dtype if p.check_rollout_logprobs and on_policy(cfg) else None
+            update = policy_update(cfg, m, r, advantages, optimizer, step, run, check_dtype)
 
             # 5. control
             groups = r.scores.view(-1, G)

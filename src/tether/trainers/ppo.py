@@ -88,19 +88,29 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
 
 
 @torch.no_grad()
-def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float]) -> tuple[Rollout, dict]:
-    """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics."""
+def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float],
+                 fresh_logprobs: bool = True) -> tuple[Rollout, dict]:
+    """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics.
+
+    Args:
+        fresh_logprobs: recompute the policy's logprobs with a forward pass (and compare them with the
+            engine's, DESIGN.md 6.8). False keeps the engine's sampling logprobs as the rollout logprobs:
+            for a single on-policy update, whose own forward pass is that fresh pass (GRPO checks it there).
+    """
     g, d = cfg.generation, cfg.data
     # 1. generate (the policy's own sampling logprobs come back for the engine check)
     prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
-    gen = generate(m.policy, m.tokenizer, prompt_ids, g, device, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs)
+    gen = generate(m.policy, m.tokenizer, prompt_ids, g, device, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs or not fresh_logprobs)
     T_p = gen.prompts.shape[1]
     sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
     attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
 
     # 2. score: one forward pass per role, all with the sampling temperature
     m.policy.eval()
-    logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+    if fresh_logprobs:
+        logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+    else:
+        logprobs = gen.sampling_logprobs  # (B, T_r)
     with reference_context(m.policy, m.ref_policy):
         ref_model = m.ref_policy if m.ref_policy is not None else m.policy
         ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
@@ -115,11 +125,7 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     if cfg.ppo.missing_eos_penalty is not None:
         scores = torch.where(gen.ended, scores, torch.full_like(scores, cfg.ppo.missing_eos_penalty))
 
-    diag = {}
-    if gen.sampling_logprobs is not None:
-        diff = (gen.sampling_logprobs - logprobs).abs()[gen.response_mask]
-        diag["rollout/logprob_diff_mean"] = diff.mean().item()
-        diag["rollout/logprob_diff_max"] = diff.max().item()
+    diag = logprob_diff(gen.sampling_logprobs, logprobs, gen.response_mask) if gen.sampling_logprobs is not None and fresh_logprobs else {}
     mask = gen.response_mask
     rollout = Rollout(
         gen.prompts, gen.prompt_mask, gen.responses, mask,
@@ -127,6 +133,12 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
         scores, raw_scores, prompt_texts, response_texts,
     )
     return rollout, diag
+
+
+def logprob_diff(sampling_logprobs: torch.Tensor, logprobs: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """Mean and max |engine logprob - fresh forward logprob| over the real response tokens, (B, T_r) each."""
+    diff = (sampling_logprobs - logprobs).abs()[response_mask]
+    return {"rollout/logprob_diff_mean": diff.mean().item(), "rollout/logprob_diff_max": diff.max().item()}
 
 
 def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
