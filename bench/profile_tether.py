@@ -3,8 +3,9 @@
     python bench/profile_tether.py ppo            # the `ppo` benchmark's settings
     python bench/profile_tether.py grpo '{"group": 4}'
 
-Runs the tether worker's training (same config, same step clock) with wall-clock timers around the pieces
-of an iteration, each counted exclusive of the timers inside it:
+Runs the tether worker's training (same config, same step clock) with CPU-time timers (process time, one
+torch thread: steady on a shared machine) around the pieces of an iteration, each counted exclusive of the
+timers inside it:
 
     generate              HF generate inside tether's rollout (sampling logprobs included)
     policy fwd (rollout)  the fresh logprob pass of the policy before the update
@@ -28,6 +29,7 @@ import cProfile
 import contextlib
 import io
 import json
+import os
 import pstats
 import sys
 import time
@@ -40,7 +42,7 @@ import worker_tether  # noqa: E402
 
 
 class Phases:
-    """Exclusive wall time per phase: a timer's time minus that of the timers nested in it."""
+    """Exclusive CPU time per phase: a timer's time minus that of the timers nested in it."""
 
     def __init__(self):
         self.total = defaultdict(float)
@@ -52,12 +54,12 @@ class Phases:
         if not self.enabled:
             yield
             return
-        self.stack.append([name, time.perf_counter(), 0.0])
+        self.stack.append([name, time.process_time(), 0.0])
         try:
             yield
         finally:
             name, start, child = self.stack.pop()
-            spent = time.perf_counter() - start
+            spent = time.process_time() - start
             self.total[name] += spent - child
             if self.stack:
                 self.stack[-1][2] += spent
@@ -150,19 +152,20 @@ def main() -> None:
     clock = Clock()
     worker_tether.run_training(args.name, s, clock)
     profiled_steps = s["steps"] - 1  # the last timed step runs under torch.profiler instead
-    seconds, _, _ = clock.steps(s["warmup"])
-    step_s = sum(seconds[:profiled_steps]) / profiled_steps
+    wall, cpu, _ = clock.steps(s["warmup"])
+    step_s = sum(cpu[:profiled_steps]) / profiled_steps
+    wall_s = sum(wall[:profiled_steps]) / profiled_steps
     per_step = {k: v / profiled_steps for k, v in phases.total.items()}
     per_step["other"] = step_s - sum(per_step.values())
     rows = sorted(per_step.items(), key=lambda kv: -kv[1])
     table = "\n".join(f"{k:<22} {v:8.3f} s  {100 * v / step_s:5.1f}%" for k, v in rows)
-    header = f"tether {args.name} {json.dumps(s)}\nseconds per step (phase timers on): {step_s:.3f}\n"
+    header = f"tether {args.name} {json.dumps(s)}\nper step (phase timers on): {step_s:.3f} s CPU, {wall_s:.3f} s wall\n"
     stats = io.StringIO()
     pstats.Stats(profiler, stream=stats).sort_stats("tottime").print_stats(30)
     out = harness.cache_dir() / f"profile_{label}.txt"
     out.write_text(header + table + "\n\n== cProfile (own time)\n" + stats.getvalue() + "\n== torch.profiler, one step\n" + torch_table.get("text", ""))
     (harness.cache_dir() / f"profile_{label}.json").write_text(json.dumps(
-        {"settings": s, "step_s": step_s, "phases_s": dict(rows), "loadavg": list(__import__("os").getloadavg())}, indent=1))
+        {"settings": s, "step_cpu_s": step_s, "step_wall_s": wall_s, "phases_cpu_s": dict(rows), "loadavg": list(os.getloadavg())}, indent=1))
     print(header + table)
     print(f"details: {out}")
 

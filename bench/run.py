@@ -43,9 +43,9 @@ FULL = {
     "dpo": ("dpo", {}, "trl"),
     "rm": ("rm", {}, "trl"),
     "sft": ("sft", {}, "trl"),
-    "dpo_large": ("dpo", {"model": "large", "steps": 3}, "trl"),
-    "rm_large": ("rm", {"model": "large", "steps": 3}, "trl"),
-    "sft_large": ("sft", {"model": "large", "steps": 3}, "trl"),
+    "dpo_large": ("dpo", {"model": "large", "warmup": 2, "steps": 4}, "trl"),
+    "rm_large": ("rm", {"model": "large", "warmup": 2, "steps": 4}, "trl"),
+    "sft_large": ("sft", {"model": "large", "warmup": 2, "steps": 4}, "trl"),
     "sft_bf16": ("sft", {"bf16": True}, "trl"),
     "dpo_bf16": ("dpo", {"bf16": True}, "trl"),
     "generate_b8": ("generate", {"batch": 8}, "hf"),
@@ -141,13 +141,6 @@ def side_summary(runs: list[dict]) -> dict | None:
 def combine(name: str, bench: str, baseline: str, settings: dict, tether_runs: list[dict], base_runs: list[dict], ceiling: dict | None) -> dict:
     """One results.json record: both sides' median step time, their ratio, peak memory and MFU."""
     t, b = side_summary(tether_runs), side_summary(base_runs)
-    peak = (ceiling or {}).get("bfloat16" if settings.get("bf16") else "float32")
-
-    def mfu(side):  # per second of CPU time: the ceiling is a best-of, i.e. an undisturbed, rate
-        if side is None or not peak or not side["flops_per_step"]:
-            return None
-        return side["flops_per_step"] / side["cpu_s"] / (peak * 1e12)
-
     rec = {
         "name": name,
         "benchmark": bench,
@@ -161,16 +154,29 @@ def combine(name: str, bench: str, baseline: str, settings: dict, tether_runs: l
         "cpu_ratio": (t["cpu_s"] / b["cpu_s"]) if t and b else None,
         "tether_peak_mb": t and t["peak_mb"],
         "trl_peak_mb": b and b["peak_mb"],
-        "tether_mfu": mfu(t),
-        "trl_mfu": mfu(b),
+        "tether_mfu": None,
+        "trl_mfu": None,
         "tether": t,
         "trl": b,
         "errors": [r for r in tether_runs + base_runs if "error" in r],
     }
+    set_mfu(rec, ceiling)
     if bench == "generate":
         for key in ("tokens_per_s", "tokens_per_cpu_s"):
             rec[f"tether_{key}"], rec[f"trl_{key}"] = t and t.get(key), b and b.get(key)
     return rec
+
+
+def set_mfu(rec: dict, ceiling: dict | None) -> None:
+    """MFU of both sides of a record: model FLOPs per step / CPU seconds per step / the dtype's matmul ceiling.
+
+    Per second of CPU time, because the ceiling is a best-of rate, i.e. one measured undisturbed.
+    """
+    peak = (ceiling or {}).get("bfloat16" if rec["settings"].get("bf16") else "float32")
+    for side in ("tether", "trl"):
+        summary = rec[side]
+        ok = summary is not None and peak and summary["flops_per_step"]
+        rec[f"{side}_mfu"] = summary["flops_per_step"] / summary["cpu_s"] / (peak * 1e12) if ok else None
 
 
 def full_settings(bench: str, settings: dict, quick: bool, threads: int) -> dict:
@@ -329,7 +335,10 @@ def main() -> None:
         names = args.only or (QUICK if args.quick else list(FULL))
         new = run_benchmarks(names, args, ceiling, tether_py)
         kept = [r for r in result.get("records", []) if r["name"] not in names] if args.only else []
-        result["records"] = kept + new
+        result["records"] = [r for r in kept + new if r["name"] in FULL]
+        result["records"].sort(key=lambda r: list(FULL).index(r["name"]))
+        for r in result["records"]:  # one ceiling for every row, the latest
+            set_mfu(r, ceiling)
     if not (args.quick or args.no_scaling or args.only):
         result["scaling"] = run_scaling(args, tether_py)
         plot_scaling(result["scaling"], ROOT / "docs" / "img" / "ppo_scaling.png")
