@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast bench bench-quick clean
 
 install: $(STAMP)
 
@@ -25,6 +25,15 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser" tests
+
+# tether vs TRL on this machine: two TRL venvs beside .venv (bench/setup_trl.sh), then every benchmark
+bench: install
+	PY=$(PY) bash bench/setup_trl.sh
+	$(BIN)/python bench/run.py
+
+bench-quick: install
+	PY=$(PY) bash bench/setup_trl.sh
+	$(BIN)/python bench/run.py --quick
 
 clean:
 	rm -rf runs .pytest_cache

@@ -7,6 +7,7 @@ import torch
 
 import tether.trainers.ppo as ppo_module
 from tether.config import GRPOConfig
+from tether.errors import TrainingError
 from tether.models.reward import FunctionReward
 from tether.trainers.grpo import compute_advantages, train_grpo
 from tether.types import Rollout
@@ -75,3 +76,34 @@ def test_group_advantages_are_broadcast_over_real_tokens(tmp_path):
     # RLOO with G=2: each score minus the other one: (1-3, 3-1, 0, 0)
     adv, _ = compute_advantages(cfg, _rollout([1.0, 3.0, 5.0, 5.0], [1, 1, 1, 1]), kl_coef=0.0)
     assert torch.allclose(adv[:, 0], torch.tensor([-2.0, 2.0, 0.0, 0.0]))
+
+
+def _on_policy_config(tmp_path, steps: int = 2) -> GRPOConfig:
+    cfg = _config(tmp_path, "grpo", steps)
+    cfg.ppo.num_ppo_epochs, cfg.ppo.num_minibatches = 1, 1
+    return cfg
+
+
+def test_on_policy_grpo_checks_the_engine_in_its_update(tmp_path, rule_reward, monkeypatch):
+    """One update per rollout: no separate logprob pass of the policy, the update's forward pass is checked instead."""
+    rollout_passes = []
+    real = ppo_module.response_logprobs
+    monkeypatch.setattr(ppo_module, "response_logprobs", lambda *a, **k: rollout_passes.append(1) or real(*a, **k))
+    rows = [json.loads(line) for line in open(train_grpo(_on_policy_config(tmp_path)) / "metrics.jsonl")]
+    assert len(rollout_passes) == 2  # the reference's only, one per step
+    for row in rows:
+        assert 0.0 <= row["rollout/logprob_diff_max"] < 1e-3
+        assert torch.isfinite(torch.tensor(row["loss/policy"]))
+
+
+def test_on_policy_grpo_stops_when_the_engine_disagrees(tmp_path, rule_reward, monkeypatch):
+    real = ppo_module.generate
+
+    def skewed(*args, **kwargs):
+        gen = real(*args, **kwargs)
+        gen.sampling_logprobs = gen.sampling_logprobs - 0.5  # an engine whose logprobs are off
+        return gen
+
+    monkeypatch.setattr(ppo_module, "generate", skewed)
+    with pytest.raises(TrainingError, match="differ from a fresh forward pass"):
+        train_grpo(_on_policy_config(tmp_path, steps=1))

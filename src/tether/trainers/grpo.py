@@ -37,12 +37,12 @@ from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_ad
 from tether.rl.kl import kl_estimate
 from tether.rl.rewards import compute_rewards
 from tether.trainers.common import (
-    RunDir, StopSignal, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
+    RunDir, StopSignal, adamw, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
     set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
 from tether.trainers.ppo import (
-    Models, check_rollout_logprobs, check_sharding, gather_rollout, initial_score_stats, load_models, make_rollout,
+    Models, check_rollout_logprobs, check_sharding, gather_rollout, initial_score_stats, load_models, logprob_diff, make_rollout,
     minibatch_generator, minibatches,
 )
 from tether.types import Rollout
@@ -73,10 +73,20 @@ def compute_advantages(cfg: GRPOConfig, r: Rollout, kl_coef: float) -> tuple[tor
     return advantages, {"objective/kl": kl.sum(-1).mean().item()}
 
 
+def on_policy(cfg: GRPOConfig) -> bool:
+    """One update per rollout (one epoch, one minibatch): its forward pass is the fresh pass of the rollout weights."""
+    return cfg.ppo.num_ppo_epochs == 1 and cfg.ppo.num_minibatches == 1
+
+
 def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tensor, optimizer, step: int, run: RunDir,
-                  dist: Distributed | None = None) -> dict[str, float]:
+                  dist: Distributed | None = None, check_dtype: torch.dtype | None = None) -> dict[str, float]:
     """Phase 4: clipped surrogate over minibatches, plus beta * KL when the KL is a loss term (sharded over
-    processes as in `ppo_update`)."""
+    processes as in `ppo_update`).
+
+    Args:
+        check_dtype: on-policy (`on_policy(cfg)`), the rollout holds the engine's sampling logprobs; the
+            first forward pass, before any weight changes, is then compared with them (DESIGN.md 6.8).
+    """
     p, B, T_p = cfg.ppo, r.prompts.shape[0], r.prompts.shape[1]
     kl_in_loss = kl_placement(cfg) == "loss"
     sequences, attention_mask = r.sequences, r.attention_mask
@@ -89,6 +99,10 @@ def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tens
         for idx, n_real in minibatches(B, max(1, B // p.num_minibatches), generator, dist):
             mask = r.response_mask[idx]
             logprobs = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
+            if check_dtype is not None and n == 0:
+                diag = logprob_diff(r.logprobs[idx], logprobs.detach(), mask)
+                check_rollout_logprobs(diag, check_dtype, step)
+                sums.update(diag)
             # policy loss
             loss, metrics = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
             # KL to the reference as a loss term (GRPO eq. 4)
@@ -134,7 +148,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     trainable, total = count_parameters(m.policy)
     console.print(f"{cfg.grpo.algorithm}: {len(prompts)} prompts x {G} samples, policy {trainable:,}/{total:,} trainable")
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [q for q in m.policy.parameters() if q.requires_grad], lr=cfg.train.learning_rate,
         betas=(cfg.train.adam_beta1, cfg.train.adam_beta2), weight_decay=cfg.train.weight_decay, eps=1e-5,
     )
@@ -168,16 +182,18 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             samples = [q for q in batch for _ in range(G)]
             lo, hi = dist.shard_range(len(samples))
             seeds = dist.sample_seeds(cfg.train.seed, f"rollout-{step}", range(lo, hi), p.rollout_seeding)
-            r, diag = make_rollout(cfg, m, samples[lo:hi], device, score_shift, seeds)
+            # on-policy, the update's own forward pass is the fresh pass the engine is checked against
+            r, diag = make_rollout(cfg, m, samples[lo:hi], device, score_shift, seeds, fresh_logprobs=not on_policy(cfg))
             r, diag = gather_rollout(dist, r, diag, m.tokenizer.pad_token_id)
-            if p.check_rollout_logprobs:
+            if p.check_rollout_logprobs and not on_policy(cfg):
                 check_rollout_logprobs(diag, dtype, step)
 
             # 3. advantages
             advantages, adv_metrics = compute_advantages(cfg, r, p.kl_coef)
 
             # 4. optimise
-            update = policy_update(cfg, m, r, advantages, optimizer, step, run, dist)
+            check_dtype = dtype if p.check_rollout_logprobs and on_policy(cfg) else None
+            update = policy_update(cfg, m, r, advantages, optimizer, step, run, dist, check_dtype)
             m.backend.sync_weights(m.policy)
 
             # 5. control

@@ -40,7 +40,7 @@ from tether.rl.rewards import compute_rewards
 from tether.rollout.backends import GenerationBackend, make_backend, require_backend
 from tether.rollout.generate import decode_responses
 from tether.trainers.common import (
-    GuardTripped, RunDir, StopSignal, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
+    GuardTripped, RunDir, StopSignal, adamw, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
     set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
@@ -96,22 +96,29 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
 
 @torch.no_grad()
 def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float],
-                 seeds: list[int] | None = None) -> tuple[Rollout, dict]:
+                 seeds: list[int] | None = None, fresh_logprobs: bool = True) -> tuple[Rollout, dict]:
     """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics.
 
-    `seeds`: one per prompt for per-sample seeded sampling (`rollout/seeding.py`), else None.
+    Args:
+        seeds: one per prompt for per-sample seeded sampling (`rollout/seeding.py`), else None.
+        fresh_logprobs: recompute the policy's logprobs with a forward pass (and compare them with the
+            engine's, DESIGN.md 6.8). False keeps the engine's sampling logprobs as the rollout logprobs:
+            for a single on-policy update, whose own forward pass is that fresh pass (GRPO checks it there).
     """
     g, d = cfg.generation, cfg.data
     # 1. generate (the policy's own sampling logprobs come back for the engine check)
     prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
-    gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs, seeds=seeds)
+    gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs or not fresh_logprobs, seeds=seeds)
     T_p = gen.prompts.shape[1]
     sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
     attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
 
     # 2. score: one forward pass per role, all with the sampling temperature
     m.policy.eval()
-    logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+    if fresh_logprobs:
+        logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+    else:
+        logprobs = gen.sampling_logprobs  # (B, T_r)
     with reference_context(m.policy, m.ref_policy):
         ref_model = m.ref_policy if m.ref_policy is not None else m.policy
         ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
@@ -126,11 +133,7 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     if cfg.ppo.missing_eos_penalty is not None:
         scores = torch.where(gen.ended, scores, torch.full_like(scores, cfg.ppo.missing_eos_penalty))
 
-    diag = {}
-    if gen.sampling_logprobs is not None:
-        diff = (gen.sampling_logprobs - logprobs).abs()[gen.response_mask]
-        diag["rollout/logprob_diff_mean"] = diff.mean().item()
-        diag["rollout/logprob_diff_max"] = diff.max().item()
+    diag = logprob_diff(gen.sampling_logprobs, logprobs, gen.response_mask) if gen.sampling_logprobs is not None and fresh_logprobs else {}
     mask = gen.response_mask
     rollout = Rollout(
         gen.prompts, gen.prompt_mask, gen.responses, mask,
@@ -138,6 +141,12 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
         scores, raw_scores, prompt_texts, response_texts,
     )
     return rollout, diag
+
+
+def logprob_diff(sampling_logprobs: torch.Tensor, logprobs: torch.Tensor, response_mask: torch.Tensor) -> dict[str, float]:
+    """Mean and max |engine logprob - fresh forward logprob| over the real response tokens, (B, T_r) each."""
+    diff = (sampling_logprobs - logprobs).abs()[response_mask]
+    return {"rollout/logprob_diff_mean": diff.mean().item(), "rollout/logprob_diff_max": diff.max().item()}
 
 
 def gather_rollout(dist: Distributed, r: Rollout, diag: dict, pad_id: int) -> tuple[Rollout, dict]:
@@ -291,7 +300,9 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
     for _ in range(p.num_ppo_epochs):
         for idx, n_real in minibatches(B, mb_size, generator, dist):
             mask = r.response_mask[idx]
-            logprobs, entropy = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True)
+            logprobs, entropy = response_logprobs(
+                policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True, entropy_grad=p.ent_coef > 0
+            )
             values = value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
             # policy loss
             pg_loss, pm = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
@@ -385,7 +396,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         f"ppo: {len(prompts)} prompts, policy {trainable:,}/{total:,} trainable, "
         f"reference {'= policy with adapters disabled (LoRA)' if m.ref_policy is None else 'frozen copy'}"
     )
-    optimizer = torch.optim.AdamW(
+    optimizer = adamw(
         [
             {"params": [q for q in m.policy.parameters() if q.requires_grad], "lr": cfg.train.learning_rate},
             {"params": list(m.value_model.parameters()), "lr": p.value_learning_rate or cfg.train.learning_rate},

@@ -13,7 +13,7 @@ from tether.data.tokenize import TokenizedSFT, collate_sft, tokenize_sft
 from tether.errors import ConfigError
 from tether.losses.sft import sft_loss
 from tether.models.load import apply_lora, count_parameters, load_causal_lm, save_causal_lm, set_threads
-from tether.models.logprobs import forward_logits
+from tether.models.logprobs import first_scored_column, forward_logits
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, make_optimizer,
     make_scheduler, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
@@ -43,6 +43,18 @@ def batches(items: list[TokenizedSFT], batch_size: int, shuffle: bool, seed: int
         yield [items[j] for j in order[i : i + batch_size]]
 
 
+def response_logits(model, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Shifted (logits, labels, loss_mask) of a batch from column `s` on, the first that holds a response token.
+
+    Position t predicts token t+1, so logits (B, T-s, V) of positions s-1 .. T-2 go with labels and mask
+    (B, T-s) of columns s .. T-1; the LM head runs on no position before s - 1.
+    """
+    start = first_scored_column(b.loss_mask)
+    keep = b.input_ids.shape[1] - start + 1
+    logits = forward_logits(model, b.input_ids, b.attention_mask, keep=keep)[:, -keep:-1]  # (B, T-s, V)
+    return logits, b.input_ids[:, start:], b.loss_mask[:, start:]
+
+
 @torch.no_grad()
 def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int, device, dist: Distributed | None = None) -> dict[str, float]:
     """Mean response-token loss and perplexity on held-out examples.
@@ -55,8 +67,7 @@ def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int,
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
         part, n_real = dist.shard(chunk) if dist else (chunk, len(chunk))
         b = collate_sft(part, pad_id).to(device)
-        logits = forward_logits(model, b.input_ids, b.attention_mask)
-        loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
+        loss, m = sft_loss(*response_logits(model, b))
         n = int(b.loss_mask[:, 1:].sum()) if n_real else 0
         total, tokens = total + loss.item() * n, tokens + n
     model.train()
@@ -130,9 +141,8 @@ def train_sft(cfg: SFTConfig) -> Path:
                     with dist.micro_batch(model, last=j == len(group) - 1):
                         b = collate_sft(part, tokenizer.pad_token_id).to(device)
                         with autocast(cfg.train, device):
-                            logits = forward_logits(model, b.input_ids, b.attention_mask)
-                        # position t predicts token t+1: shift so the loss sees only response tokens
-                        loss, m = sft_loss(logits[:, :-1], b.input_ids[:, 1:], b.loss_mask[:, 1:])
+                            logits, labels, loss_mask = response_logits(model, b)
+                        loss, m = sft_loss(logits, labels, loss_mask)
                         check_finite(loss, step + 1, run)
                         # the mean over every response token of the global micro-batch
                         tokens = m["sft/tokens"] if n_real else 0.0
