@@ -97,13 +97,15 @@ def test_on_policy_grpo_checks_the_engine_in_its_update(tmp_path, rule_reward, m
 
 
 def test_on_policy_grpo_stops_when_the_engine_disagrees(tmp_path, rule_reward, monkeypatch):
-    real = ppo_module.generate
+    import tether.rollout.backends as backends
+
+    real = backends.generate
 
     def skewed(*args, **kwargs):
         gen = real(*args, **kwargs)
         gen.sampling_logprobs = gen.sampling_logprobs - 0.5  # an engine whose logprobs are off
         return gen
 
-    monkeypatch.setattr(ppo_module, "generate", skewed)
+    monkeypatch.setattr(backends, "generate", skewed)  # the HF backend's engine
     with pytest.raises(TrainingError, match="differ from a fresh forward pass"):
         train_grpo(_on_policy_config(tmp_path, steps=1))
