@@ -82,7 +82,9 @@ def instrument(p: Phases, state: dict) -> None:
     from tether.models.heads import ValueModel
     from tether.models.reward import FunctionReward, RewardModel
 
-    ppo.generate = p.wrap(ppo.generate, "generate")
+    from tether.rollout.backends import HFBackend
+
+    HFBackend.generate = p.wrap(HFBackend.generate, "generate")
     ppo.decode_responses = p.wrap(ppo.decode_responses, "reward")
     real_ref_ctx = ppo.reference_context
 

@@ -48,6 +48,8 @@ FULL = {
     "sft_large": ("sft", {"model": "large", "warmup": 2, "steps": 4}, "trl"),
     "sft_bf16": ("sft", {"bf16": True}, "trl"),
     "dpo_bf16": ("dpo", {"bf16": True}, "trl"),
+    "ppo_bf16": ("ppo", {"bf16": True}, "trl112"),
+    "grpo_bf16": ("grpo", {"bf16": True}, "trl"),
     "generate_b8": ("generate", {"batch": 8}, "hf"),
     "generate_b32": ("generate", {"batch": 32}, "hf"),
     "generate_b8_logprobs": ("generate", {"batch": 8, "engine": "tether_logprobs"}, "hf"),

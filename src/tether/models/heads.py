@@ -59,7 +59,8 @@ class ValueModel(nn.Module):
             position_ids=position_ids_from_mask(attention_mask), use_cache=False,
         )
         hidden = out.last_hidden_state  # (B, T, H)
-        return upcast(self.head(hidden).squeeze(-1))  # (B, T)
+        with torch.autocast(hidden.device.type, enabled=False):  # the head in the weights' precision, even under autocast
+            return upcast(self.head(hidden.to(self.head.weight.dtype)).squeeze(-1))  # (B, T)
 
     def save(self, out_dir: str | Path) -> None:
         out = Path(out_dir)

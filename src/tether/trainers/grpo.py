@@ -37,12 +37,12 @@ from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_ad
 from tether.rl.kl import kl_estimate
 from tether.rl.rewards import compute_rewards
 from tether.trainers.common import (
-    RunDir, StopSignal, adamw, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
+    RunDir, StopSignal, adamw, autocast, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
     set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
 from tether.trainers.ppo import (
-    Models, check_rollout_logprobs, check_sharding, gather_rollout, initial_score_stats, load_models, logprob_diff, make_rollout,
+    Models, check_rollout_logprobs, check_sharding, compute_dtype, gather_rollout, initial_score_stats, load_models, logprob_diff, make_rollout,
     minibatch_generator, minibatches,
 )
 from tether.types import Rollout
@@ -98,13 +98,17 @@ def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tens
     for _ in range(p.num_ppo_epochs):
         for idx, n_real in minibatches(B, max(1, B // p.num_minibatches), generator, dist):
             mask = r.response_mask[idx]
-            logprobs = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
+            with autocast(cfg.train, sequences.device):  # the forward pass only; the loss is float32
+                logprobs = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
             if check_dtype is not None and n == 0:
                 diag = logprob_diff(r.logprobs[idx], logprobs.detach(), mask)
                 check_rollout_logprobs(diag, check_dtype, step)
                 sums.update(diag)
-            # policy loss
-            loss, metrics = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
+            # policy loss; on-policy this pass is the fresh pass of the rollout weights, so it is also the
+            # old policy (ratio exactly 1: the policy gradient), not the engine's logprobs, which differ by
+            # rounding (KV-cached decoding, bf16)
+            old_logprobs = logprobs.detach() if on_policy(cfg) else r.logprobs[idx]
+            loss, metrics = ppo_policy_loss(logprobs, old_logprobs, advantages[idx], mask, p.clip_coef)
             # KL to the reference as a loss term (GRPO eq. 4)
             if kl_in_loss:
                 kl = masked_mean(kl_estimate(logprobs, r.ref_logprobs[idx], cfg.grpo.kl_estimator), mask)
@@ -166,7 +170,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         score_shift = initial_score_stats(cfg, m, prompts, device, dist)
     else:
         score_shift = (0.0, 1.0)
-    dtype = next(m.policy.parameters()).dtype
+    dtype = compute_dtype(cfg, m.policy)
     stop_reason, metrics, step = "max_steps", {}, start - 1
 
     def save(path: Path) -> None:

@@ -40,7 +40,7 @@ from tether.rl.rewards import compute_rewards
 from tether.rollout.backends import GenerationBackend, make_backend, require_backend
 from tether.rollout.generate import decode_responses
 from tether.trainers.common import (
-    GuardTripped, RunDir, StopSignal, adamw, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
+    GuardTripped, RunDir, StopSignal, adamw, autocast, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
     set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
@@ -108,25 +108,26 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     g, d = cfg.generation, cfg.data
     # 1. generate (the policy's own sampling logprobs come back for the engine check)
     prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
-    gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs or not fresh_logprobs, seeds=seeds)
-    T_p = gen.prompts.shape[1]
-    sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
-    attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
+    with autocast(cfg.train, device):  # bf16 autocast of generation and of every pass of 2. (train.bf16_autocast)
+        gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs or not fresh_logprobs, seeds=seeds)
+        T_p = gen.prompts.shape[1]
+        sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
+        attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
 
-    # 2. score: one forward pass per role, all with the sampling temperature
-    m.policy.eval()
-    if fresh_logprobs:
-        logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
-    else:
-        logprobs = gen.sampling_logprobs  # (B, T_r)
-    with reference_context(m.policy, m.ref_policy):
-        ref_model = m.ref_policy if m.ref_policy is not None else m.policy
-        ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
-    if m.value_model is not None:
-        values = m.value_model(sequences, attention_mask)[:, T_p - 1 : -1]  # (B, T_r) value of the state before each token
-    else:
-        values = torch.zeros_like(logprobs)
-    m.policy.train()
+        # 2. score: one forward pass per role, all with the sampling temperature
+        m.policy.eval()
+        if fresh_logprobs:
+            logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+        else:
+            logprobs = gen.sampling_logprobs  # (B, T_r)
+        with reference_context(m.policy, m.ref_policy):
+            ref_model = m.ref_policy if m.ref_policy is not None else m.policy
+            ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+        if m.value_model is not None:
+            values = m.value_model(sequences, attention_mask)[:, T_p - 1 : -1]  # (B, T_r) value of the state before each token
+        else:
+            values = torch.zeros_like(logprobs)
+        m.policy.train()
     response_texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     raw_scores = m.reward_model.score(prompt_texts, response_texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).to(device)
     scores = (raw_scores - score_shift[0]) / score_shift[1]  # (B,) normalised on the initial policy
@@ -184,11 +185,18 @@ def minibatches(n: int, size: int, generator: torch.Generator | None, dist: Dist
         yield dist.shard(idx) if dist is not None else (idx, len(idx))
 
 
+def compute_dtype(cfg: PPOConfig, policy: torch.nn.Module) -> torch.dtype:
+    """The precision the policy's passes run in: bfloat16 under `train.bf16_autocast`, else its weights' dtype."""
+    return torch.bfloat16 if cfg.train.bf16_autocast else next(policy.parameters()).dtype
+
+
 def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
     """DESIGN.md 6.8: the engine's sampling logprobs must equal a fresh forward pass of the same weights.
 
     The mean absolute difference over real response tokens may be at most 1e-3 for a float32 policy and
-    5e-2 for bf16/fp16 (the vLLM backend's kernels differ from the trainer's; see rollout/backends.py).
+    5e-2 for bf16/fp16 weights or bf16 autocast (`compute_dtype`; the vLLM backend's kernels differ from the
+    trainer's, see rollout/backends.py, and in bf16 a KV-cached decoding step rounds differently from a
+    full forward pass).
 
     Raises:
         TrainingError: when they differ by more than float noise, or the backend returned no logprobs.
@@ -211,7 +219,8 @@ def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device, d
     start, stop = dist.shard_range(len(sample)) if dist else (0, len(sample))
     seeds = dist.sample_seeds(cfg.train.seed, "score-stats", range(start, stop), cfg.ppo.rollout_seeding) if dist else None
     ids = tokenize_prompts(sample[start:stop], m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
-    gen = m.backend.generate(ids, seeds=seeds)
+    with autocast(cfg.train, device):
+        gen = m.backend.generate(ids, seeds=seeds)
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     s = m.reward_model.score(sample[start:stop], texts, cfg.reward_model.batch_size, cfg.reward_model.max_length)
     s = dist.gather(s.to(device)) if dist else s
@@ -253,7 +262,7 @@ def judge_policy(cfg: PPOConfig, m: Models, judge: Judge, device: torch.device, 
     prompts = judge.prompts[start:stop]
     seeds = dist.sample_seeds(cfg.train.seed, "judge", range(start, stop), cfg.ppo.rollout_seeding) if dist else None
     ids = tokenize_prompts(prompts, m.tokenizer, cfg.data.prompt_template, cfg.data.max_prompt_length)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), autocast(cfg.train, device):
         torch.manual_seed(cfg.train.seed)  # the same sampling noise at every evaluation
         gen = m.backend.generate(ids, seeds=seeds)
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
@@ -300,10 +309,11 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
     for _ in range(p.num_ppo_epochs):
         for idx, n_real in minibatches(B, mb_size, generator, dist):
             mask = r.response_mask[idx]
-            logprobs, entropy = response_logprobs(
-                policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True, entropy_grad=p.ent_coef > 0
-            )
-            values = value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
+            with autocast(cfg.train, sequences.device):  # forward passes only; losses are float32, backward outside
+                logprobs, entropy = response_logprobs(
+                    policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature, with_entropy=True, entropy_grad=p.ent_coef > 0
+                )
+                values = value_model(sequences[idx], attention_mask[idx])[:, T_p - 1 : -1]  # (b, T_r)
             # policy loss
             pg_loss, pm = ppo_policy_loss(logprobs, r.logprobs[idx], advantages[idx], mask, p.clip_coef)
             # value loss
@@ -422,7 +432,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
         score_shift = initial_score_stats(cfg, m, prompts, device, dist)
     if dist.is_main:
         (run.path / "reward_normalization.json").write_text(json.dumps({"mean": score_shift[0], "std": score_shift[1]}))
-    dtype = next(m.policy.parameters()).dtype
+    dtype = compute_dtype(cfg, m.policy)
     stop_reason, metrics, step, skipped = "max_steps", {}, start - 1, 0
 
     def save(path: Path) -> None:
