@@ -45,6 +45,11 @@ class ModelConfig(Strict):
     )
     lora: LoRAConfig = Field(default_factory=LoRAConfig)
     gradient_checkpointing: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto",
+        description="attention kernel; auto: eager on a CPU under train.bf16_autocast with sequences up to 512 tokens "
+        "in PPO/GRPO (faster there), else the model's default (sdpa)",
+    )
 
 
 class DataConfig(Strict):

@@ -67,3 +67,46 @@ def test_on_policy_grpo_ratio_is_exactly_one(tmp_path, rule_reward, bf16):  # no
     for row in _rows(train_grpo(cfg)):
         assert row["policy/ratio"] == 1.0 and row["policy/clipfrac"] == 0.0
         assert 0.0 <= row["rollout/logprob_diff_mean"] <= (5e-2 if bf16 else 1e-3)
+
+
+def test_auto_attention_is_eager_only_for_short_bf16_sequences_on_a_cpu():
+    from tether.config import ModelConfig
+    from tether.models.load import load_causal_lm, set_attention
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    cases = [(cpu, True, 512, "eager"), (cpu, False, 128, "sdpa"), (cpu, True, 513, "sdpa"), (cuda, True, 128, "sdpa")]
+    for device, bf16, length, want in cases:
+        model, _ = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), cpu)
+        assert set_attention(model, "auto", device, bf16, length) == want, (device, bf16, length)
+        assert model.model.config._attn_implementation == want  # the decoder layers use it too
+    explicit, _ = load_causal_lm(ModelConfig(name_or_path="tiny-gpt2", attn_implementation="eager"), cpu)
+    assert explicit.config._attn_implementation == "eager"
+
+
+def test_eager_and_sdpa_attention_give_the_same_logprobs_with_padding():
+    from tether.config import ModelConfig
+    from tether.models.load import load_causal_lm
+    from tether.models.logprobs import response_logprobs
+
+    cpu = torch.device("cpu")
+    sdpa, _ = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), cpu, seed=3)
+    eager, _ = load_causal_lm(ModelConfig(name_or_path="tiny-llama", attn_implementation="eager"), cpu, seed=3)
+    ids = torch.randint(3, 200, (3, 20), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0  # a left-padded prompt
+    mask[1, -4:] = 0  # a response that ended early
+    a = response_logprobs(sdpa, ids, mask, 12)
+    b = response_logprobs(eager, ids, mask, 12)
+    real = mask[:, 12:].bool()
+    assert torch.allclose(a[real], b[real], atol=1e-5)
+
+
+def test_ppo_under_bf16_uses_eager_attention_in_policy_reference_and_critic(tiny_data, tmp_path, tiny_models, monkeypatch):
+    seen = {}
+    real = ppo_mod.load_models
+    monkeypatch.setattr(ppo_mod, "load_models", lambda cfg, device, **kw: seen.setdefault("m", real(cfg, device, **kw)))
+    train_ppo(ppo_config(tiny_data["prompts"], tmp_path / "ppo", reward_model=tiny_models["rm"], train={"max_steps": 1, "bf16_autocast": True}))
+    m = seen["m"]
+    kernels = {m.policy.config._attn_implementation, m.ref_policy.config._attn_implementation,
+               m.value_model.backbone.config._attn_implementation}
+    assert kernels == {"eager"}

@@ -29,7 +29,7 @@ from tether.errors import ConfigError, ModelError, TrainingError
 from tether.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tether.models.heads import ValueModel
 from tether.models.load import (
-    apply_lora, count_parameters, load_causal_lm, reference_context, save_causal_lm, set_threads,
+    apply_lora, count_parameters, load_causal_lm, reference_context, save_causal_lm, set_attention, set_threads,
 )
 from tether.models.logprobs import response_logprobs
 from tether.models.reward import FunctionReward, RewardModel, load_reward
@@ -67,6 +67,8 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
     """
     require_backend(cfg.generation, device)
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
+    max_model_len = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
+    set_attention(policy, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len)  # reference: a copy
     check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
     rm = cfg.reward_model
     reward_model = load_reward(rm.path, rm.function, device, paths=rm.paths, ensemble=rm.ensemble, ensemble_k=rm.ensemble_k)
@@ -83,13 +85,14 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
                 "(values are per policy token); use ppo.value_init=policy"
             )
         value_model = ValueModel.from_backbone_of(reward_model.model)
+    if value_model is not None:
+        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
     else:
         ref_policy = copy.deepcopy(policy).eval()
         for p in ref_policy.parameters():
             p.requires_grad_(False)
-    max_model_len = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
     backend = make_backend(cfg.generation, policy, tokenizer, device, max_model_len, cfg.train.seed)
     return Models(policy, ref_policy, value_model, reward_model, tokenizer, backend)
 
