@@ -139,8 +139,8 @@ def set_attention(model: nn.Module, choice: str, device: torch.device, bf16_auto
     `auto` picks eager attention on a CPU under bf16 autocast for sequences of at most `EAGER_MAX_LENGTH`
     tokens: there torch's fused CPU attention kernel in bf16 took 4.8 ms for the backward pass of a
     (4 x 4 heads x 96 x 64) product that plain matrix products do in well under 1 ms, and a forward and
-    backward pass of the benchmarks' 5M Llama ran 13% (96 tokens) to 24% (512 tokens) faster with eager
-    attention, while at 1024 tokens eager was 1.7 times slower (`bench/attention_kernels.py`). Otherwise
+    backward pass of the benchmarks' 5M Llama took about a quarter less CPU time with eager attention at 96
+    and at 512 tokens, while at 1024 tokens it took 1.6 times more (`bench/attention_kernels.py`). Otherwise
     `auto` keeps the model's own default. Returns the implementation in effect; a model that cannot switch
     keeps its own.
     """
