@@ -47,8 +47,8 @@ class ModelConfig(Strict):
     gradient_checkpointing: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
-        description="attention kernel; auto: eager on a CPU under train.bf16_autocast with sequences up to 512 tokens "
-        "in PPO/GRPO (faster there), else the model's default (sdpa)",
+        description="attention kernel; auto: eager when training on a CPU under train.bf16_autocast with sequences "
+        "of at most 512 tokens (faster there, bench/attention_kernels.py), else the model's default (sdpa)",
     )
 
 

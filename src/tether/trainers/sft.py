@@ -12,7 +12,7 @@ from tether.data.sources import load_sft, select
 from tether.data.tokenize import TokenizedSFT, collate_sft, tokenize_sft
 from tether.errors import ConfigError
 from tether.losses.sft import sft_loss
-from tether.models.load import apply_lora, count_parameters, load_causal_lm, save_causal_lm, set_threads
+from tether.models.load import apply_lora, count_parameters, load_causal_lm, save_causal_lm, set_attention, set_threads
 from tether.models.logprobs import first_scored_column, forward_logits
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, make_optimizer,
@@ -97,6 +97,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     eval_examples = load_sft(d.eval, d.on_invalid) if d.eval else []
     model, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(d.max_length, model)
+    set_attention(model, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, d.max_length)
     items = tokenize_sft(examples, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
     eval_items = tokenize_sft(eval_examples, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
