@@ -105,6 +105,10 @@ class GenerationConfig(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     do_sample: bool = True
     batch_size: int = Field(16, gt=0)
+    engine: Literal["tether", "hf"] = Field(
+        "tether", description="tether: tether's KV-cached decode loop (samples exactly what HF generate samples, "
+        "faster); hf: Hugging Face generate. Models or settings the loop does not support use HF generate either way",
+    )
 
 
 class VLLMOptions(Strict):
