@@ -84,6 +84,50 @@ def unsupported(policy: nn.Module) -> str | None:
     return None
 
 
+def _preallocated_layer_class():
+    from transformers.cache_utils import DynamicLayer
+
+    class PreallocatedLayer(DynamicLayer):
+        """A `DynamicLayer` whose keys and values are views of buffers sized for the whole decode.
+
+        `DynamicLayer.update` concatenates, copying the whole cache at every step; this one copies the new
+        states into place. The attention layers see tensors of the same shape and values (a view instead of a
+        fresh tensor), so they compute the same numbers.
+        """
+
+        def __init__(self, capacity: int):
+            super().__init__()
+            self.capacity, self.length = capacity, 0
+
+        def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+                b, h, _, _ = key_states.shape
+                self.key_buffer = key_states.new_empty((b, h, self.capacity, key_states.shape[-1]))
+                self.value_buffer = value_states.new_empty((b, h, self.capacity, value_states.shape[-1]))
+            end = self.length + key_states.shape[-2]
+            if end > self.capacity:
+                raise RuntimeError(f"KV cache of {self.capacity} positions overflows at {end}")
+            self.key_buffer[:, :, self.length : end].copy_(key_states)
+            self.value_buffer[:, :, self.length : end].copy_(value_states)
+            self.length = end
+            self.keys, self.values = self.key_buffer[:, :, :end], self.value_buffer[:, :, :end]
+            return self.keys, self.values
+
+    return PreallocatedLayer
+
+
+def new_cache(base: nn.Module, capacity: int):
+    """The `DynamicCache` `generate` would make for `base`, its full-attention layers preallocated for `capacity` positions."""
+    from transformers import DynamicCache
+    from transformers.cache_utils import DynamicLayer
+
+    cache = DynamicCache(config=base.config.get_text_config(decoder=True))
+    layer_class = _preallocated_layer_class()
+    cache.layers = [layer_class(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
 def _forward_kwargs(base: nn.Module) -> dict:
     """The keyword arguments `generate` adds to every forward pass of `base` besides inputs, mask and cache."""
     params = inspect.signature(base.forward).parameters
@@ -102,7 +146,7 @@ def decode(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Sample up to `gen.max_new_tokens` tokens per row, as `policy.generate` samples them.
 
-    Call under `torch.no_grad()` (or inference mode) with `policy` in eval mode; `unsupported(policy)` must be None.
+    Runs under `torch.inference_mode()`; call it with `policy` in eval mode and `unsupported(policy)` None.
 
     Args:
         prompts: (b, T_p) long, left-padded, on the policy's device.
@@ -118,13 +162,20 @@ def decode(
         (tokens (b, t) long, logprobs (b, t) float32 or None) with t <= max_new_tokens: t < max_new_tokens
         exactly when every row emitted EOS at step t.
     """
-    base = _base_model(policy)
-    from transformers import DynamicCache
+    with torch.inference_mode():  # no autograd bookkeeping at all; the results are cloned out of it below
+        tokens, logprobs = _decode(policy, prompts, prompt_mask, gen, pad, eos, sampler, return_logprobs)
+    return tokens.clone(), None if logprobs is None else logprobs.clone()
 
+
+def _decode(
+    policy: nn.Module, prompts: torch.Tensor, prompt_mask: torch.Tensor, gen: GenerationConfig, pad: int, eos: int,
+    sampler: SeededSampler | None, return_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    base = _base_model(policy)
     b, t_p = prompts.shape
     n = gen.max_new_tokens
     kwargs = _forward_kwargs(base)
-    kwargs["past_key_values"] = DynamicCache(config=base.config.get_text_config(decoder=True))
+    kwargs["past_key_values"] = new_cache(base, t_p + n)
     positions = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)  # (b, T_p)
     mask = None  # (b, T_p + n) when the prompts have padding; column T_p + s is the s-th new token
     if not bool((prompt_mask == 1).all()):
