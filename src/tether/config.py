@@ -126,7 +126,7 @@ class RolloutGenerationConfig(GenerationConfig):
     """Sampling settings of online RL (`tether ppo`, `tether grpo`), plus the engine that samples."""
 
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: Hugging Face generate on the training policy; vllm: a vLLM engine on the same GPU, "
+        "hf", description="hf: sampling on the training policy itself (see engine); vllm: a vLLM engine on the same GPU, "
         "weights pushed after every update (needs the vllm package and CUDA)",
     )
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
