@@ -27,6 +27,7 @@ such as `repetition_penalty`); `rollout/generate.py` then uses HF `generate`.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -84,6 +85,7 @@ def unsupported(policy: nn.Module) -> str | None:
     return None
 
 
+@functools.cache
 def _preallocated_layer_class():
     from transformers.cache_utils import DynamicLayer
 
