@@ -203,7 +203,8 @@ def test_engine_hf_and_unsupported_models_use_hf_generate(monkeypatch):
     g = generate(model, tok, ids, GenerationConfig(max_new_tokens=6, temperature=0.8), CPU)
     assert len(calls) == 1
     torch.manual_seed(0)
-    assert torch.equal(g.responses, generate(model, tok, ids, GenerationConfig(max_new_tokens=6, temperature=0.8, engine="hf"), CPU).responses)
+    forced = generate(model, tok, ids, GenerationConfig(max_new_tokens=6, temperature=0.8, engine="hf"), CPU)
+    assert torch.equal(g.responses, forced.responses)
     model.generation_config.repetition_penalty = 1.0  # neutral values are fine
     assert decode.unsupported(model) is None
 

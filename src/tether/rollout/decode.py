@@ -120,7 +120,7 @@ def _preallocated_layer_class():
 
 
 def new_cache(base: nn.Module, capacity: int):
-    """The `DynamicCache` `generate` would make for `base`, its full-attention layers preallocated for `capacity` positions."""
+    """The `DynamicCache` `generate` would make for `base`, full-attention layers preallocated for `capacity` positions."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
