@@ -110,6 +110,10 @@ class GenerationConfig(Strict):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     do_sample: bool = True
     batch_size: int = Field(16, gt=0)
+    engine: Literal["tether", "hf"] = Field(
+        "tether", description="tether: tether's KV-cached decode loop (samples exactly what HF generate samples, "
+        "faster); hf: Hugging Face generate. Models or settings the loop does not support use HF generate either way",
+    )
 
 
 class VLLMOptions(Strict):
@@ -127,7 +131,7 @@ class RolloutGenerationConfig(GenerationConfig):
     """Sampling settings of online RL (`tether ppo`, `tether grpo`), plus the engine that samples."""
 
     backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: Hugging Face generate on the training policy; vllm: a vLLM engine on the same GPU, "
+        "hf", description="hf: sampling on the training policy itself (see engine); vllm: a vLLM engine on the same GPU, "
         "weights pushed after every update (needs the vllm package and CUDA)",
     )
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)

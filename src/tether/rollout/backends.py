@@ -7,8 +7,9 @@ PPO and GRPO ask a backend for one response per prompt and hand it the policy af
     ...                                                                # optimizer steps on the policy
     backend.sync_weights(policy)                                       # the next rollout samples from them
 
-- `HFBackend` (`generation.backend: hf`, the default): Hugging Face `generate` on the training policy
-  itself (`rollout/generate.py::generate`). The engine *is* the policy, so `sync_weights` has nothing to do.
+- `HFBackend` (`generation.backend: hf`, the default): sampling on the training policy itself
+  (`rollout/generate.py::generate`: tether's decode loop, or Hugging Face `generate` with
+  `generation.engine: hf`). The engine *is* the policy, so `sync_weights` has nothing to do.
 - `VLLMBackend` (`generation.backend: vllm`, CUDA only): a vLLM engine in the same process and on the same
   GPU, built from the policy's config with dummy weights and filled by `sync_weights` at once. It receives
   the full weights after every update (LoRA adapters folded into the base weights, `merged_weights`),
@@ -75,7 +76,7 @@ class GenerationBackend(Protocol):
 
 
 class HFBackend:
-    """Hugging Face `generate` on the training policy itself, in chunks of `gen.batch_size` prompts."""
+    """Sampling on the training policy itself (`rollout/generate.py::generate`), in chunks of `gen.batch_size` prompts."""
 
     def __init__(self, policy: nn.Module, tokenizer, gen: RolloutGenerationConfig, device: torch.device):
         self.policy, self.tokenizer, self.gen, self.device = policy, tokenizer, gen, device

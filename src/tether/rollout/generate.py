@@ -3,6 +3,11 @@
 Responses end at the first EOS (kept, so the model learns to stop); everything after it becomes pad,
 and pad is never EOS (DESIGN.md 6.2). A response that never emits EOS runs to `max_new_tokens` and is
 flagged by `response_mask[:, -1]` being True without an EOS there.
+
+The tokens come from tether's decode loop (`rollout/decode.py`, `generation.engine: tether`, the default),
+which samples exactly what Hugging Face `generate` samples (same tokens for the same seed, same logprobs)
+in less time, or from `generate` itself (`generation.engine: hf`, and for any model or setting the loop
+does not cover: `decode.unsupported`).
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from torch import nn
 from tether.config import GenerationConfig
 from tether.data.tokenize import left_pad
 from tether.ops import gather_logprobs, response_mask_from_eos
+from tether.rollout import decode
+from tether.rollout.seeding import SeededSampler
 
 
 @dataclass
@@ -46,11 +53,14 @@ def generate(
     return_sampling_logprobs: bool = False,
     seeds: list[int] | None = None,
 ) -> Generation:
-    """Sample one response per prompt with HF `generate`, in chunks of `gen.batch_size`.
+    """Sample one response per prompt, in chunks of `gen.batch_size`.
+
+    With `gen.engine == "tether"` and a model the decode loop supports, `rollout/decode.py::decode` samples;
+    otherwise HF `policy.generate`. Both draw the same tokens from the same random numbers.
 
     Args:
         prompt_ids: B lists of token ids (already formatted and truncated).
-        gen: sampling settings (temperature, top-k/top-p, max_new_tokens).
+        gen: sampling settings (temperature, top-k/top-p, max_new_tokens, engine).
         return_sampling_logprobs: also return the logprobs the engine sampled from (for the
             rollout-logprob check, DESIGN.md 6.8).
         seeds: one seed per prompt: each response is sampled with its own generator (`rollout/seeding.py`),
@@ -62,37 +72,50 @@ def generate(
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     ids, mask = left_pad(prompt_ids, pad)
     ids, mask = ids.to(device), mask.to(device)
+    use_loop = gen.engine == "tether" and decode.unsupported(policy) is None
     was_training = policy.training
     policy.eval()
     responses, sampling = [], []
     for i in range(0, ids.shape[0], gen.batch_size):
-        sampler = None
-        if seeds is not None and gen.do_sample:
-            from tether.rollout.seeding import SeededSampler
-
-            sampler = SeededSampler(gen, seeds[i : i + gen.batch_size])  # draws the token; greedy decoding takes it
-        sample = gen.do_sample and sampler is None
-        out = policy.generate(
-            input_ids=ids[i : i + gen.batch_size],
-            attention_mask=mask[i : i + gen.batch_size],
-            do_sample=sample,
-            temperature=gen.temperature if sample else None,
-            top_k=gen.top_k if sample else None,
-            top_p=gen.top_p if sample else None,
-            max_new_tokens=gen.max_new_tokens,
-            pad_token_id=pad,
-            eos_token_id=eos,
-            return_dict_in_generate=True,
-            output_logits=return_sampling_logprobs,
-            logits_processor=[sampler] if sampler else None,
-        )
-        new = out.sequences[:, ids.shape[1] :]  # (b, t_r)
+        chunk_ids, chunk_mask = ids[i : i + gen.batch_size], mask[i : i + gen.batch_size]
+        # draws the token; HF's greedy decoding then takes it
+        sampler = SeededSampler(gen, seeds[i : i + gen.batch_size]) if seeds is not None and gen.do_sample else None
+        if use_loop:
+            new, logprobs = decode.decode(policy, chunk_ids, chunk_mask, gen, pad, eos, sampler, return_sampling_logprobs)
+        else:
+            new, logprobs = _hf_generate(policy, chunk_ids, chunk_mask, gen, pad, eos, sampler, return_sampling_logprobs)
         responses.append(new)
-        if return_sampling_logprobs:
-            logits = torch.stack(out.logits, dim=1).float() / gen.temperature  # (b, t_r, V)
-            sampling.append(gather_logprobs(logits, new))
+        if logprobs is not None:
+            sampling.append(logprobs)
     policy.train(was_training)
     return assemble_generation(ids, mask, responses, sampling, pad, eos)
+
+
+def _hf_generate(
+    policy: nn.Module, ids: torch.Tensor, mask: torch.Tensor, gen: GenerationConfig, pad: int, eos: int,
+    sampler: SeededSampler | None, return_logprobs: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One chunk with HF `generate`: (b, t) new tokens and, if asked, their (b, t) sampling logprobs."""
+    sample = gen.do_sample and sampler is None
+    out = policy.generate(
+        input_ids=ids,
+        attention_mask=mask,
+        do_sample=sample,
+        temperature=gen.temperature if sample else None,
+        top_k=gen.top_k if sample else None,
+        top_p=gen.top_p if sample else None,
+        max_new_tokens=gen.max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=eos,
+        return_dict_in_generate=True,
+        output_logits=return_logprobs,
+        logits_processor=[sampler] if sampler else None,
+    )
+    new = out.sequences[:, ids.shape[1] :]  # (b, t)
+    if not return_logprobs:
+        return new, None
+    logits = torch.stack(out.logits, dim=1).float() / gen.temperature  # (b, t, V)
+    return new, gather_logprobs(logits, new)
 
 
 def assemble_generation(

@@ -9,7 +9,8 @@ so that a run on P processes samples exactly what a run on one process samples (
 HF `generate` has no per-row generator, so the sampling step is done by a logits processor that runs
 last: it applies the temperature / top-k / top-p warpers HF itself uses, draws one token per row with
 that row's generator, and returns logits that are -inf everywhere except the drawn token, which greedy
-decoding then picks. The raw logits that `generate` returns (`output_logits`) are untouched.
+decoding then picks. The raw logits that `generate` returns (`output_logits`) are untouched. tether's own
+decode loop (`rollout/decode.py`) calls `SeededSampler.draw` directly: the same warpers, the same draws.
 """
 
 from __future__ import annotations
@@ -39,6 +40,23 @@ def sample_seeds(seed: int, stream: str, indices: range | list[int]) -> list[int
     return out
 
 
+def sampling_warpers(gen: GenerationConfig) -> list[LogitsProcessor]:
+    """HF's sampling warpers for `gen`, in the order and with the settings `generate` uses.
+
+    Temperature (left out at 1.0, as `generate` leaves it out), then top-k (0 = off), then top-p (1.0 = off),
+    each keeping at least one token. Each maps (b, V) float scores to (b, V), filtered tokens at -inf; none
+    reads its `input_ids` argument.
+    """
+    warpers: list[LogitsProcessor] = []
+    if gen.temperature != 1.0:
+        warpers.append(TemperatureLogitsWarper(gen.temperature))
+    if gen.top_k:
+        warpers.append(TopKLogitsWarper(gen.top_k))
+    if gen.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(gen.top_p))
+    return warpers
+
+
 class SeededSampler(LogitsProcessor):
     """A `generate` logits processor that samples each row with its own `torch.Generator`.
 
@@ -48,21 +66,25 @@ class SeededSampler(LogitsProcessor):
     """
 
     def __init__(self, gen: GenerationConfig, seeds: list[int]):
-        self.warpers = [TemperatureLogitsWarper(gen.temperature)]
-        if gen.top_k:
-            self.warpers.append(TopKLogitsWarper(gen.top_k))
-        if gen.top_p < 1.0:
-            self.warpers.append(TopPLogitsWarper(gen.top_p))
+        self.warpers = sampling_warpers(gen)
         self.seeds = seeds
         self.generators: list[torch.Generator] | None = None
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """(b, V) next-token scores -> (b, V) with 0 at the drawn token and -inf elsewhere."""
+    def draw(self, scores: torch.Tensor, input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(b, V) next-token logits -> (b,) long tokens, row i drawn with generator i.
+
+        The generators are created on the first call (on the scores' device) and advance by one draw per
+        call, so successive calls sample successive positions.
+        """
         if self.generators is None:
             self.generators = [torch.Generator(device=scores.device).manual_seed(s) for s in self.seeds]
         for warp in self.warpers:
             scores = warp(input_ids, scores)
         probs = torch.softmax(scores.float(), dim=-1)  # (b, V)
-        tokens = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])  # (b, 1)
+        return torch.cat([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])  # (b,)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """(b, V) next-token scores -> (b, V) with 0 at the drawn token and -inf elsewhere."""
+        tokens = self.draw(scores, input_ids)  # (b,)
         out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, tokens, 0.0)
+        return out.scatter_(1, tokens.unsqueeze(1), 0.0)
