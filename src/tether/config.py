@@ -48,7 +48,8 @@ class ModelConfig(Strict):
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
         description="attention kernel; auto: eager when training on a CPU under train.bf16_autocast with sequences "
-        "of at most 512 tokens (faster there, bench/attention_kernels.py), else the model's default (sdpa)",
+        "of at most 512 tokens (faster there, bench/attention_kernels.py), except for the models of a PPO/GRPO "
+        "rollout; else the model's default (sdpa)",
     )
 
 

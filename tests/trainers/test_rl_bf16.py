@@ -74,10 +74,11 @@ def test_auto_attention_is_eager_only_for_short_bf16_sequences_on_a_cpu():
     from tether.models.load import load_causal_lm, set_attention
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    cases = [(cpu, True, 512, "eager"), (cpu, False, 128, "sdpa"), (cpu, True, 513, "sdpa"), (cuda, True, 128, "sdpa")]
-    for device, bf16, length, want in cases:
+    cases = [(cpu, True, 512, False, "eager"), (cpu, False, 128, False, "sdpa"), (cpu, True, 513, False, "sdpa"),
+             (cuda, True, 128, False, "sdpa"), (cpu, True, 128, True, "sdpa")]
+    for device, bf16, length, rollout, want in cases:
         model, _ = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), cpu)
-        assert set_attention(model, "auto", device, bf16, length) == want, (device, bf16, length)
+        assert set_attention(model, "auto", device, bf16, length, rollout) == want, (device, bf16, length, rollout)
         assert model.model.config._attn_implementation == want  # the decoder layers use it too
     explicit, _ = load_causal_lm(ModelConfig(name_or_path="tiny-gpt2", attn_implementation="eager"), cpu)
     assert explicit.config._attn_implementation == "eager"
@@ -101,7 +102,7 @@ def test_eager_and_sdpa_attention_give_the_same_logprobs_with_padding():
     assert torch.allclose(a[real], b[real], atol=1e-5)
 
 
-def test_ppo_under_bf16_uses_eager_attention_in_policy_reference_and_critic(tiny_data, tmp_path, tiny_models, monkeypatch):
+def test_ppo_under_bf16_keeps_the_default_attention_in_its_rollout_models(tiny_data, tmp_path, tiny_models, monkeypatch):
     seen = {}
     real = ppo_mod.load_models
     monkeypatch.setattr(ppo_mod, "load_models", lambda cfg, device, **kw: seen.setdefault("m", real(cfg, device, **kw)))
@@ -109,4 +110,4 @@ def test_ppo_under_bf16_uses_eager_attention_in_policy_reference_and_critic(tiny
     m = seen["m"]
     kernels = {m.policy.config._attn_implementation, m.ref_policy.config._attn_implementation,
                m.value_model.backbone.config._attn_implementation}
-    assert kernels == {"eager"}
+    assert kernels == {"sdpa"}

@@ -68,7 +68,7 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
     require_backend(cfg.generation, device)
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     max_model_len = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
-    set_attention(policy, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len)  # reference: a copy
+    set_attention(policy, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len, rollout=True)
     check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
     rm = cfg.reward_model
     reward_model = load_reward(rm.path, rm.function, device, paths=rm.paths, ensemble=rm.ensemble, ensemble_k=rm.ensemble_k)
@@ -86,7 +86,7 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
             )
         value_model = ValueModel.from_backbone_of(reward_model.model)
     if value_model is not None:
-        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len)
+        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len, rollout=True)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
     else:
