@@ -39,7 +39,7 @@ from tether.errors import ModelError
 from tether.models.logprobs import accepts_logits_to_keep, position_ids_from_mask, sequence_logprobs
 from tether.ops import gather_logprobs, upcast
 
-MIN_SAVING = 0.1  # share only when the padded token positions shrink by at least this fraction
+MIN_SAVING = 0.05  # share only when the padded token positions shrink by at least this fraction (docs/dpo.md)
 
 
 # --------------------------------------------------------------------------- which models

@@ -183,7 +183,8 @@ def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, 
     policy.eval()
     first, second = SEQUENCE_NAMES[kind]
     n = max(it.index for it in items) + 1
-    out = {f"{split}/{first}": torch.full((n,), float("nan")), f"{split}/{second}": torch.full((n,), float("nan"))}
+    dtype = torch.float64 if next(policy.parameters()).dtype == torch.float64 else torch.float32  # as `upcast` gives
+    out = {f"{split}/{first}": torch.full((n,), float("nan"), dtype=dtype), f"{split}/{second}": torch.full((n,), float("nan"), dtype=dtype)}
     for i in range(0, len(items), batch_size):
         chunk, n_real = dist.shard(items[i : i + batch_size]) if dist else (items[i : i + batch_size], None)
         b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
