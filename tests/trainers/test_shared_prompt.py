@@ -15,7 +15,7 @@ from tether.data.tokenize import tokenize_pairs
 from tether.models import shared_prefix
 from tether.models.load import load_causal_lm
 from tether.models.reward import load_sequence_classifier
-from tether.trainers.dpo import batch_loss, precompute_reference, prepare_policy, train_dpo
+from tether.trainers.dpo import batch_loss, precompute_reference, prepare_policy, sequence_batch, shared_split, train_dpo
 from tether.trainers.reward import pair_scores, train_reward
 
 CPU = torch.device("cpu")
@@ -159,3 +159,19 @@ def test_dpo_training_with_and_without_sharing_ends_at_the_same_weights(tmp_path
     assert shared_calls
     initial, _ = load_causal_lm(ModelConfig(name_or_path="tiny-gpt2"), CPU, dtype=torch.float64, seed=0)
     _assert_close_runs(runs[True], runs[False], 1e-9, initial.state_dict())
+
+
+def test_processes_share_a_batch_only_when_all_of_them_can(tmp_path):
+    """DDP and FSDP run collectives inside forward: every process must make the same number of model calls."""
+    _, _, tok = _policy("copy")
+    b = sequence_batch(_items(tok, tmp_path), "pairs", tok.pad_token_id, 128)
+    votes = []
+
+    class OtherProcessRefuses:
+        def all(self, flag: bool) -> bool:
+            votes.append(flag)
+            return False
+
+    assert shared_split(b, "pairs", tok.pad_token_id, True) is not None
+    assert shared_split(b, "pairs", tok.pad_token_id, True, OtherProcessRefuses()) is None
+    assert votes == [True]

@@ -26,10 +26,15 @@ not save at least `MIN_SAVING` of the padded token positions runs as full sequen
 
 Only causal decoders can share (`can_share`); encoders (BERT-style) attend in both directions and always
 run full sequences.
+
+With several processes (DDP, FSDP, DeepSpeed) every process must call the model the same number of times
+(the wrappers run collectives inside forward), so the trainers pass an `agree` function: the batch shares
+only when it pays on every process (`Distributed.any` over the refusals).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -299,15 +304,23 @@ def split_sequence_logprobs(model: nn.Module, input_ids: torch.Tensor, attention
     return sequence_logprobs(model, input_ids, attention_mask, loss_mask, average)
 
 
+def agreed(split: SharedPrefixBatch | None, agree: Callable[[bool], bool] | None) -> SharedPrefixBatch | None:
+    """`split`, or None unless every process has one: `agree(has_split)` is True when all processes say True."""
+    return split if agree is None or agree(split is not None) else None
+
+
 def grouped_sequence_logits(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, groups: list[list[int]] | None,
-                            pad_id: int) -> torch.Tensor:
+                            pad_id: int, agree: Callable[[bool], bool] | None = None) -> torch.Tensor:
     """Logits of a sequence classifier on right-padded rows: (N, T) -> (N, num_labels).
 
     Rows of one group (e.g. the completions of one prompt) share their common prefix when `groups` is given,
     the model is a causal decoder (`can_share`) and sharing pays; otherwise the full rows run as they are.
     `pad_id` must be the model's `config.pad_token_id` (the classifier pools the last non-pad token).
+    `agree`: with several processes, makes them all take the same path (`agreed`).
     """
-    split = split_shared_prefix(input_ids, attention_mask, groups, pad_id) if groups is not None and can_share(model) else None
+    split = None
+    if groups is not None and can_share(model):
+        split = agreed(split_shared_prefix(input_ids, attention_mask, groups, pad_id), agree)
     if split is not None:
         return shared_sequence_logits(model, split)
     return model(input_ids=input_ids, attention_mask=attention_mask).logits

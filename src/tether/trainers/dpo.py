@@ -38,7 +38,7 @@ from tether.models.load import (
     apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_threads,
 )
 from tether.models.logprobs import response_logprobs, sequence_logprobs
-from tether.models.shared_prefix import SharedPrefixBatch, pair_split, split_sequence_logprobs
+from tether.models.shared_prefix import SharedPrefixBatch, agreed, pair_split, split_sequence_logprobs
 from tether.rollout.generate import generate
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler,
@@ -135,10 +135,13 @@ def sequence_batch(chunk: list, kind: str, pad_id: int, max_length: int) -> SFTB
     return collate_sft(seqs, pad_id)
 
 
-def shared_split(batch: SFTBatch, kind: str, pad_id: int, share_prompt: bool) -> SharedPrefixBatch | None:
+def shared_split(batch: SFTBatch, kind: str, pad_id: int, share_prompt: bool, dist: Distributed | None = None) -> SharedPrefixBatch | None:
     """The shared-prefix split of a pairs batch (chosen row i and rejected row B + i share their prompt), or
-    None: sharing off, KTO rows (not pairs), or a batch where it does not pay."""
-    return pair_split(batch.input_ids, batch.attention_mask, batch.loss_mask, pad_id) if share_prompt and kind == "pairs" else None
+    None: sharing off, KTO rows (not pairs), or a batch where it does not pay on this or another process
+    (all processes must call the model the same number of times)."""
+    if not (share_prompt and kind == "pairs"):
+        return None
+    return agreed(pair_split(batch.input_ids, batch.attention_mask, batch.loss_mask, pad_id), dist.all if dist else None)
 
 
 def batch_logprobs(model: nn.Module, batch: SFTBatch, average: bool, split: SharedPrefixBatch | None = None) -> torch.Tensor:
@@ -188,7 +191,7 @@ def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, 
     for i in range(0, len(items), batch_size):
         chunk, n_real = dist.shard(items[i : i + batch_size]) if dist else (items[i : i + batch_size], None)
         b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
-        shared = shared_split(b, kind, pad_id, share_prompt)
+        shared = shared_split(b, kind, pad_id, share_prompt, dist)
         if is_peft(policy):
             lp = reference_logprobs(policy, None, b, average, shared).cpu()  # (2B,)
         else:
@@ -277,7 +280,7 @@ def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, pa
     b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
     if share_prompt is None:
         share_prompt = train_cfg.share_prompt if train_cfg is not None else True
-    shared = shared_split(b, kind, pad_id, share_prompt)
+    shared = shared_split(b, kind, pad_id, share_prompt, dist)
     ctx = autocast(train_cfg, device) if train_cfg is not None else torch.autocast(device.type, enabled=False)
     with ctx:
         if kind == "pairs":

@@ -67,25 +67,27 @@ def freeze_lower_layers(model, n_layers: int) -> None:
 
 
 def text_scores(model, tokenizer, texts: list[str], meta: RewardMeta, max_length: int, device,
-                groups: list[list[int]] | None = None) -> torch.Tensor:
+                groups: list[list[int]] | None = None, dist: Distributed | None = None) -> torch.Tensor:
     """Raw head scores of reward-model texts; long texts lose tokens from the left (the reply is kept).
 
     Args:
         groups: a partition of the texts' indices into texts that may share their common prefix (one
             forward pass over it, `models/shared_prefix.py`; only for causal decoders with the model's own
             last-token pooling); None runs every text in full.
+        dist: with several processes, all share or none does (each must call the model as often).
 
     Returns:
         (N,) float32: logits[:, 0] for a scalar head, the positive-class logit for a classifier.
     """
     ids, mask = tokenize_for_reward(tokenizer, texts, max_length)  # (N, T)
     groups = groups if meta.pooling == "model" else None  # mean pooling reads every position: encoders only
-    logits = grouped_sequence_logits(model, ids.to(device), mask.to(device), groups, tokenizer.pad_token_id)  # (N, num_labels)
+    agree = dist.all if dist else None
+    logits = grouped_sequence_logits(model, ids.to(device), mask.to(device), groups, tokenizer.pad_token_id, agree)  # (N, num_labels)
     return head_scores(logits, meta)
 
 
 def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str, max_length: int, device,
-                meta: RewardMeta | None = None, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                meta: RewardMeta | None = None, share_prompt: bool = True, dist: Distributed | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw scores of chosen and rejected replies from one forward pass over the distinct texts.
 
     The pairs of a ranking share completions; each distinct (prompt, reply) text is scored once and
@@ -104,7 +106,7 @@ def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str,
     unique = list(index)
     links = [(index[c], index[r]) for c, r in zip(texts[: len(batch)], texts[len(batch) :])]
     groups = pair_groups(links, len(unique)) if share_prompt else None
-    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device, groups)  # (U,)
+    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device, groups, dist)  # (U,)
     where = torch.tensor([index[t] for t in texts], device=scores.device)  # (2B,)
     both = scores[where]  # (2B,)
     return both[: len(batch)], both[len(batch) :]
@@ -141,7 +143,7 @@ def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template
     chosen, rejected = [], []
     for i in range(0, len(examples), batch_size):
         part, n_real = dist.shard(examples[i : i + batch_size]) if dist else (examples[i : i + batch_size], None)
-        c, r = pair_scores(model, tokenizer, part, template, max_length, device, meta, share_prompt)
+        c, r = pair_scores(model, tokenizer, part, template, max_length, device, meta, share_prompt, dist)
         chosen.append(c[:n_real])
         rejected.append(r[:n_real])
     model.train(was)
@@ -413,7 +415,7 @@ def train_one(cfg: RewardConfig) -> Path:
                             loss, m = classifier_loss(logits, labels)
                         else:
                             chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta,
-                                                           cfg.train.share_prompt)
+                                                           cfg.train.share_prompt, dist)
                             loss, m = pair_loss(chosen, rejected, batch)
                     check_finite(loss, step + 1, run)
                     dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
