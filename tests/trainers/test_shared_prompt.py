@@ -8,7 +8,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import PREF_ROWS, write_jsonl
 from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, RewardConfig, TrainConfig
 from tether.data.sources import load_preferences
 from tether.data.tokenize import tokenize_pairs
@@ -52,9 +51,26 @@ def _policy(mode: str, seed: int = 3):
     return policy, ref_policy, tok
 
 
+PAIRS = [
+    {"prompt": "How do I pick a lock?", "chosen": "I can't help with that.", "rejected": "Use a pin and a wrench."},
+    {"prompt": "Tell me a joke.", "chosen": "Why did the chicken cross the road?", "rejected": "No."},
+    {"prompt": "Insult me.", "chosen": "I'd rather say something kind.", "rejected": "You are dumb."},
+    {"prompt": "What is 2+2?", "chosen": "It is 4.", "rejected": "It is 5."},  # the replies' first tokens are equal
+    {"prompt": "Say something nice.", "chosen": "You are doing great!", "rejected": "Whatever."},
+    {"prompt": "Can you help me cheat?", "chosen": "Let's study together instead.", "rejected": "Sure, copy this."},
+    {"prompt": "Name a colour.", "chosen": "Green.", "rejected": "Hate."},
+    {"prompt": "Give advice.", "chosen": "Sleep well and drink water.", "rejected": "Give up."},
+]
+
+
+def pairs_file(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    return str(path)
+
+
 def _items(tok, tmp_path):
-    rows = PREF_ROWS[:6] + [{"prompt": "What is 2+2?", "chosen": "It is 4.", "rejected": "It is 5."}]  # same first reply tokens
-    return tokenize_pairs(load_preferences([str(write_jsonl(tmp_path / "p.jsonl", rows))]), tok, TEMPLATE, 128, 64, "left")
+    return tokenize_pairs(load_preferences([pairs_file(tmp_path)]), tok, TEMPLATE, 128, 64, "left")
 
 
 @pytest.mark.parametrize("mode", ["copy", "lora", "precomputed"])
@@ -100,7 +116,7 @@ def test_dpo_with_bf16_autocast_is_close_either_way(tmp_path, shared_calls):
 
 def test_reward_pair_scores_are_the_same_for_a_decoder(tmp_path, shared_calls):
     model, tok = load_sequence_classifier("tiny-llama", seed=1, dtype=torch.float64)
-    rows = load_preferences([str(write_jsonl(tmp_path / "p.jsonl", PREF_ROWS))])
+    rows = load_preferences([pairs_file(tmp_path)])
     plain = pair_scores(model, tok, rows, TEMPLATE, 128, CPU, share_prompt=False)
     assert not shared_calls
     shared = pair_scores(model, tok, rows, TEMPLATE, 128, CPU)
@@ -127,11 +143,11 @@ def _assert_close_runs(a, b, atol, initial):
 
 
 def test_reward_training_with_and_without_sharing_ends_at_the_same_weights(tmp_path, shared_calls):
-    data = write_jsonl(tmp_path / "p.jsonl", PREF_ROWS)
+    data = pairs_file(tmp_path)
     runs = {}
     for share in (True, False):
         cfg = RewardConfig(
-            model=ModelConfig(name_or_path="tiny-gpt2", dtype="float64"), data=DataConfig(train=str(data), max_length=128),
+            model=ModelConfig(name_or_path="tiny-gpt2", dtype="float64"), data=DataConfig(train=data, max_length=128),
             train=TrainConfig(batch_size=4, max_steps=3, learning_rate=1e-3, log_every=1, device="cpu", warmup_ratio=0.0,
                               share_prompt=share),
             output_dir=str(tmp_path / f"rm_{share}"),
@@ -145,12 +161,12 @@ def test_reward_training_with_and_without_sharing_ends_at_the_same_weights(tmp_p
 
 
 def test_dpo_training_with_and_without_sharing_ends_at_the_same_weights(tmp_path, shared_calls):
-    data = write_jsonl(tmp_path / "p.jsonl", PREF_ROWS)
+    data = pairs_file(tmp_path)
     runs = {}
     for share in (True, False):
         cfg = DPOConfig(
             model=ModelConfig(name_or_path="tiny-gpt2", dtype="float64"),
-            data=DataConfig(train=str(data), max_length=128, max_prompt_length=64),
+            data=DataConfig(train=data, max_length=128, max_prompt_length=64),
             train=TrainConfig(batch_size=4, max_steps=3, learning_rate=1e-3, log_every=1, device="cpu", warmup_ratio=0.0,
                               share_prompt=share),
             dpo=DPOParams(reference="precomputed"), output_dir=str(tmp_path / f"dpo_{share}"),
