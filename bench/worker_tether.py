@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
 
 DEFAULTS = {
-    "common": {"model": "small", "threads": 1, "warmup": 1, "steps": 5, "lr": 1e-5, "seed": 0, "bf16": False},
+    "common": {"model": "small", "threads": 1, "warmup": 1, "steps": 5, "lr": 1e-5, "seed": 0, "bf16": False,
+               "share_prompt": True},
     "ppo": {"batch": 8, "new_tokens": 32, "epochs": 4, "minibatches": 2, "lora": False, "kl_coef": 0.05},
     "grpo": {"prompts": 8, "group": 4, "new_tokens": 32, "beta": 0.04},
     "dpo": {"batch": 8, "beta": 0.1},
@@ -51,7 +52,8 @@ def common_sections(s: dict, out_dir: str, data: str, max_length: int) -> dict:
     m = harness.manifest()
     return {
         "train": {"learning_rate": s["lr"], "max_steps": s["warmup"] + s["steps"], "device": "cpu", "num_threads": s["threads"],
-                  "seed": s["seed"], "log_every": 1, "lr_scheduler": "constant", "warmup_ratio": 0.0, "bf16_autocast": s["bf16"]},
+                  "seed": s["seed"], "log_every": 1, "lr_scheduler": "constant", "warmup_ratio": 0.0, "bf16_autocast": s["bf16"],
+                  "share_prompt": s["share_prompt"]},
         "data": {"train": str(Path(m["data"]["dir"]) / data), "max_length": max_length, "max_prompt_length": m["data"]["prompt_tokens"]},
         "output_dir": out_dir, "overwrite": True,
     }

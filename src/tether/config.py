@@ -102,6 +102,10 @@ class TrainConfig(Strict):
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward passes (fast on CPUs with AMX and on GPUs)")
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
+    share_prompt: bool = Field(
+        True, description="reward-model and DPO/IPO training: run the prompt shared by a pair's replies once (key/value "
+        "cache reuse, exact) when the model is a causal decoder; encoders always run full sequences",
+    )
 
 
 class GenerationConfig(Strict):

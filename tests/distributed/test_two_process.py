@@ -64,6 +64,11 @@ train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMO
 data: {{train: {prefs}, eval: {pref_eval}, max_length: 64}}
 train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMON_TRAIN}}}
 """,
+        # a decoder reward model: each pair's prompt runs once (train.share_prompt), two forward calls per backward
+        "rm_decoder": f"""model: {{name_or_path: tiny-llama, dtype: float64}}
+data: {{train: {prefs}, eval: {pref_eval}, max_length: 64}}
+train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMON_TRAIN}}}
+""",
         "dpo": f"""model: {{name_or_path: tiny-llama, dtype: float64}}
 data: {{train: {prefs}, eval: {pref_eval}, max_length: 64, max_prompt_length: 32}}
 train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMON_TRAIN}}}
@@ -80,7 +85,7 @@ train: {{max_steps: 2, {COMMON_TRAIN}}}
     for name, text in texts.items():
         path = root / f"{name}.yaml"
         path.write_text(text + f"output_dir: {root / 'unset'}\n")
-        out[name] = (name, path)
+        out[name] = (name.split("_")[0], path)
     return out
 
 
@@ -164,7 +169,7 @@ def _assert_same_metrics(one: Path, two: Path, keys: list[str], rel: float = 1e-
 
 def test_all_stages_finished_and_an_uneven_global_batch_is_refused(runs):
     codes = runs["codes"]
-    assert {k: codes[k] for k in ("sft", "rm", "dpo", "ppo")} == {"sft": 0, "rm": 0, "dpo": 0, "ppo": 0}
+    assert {k: codes[k] for k in ("sft", "rm", "rm_decoder", "dpo", "ppo")} == {"sft": 0, "rm": 0, "rm_decoder": 0, "dpo": 0, "ppo": 0}
     assert codes["odd_batch"] == 1
     assert "train.batch_size=3 is the global batch, split evenly over 2 processes" in codes["log"]
 
@@ -180,6 +185,12 @@ def test_reward_model_two_processes_equal_one(runs):
     _assert_same_metrics(runs["one"]["rm"], runs["two"]["rm"], ["loss/reward", "rm/accuracy", "eval/loss", "eval/accuracy"])
     a, b = (json.loads((runs[k]["rm"] / "tether_reward.json").read_text()) for k in ("one", "two"))
     assert b["gain"] == pytest.approx(a["gain"], rel=1e-6) and b["bias"] == pytest.approx(a["bias"], rel=1e-6)
+
+
+def test_decoder_reward_model_two_processes_equal_one(runs):
+    model, _ = load_sequence_classifier("tiny-llama", num_labels=1, dtype=torch.float64, seed=0)
+    _assert_same_weights(runs["one"]["rm_decoder"], runs["two"]["rm_decoder"], model.state_dict())
+    _assert_same_metrics(runs["one"]["rm_decoder"], runs["two"]["rm_decoder"], ["loss/reward", "rm/accuracy", "eval/accuracy"])
 
 
 def test_dpo_two_processes_equal_one(runs):

@@ -54,9 +54,9 @@ def test_rankings_train_with_grouped_batches_and_deduplicated_texts(tmp_path, js
     seen = []
     real = rm_mod.text_scores
 
-    def spy(model, tok, texts, meta, max_length, device):
+    def spy(model, tok, texts, meta, max_length, device, *args):
         seen.append(texts)
-        return real(model, tok, texts, meta, max_length, device)
+        return real(model, tok, texts, meta, max_length, device, *args)
 
     monkeypatch.setattr(rm_mod, "text_scores", spy)
     out = tmp_path / "rk"

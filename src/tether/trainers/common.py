@@ -149,8 +149,8 @@ def same_config(saved_text: str, cfg: Strict) -> bool:
     """True when a saved config.yaml describes the same run as `cfg`.
 
     The saved text is validated against the current schema, so keys added since (with their defaults) do
-    not make an old run look different; `overwrite` and `train.resume` may differ between a run and its
-    resumption and are ignored. A saved config that no longer validates is a different run.
+    not make an old run look different; `overwrite`, `train.resume` and `train.share_prompt` may differ
+    between a run and its resumption and are ignored. A saved config that no longer validates is a different run.
     """
     try:
         old = type(cfg).model_validate(yaml.safe_load(saved_text) or {})
@@ -164,6 +164,7 @@ def _normalised(cfg: Strict) -> dict:
     data.pop("overwrite", None)
     if isinstance(data.get("train"), dict):
         data["train"].pop("resume", None)
+        data["train"].pop("share_prompt", None)  # the same results either way (up to rounding)
     return data
 
 

@@ -227,6 +227,10 @@ class Distributed:
         """True on every process when it is True on any."""
         return bool(flag) if self.accelerator is None else self.sum(float(bool(flag))) > 0
 
+    def all(self, flag: bool) -> bool:
+        """True on every process when it is True on all (e.g. that all take the shared-prompt path)."""
+        return not self.any(not flag)
+
     def share(self, n_local: float) -> float:
         """P * n_local / N, N the sum of n_local over processes: the factor that turns this process's mean
         over its n_local rows (or tokens) into its part of the mean over all N, given DDP's averaging.

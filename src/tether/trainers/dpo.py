@@ -2,8 +2,9 @@
 
 The policy learns from preferences without a reward model: the loss compares how much more likely the
 policy makes each reply than the reference does (`losses/dpo.py`). Chosen and rejected replies go
-through the model in one forward pass (a concatenated, right-padded batch) and only reply tokens (and
-EOS) count in the sequence log-probabilities.
+through the model together (a concatenated, right-padded batch) and only reply tokens (and EOS) count in
+the sequence log-probabilities. With `train.share_prompt` (default) the prompt a pair's two sequences
+share runs once and both replies read its key/value cache (`models/shared_prefix.py`; exact).
 
 The reference comes from one of three places (`dpo.reference`):
 - lora: the policy itself with its LoRA adapters disabled; one copy of the base weights in memory;
@@ -37,6 +38,7 @@ from tether.models.load import (
     apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_threads,
 )
 from tether.models.logprobs import response_logprobs, sequence_logprobs
+from tether.models.shared_prefix import SharedPrefixBatch, agreed, pair_split, split_sequence_logprobs
 from tether.rollout.generate import generate
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler,
@@ -133,13 +135,29 @@ def sequence_batch(chunk: list, kind: str, pad_id: int, max_length: int) -> SFTB
     return collate_sft(seqs, pad_id)
 
 
+def shared_split(batch: SFTBatch, kind: str, pad_id: int, share_prompt: bool, dist: Distributed | None = None) -> SharedPrefixBatch | None:
+    """The shared-prefix split of a pairs batch (chosen row i and rejected row B + i share their prompt), or
+    None: sharing off, KTO rows (not pairs), or a batch where it does not pay on this or another process
+    (all processes must call the model the same number of times)."""
+    if not (share_prompt and kind == "pairs"):
+        return None
+    return agreed(pair_split(batch.input_ids, batch.attention_mask, batch.loss_mask, pad_id), dist.all if dist else None)
+
+
+def batch_logprobs(model: nn.Module, batch: SFTBatch, average: bool, split: SharedPrefixBatch | None = None) -> torch.Tensor:
+    """(N,) sequence log-probabilities of a batch, through the shared-prefix forward when `split` is given."""
+    return split_sequence_logprobs(model, batch.input_ids, batch.attention_mask, batch.loss_mask, split, average)
+
+
 @torch.no_grad()
-def reference_logprobs(policy: nn.Module, ref_policy: nn.Module | None, batch: SFTBatch, average: bool) -> torch.Tensor:
+def reference_logprobs(policy: nn.Module, ref_policy: nn.Module | None, batch: SFTBatch, average: bool,
+                       split: SharedPrefixBatch | None = None) -> torch.Tensor:
     """Reference sequence log-probabilities: the frozen copy, or the policy with LoRA adapters disabled.
 
     Args:
         batch: (N, T) right-padded sequences with their reply `loss_mask`.
         average: per-token mean instead of the sum (IPO).
+        split: the batch's shared-prefix split (`shared_split`), or None for full sequences.
 
     Returns:
         (N,) float32.
@@ -148,12 +166,12 @@ def reference_logprobs(policy: nn.Module, ref_policy: nn.Module | None, batch: S
         ModelError: no copy and no LoRA adapters to disable.
     """
     with reference_context(policy, ref_policy):
-        return sequence_logprobs(ref_policy or policy, batch.input_ids, batch.attention_mask, batch.loss_mask, average)
+        return batch_logprobs(ref_policy or policy, batch, average, split)
 
 
 @torch.no_grad()
 def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, pad_id: int, max_length: int, batch_size: int, average: bool, device,
-                         dist: Distributed | None = None) -> dict[str, torch.Tensor]:
+                         dist: Distributed | None = None, share_prompt: bool = True) -> dict[str, torch.Tensor]:
     """Reference log-probabilities of every sequence of `items`, from the starting weights, no gradients.
 
     With LoRA the adapters are disabled; without it the policy has not been updated yet, so it is the
@@ -168,14 +186,16 @@ def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, 
     policy.eval()
     first, second = SEQUENCE_NAMES[kind]
     n = max(it.index for it in items) + 1
-    out = {f"{split}/{first}": torch.full((n,), float("nan")), f"{split}/{second}": torch.full((n,), float("nan"))}
+    dtype = torch.float64 if next(policy.parameters()).dtype == torch.float64 else torch.float32  # as `upcast` gives
+    out = {f"{split}/{first}": torch.full((n,), float("nan"), dtype=dtype), f"{split}/{second}": torch.full((n,), float("nan"), dtype=dtype)}
     for i in range(0, len(items), batch_size):
         chunk, n_real = dist.shard(items[i : i + batch_size]) if dist else (items[i : i + batch_size], None)
         b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
+        shared = shared_split(b, kind, pad_id, share_prompt, dist)
         if is_peft(policy):
-            lp = reference_logprobs(policy, None, b, average).cpu()  # (2B,)
+            lp = reference_logprobs(policy, None, b, average, shared).cpu()  # (2B,)
         else:
-            lp = sequence_logprobs(policy, b.input_ids, b.attention_mask, b.loss_mask, average).cpu()  # (2B,)
+            lp = batch_logprobs(policy, b, average, shared).cpu()  # (2B,)
         idx = torch.tensor([it.index for it in chunk])
         lp_first, lp_second = lp[: len(chunk)], lp[len(chunk) :]
         if dist is not None:  # (B,) of the whole batch, from every process
@@ -247,20 +267,24 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
 
 
 def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, params: DPOParams, pad_id: int, max_length: int, device, train_cfg=None,
-               dist: Distributed | None = None, n_real: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+               dist: Distributed | None = None, n_real: int | None = None, share_prompt: bool | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch: one forward pass of the policy, reference logprobs from the model or the cache.
 
     For KTO only the judged completions need gradients; the mismatched ones only estimate z0, so their
     policy log-probabilities are computed without gradients. With several processes `chunk` is this
     process's shard (`n_real` real rows) and `policy` the wrapped model; the LoRA reference runs on the
-    plain model inside it.
+    plain model inside it. Pairs share their prompt's forward pass when `share_prompt` (default:
+    `train_cfg.share_prompt`, else on) and the policy is a causal decoder.
     """
     average = params.loss == "ipo"
     b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
+    if share_prompt is None:
+        share_prompt = train_cfg.share_prompt if train_cfg is not None else True
+    shared = shared_split(b, kind, pad_id, share_prompt, dist)
     ctx = autocast(train_cfg, device) if train_cfg is not None else torch.autocast(device.type, enabled=False)
     with ctx:
         if kind == "pairs":
-            logprobs = sequence_logprobs(policy, b.input_ids, b.attention_mask, b.loss_mask, average)  # (2B,)
+            logprobs = batch_logprobs(policy, b, average, shared)  # (2B,)
         else:
             B = len(chunk)
             own = sequence_logprobs(policy, b.input_ids[:B], b.attention_mask[:B], b.loss_mask[:B])  # (B,)
@@ -270,7 +294,7 @@ def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, pa
         if cache is not None:
             ref = cached_reference(cache, chunk, kind, split, device)  # (2B,)
         else:
-            ref = reference_logprobs(dist.unwrap(policy) if dist else policy, ref_policy, b, average)  # (2B,)
+            ref = reference_logprobs(dist.unwrap(policy) if dist else policy, ref_policy, b, average, shared)  # (2B,)
     labels = torch.tensor([it.label for it in chunk], device=device) if kind == "kto" else None
     return preference_loss(params, logprobs, ref, labels, dist, n_real)
 
@@ -292,7 +316,7 @@ def reduce_metrics(dist: Distributed, metrics: dict[str, float], part: list, kin
 
 @torch.no_grad()
 def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOParams, pad_id: int, max_length: int, batch_size: int, device,
-                 dist: Distributed | None = None) -> dict[str, float]:
+                 dist: Distributed | None = None, share_prompt: bool = True) -> dict[str, float]:
     """Loss, preference accuracy and margin on held-out examples (example-weighted means over batches;
     with several processes each batch is sharded and its metrics reduced, as in training)."""
     was = policy.training
@@ -301,10 +325,11 @@ def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOP
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
         if dist is None:
-            _, m = batch_loss(policy, ref_policy, cache, chunk, kind, "eval", params, pad_id, max_length, device)
+            _, m = batch_loss(policy, ref_policy, cache, chunk, kind, "eval", params, pad_id, max_length, device, share_prompt=share_prompt)
         else:
             part, n_real = dist.shard(chunk)
-            _, m = batch_loss(policy, ref_policy, cache, part, kind, "eval", params, pad_id, max_length, device, dist=dist, n_real=n_real)
+            _, m = batch_loss(policy, ref_policy, cache, part, kind, "eval", params, pad_id, max_length, device, dist=dist, n_real=n_real,
+                              share_prompt=share_prompt)
             m = reduce_metrics(dist, m, part, kind, n_real)
         for k in ("loss/dpo", "dpo/accuracy", "dpo/margin"):
             totals[k] = totals.get(k, 0.0) + m[k] * len(chunk)
@@ -436,6 +461,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     d, params = cfg.data, cfg.dpo
     mode = reference_mode(cfg)
     average = params.loss == "ipo"
+    share = cfg.train.share_prompt
 
     # 1. data and model (all checks before anything is written)
     model, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
@@ -451,9 +477,9 @@ def train_dpo(cfg: DPOConfig) -> Path:
     cache = None
     if mode == "precomputed":
         console.print(f"dpo: computing reference logprobs of {len(items)} train and {len(eval_items)} eval examples")
-        cache = precompute_reference(policy, items, kind, "train", pad_id, d.max_length, bs, average, device, dist)
+        cache = precompute_reference(policy, items, kind, "train", pad_id, d.max_length, bs, average, device, dist, share)
         if eval_items:
-            cache.update(precompute_reference(policy, eval_items, kind, "eval", pad_id, d.max_length, bs, average, device, dist))
+            cache.update(precompute_reference(policy, eval_items, kind, "eval", pad_id, d.max_length, bs, average, device, dist, share))
         if dist.is_main:
             save_reference_cache(cache, run.path / REFERENCE_CACHE)
         dist.wait()
@@ -506,7 +532,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
             step += 1
             metrics = {**sums, "dpo/grad_norm": float(grad_norm), "lr": scheduler.get_last_lr()[0]}
             if eval_items and cfg.train.eval_every and step % cfg.train.eval_every == 0 and step < steps:
-                metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device, dist))
+                metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device, dist, share))
             if step % cfg.train.log_every == 0 or step == steps:
                 run.log(step, metrics)
             bar.update(task, advance=1, info=fmt(metrics, ["loss/dpo", "dpo/accuracy", "dpo/margin", "eval/accuracy"]))
@@ -518,7 +544,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
 
     # 4. final evaluation: held-out accuracy, and KL to the reference on held-out prompts
     if eval_items:
-        metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device, dist))
+        metrics.update(evaluate_dpo(policy, ref_policy, cache, eval_items, kind, params, pad_id, d.max_length, bs, device, dist, share))
         if mode == "precomputed" and not is_peft(dist.unwrap(policy)):
             # the cache cannot score new samples: load the reference now that training is over
             ref_policy, _ = load_causal_lm(cfg.model, device, seed=cfg.train.seed)

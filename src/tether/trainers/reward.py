@@ -30,6 +30,7 @@ from tether.losses.reward import bradley_terry_loss
 from tether.ops import upcast
 from tether.models.load import apply_lora, count_parameters, resolve_dtype, set_threads
 from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
+from tether.models.shared_prefix import grouped_sequence_logits, pair_groups
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, finished_with, fmt, interrupted, length_grouped_order,
     make_optimizer, make_scheduler, progress, resume_training, save_state, set_seed, total_steps,
@@ -65,23 +66,34 @@ def freeze_lower_layers(model, n_layers: int) -> None:
 # --------------------------------------------------------------------------- scoring
 
 
-def text_scores(model, tokenizer, texts: list[str], meta: RewardMeta, max_length: int, device) -> torch.Tensor:
+def text_scores(model, tokenizer, texts: list[str], meta: RewardMeta, max_length: int, device,
+                groups: list[list[int]] | None = None, dist: Distributed | None = None) -> torch.Tensor:
     """Raw head scores of reward-model texts; long texts lose tokens from the left (the reply is kept).
+
+    Args:
+        groups: a partition of the texts' indices into texts that may share their common prefix (one
+            forward pass over it, `models/shared_prefix.py`; only for causal decoders with the model's own
+            last-token pooling); None runs every text in full.
+        dist: with several processes, all share or none does (each must call the model as often).
 
     Returns:
         (N,) float32: logits[:, 0] for a scalar head, the positive-class logit for a classifier.
     """
     ids, mask = tokenize_for_reward(tokenizer, texts, max_length)  # (N, T)
-    logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits  # (N, num_labels)
+    groups = groups if meta.pooling == "model" else None  # mean pooling reads every position: encoders only
+    agree = dist.all if dist else None
+    logits = grouped_sequence_logits(model, ids.to(device), mask.to(device), groups, tokenizer.pad_token_id, agree)  # (N, num_labels)
     return head_scores(logits, meta)
 
 
 def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str, max_length: int, device,
-                meta: RewardMeta | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                meta: RewardMeta | None = None, share_prompt: bool = True, dist: Distributed | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw scores of chosen and rejected replies from one forward pass over the distinct texts.
 
     The pairs of a ranking share completions; each distinct (prompt, reply) text is scored once and
-    indexed into every pair that uses it (InstructGPT sec. 3.5: one forward pass per completion).
+    indexed into every pair that uses it (InstructGPT sec. 3.5: one forward pass per completion). With
+    `share_prompt` the texts linked by pairs (a pair, or a ranking's completions) run their common token
+    prefix once when the model is a causal decoder (`text_scores`).
 
     Returns:
         ((B,), (B,)) scores of the chosen and the rejected replies.
@@ -92,7 +104,9 @@ def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str,
     for t in texts:
         index.setdefault(t, len(index))
     unique = list(index)
-    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device)  # (U,)
+    links = [(index[c], index[r]) for c, r in zip(texts[: len(batch)], texts[len(batch) :])]
+    groups = pair_groups(links, len(unique)) if share_prompt else None
+    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device, groups, dist)  # (U,)
     where = torch.tensor([index[t] for t in texts], device=scores.device)  # (2B,)
     both = scores[where]  # (2B,)
     return both[: len(batch)], both[len(batch) :]
@@ -118,7 +132,7 @@ def label_logits(model, tokenizer, batch: list[BinaryFeedbackExample], template:
 
 @torch.no_grad()
 def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template: str, max_length: int, batch_size: int, device,
-                   meta: RewardMeta | None = None, dist: Distributed | None = None) -> dict[str, float]:
+                   meta: RewardMeta | None = None, dist: Distributed | None = None, share_prompt: bool = True) -> dict[str, float]:
     """Pairwise accuracy (ties in score count as wrong; tied pairs are left out) and mean loss.
 
     With several processes each batch is sharded and the scores gathered, so every pair counts once.
@@ -129,7 +143,7 @@ def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template
     chosen, rejected = [], []
     for i in range(0, len(examples), batch_size):
         part, n_real = dist.shard(examples[i : i + batch_size]) if dist else (examples[i : i + batch_size], None)
-        c, r = pair_scores(model, tokenizer, part, template, max_length, device, meta)
+        c, r = pair_scores(model, tokenizer, part, template, max_length, device, meta, share_prompt, dist)
         chosen.append(c[:n_real])
         rejected.append(r[:n_real])
     model.train(was)
@@ -363,7 +377,8 @@ def train_one(cfg: RewardConfig) -> Path:
     def evaluate() -> dict[str, float]:
         if classifier:
             return evaluate_labels(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, dist)
-        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, meta, dist)
+        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, meta, dist,
+                              cfg.train.share_prompt)
 
     # 3. training loop: Bradley-Terry loss on pairs, or cross-entropy on labelled completions; each process
     # takes its shard of every batch
@@ -399,7 +414,8 @@ def train_one(cfg: RewardConfig) -> Path:
                             labels = torch.tensor([e.label for e in batch], device=device)
                             loss, m = classifier_loss(logits, labels)
                         else:
-                            chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta)
+                            chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta,
+                                                           cfg.train.share_prompt, dist)
                             loss, m = pair_loss(chosen, rejected, batch)
                     check_finite(loss, step + 1, run)
                     dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
