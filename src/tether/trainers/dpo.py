@@ -35,7 +35,7 @@ from tether.data.tokenize import (
 from tether.errors import ConfigError
 from tether.losses.dpo import dpo_loss, ipo_loss, kto_kl_ref_point, kto_loss
 from tether.models.load import (
-    apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_threads,
+    apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_attention, set_threads,
 )
 from tether.models.logprobs import response_logprobs, sequence_logprobs
 from tether.models.shared_prefix import SharedPrefixBatch, agreed, pair_split, split_sequence_logprobs
@@ -466,6 +466,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     # 1. data and model (all checks before anything is written)
     model, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(d.max_length, model)
+    set_attention(model, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, d.max_length)  # before the reference copy
     kind, items, eval_items = load_dpo_data(cfg, tokenizer)
     if kind == "kto" and len(items) < 2:
         raise ConfigError("KTO needs at least 2 training examples (the KL reference point uses mismatched pairs)")

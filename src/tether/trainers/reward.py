@@ -28,7 +28,7 @@ from tether.errors import ConfigError
 from tether.losses.classifier import classifier_loss, tied_bradley_terry_loss
 from tether.losses.reward import bradley_terry_loss
 from tether.ops import upcast
-from tether.models.load import apply_lora, count_parameters, resolve_dtype, set_threads
+from tether.models.load import apply_lora, count_parameters, resolve_dtype, set_attention, set_threads
 from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
 from tether.models.shared_prefix import grouped_sequence_logits, pair_groups
 from tether.trainers.common import (
@@ -358,6 +358,7 @@ def train_one(cfg: RewardConfig) -> Path:
         pooling=cfg.pooling,
     )
     check_context(d.max_length, model)
+    set_attention(model, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, d.max_length)
     freeze_lower_layers(model, cfg.freeze_layers)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora, task_type="SEQ_CLS")
