@@ -104,8 +104,9 @@ def instrument(p: Phases, state: dict) -> None:
             return "policy fwd (train)"
         return "ref fwd" if state.get("in_ref") else "policy fwd (rollout)"
 
+    ppo.response_logprobs = p.wrap(ppo.response_logprobs, logprob_phase)
     for mod in (ppo, grpo):
-        mod.response_logprobs = p.wrap(mod.response_logprobs, logprob_phase)
+        mod.grouped_response_logprobs = p.wrap(mod.grouped_response_logprobs, logprob_phase)
     ValueModel.forward = p.wrap(ValueModel.forward, lambda *a, **k: "value fwd (train)" if torch.is_grad_enabled() else "value fwd (rollout)")
     RewardModel.score = p.wrap(RewardModel.score, "reward")
     FunctionReward.score = p.wrap(FunctionReward.score, "reward")

@@ -103,8 +103,9 @@ class TrainConfig(Strict):
     bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward passes (fast on CPUs with AMX and on GPUs)")
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
     share_prompt: bool = Field(
-        True, description="reward-model and DPO/IPO training: run the prompt shared by a pair's replies once (key/value "
-        "cache reuse, exact) when the model is a causal decoder; encoders always run full sequences",
+        True, description="reward-model and DPO/IPO training, and GRPO groups: run the prompt shared by a pair's replies "
+        "(or a prompt's completions) once (key/value cache reuse, exact) when the model is a causal decoder; encoders "
+        "always run full sequences",
     )
 
 

@@ -87,8 +87,8 @@ def _on_policy_config(tmp_path, steps: int = 2) -> GRPOConfig:
 def test_on_policy_grpo_checks_the_engine_in_its_update(tmp_path, rule_reward, monkeypatch):
     """One update per rollout: no separate logprob pass of the policy, the update's forward pass is checked instead."""
     rollout_passes = []
-    real = ppo_module.response_logprobs
-    monkeypatch.setattr(ppo_module, "response_logprobs", lambda *a, **k: rollout_passes.append(1) or real(*a, **k))
+    real = ppo_module.grouped_response_logprobs
+    monkeypatch.setattr(ppo_module, "grouped_response_logprobs", lambda *a, **k: rollout_passes.append(1) or real(*a, **k))
     rows = [json.loads(line) for line in open(train_grpo(_on_policy_config(tmp_path)) / "metrics.jsonl")]
     assert len(rollout_passes) == 2  # the reference's only, one per step
     for row in rows:
@@ -109,3 +109,32 @@ def test_on_policy_grpo_stops_when_the_engine_disagrees(tmp_path, rule_reward, m
     monkeypatch.setattr(backends, "generate", skewed)  # the HF backend's engine
     with pytest.raises(TrainingError, match="differ from a fresh forward pass"):
         train_grpo(_on_policy_config(tmp_path, steps=1))
+
+
+def test_grpo_groups_share_their_prompt_and_train_the_same(tmp_path, rule_reward, monkeypatch):
+    """train.share_prompt: each prompt of a group runs once in the reference and update passes, and two steps
+    end at the weights of the full-row computation (float rounding apart)."""
+    import tether.models.shared_prefix as sp
+    from tether.config import ModelConfig
+    from tether.models.load import load_causal_lm
+
+    lengths = FunctionReward(lambda prompts, responses: [float(len(r)) for r in responses], "length")  # differs within groups
+    monkeypatch.setattr(ppo_module, "load_reward", lambda *args, **kwargs: lengths)
+    shared_calls = []
+    real = sp.shared_forward
+    monkeypatch.setattr(sp, "shared_forward", lambda *a, **k: shared_calls.append(1) or real(*a, **k))
+    weights = {}
+    for share in (True, False):
+        (tmp_path / str(share)).mkdir()
+        cfg = _config(tmp_path / str(share), "grpo", steps=2)
+        cfg.train.share_prompt = share
+        path = train_grpo(cfg)
+        weights[share] = load_causal_lm(ModelConfig(name_or_path=str(path)), torch.device("cpu"))[0].state_dict()
+        # sharing on: the fresh policy pass and the reference pass of the rollout, 2 epochs x 2 minibatches of
+        # updates (minibatches of whole or split groups; a split group still shares); off: no more calls
+        assert len(shared_calls) == 2 * (2 + 2 * 2)
+    initial = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), torch.device("cpu"))[0].state_dict()
+    moved = max((weights[True][k] - initial[k]).abs().max().item() for k in initial)
+    assert moved > 1e-4
+    for k in initial:
+        torch.testing.assert_close(weights[True][k], weights[False][k], rtol=1e-4, atol=1e-5, msg=k)

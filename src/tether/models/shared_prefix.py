@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from tether.errors import ModelError
-from tether.models.logprobs import accepts_logits_to_keep, position_ids_from_mask, sequence_logprobs
+from tether.models.logprobs import accepts_logits_to_keep, position_ids_from_mask, response_logprobs, sequence_logprobs
 from tether.ops import gather_logprobs, upcast
 
 MIN_SAVING = 0.05  # share only when the padded token positions shrink by at least this fraction (docs/dpo.md)
@@ -324,3 +324,58 @@ def grouped_sequence_logits(model: nn.Module, input_ids: torch.Tensor, attention
     if split is not None:
         return shared_sequence_logits(model, split)
     return model(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def prompt_groups(prompts: torch.Tensor, prompt_mask: torch.Tensor) -> list[list[int]] | None:
+    """Rows of a rollout that answer the same prompt (GRPO's groups), as a partition of range(B) in first-seen
+    order; None when every prompt is different (nothing to share).
+
+    Args:
+        prompts, prompt_mask: (B, T_p) left-padded prompts and their mask.
+    """
+    seen: dict[tuple[int, ...], list[int]] = {}
+    for i, (row, mask) in enumerate(zip(prompts.tolist(), prompt_mask.tolist())):
+        seen.setdefault(tuple(t for t, m in zip(row, mask) if m), []).append(i)
+    groups = list(seen.values())
+    return groups if len(groups) < prompts.shape[0] else None
+
+
+def grouped_response_logprobs(model: nn.Module, sequences: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int,
+                              groups: list[list[int]] | None, pad_id: int, temperature: float = 1.0,
+                              agree: Callable[[bool], bool] | None = None) -> torch.Tensor:
+    """`response_logprobs` of a rollout whose rows answer shared prompts, each prompt run once.
+
+    The rows of a group (the completions of one prompt) share their prompt's forward pass (`shared_forward`);
+    the prefix is cut at the row's real prompt tokens, so every response token is predicted by the prefix's
+    last position (the first) or by the response positions before it (the others), with gradients through
+    the shared keys and values. Without groups, for a model that cannot share, or when sharing does not pay,
+    the full rows run (`response_logprobs`).
+
+    Args:
+        sequences, attention_mask: (B, T) left-padded prompts of width `prompt_length`, then right-padded responses.
+        groups: a partition of range(B) into rows with the same prompt (`prompt_groups`), or None.
+        pad_id: the tokenizer's pad id. temperature: the sampling temperature (logits are divided by it).
+        agree: with several processes, makes them all take the same path (`agreed`).
+
+    Returns:
+        (B, T_r) float32 logprobs of the response tokens (0 on response padding when shared; callers mask).
+    """
+    split = None
+    if groups is not None and can_share(model):
+        limits = attention_mask[:, :prompt_length].sum(-1).tolist()  # each row's real prompt tokens
+        split = split_shared_prefix(sequences, attention_mask, groups, pad_id, limits)
+    split = agreed(split, agree)
+    if split is None:
+        return response_logprobs(model, sequences, attention_mask, prompt_length, temperature)
+    S = split.suffix_ids.shape[1]
+    keep = accepts_logits_to_keep(model)
+    prefix, suffix = shared_forward(model, split, {"logits_to_keep": 1} if keep else None, {"logits_to_keep": S} if keep else None)
+    first = upcast(prefix.logits[:, -1])[split.group].unsqueeze(1)  # (B, 1, V) predicts each row's first response token
+    logits = torch.cat([first, upcast(suffix.logits[:, -S:-1])], dim=1)  # (B, S, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = gather_logprobs(logits, split.suffix_ids)  # (B, S)
+    in_response = split.suffix_mask.bool() & (split.columns >= prompt_length)  # (B, S)
+    columns = (split.columns - prompt_length).clamp(min=0)  # (B, S) response column of each position
+    out = torch.zeros(sequences.shape[0], sequences.shape[1] - prompt_length, dtype=logprobs.dtype, device=logprobs.device)
+    return out.scatter_add(1, columns, logprobs * in_response)  # (B, T_r)

@@ -31,7 +31,7 @@ from tether.config import GRPOConfig
 from tether.data.sources import load_prompts, select
 from tether.losses.ppo import ppo_policy_loss
 from tether.models.load import count_parameters, save_causal_lm, set_threads
-from tether.models.logprobs import response_logprobs
+from tether.models.shared_prefix import grouped_response_logprobs, prompt_groups
 from tether.ops import masked_mean, masked_whiten
 from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_advantages
 from tether.rl.kl import kl_estimate
@@ -98,8 +98,10 @@ def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tens
     for _ in range(p.num_ppo_epochs):
         for idx, n_real in minibatches(B, max(1, B // p.num_minibatches), generator, dist):
             mask = r.response_mask[idx]
+            groups = prompt_groups(r.prompts[idx], r.prompt_mask[idx]) if cfg.train.share_prompt else None  # each prompt once
             with autocast(cfg.train, sequences.device):  # the forward pass only; the loss is float32
-                logprobs = response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, cfg.generation.temperature)
+                logprobs = grouped_response_logprobs(policy, sequences[idx], attention_mask[idx], T_p, groups, m.tokenizer.pad_token_id,
+                                                     cfg.generation.temperature, agree=dist.all if dist else None)
             if check_dtype is not None and n == 0:
                 diag = logprob_diff(r.logprobs[idx], logprobs.detach(), mask)
                 check_rollout_logprobs(diag, check_dtype, step)

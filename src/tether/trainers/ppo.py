@@ -33,6 +33,7 @@ from tether.models.load import (
 )
 from tether.models.logprobs import response_logprobs
 from tether.models.reward import FunctionReward, RewardModel, load_reward
+from tether.models.shared_prefix import grouped_response_logprobs, prompt_groups
 from tether.ops import masked_mean, masked_whiten
 from tether.rl.advantages import compute_gae
 from tether.rl.kl import kl_estimate, make_kl_controller
@@ -117,15 +118,18 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
         sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
         attention_mask = torch.cat([gen.prompt_mask, gen.response_mask.long()], dim=1)  # (B, T)
 
-        # 2. score: one forward pass per role, all with the sampling temperature
+        # 2. score: one forward pass per role, all with the sampling temperature; completions of the same
+        # prompt (GRPO's groups) run it once (train.share_prompt, models/shared_prefix.py)
+        groups = prompt_groups(gen.prompts, gen.prompt_mask) if cfg.train.share_prompt else None
+        pad_id = m.tokenizer.pad_token_id
         m.policy.eval()
         if fresh_logprobs:
-            logprobs = response_logprobs(m.policy, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+            logprobs = grouped_response_logprobs(m.policy, sequences, attention_mask, T_p, groups, pad_id, g.temperature)  # (B, T_r)
         else:
             logprobs = gen.sampling_logprobs  # (B, T_r)
         with reference_context(m.policy, m.ref_policy):
             ref_model = m.ref_policy if m.ref_policy is not None else m.policy
-            ref_logprobs = response_logprobs(ref_model, sequences, attention_mask, T_p, g.temperature)  # (B, T_r)
+            ref_logprobs = grouped_response_logprobs(ref_model, sequences, attention_mask, T_p, groups, pad_id, g.temperature)  # (B, T_r)
         if m.value_model is not None:
             values = m.value_model(sequences, attention_mask)[:, T_p - 1 : -1]  # (B, T_r) value of the state before each token
         else:
