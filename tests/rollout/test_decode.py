@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from torch import nn
 
 from tether.config import DEFAULT_PROMPT_TEMPLATE, GenerationConfig, LoRAConfig
 from tether.data.tokenize import left_pad, tokenize_prompts
@@ -15,6 +14,7 @@ from tether.models.tiny import tiny_causal_lm
 from tether.rollout import decode
 from tether.rollout.generate import generate
 from tether.rollout.seeding import sample_seeds
+from test_generate import _eos_biased  # a tiny model whose LM head favours EOS
 
 CPU = torch.device("cpu")
 PROMPTS = ["Hi", "Tell me something long about the weather today, please.", "Name a colour.", "Why?"]
@@ -28,20 +28,6 @@ SETTINGS = {
 
 def _prompt_ids(tok, prompts=PROMPTS):
     return tokenize_prompts(prompts, tok, DEFAULT_PROMPT_TEMPLATE, 64)
-
-
-def _eos_biased(kind: str, bias: float):
-    """A tiny model whose LM head favours EOS by `bias`, so responses end early."""
-    model, tok = tiny_causal_lm(kind, seed=0)
-    old = model.get_output_embeddings()
-    head = nn.Linear(old.in_features, old.out_features, bias=True)
-    with torch.no_grad():
-        head.weight.copy_(old.weight)
-        head.bias.zero_()
-        head.bias[tok.eos_token_id] = bias
-    model.config.tie_word_embeddings = False
-    model.set_output_embeddings(head)
-    return model.eval(), tok
 
 
 def _both_engines(model, tok, prompt_ids, gen: GenerationConfig, seeds=None, rng_seed: int = 5):
