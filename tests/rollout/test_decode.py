@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 from tether.config import DEFAULT_PROMPT_TEMPLATE, GenerationConfig, LoRAConfig
 from tether.data.tokenize import left_pad, tokenize_prompts
