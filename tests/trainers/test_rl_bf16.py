@@ -74,11 +74,10 @@ def test_auto_attention_is_eager_only_for_short_bf16_sequences_on_a_cpu():
     from tether.models.load import load_causal_lm, set_attention
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    cases = [(cpu, True, 512, False, "eager"), (cpu, False, 128, False, "sdpa"), (cpu, True, 513, False, "sdpa"),
-             (cuda, True, 128, False, "sdpa"), (cpu, True, 128, True, "sdpa")]
-    for device, bf16, length, rollout, want in cases:
+    cases = [(cpu, True, 512, "eager"), (cpu, False, 128, "sdpa"), (cpu, True, 513, "sdpa"), (cuda, True, 128, "sdpa")]
+    for device, bf16, length, want in cases:
         model, _ = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), cpu)
-        assert set_attention(model, "auto", device, bf16, length, rollout) == want, (device, bf16, length, rollout)
+        assert set_attention(model, "auto", device, bf16, length) == want, (device, bf16, length)
         assert model.model.config._attn_implementation == want  # the decoder layers use it too
     explicit, _ = load_causal_lm(ModelConfig(name_or_path="tiny-gpt2", attn_implementation="eager"), cpu)
     assert explicit.config._attn_implementation == "eager"

@@ -133,8 +133,7 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
 EAGER_MAX_LENGTH = 512  # bf16 on a CPU: eager attention is faster up to here, sdpa beyond (docs/benchmarks.md)
 
 
-def set_attention(model: nn.Module, choice: str, device: torch.device, bf16_autocast: bool, max_length: int,
-                  rollout: bool = False) -> str:
+def set_attention(model: nn.Module, choice: str, device: torch.device, bf16_autocast: bool, max_length: int) -> str:
     """Switch `model` (a transformers model, its submodels included) to the attention kernel `choice`.
 
     `auto` picks eager attention on a CPU under bf16 autocast for sequences of at most `EAGER_MAX_LENGTH`
@@ -142,16 +141,16 @@ def set_attention(model: nn.Module, choice: str, device: torch.device, bf16_auto
     (4 x 4 heads x 96 x 64) product that plain matrix products do in well under 1 ms, and a forward and
     backward pass of the benchmarks' 5M Llama took about a quarter less CPU time with eager attention at 96
     and at 512 tokens, while at 1024 tokens it took 1.6 times more (`bench/attention_kernels.py`).
-    Models of an online-RL rollout (`rollout`: the PPO/GRPO policy, its reference and the value model) keep
-    the default: their sequence lengths change at every decoding step and every rollout, and in bf16 the
-    CPU kernels compiled and cached for each new shape of eager attention's batched products added about
-    50 MB (6%) to the PPO benchmark's peak memory for a few percent of speed. Otherwise `auto` keeps the
-    model's own default. Returns the implementation in effect; a model that cannot switch keeps its own.
+    Otherwise `auto` keeps the model's own default. Trainers call it with `auto` for the models they train on
+    fixed sequences (SFT, DPO, reward models); PPO/GRPO do not, so their rollout models keep the default:
+    their lengths change at every decoding step, and in bf16 the CPU kernels compiled and cached for each
+    new shape of eager attention's batched products added about 50 MB (6%) to the PPO benchmark's peak
+    memory for a few percent of speed. Returns the implementation in effect; a model that cannot switch
+    keeps its own.
     """
     want = choice
     if choice == "auto":
-        short_bf16_on_cpu = device.type == "cpu" and bf16_autocast and max_length <= EAGER_MAX_LENGTH
-        want = "eager" if short_bf16_on_cpu and not rollout else None
+        want = "eager" if device.type == "cpu" and bf16_autocast and max_length <= EAGER_MAX_LENGTH else None
     config = getattr(model, "config", None)
     if want is None or config is None or not hasattr(model, "set_attn_implementation"):
         return getattr(config, "_attn_implementation", None) or "default"

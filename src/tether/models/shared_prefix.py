@@ -257,6 +257,23 @@ def shared_sequence_logits(model: nn.Module, batch: SharedPrefixBatch) -> torch.
     return shared_forward(model, batch)[1].logits
 
 
+def continuation_logprobs(model: nn.Module, batch: SharedPrefixBatch, temperature: float = 1.0) -> torch.Tensor:
+    """Log-probability of every continuation token of a causal LM's shared-prefix forward: (N, S) float32.
+
+    The first continuation token is predicted by the prefix's last position (the last column, since
+    prefixes are left-padded), the others by the continuation positions before them; logits are divided by
+    `temperature` when it is not 1. Values on continuation padding are meaningless (callers mask them).
+    """
+    S = batch.suffix_ids.shape[1]
+    keep = accepts_logits_to_keep(model)
+    prefix, suffix = shared_forward(model, batch, {"logits_to_keep": 1} if keep else None, {"logits_to_keep": S} if keep else None)
+    first = upcast(prefix.logits[:, -1:])[batch.group]  # (N, 1, V) predicts each continuation's first token
+    rest = upcast(suffix.logits[:, -S:-1])  # (N, S-1, V) predict the others (no (N, S, V) copy of both)
+    if temperature != 1.0:
+        first, rest = first / temperature, rest / temperature
+    return torch.cat([gather_logprobs(first, batch.suffix_ids[:, :1]), gather_logprobs(rest, batch.suffix_ids[:, 1:])], dim=1)  # (N, S)
+
+
 def shared_sequence_logprobs(model: nn.Module, batch: SharedPrefixBatch, loss_mask: torch.Tensor, average: bool = False) -> torch.Tensor:
     """Sum (or mean) of log p(token) over the `loss_mask` tokens, from a shared-prefix forward of a causal LM.
 
@@ -271,13 +288,7 @@ def shared_sequence_logprobs(model: nn.Module, batch: SharedPrefixBatch, loss_ma
     Returns:
         (N,) float32 (float64 for a float64 model).
     """
-    S = batch.suffix_ids.shape[1]
-    keep = accepts_logits_to_keep(model)
-    prefix, suffix = shared_forward(model, batch, {"logits_to_keep": 1} if keep else None, {"logits_to_keep": S} if keep else None)
-    first = upcast(prefix.logits[:, -1])[batch.group]  # (N, V) predicts each continuation's first token
-    first = gather_logprobs(first.unsqueeze(1), batch.suffix_ids[:, :1])  # (N, 1)
-    rest = gather_logprobs(upcast(suffix.logits[:, -S:-1]), batch.suffix_ids[:, 1:])  # (N, S-1)
-    logprobs = torch.cat([first, rest], dim=1)  # (N, S)
+    logprobs = continuation_logprobs(model, batch)  # (N, S)
     mask = batch.cut(loss_mask).to(logprobs.dtype)  # (N, S)
     total = (logprobs * mask).sum(-1)
     return total / mask.sum(-1).clamp(min=1) if average else total
@@ -367,14 +378,7 @@ def grouped_response_logprobs(model: nn.Module, sequences: torch.Tensor, attenti
     split = agreed(split, agree)
     if split is None:
         return response_logprobs(model, sequences, attention_mask, prompt_length, temperature)
-    S = split.suffix_ids.shape[1]
-    keep = accepts_logits_to_keep(model)
-    prefix, suffix = shared_forward(model, split, {"logits_to_keep": 1} if keep else None, {"logits_to_keep": S} if keep else None)
-    first = upcast(prefix.logits[:, -1])[split.group].unsqueeze(1)  # (B, 1, V) predicts each row's first response token
-    logits = torch.cat([first, upcast(suffix.logits[:, -S:-1])], dim=1)  # (B, S, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    logprobs = gather_logprobs(logits, split.suffix_ids)  # (B, S)
+    logprobs = continuation_logprobs(model, split, temperature)  # (B, S)
     in_response = split.suffix_mask.bool() & (split.columns >= prompt_length)  # (B, S)
     columns = (split.columns - prompt_length).clamp(min=0)  # (B, S) response column of each position
     out = torch.zeros(sequences.shape[0], sequences.shape[1] - prompt_length, dtype=logprobs.dtype, device=logprobs.device)

@@ -69,8 +69,7 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
     require_backend(cfg.generation, device)
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     max_model_len = cfg.data.max_prompt_length + cfg.generation.max_new_tokens
-    set_attention(policy, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len, rollout=True)
-    check_context(cfg.data.max_prompt_length + cfg.generation.max_new_tokens, policy, "data.max_prompt_length + generation.max_new_tokens")
+    check_context(max_model_len, policy, "data.max_prompt_length + generation.max_new_tokens")
     rm = cfg.reward_model
     reward_model = load_reward(rm.path, rm.function, device, paths=rm.paths, ensemble=rm.ensemble, ensemble_k=rm.ensemble_k)
     if isinstance(reward_model, RewardModel):
@@ -86,8 +85,8 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
                 "(values are per policy token); use ppo.value_init=policy"
             )
         value_model = ValueModel.from_backbone_of(reward_model.model)
-    if value_model is not None:
-        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len, rollout=True)
+    if value_model is not None and cfg.model.attn_implementation != "auto":  # `auto` keeps rollout models' default (set_attention)
+        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
     else:
