@@ -196,6 +196,47 @@ def test_engine_hf_and_unsupported_models_use_hf_generate(monkeypatch):
     assert decode.unsupported(model) is None
 
 
+def test_missing_transformers_api_falls_back_to_hf_generate_with_one_warning(monkeypatch):
+    """A transformers release without the cache API the loop needs: HF generate samples, one warning says why."""
+    from transformers.cache_utils import DynamicLayer
+
+    assert decode._missing_transformers_api() is None  # the installed release has what the loop needs
+    monkeypatch.setattr(DynamicLayer, "lazy_initialization", None)
+    assert "lazy_initialization" in decode._missing_transformers_api()
+    monkeypatch.undo()
+
+    model, tok = tiny_causal_lm("llama", seed=0)
+    model.eval()
+    calls = _count_hf_calls(model, monkeypatch)
+    monkeypatch.setattr(decode, "TRANSFORMERS_API_MISSING", "transformers 9.0: DynamicLayer has no update()")
+    monkeypatch.setattr(decode, "_warned", set())
+    assert decode.unsupported(model) == "transformers 9.0: DynamicLayer has no update()"
+    ids = _prompt_ids(tok)
+    with pytest.warns(RuntimeWarning, match="decode loop is off.*no update"):
+        generate(model, tok, ids, GenerationConfig(max_new_tokens=4, batch_size=2), CPU)
+    assert len(calls) == 2  # one HF call per chunk
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call stays quiet
+        generate(model, tok, ids, GenerationConfig(max_new_tokens=4, batch_size=2), CPU)
+    assert len(calls) == 4
+
+
+def test_cache_keyword_follows_the_model_signature():
+    class Old(nn.Module):
+        def forward(self, input_ids, past_key_values=None):
+            return input_ids
+
+    class New(nn.Module):
+        def forward(self, input_ids, cache=None, **kwargs):
+            return input_ids
+
+    assert decode.cache_kwarg(Old()) == "past_key_values"
+    assert decode.cache_kwarg(New()) == "cache"
+    assert decode.cache_kwarg(nn.Linear(2, 2)) is None
+
+
 def test_unsupported_names_what_the_loop_cannot_do():
     from transformers import T5Config, T5ForConditionalGeneration
 

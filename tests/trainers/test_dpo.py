@@ -18,7 +18,7 @@ from tether.models.logprobs import sequence_logprobs
 from tether.models.tiny import tiny_causal_lm
 from tether.trainers import dpo as dpo_trainer
 from tether.trainers.dpo import (
-    DPOMeta, REFERENCE_CACHE, batch_loss, precompute_reference, prepare_policy, reference_mode, train_dpo,
+    DPOMeta, REFERENCE_CACHE, batch_loss, precompute_reference, preference_loss, prepare_policy, reference_mode, train_dpo,
 )
 from tether.types import BinaryFeedbackExample, PreferenceExample
 
@@ -147,7 +147,22 @@ def test_dpo_loss_is_log_two_when_policy_equals_reference(tmp_path):
     items = tokenize_pairs(pair_examples(), tok, TEMPLATE, 128, 64, "left")
     loss, m = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, torch.device("cpu"))
     assert loss.item() == pytest.approx(LOG2, abs=1e-6)
-    assert m["dpo/accuracy"] == 0.0 and m["dpo/margin"] == pytest.approx(0.0, abs=1e-6)
+    # the policy's pass (with gradients) and the reference's (without) may take different CPU kernels, so
+    # the implicit rewards agree to rounding, not bit for bit, and a margin of +1e-8 would count as correct:
+    # accuracy is checked on exactly equal log-probabilities below
+    assert m["dpo/margin"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(m["rewards/chosen"]) < 1e-6 and abs(m["rewards/rejected"]) < 1e-6
+
+
+def test_dpo_accuracy_is_zero_on_ties():
+    """A tie (equal implicit rewards) is not a correct preference: accuracy 0, loss log 2, margin 0."""
+    logprobs = torch.tensor([-3.0, -5.0, -2.5, -2.5])  # (2B,): chosen then rejected
+    loss, m = preference_loss(DPOParams(), logprobs, logprobs.clone())
+    assert loss.item() == pytest.approx(LOG2, abs=1e-7)
+    assert m["dpo/accuracy"] == 0.0 and m["dpo/margin"] == 0.0
+    ref = logprobs - torch.tensor([1.0, 0.0, 0.0, 0.0])  # the policy raised the first chosen reply above the reference
+    _, m = preference_loss(DPOParams(), logprobs, ref)
+    assert m["dpo/accuracy"] == 0.5
 
 
 def _perturbed_policy(mode, lora):

@@ -23,12 +23,19 @@ model-kwargs updates and the growing `input_ids` copy.
 `unsupported(policy)` names what the loop cannot reproduce (encoder-decoders, models without a dynamic KV
 cache, peft prompt learning, a model `generation_config` that adds logits processors or stopping criteria
 such as `repetition_penalty`); `rollout/generate.py` then uses HF `generate`.
+
+The loop leans on three pieces of transformers' cache API: `DynamicCache(config=...)` with a `layers` list,
+`cache_utils.DynamicLayer` (`lazy_initialization`, `update`, `keys`/`values`), and the forward keyword that takes
+the cache (`past_key_values` up to transformers 5.24, `cache` since 5.25). `TRANSFORMERS_API_MISSING` checks them
+once at import; when one is missing the loop is unsupported for every model and `generate` falls back to HF
+`generate` with one warning.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 
 import torch
 from torch import nn
@@ -56,6 +63,49 @@ _NEUTRAL_VALUES = {
 }
 
 
+CACHE_KWARGS = ("cache", "past_key_values")  # the forward keyword of the KV cache, newest name first
+
+
+def _missing_transformers_api() -> str | None:
+    """What the loop needs from transformers and this version lacks, or None when everything is there."""
+    try:
+        import transformers
+        from transformers import DynamicCache
+        from transformers.cache_utils import DynamicLayer
+    except ImportError as exc:
+        return f"transformers has no DynamicCache/DynamicLayer ({exc})"
+    version = getattr(transformers, "__version__", "?")
+    if "config" not in inspect.signature(DynamicCache.__init__).parameters:
+        return f"transformers {version}: DynamicCache(config=...) is not accepted"
+    for name in ("lazy_initialization", "update"):
+        if not callable(getattr(DynamicLayer, name, None)):
+            return f"transformers {version}: DynamicLayer has no {name}()"
+    try:
+        layer = DynamicLayer()
+    except TypeError as exc:
+        return f"transformers {version}: DynamicLayer() needs arguments ({exc})"
+    if not hasattr(layer, "is_initialized"):
+        return f"transformers {version}: DynamicLayer has no is_initialized flag"
+    return None
+
+
+TRANSFORMERS_API_MISSING = _missing_transformers_api()
+_warned: set[str] = set()
+
+
+def warn_fallback(reason: str) -> None:
+    """Warn once per reason that HF `generate` samples instead of the decode loop."""
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"tether's decode loop is off ({reason}); sampling with HF generate", RuntimeWarning, stacklevel=3)
+
+
+def cache_kwarg(base: nn.Module) -> str | None:
+    """The keyword under which `base.forward` takes its KV cache (`cache` or `past_key_values`), or None."""
+    params = inspect.signature(base.forward).parameters
+    return next((name for name in CACHE_KWARGS if name in params), None)
+
+
 def _base_model(policy: nn.Module) -> nn.Module:
     return policy.get_base_model() if is_peft(policy) else policy
 
@@ -75,9 +125,10 @@ def unsupported(policy: nn.Module) -> str | None:
         return "an encoder-decoder model"
     if is_peft(policy) and policy.active_peft_config.is_prompt_learning:
         return "a peft prompt-learning model (virtual tokens)"
-    params = inspect.signature(base.forward).parameters
-    if "past_key_values" not in params or not getattr(base, "_supports_default_dynamic_cache", lambda: True)():
+    if cache_kwarg(base) is None or not getattr(base, "_supports_default_dynamic_cache", lambda: True)():
         return f"{type(base).__name__} has no dynamic KV cache"
+    if TRANSFORMERS_API_MISSING is not None:
+        return TRANSFORMERS_API_MISSING
     for key, value in base.generation_config.to_diff_dict().items():
         if key in _IGNORED_KEYS or value is None or value in _NEUTRAL_VALUES.get(key, ()):
             continue
@@ -177,7 +228,7 @@ def _decode(
     b, t_p = prompts.shape
     n = gen.max_new_tokens
     kwargs = _forward_kwargs(base)
-    kwargs["past_key_values"] = new_cache(base, t_p + n)
+    kwargs[cache_kwarg(base)] = new_cache(base, t_p + n)
     positions = (prompt_mask.long().cumsum(-1) - 1).masked_fill(prompt_mask == 0, 0)  # (b, T_p)
     mask = None  # (b, T_p + n) when the prompts have padding; column T_p + s is the s-th new token
     if not bool((prompt_mask == 1).all()):

@@ -73,6 +73,8 @@ def generate(
     ids, mask = left_pad(prompt_ids, pad)
     ids, mask = ids.to(device), mask.to(device)
     use_loop = gen.engine == "tether" and decode.unsupported(policy) is None
+    if gen.engine == "tether" and decode.TRANSFORMERS_API_MISSING is not None:
+        decode.warn_fallback(decode.TRANSFORMERS_API_MISSING)
     was_training = policy.training
     policy.eval()
     responses, sampling = [], []
