@@ -52,7 +52,7 @@ def common_sections(s: dict, out_dir: str, data: str, max_length: int) -> dict:
     m = harness.manifest()
     return {
         "train": {"learning_rate": s["lr"], "max_steps": s["warmup"] + s["steps"], "device": "cpu", "num_threads": s["threads"],
-                  "seed": s["seed"], "log_every": 1, "lr_scheduler": "constant", "warmup_ratio": 0.0, "bf16_autocast": s["bf16"],
+                  "seed": s["seed"], "log_every": 1, "lr_scheduler": "constant", "warmup_ratio": 0.0, "precision": "bf16" if s["bf16"] else "fp32",
                   "share_prompt": s["share_prompt"]},
         "data": {"train": str(Path(m["data"]["dir"]) / data), "max_length": max_length, "max_prompt_length": m["data"]["prompt_tokens"]},
         "output_dir": out_dir, "overwrite": True,

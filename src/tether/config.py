@@ -47,7 +47,7 @@ class ModelConfig(Strict):
     gradient_checkpointing: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto",
-        description="attention kernel; auto: eager when training on a CPU under train.bf16_autocast with sequences "
+        description="attention kernel; auto: eager when training on a CPU in bf16 (train.precision) with sequences "
         "of at most 512 tokens (faster there, bench/attention_kernels.py), except for the models of a PPO/GRPO "
         "rollout; else the model's default (sdpa)",
     )
@@ -100,13 +100,30 @@ class TrainConfig(Strict):
     save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (also at the end)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
-    bf16_autocast: bool = Field(False, description="bfloat16 autocast for forward passes (fast on CPUs with AMX and on GPUs)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="autocast precision of forward passes; auto: bf16 where bf16 matrix products are native (CUDA with "
+        "bf16, a CPU with AMX or AVX512-BF16), else fp32; fp16 trains with dynamic loss scaling (tether/precision.py)",
+    )
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
     share_prompt: bool = Field(
         True, description="reward-model and DPO/IPO training, and GRPO groups: run the prompt shared by a pair's replies "
         "(or a prompt's completions) once (key/value cache reuse, exact) when the model is a causal decoder; encoders "
         "always run full sequences",
     )
+
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_bf16_key(cls, data):
+        if isinstance(data, dict) and "bf16_autocast" in data:
+            old = data["bf16_autocast"]
+            new = "bf16" if old is True else "fp32" if old is False else "auto"
+            raise ValueError(
+                f"train.bf16_autocast was replaced by train.precision (auto|fp32|bf16|fp16): write precision: {new} "
+                "instead, or precision: auto to let the hardware choose"
+            )
+        return data
 
 
 class GenerationConfig(Strict):
@@ -402,6 +419,11 @@ CONFIGS: dict[str, type[Strict]] = {
 # --------------------------------------------------------------------------- loading
 
 
+REPLACED_KEYS = {
+    "bf16_autocast": "train.bf16_autocast was replaced by train.precision (auto|fp32|bf16|fp16); auto lets the hardware choose",
+}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into (["a", "b", "c"], parsed value).
 
@@ -446,6 +468,8 @@ def _check_key(schema: type[BaseModel], parts: list[str], text: str) -> None:
             return  # a free-form dict or list value: nothing more to check
         if p not in model.model_fields:
             where = ".".join(parts[: i + 1])
+            if p in REPLACED_KEYS:
+                raise ConfigError(f"override '{text}': {REPLACED_KEYS[p]}")
             raise ConfigError(
                 f"unknown config key '{where}' in override '{text}'; valid keys here: {', '.join(model.model_fields)}"
             )

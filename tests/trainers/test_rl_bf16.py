@@ -1,4 +1,4 @@
-"""bfloat16 autocast in PPO and GRPO (`train.bf16_autocast`): which passes run in bf16, the engine check's
+"""bfloat16 autocast in PPO and GRPO (`train.precision`): which passes run in bf16, the engine check's
 tolerance, and GRPO's on-policy ratio."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def head_dtypes(monkeypatch):
 @pytest.mark.parametrize("bf16", [False, True])
 def test_ppo_passes_run_in_the_configured_precision(tiny_data, tmp_path, tiny_models, head_dtypes, bf16):
     out = tmp_path / "ppo"
-    train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"], train={"max_steps": 2, "bf16_autocast": bf16}))
+    train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"], train={"max_steps": 2, "precision": "bf16" if bf16 else "fp32"}))
     want = torch.bfloat16 if bf16 else torch.float32
     assert {g for g, _ in head_dtypes} == {True, False}  # rollout passes and update passes both seen
     assert {d for _, d in head_dtypes} == {want}
@@ -63,7 +63,7 @@ def test_on_policy_grpo_ratio_is_exactly_one(tmp_path, rule_reward, bf16):  # no
     """One update per rollout: the update's own pass is the old policy, so the ratio is 1 and nothing is clipped,
     even where the engine's KV-cached bf16 logprobs round differently from the full pass."""
     cfg = _on_policy_config(tmp_path)
-    cfg.train.bf16_autocast = bf16
+    cfg.train.precision = "bf16" if bf16 else "fp32"
     for row in _rows(train_grpo(cfg)):
         assert row["policy/ratio"] == 1.0 and row["policy/clipfrac"] == 0.0
         assert 0.0 <= row["rollout/logprob_diff_mean"] <= (5e-2 if bf16 else 1e-3)
@@ -74,10 +74,10 @@ def test_auto_attention_is_eager_only_for_short_bf16_sequences_on_a_cpu():
     from tether.models.load import load_causal_lm, set_attention
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    cases = [(cpu, True, 512, "eager"), (cpu, False, 128, "sdpa"), (cpu, True, 513, "sdpa"), (cuda, True, 128, "sdpa")]
-    for device, bf16, length, want in cases:
+    cases = [(cpu, "bf16", 512, "eager"), (cpu, "fp32", 128, "sdpa"), (cpu, "bf16", 513, "sdpa"), (cuda, "bf16", 128, "sdpa")]
+    for device, precision, length, want in cases:
         model, _ = load_causal_lm(ModelConfig(name_or_path="tiny-llama"), cpu)
-        assert set_attention(model, "auto", device, bf16, length) == want, (device, bf16, length)
+        assert set_attention(model, "auto", device, precision, length) == want, (device, precision, length)
         assert model.model.config._attn_implementation == want  # the decoder layers use it too
     explicit, _ = load_causal_lm(ModelConfig(name_or_path="tiny-gpt2", attn_implementation="eager"), cpu)
     assert explicit.config._attn_implementation == "eager"
@@ -105,7 +105,7 @@ def test_ppo_under_bf16_keeps_the_default_attention_in_its_rollout_models(tiny_d
     seen = {}
     real = ppo_mod.load_models
     monkeypatch.setattr(ppo_mod, "load_models", lambda cfg, device, **kw: seen.setdefault("m", real(cfg, device, **kw)))
-    train_ppo(ppo_config(tiny_data["prompts"], tmp_path / "ppo", reward_model=tiny_models["rm"], train={"max_steps": 1, "bf16_autocast": True}))
+    train_ppo(ppo_config(tiny_data["prompts"], tmp_path / "ppo", reward_model=tiny_models["rm"], train={"max_steps": 1, "precision": "bf16"}))
     m = seen["m"]
     kernels = {m.policy.config._attn_implementation, m.ref_policy.config._attn_implementation,
                m.value_model.backbone.config._attn_implementation}

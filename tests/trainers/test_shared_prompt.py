@@ -106,7 +106,7 @@ def test_dpo_with_bf16_autocast_is_close_either_way(tmp_path, shared_calls):
     policy, ref_policy, tok = _policy("copy")
     policy.float(), ref_policy.float()
     items = _items(tok, tmp_path)
-    train = TrainConfig(bf16_autocast=True, device="cpu")
+    train = TrainConfig(precision="bf16", device="cpu")
     a, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, train,
                       share_prompt=False)
     b, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, train)

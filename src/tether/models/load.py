@@ -18,6 +18,7 @@ from torch import nn
 from tether.config import LoRAConfig, ModelConfig
 from tether.errors import ModelError
 from tether.models.tiny import TINY_NAMES, tiny_causal_lm
+from tether.precision import resolve_precision
 
 MINILM_ALIASES = ("minilm", "all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")
 
@@ -126,16 +127,18 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
     if cfg.attn_implementation != "auto":  # `auto` is resolved by trainers that know the precision and lengths
-        set_attention(model, cfg.attn_implementation, device, False, 0)
+        set_attention(model, cfg.attn_implementation, device, "fp32", 0)
     return model.to(device=device, dtype=dtype), tokenizer
 
 
 EAGER_MAX_LENGTH = 512  # bf16 on a CPU: eager attention is faster up to here, sdpa beyond (docs/benchmarks.md)
 
 
-def set_attention(model: nn.Module, choice: str, device: torch.device, bf16_autocast: bool, max_length: int) -> str:
+def set_attention(model: nn.Module, choice: str, device: torch.device, precision: str, max_length: int) -> str:
     """Switch `model` (a transformers model, its submodels included) to the attention kernel `choice`.
 
+    `precision` is `train.precision` (auto, fp32, bf16, fp16), resolved here as the trainer resolves it
+    (`tether.precision`), so the attention kernel follows the hardware as the autocast dtype does.
     `auto` picks eager attention on a CPU under bf16 autocast for sequences of at most `EAGER_MAX_LENGTH`
     tokens: there torch's fused CPU attention kernel in bf16 took 4.8 ms for the backward pass of a
     (4 x 4 heads x 96 x 64) product that plain matrix products do in well under 1 ms, and a forward and
@@ -150,7 +153,8 @@ def set_attention(model: nn.Module, choice: str, device: torch.device, bf16_auto
     """
     want = choice
     if choice == "auto":
-        want = "eager" if device.type == "cpu" and bf16_autocast and max_length <= EAGER_MAX_LENGTH else None
+        cpu_bf16 = device.type == "cpu" and resolve_precision(precision, device).name == "bf16"
+        want = "eager" if cpu_bf16 and max_length <= EAGER_MAX_LENGTH else None
     config = getattr(model, "config", None)
     if want is None or config is None or not hasattr(model, "set_attn_implementation"):
         return getattr(config, "_attn_implementation", None) or "default"

@@ -25,14 +25,15 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tether.config import Strict, TrainConfig, dump_config
 from tether.errors import ConfigError, TrainingError
+from tether.precision import resolve_precision
 
 console = Console(stderr=True)
 DONE_FILE = "DONE"
 
 
 def autocast(train: TrainConfig, device: torch.device):
-    """bfloat16 autocast when `train.bf16_autocast` is set, else a no-op context."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=train.bf16_autocast)
+    """Autocast in the precision `train.precision` resolves to on `device` (a no-op context for fp32)."""
+    return resolve_precision(train.precision, device).autocast()
 
 
 def set_seed(seed: int) -> None:
@@ -74,6 +75,8 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / DONE_FILE).unlink(missing_ok=True)
             existing.write_text(self.config_text)
+            if dist is not None:
+                dist.precision.write(self.path)  # what train.precision resolved to on this hardware, and why
             if self.resume_from is not None:
                 self._truncate_metrics(self.resume_from)
             else:

@@ -29,6 +29,7 @@ import torch
 from tether.config import TrainConfig
 from tether.errors import ConfigError
 from tether.models.load import resolve_device, save_causal_lm
+from tether.precision import resolve_precision
 from tether.trainers.common import console
 
 # Strategies by what the processes hold: every parameter (ddp, deepspeed stages 1-2), or a shard of them.
@@ -87,6 +88,10 @@ class Distributed:
             )
         if not self.is_main:
             console.quiet = True  # one process speaks for the run
+        # the precision of every forward pass (train.precision; tether/precision.py), said once at the start
+        self.precision = resolve_precision(train.precision, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.loss_scaling)  # fp16 only
+        console.print(f"{stage}: {self.precision.describe()}")
 
     # ------------------------------------------------------------------ who and how
 
@@ -177,19 +182,32 @@ class Distributed:
     def backward(self, loss: torch.Tensor, micro_batches: int = 1) -> None:
         """Backward of `loss / micro_batches` (gradient accumulation over `micro_batches`)."""
         if self.accelerator is None:
-            (loss / micro_batches).backward()
+            self.scaler.scale(loss / micro_batches).backward()
             return
         # Accelerate (or DeepSpeed) divides by its own accumulation steps (`accelerate launch
         # --gradient_accumulation_steps` may set them); the micro-batch boundaries are the trainer's
         theirs = self.accelerator.gradient_accumulation_steps
-        self.accelerator.backward(loss if micro_batches == theirs else loss * (theirs / micro_batches))
+        self.accelerator.backward(self.scaler.scale(loss if micro_batches == theirs else loss * (theirs / micro_batches)))
 
-    def clip_grad_norm_(self, parameters, max_norm: float) -> torch.Tensor:
-        """Clip the (already reduced) gradients to `max_norm`; returns the norm before clipping."""
+    def clip_grad_norm_(self, parameters, max_norm: float, optimizer: torch.optim.Optimizer | None = None) -> torch.Tensor:
+        """Clip the (already reduced) gradients to `max_norm`; returns the norm before clipping.
+
+        Under fp16 loss scaling the gradients of `optimizer` are unscaled first (so it is required then).
+        """
+        if self.scaler.is_enabled():
+            if optimizer is None:
+                raise TypeError("clip_grad_norm_ needs the optimizer under fp16 loss scaling")
+            self.scaler.unscale_(optimizer)
         if self.accelerator is None:
             return torch.nn.utils.clip_grad_norm_(parameters, max_norm)
         norm = self.accelerator.clip_grad_norm_(parameters, max_norm)
         return norm if isinstance(norm, torch.Tensor) else torch.tensor(float("nan") if norm is None else float(norm))
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """`optimizer.step()`; under fp16 loss scaling the scaler's step (skipped when a gradient overflowed)
+        and its scale update."""
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     # ------------------------------------------------------------------ data: shard, gather, reduce
 

@@ -466,7 +466,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
     # 1. data and model (all checks before anything is written)
     model, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(d.max_length, model)
-    set_attention(model, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, d.max_length)  # before the reference copy
+    set_attention(model, cfg.model.attn_implementation, device, cfg.train.precision, d.max_length)  # before the reference copy
     kind, items, eval_items = load_dpo_data(cfg, tokenizer)
     if kind == "kto" and len(items) < 2:
         raise ConfigError("KTO needs at least 2 training examples (the KL reference point uses mismatched pairs)")
@@ -526,8 +526,8 @@ def train_dpo(cfg: DPOConfig) -> Path:
                     dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
                 for k, v in reduce_metrics(dist, m, part, kind, n_real).items():
                     sums[k] = sums.get(k, 0.0) + v / accum
-            grad_norm = dist.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
+            grad_norm = dist.clip_grad_norm_(policy.parameters(), cfg.train.max_grad_norm, optimizer)
+            dist.step(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

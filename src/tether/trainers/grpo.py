@@ -43,7 +43,7 @@ from tether.trainers.common import (
 from tether.trainers.distributed import Distributed
 from tether.trainers.ppo import (
     Models, check_rollout_logprobs, check_sharding, compute_dtype, gather_rollout, initial_score_stats, load_models, logprob_diff, make_rollout,
-    minibatch_generator, minibatches,
+    minibatch_generator, minibatches, no_loss_scaling,
 )
 from tether.types import Rollout
 
@@ -145,6 +145,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     set_seed(cfg.train.seed)
     dist = Distributed(cfg.train, cfg.grpo.algorithm, ("single", "ddp"), grad_accum_steps=1)
     device = dist.device
+    no_loss_scaling(dist, cfg.grpo.algorithm)
     d, p, G = cfg.data, cfg.ppo, cfg.grpo.group_size
     check_sharding(dist, p.batch_size * G, p.num_minibatches, "ppo.batch_size x grpo.group_size")
     dist.per_process(p.batch_size, "ppo.batch_size")  # whole groups on each process

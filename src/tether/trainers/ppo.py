@@ -35,6 +35,7 @@ from tether.models.logprobs import response_logprobs
 from tether.models.reward import FunctionReward, RewardModel, load_reward
 from tether.models.shared_prefix import grouped_response_logprobs, prompt_groups
 from tether.ops import masked_mean, masked_whiten
+from tether.precision import resolve_precision
 from tether.rl.advantages import compute_gae
 from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
@@ -86,7 +87,7 @@ def load_models(cfg: PPOConfig, device: torch.device, with_value_model: bool = T
             )
         value_model = ValueModel.from_backbone_of(reward_model.model)
     if value_model is not None and cfg.model.attn_implementation != "auto":  # `auto` keeps rollout models' default (set_attention)
-        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, max_model_len)
+        set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.precision, max_model_len)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
     else:
@@ -111,7 +112,7 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     g, d = cfg.generation, cfg.data
     # 1. generate (the policy's own sampling logprobs come back for the engine check)
     prompt_ids = tokenize_prompts(prompt_texts, m.tokenizer, d.prompt_template, d.max_prompt_length)
-    with autocast(cfg.train, device):  # bf16 autocast of generation and of every pass of 2. (train.bf16_autocast)
+    with autocast(cfg.train, device):  # autocast of generation and of every pass of 2. (train.precision)
         gen = m.backend.generate(prompt_ids, return_sampling_logprobs=cfg.ppo.check_rollout_logprobs or not fresh_logprobs, seeds=seeds)
         T_p = gen.prompts.shape[1]
         sequences = torch.cat([gen.prompts, gen.responses], dim=1)  # (B, T)
@@ -192,8 +193,8 @@ def minibatches(n: int, size: int, generator: torch.Generator | None, dist: Dist
 
 
 def compute_dtype(cfg: PPOConfig, policy: torch.nn.Module) -> torch.dtype:
-    """The precision the policy's passes run in: bfloat16 under `train.bf16_autocast`, else its weights' dtype."""
-    return torch.bfloat16 if cfg.train.bf16_autocast else next(policy.parameters()).dtype
+    """The precision the policy's passes run in: the autocast dtype of `train.precision`, else its weights' dtype."""
+    return resolve_precision(cfg.train.precision, next(policy.parameters()).device).dtype or next(policy.parameters()).dtype
 
 
 def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
@@ -355,6 +356,17 @@ def ppo_update(cfg: PPOConfig, m: Models, r: Rollout, advantages, returns, optim
     return {**{k: v / max(n, 1) for k, v in sums.items()}, "guard/skipped": skipped}
 
 
+def no_loss_scaling(dist: Distributed, stage: str) -> None:
+    """Online RL steps the optimizer itself (a skipped fp16 step would desynchronise the KL controller and the
+    rollout check), so it runs in bf16 or fp32 only.
+
+    Raises:
+        ConfigError: train.precision=fp16.
+    """
+    if dist.precision.loss_scaling:
+        raise ConfigError(f"tether {stage} does not train in fp16 (train.precision=fp16): use auto, bf16 or fp32")
+
+
 def check_sharding(dist: Distributed, batch_size: int, num_minibatches: int, key: str) -> None:
     """With several processes, every minibatch of a rollout must split evenly over them.
 
@@ -400,6 +412,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
     set_seed(cfg.train.seed)
     dist = Distributed(cfg.train, "ppo", ("single", "ddp"), grad_accum_steps=1)
     device = dist.device
+    no_loss_scaling(dist, "ppo")
     d, p = cfg.data, cfg.ppo
     check_sharding(dist, p.batch_size, p.num_minibatches, "ppo.batch_size")
     dist.per_sample(p.rollout_seeding)  # fails early where global seeding meets several processes

@@ -95,7 +95,8 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
     # 0. setup
     set_threads(cfg.train.num_threads)
     set_seed(cfg.train.seed)
-    device = Distributed(cfg.train, "pretrain", ("single",)).device  # one process: small models from scratch
+    dist = Distributed(cfg.train, "pretrain", ("single",))  # one process: small models from scratch
+    device = dist.device
 
     if cfg.block_size > cfg.arch.max_position_embeddings:
         raise ConfigError(f"block_size={cfg.block_size} is longer than arch.max_position_embeddings={cfg.arch.max_position_embeddings}")
@@ -113,7 +114,7 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
             kept.append(t)
             n += len(t)
         texts = kept
-    run = RunDir(cfg.output_dir, cfg, cfg.overwrite)
+    run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
 
     # 2. tokenizer (the checkpoint's when resuming) and packed blocks (2% held out for perplexity)
     t0 = time.time()
@@ -171,9 +172,9 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
                 logits = model(input_ids=x, use_cache=False).logits
             loss, m = sft_loss(logits[:, :-1], x[:, 1:], ones[: len(idx)])
             check_finite(loss, step + 1, run)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
+            dist.backward(loss)
+            grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm, optimizer)
+            dist.step(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -358,7 +358,7 @@ def train_one(cfg: RewardConfig) -> Path:
         pooling=cfg.pooling,
     )
     check_context(d.max_length, model)
-    set_attention(model, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, d.max_length)
+    set_attention(model, cfg.model.attn_implementation, device, cfg.train.precision, d.max_length)
     freeze_lower_layers(model, cfg.freeze_layers)
     if cfg.model.lora.enabled:
         model = apply_lora(model, cfg.model.lora, task_type="SEQ_CLS")
@@ -421,8 +421,8 @@ def train_one(cfg: RewardConfig) -> Path:
                     check_finite(loss, step + 1, run)
                     dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
             m = dist.mean_metrics(m, n_real)
-            grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-            optimizer.step()
+            grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm, optimizer)
+            dist.step(optimizer)
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1

@@ -97,7 +97,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     eval_examples = load_sft(d.eval, d.on_invalid) if d.eval else []
     model, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(d.max_length, model)
-    set_attention(model, cfg.model.attn_implementation, device, cfg.train.bf16_autocast, d.max_length)
+    set_attention(model, cfg.model.attn_implementation, device, cfg.train.precision, d.max_length)
     items = tokenize_sft(examples, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
     eval_items = tokenize_sft(eval_examples, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
@@ -149,8 +149,8 @@ def train_sft(cfg: SFTConfig) -> Path:
                         tokens = m["sft/tokens"] if n_real else 0.0
                         dist.backward(loss * dist.share(tokens), len(group))
                     losses.append(dist.mean_metrics({"loss/sft": loss.item()}, tokens)["loss/sft"])
-                grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm)
-                optimizer.step()
+                grad_norm = dist.clip_grad_norm_(model.parameters(), cfg.train.max_grad_norm, optimizer)
+                dist.step(optimizer)
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 step += 1
