@@ -4,18 +4,44 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast bench bench-quick clean
+LOCK := requirements-lock.txt
+TORCH := torch==2.13.0
+
+.PHONY: install lock demo test test-fast test-latest bench bench-quick clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The exact versions of requirements-lock.txt (`make lock` writes it), so every machine tests what CI tested:
+# torch first, pinned, so nothing else pulls a CUDA build; then the lock without resolving anything; then
+# tether itself without dependencies; `pip check` proves the set is consistent.
+$(STAMP): pyproject.toml $(LOCK)
 	@$(PY) -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null || { echo "Python 3.11+ not found; set PY=/path/to/python3.11"; exit 1; }
 	test -d $(VENV) || $(PY) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned, so nothing else pulls a CUDA build
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[all]"
+	$(BIN)/pip install --quiet $(TORCH)
+	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
+	$(BIN)/pip check
 	touch $(STAMP)
+
+# Regenerate the lock: the newest versions pyproject.toml's ranges allow today, resolved in a fresh venv.
+lock:
+	rm -rf .venv-lock && $(PY) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet $(TORCH)
+	.venv-lock/bin/pip install --quiet -e ".[all]"
+	{ echo "# The exact dependency tree of tether[all] on Python 3.11 (Linux x86_64), installed by 'make install'."; \
+	  echo "# Regenerate with 'make lock' after changing pyproject.toml. torch is the CPU build ('make install' installs it first)."; \
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^tether' | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(LOCK)
+	rm -rf .venv-lock
+
+# The suite on the newest versions the ranges allow (not the lock): drift shows here before users see it.
+test-latest:
+	rm -rf .venv-latest && $(PY) -m venv .venv-latest
+	.venv-latest/bin/pip install --quiet --upgrade pip
+	.venv-latest/bin/pip install --quiet $(TORCH)
+	.venv-latest/bin/pip install --quiet --upgrade --upgrade-strategy eager -e ".[all]"
+	.venv-latest/bin/pip list --format=freeze | diff $(LOCK) - | grep '^[<>]' || true
+	.venv-latest/bin/python -m pytest -q tests
 
 demo: install
 	$(BIN)/tether run configs/quickstart.yaml

@@ -17,6 +17,9 @@ import pytest
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# train.precision=auto resolves to fp32 on every CPU here (subprocesses inherit it), so the suite's numbers do
+# not depend on the machine; tests of bf16 ask for it, and tests/test_precision.py fakes each kind of hardware.
+os.environ.setdefault("TETHER_CPU_BF16", "0")
 
 # Tiny models run fastest on one thread, and far faster than on several when the CPU is shared.
 # TETHER_TEST_THREADS=0 keeps torch's own choice.

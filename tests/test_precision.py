@@ -18,6 +18,7 @@ def fake_cpu(monkeypatch):
     """Make torch's CPU checks report the given features; clears the resolution cache around the test."""
 
     def fake(amx=False, avx512_bf16=False, torch_has_checks=True, flags=()):
+        monkeypatch.delenv(prec.ENV_OVERRIDE, raising=False)  # the suite's own setting (conftest.py)
         for attr, value in (("_is_amx_tile_supported", amx), ("_is_avx512_bf16_supported", avx512_bf16)):
             if torch_has_checks:
                 monkeypatch.setattr(torch.cpu, attr, lambda v=value: v, raising=False)
@@ -59,6 +60,14 @@ def test_auto_on_cuda_follows_the_device(monkeypatch, bf16_supported, want):
     finally:
         prec._resolve.cache_clear()
     assert p.name == want and "Fake GPU" in p.reason
+
+
+@pytest.mark.parametrize("value, want", [("0", "fp32"), ("1", "bf16")])
+def test_the_environment_overrides_the_cpu_check(fake_cpu, monkeypatch, value, want):
+    fake_cpu(amx=value == "0")  # the opposite of what the variable says
+    monkeypatch.setenv(prec.ENV_OVERRIDE, value)
+    p = prec.resolve_precision("auto", CPU)
+    assert p.name == want and f"TETHER_CPU_BF16={value}" in p.reason
 
 
 def test_explicit_choices_are_kept_and_slow_ones_say_so(fake_cpu):

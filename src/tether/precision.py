@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENV_OVERRIDE = "TETHER_CPU_BF16"
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -91,8 +93,14 @@ def cpu_bf16_native() -> tuple[bool, str]:
     """Whether this CPU multiplies bf16 matrices natively, and the evidence, as (native, reason).
 
     Asks torch first (`torch.cpu._is_amx_tile_supported`, `torch.cpu._is_avx512_bf16_supported`, the checks
-    its oneDNN kernels dispatch on), then the CPU flags of /proc/cpuinfo when torch has no such check.
+    its oneDNN kernels dispatch on), then the CPU flags of /proc/cpuinfo when torch has no such check. The
+    environment variable `TETHER_CPU_BF16=0` (or `1`) overrides both: for a virtual machine whose flags
+    do not tell the truth, and for the test suite, which runs `auto` as fp32 on every CPU so that its
+    numbers do not depend on the machine.
     """
+    forced = os.environ.get(ENV_OVERRIDE, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1", f"{ENV_OVERRIDE}={forced} is set"
     checks = (("_is_amx_tile_supported", "AMX tiles"), ("_is_avx512_bf16_supported", "AVX512-BF16"))
     asked = False
     for attr, feature in checks:

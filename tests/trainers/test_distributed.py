@@ -5,6 +5,7 @@ The multi-process behaviour itself is tested with two real processes in tests/di
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -12,6 +13,7 @@ import torch
 
 from tether.config import SFTConfig, TrainConfig, validate
 from tether.errors import ConfigError
+from tether.precision import resolve_precision
 from tether.trainers.common import RunDir
 from tether.trainers.distributed import Distributed, launched
 
@@ -107,7 +109,9 @@ def test_run_directory_is_written_by_the_main_process_only(tmp_path):
     run.checkpoint(1, lambda path: path.mkdir(parents=True))
     run.finish({})
     assert not (tmp_path / "run").exists()
-    main = SimpleNamespace(is_main=True, sharded=False, wait=lambda: None)
+    main = SimpleNamespace(is_main=True, sharded=False, wait=lambda: None, stage="sft",
+                           precision=resolve_precision("fp32", "cpu"))
     run = RunDir(cfg.output_dir, cfg, dist=main)
     run.log(1, {"loss": 1.0})
     assert (tmp_path / "run" / "config.yaml").is_file() and (tmp_path / "run" / "metrics.jsonl").read_text().count("\n") == 1
+    assert json.loads((tmp_path / "run" / "precision.json").read_text())["name"] == "fp32"

@@ -75,8 +75,9 @@ class RunDir:
             self.path.mkdir(parents=True, exist_ok=True)
             (self.path / DONE_FILE).unlink(missing_ok=True)
             existing.write_text(self.config_text)
-            if dist is not None:
-                dist.precision.write(self.path)  # what train.precision resolved to on this hardware, and why
+            if dist is not None:  # what train.precision resolved to on this hardware, and why
+                dist.precision.write(self.path)
+                console.print(f"{dist.stage}: {dist.precision.describe()}", soft_wrap=True)
             if self.resume_from is not None:
                 self._truncate_metrics(self.resume_from)
             else:

@@ -88,10 +88,10 @@ class Distributed:
             )
         if not self.is_main:
             console.quiet = True  # one process speaks for the run
-        # the precision of every forward pass (train.precision; tether/precision.py), said once at the start
+        # the precision of every forward pass (train.precision; tether/precision.py); the run directory says it
+        self.stage = stage
         self.precision = resolve_precision(train.precision, device)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.precision.loss_scaling)  # fp16 only
-        console.print(f"{stage}: {self.precision.describe()}")
 
     # ------------------------------------------------------------------ who and how
 
