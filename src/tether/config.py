@@ -193,7 +193,22 @@ class PretrainConfig(StageBase):
     )
     block_size: int = Field(256, gt=8, description="tokens per training sequence (packed)")
     max_chars: int | None = Field(None, gt=0, description="use at most this many characters of text")
-    max_minutes: float | None = Field(None, gt=0.0, description="stop training after this many minutes")
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="time budget of training: the steps are planned to fit it (from the measured time of a "
+        "step, before training) and training stops when it is spent",
+    )
+    min_steps: int | None = Field(
+        None, gt=0, description="the fewest steps worth training (default a tenth of the steps): when max_minutes allows "
+        "fewer, the stage fails before training (on_time_cap=stop) or trains them anyway (warn)",
+    )
+    on_time_cap: Literal["stop", "warn"] = Field(
+        "stop", description="when max_minutes allows fewer than min_steps, or cuts training short of 80% of its planned "
+        "steps: stop (the pipeline stops, the model is kept for inspection) or warn and go on",
+    )
+    on_chance: Literal["stop", "warn"] = Field(
+        "stop", description="when the held-out perplexity is no better than a unigram model of the training text: stop "
+        "(the pipeline stops, the model is kept for inspection) or warn and go on",
+    )
 
 
 class SFTConfig(StageBase):

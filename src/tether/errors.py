@@ -28,3 +28,9 @@ class ModelError(TetherError):
 
 class TrainingError(TetherError):
     """Training stopped (NaN loss, divergence): names the step and what was kept."""
+
+
+class StageFailed(TrainingError):
+    """A stage ran but could not do its job (cut short far from its planned steps by a time cap, a model no
+    better than chance). What it made is kept for inspection, but the run is not marked finished, so a
+    pipeline stops there instead of handing it to the next stage. Says what happened and what to change."""

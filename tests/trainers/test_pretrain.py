@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from tether.config import ModelConfig, PretrainConfig, validate
-from tether.errors import DataError
+from tether.errors import DataError, StageFailed
 from tether.models.load import load_causal_lm
-from tether.trainers.common import DONE_FILE
-from tether.trainers.pretrain import pack, train_pretrain, train_tokenizer
+from tether.trainers.common import DONE_FILE, plan_steps
+from tether.trainers import pretrain as pretrain_mod
+from tether.trainers.pretrain import pack, train_pretrain, train_tokenizer, unigram_loss
 
 CPU = torch.device("cpu")
 TINY_ARCH = {"vocab_size": 320, "hidden_size": 32, "num_layers": 1, "num_heads": 2, "intermediate_size": 64,
@@ -26,6 +27,7 @@ def pretrain_config(train_file, out, kind: str = "llama", **top) -> PretrainConf
         "block_size": 32,
         "train": {"batch_size": 4, "max_steps": 4, "learning_rate": 3e-3, "log_every": 1, "device": "cpu"},
         "output_dir": str(out),
+        "on_chance": "warn",  # a few steps learn nothing; the gate has its own tests below
         **top,
     }
     return validate(PretrainConfig, raw)
@@ -87,3 +89,56 @@ def test_block_size_longer_than_the_positions(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="block_size"):
         train_pretrain(pretrain_config(tiny_data["text"], out, kind="gpt2", block_size=100))
     assert not out.exists()
+
+
+def test_unigram_loss_by_hand():
+    # counts of ids 0..2 in the training text: 3, 1, 0 -> add-one: 4, 2, 1 out of 7
+    train = torch.tensor([0, 0, 0, 1])
+    held_out = torch.tensor([[0, 2]])
+    assert unigram_loss(train, held_out, vocab_size=3) == pytest.approx(-(math.log(4 / 7) + math.log(1 / 7)) / 2)
+
+
+def test_plan_steps_fits_the_budget_with_a_margin():
+    assert plan_steps(100, 1.0, 10, 10)[0] == 100  # 100 s of 600: everything fits
+    steps, why = plan_steps(300, 4.0, 6, 30)  # 1200 s wanted, 0.9 * 360 s allowed
+    assert steps == 81 and "allows 81" in why
+
+
+def test_a_model_no_better_than_unigram_stops_the_stage_and_is_kept(tiny_data, tmp_path):
+    out = tmp_path / "p"
+    with pytest.raises(StageFailed, match=r"no better than a unigram model.*on_chance=warn"):
+        train_pretrain(pretrain_config(tiny_data["text"], out, on_chance="stop"))
+    assert (out / "model.safetensors").is_file() and not (out / DONE_FILE).exists()  # kept, not finished
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["eval/ppl"] >= rows[-1]["eval/unigram_ppl"]
+
+
+def test_a_model_that_learnt_passes_the_gate(tiny_data, tmp_path):
+    out = tmp_path / "p"
+    cfg = pretrain_config(tiny_data["text"], out, on_chance="stop")
+    cfg.train.max_steps, cfg.train.learning_rate = 80, 1e-2
+    train_pretrain(cfg)
+    done = json.loads((out / DONE_FILE).read_text())
+    assert done["eval/ppl"] < done["eval/unigram_ppl"] and done["warnings"] == []
+
+
+def test_a_budget_too_small_for_min_steps_fails_before_training(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "seconds_per_step", lambda *a: 60.0)  # a step takes a minute here
+    out = tmp_path / "p"
+    with pytest.raises(StageFailed, match=r"allows only 1 steps, fewer than min_steps=3"):
+        train_pretrain(pretrain_config(tiny_data["text"], out, max_minutes=2, min_steps=3))
+    assert not (out / "model.safetensors").exists()
+    # warn: trains the steps that fit, with the schedule over them
+    train_pretrain(pretrain_config(tiny_data["text"], tmp_path / "w", max_minutes=2, min_steps=3, on_time_cap="warn"))
+    done = json.loads((tmp_path / "w" / DONE_FILE).read_text())
+    assert done["steps"] == done["planned_steps"] == 1
+
+
+def test_a_time_cap_far_from_the_plan_stops_the_stage(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setattr(pretrain_mod, "seconds_per_step", lambda *a: 1e-6)  # measured fast, then the cap hits at once
+    out = tmp_path / "p"
+    with pytest.raises(StageFailed, match=r"cut training short after 0 of 4 planned steps"):
+        train_pretrain(pretrain_config(tiny_data["text"], out, max_minutes=1e-7))
+    assert (out / "model.safetensors").is_file() and not (out / DONE_FILE).exists()
+    train_pretrain(pretrain_config(tiny_data["text"], tmp_path / "w", max_minutes=1e-7, on_time_cap="warn"))
+    assert "cut training short" in json.loads((tmp_path / "w" / DONE_FILE).read_text())["warnings"][0]

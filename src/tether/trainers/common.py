@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from tether.config import Strict, TrainConfig, dump_config
-from tether.errors import ConfigError, TrainingError
+from tether.errors import ConfigError, StageFailed, TrainingError
 from tether.precision import resolve_precision
 
 console = Console(stderr=True)
@@ -329,6 +329,46 @@ def check_finite(loss: torch.Tensor, step: int, run: RunDir) -> None:
     last = run.last_checkpoint()
     kept = f"; the last good checkpoint is {last}" if last else "; no checkpoint was written before it"
     raise TrainingError(f"loss is {loss.item()} at step {step}{kept}. Try a lower learning rate or check the data")
+
+
+CUT_SHORT = 0.8  # a run stopped by its time cap before this fraction of its planned steps was cut short
+
+
+def plan_steps(steps: int, seconds_per_step: float, max_minutes: float, min_steps: int) -> tuple[int, str]:
+    """The steps that fit a time budget, at a measured time per step, with a 10% margin for evaluation and saving.
+
+    Args:
+        steps: the steps the config asks for.
+        seconds_per_step: measured wall time of one optimizer step.
+        max_minutes: the budget.
+        min_steps: the fewest steps worth training.
+
+    Returns:
+        `(planned steps, a sentence saying how they were planned)`; fewer than `min_steps` when even those do not
+        fit (the caller decides, see `on_problem`).
+    """
+    fit = max(1, int(0.9 * 60 * max_minutes / max(seconds_per_step, 1e-9)))
+    if fit >= steps:
+        return steps, f"{steps} steps at {seconds_per_step:.2f} s/step take about {steps * seconds_per_step / 60:.1f} of the {max_minutes:g} minutes"
+    return fit, (
+        f"{steps} steps at {seconds_per_step:.2f} s/step would take {steps * seconds_per_step / 60:.1f} minutes; "
+        f"max_minutes={max_minutes:g} allows {fit}: the learning-rate schedule runs over those"
+    )
+
+
+def on_problem(policy: str, stage: str, problem: str, fix: str) -> str:
+    """Apply an `on_time_cap` / `on_chance` policy to a problem found in a stage's result.
+
+    Returns:
+        The warning (policy `warn`), for the run's summary.
+
+    Raises:
+        StageFailed: policy `stop`, with what happened and what to change.
+    """
+    if policy == "stop":
+        raise StageFailed(f"{stage}: {problem}. {fix}")
+    console.print(f"[yellow]{stage}: warning: {problem} (going on, as configured)[/]", soft_wrap=True)
+    return problem
 
 
 def progress() -> Progress:

@@ -12,6 +12,7 @@ is read from the checkpoint, not trained again, and `max_minutes` counts the tim
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from pathlib import Path
@@ -25,8 +26,8 @@ from tether.losses.sft import sft_loss
 from tether.models.load import count_parameters, save_causal_lm, set_threads
 from tether.models.tiny import BOS, EOS, PAD, wrap_tokenizer
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler, progress,
-    resume_training, save_state, set_seed, trainable_state_dict,
+    CUT_SHORT, RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, load_state, make_optimizer,
+    make_scheduler, on_problem, plan_steps, progress, resume_training, save_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
 
@@ -84,6 +85,45 @@ def pack(texts: list[str], tokenizer, block_size: int) -> torch.Tensor:
     return torch.tensor(stream[: n * block_size]).view(n, block_size)
 
 
+def unigram_loss(train_ids: torch.Tensor, eval_targets: torch.Tensor, vocab_size: int) -> float:
+    """Cross-entropy (nats per token) of `eval_targets` under the add-one-smoothed unigram model of `train_ids`.
+
+    The floor a language model must beat to have learnt anything from context: a model that only knows
+    how frequent each token is reaches it without reading the text before the token.
+
+    Args:
+        train_ids: token ids of the training text, any shape.
+        eval_targets: held-out token ids to score, any shape.
+        vocab_size: size of the vocabulary (ids are in [0, vocab_size)).
+    """
+    counts = torch.bincount(train_ids.flatten(), minlength=vocab_size).double() + 1.0  # Laplace smoothing
+    logp = counts.log() - counts.sum().log()
+    return float(-logp[eval_targets.flatten()].mean())
+
+
+def seconds_per_step(model, batch: torch.Tensor, cfg: PretrainConfig, device: torch.device) -> float:
+    """Wall time of one training step at the real batch shape: one warm-up forward and backward pass, then the
+    mean of two timed ones (no update, gradients cleared, random state untouched).
+
+    Args:
+        batch: token ids (B, block_size).
+    """
+    ones = torch.ones(batch.shape[0], batch.shape[1] - 1, dtype=torch.bool, device=device)
+    times = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        for _ in range(3):
+            t0 = time.perf_counter()
+            with autocast(cfg.train, device):
+                logits = model(input_ids=batch, use_cache=False).logits
+            loss, _ = sft_loss(logits[:, :-1], batch[:, 1:], ones)
+            loss.backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t0)
+    model.zero_grad(set_to_none=True)
+    return sum(times[1:]) / 2 * 1.05  # the optimizer step and the data add a few percent
+
+
 def train_pretrain(cfg: PretrainConfig) -> Path:
     """Train tokenizer and model from scratch; writes both to `cfg.output_dir` in HF format.
 
@@ -136,14 +176,28 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
     _, total = count_parameters(model)
     bs = cfg.train.batch_size
     steps = cfg.train.max_steps or max(1, int(len(train_blocks) * cfg.train.epochs) // bs)
-    optimizer = make_optimizer(model.parameters(), cfg.train)
-    scheduler = make_scheduler(optimizer, cfg.train, steps)
     console.print(f"pretrain: {total:,} parameters, {steps} steps of {bs} x {cfg.block_size} tokens")
 
-    # 4. next-token training on packed blocks, in a fresh random order every epoch
+    # 4. plan the steps that fit max_minutes, from the measured time of a step (a resumed run keeps its plan)
+    if run.resume_from is not None:
+        steps = load_state(run.resume_from).get("planned_steps", steps)
+    elif cfg.max_minutes:
+        min_steps = cfg.min_steps or max(1, steps // 10)
+        steps, plan = plan_steps(steps, seconds_per_step(model, train_blocks[:bs].to(device), cfg, device), cfg.max_minutes, min_steps)
+        console.print(f"pretrain: {plan}")
+        if steps < min_steps:
+            on_problem(
+                cfg.on_time_cap, "pretrain", f"max_minutes={cfg.max_minutes:g} allows only {steps} steps, fewer than "
+                f"min_steps={min_steps}, on this machine in precision {dist.precision.name}",
+                "Raise max_minutes, make the model smaller (arch) or lower min_steps; set on_time_cap=warn to train anyway",
+            )
+    optimizer = make_optimizer(model.parameters(), cfg.train)
+    scheduler = make_scheduler(optimizer, cfg.train, steps)
+
+    # 5. next-token training on packed blocks, in a fresh random order every epoch
     model.train()
     ones = torch.ones(bs, cfg.block_size - 1, dtype=torch.bool, device=device)
-    step, metrics, spent = 0, {}, 0.0
+    step, metrics, spent, capped = 0, {}, 0.0, False
     order, pos = torch.empty(0, dtype=torch.long), 0  # this epoch's block order, and the next block in it
     if run.resume_from is not None:
         state = resume_training(run.resume_from, model, optimizer, scheduler)
@@ -155,13 +209,15 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
         save_state(
             path, step=step, model=trainable_state_dict(model), optimizer=optimizer.state_dict(),
             scheduler=scheduler.state_dict(), order=order, position=pos, train_seconds=time.time() - clock,
+            planned_steps=steps,
         )
 
     with progress() as bar, StopSignal() as stop:
         task = bar.add_task("pretrain", total=steps, completed=step, info="")
         while step < steps:
             if cfg.max_minutes and time.time() - clock > 60 * cfg.max_minutes:
-                console.print(f"pretrain: max_minutes={cfg.max_minutes} reached after {step} steps")
+                console.print(f"pretrain: max_minutes={cfg.max_minutes:g} reached after {step} of {steps} steps")
+                capped = True
                 break
             if pos >= len(order):
                 order, pos = torch.randperm(len(train_blocks)), 0
@@ -187,15 +243,30 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
                 if stop.requested:
                     raise interrupted(step, ckpt)
 
-    # 5. held-out perplexity, save
+    # 6. held-out perplexity against a unigram model of the training text, save, then judge the result
     model.eval()
     with torch.no_grad():
         x = eval_blocks[:16].to(device)
         logits = model(input_ids=x, use_cache=False).logits
         eval_loss, _ = sft_loss(logits[:, :-1], x[:, 1:], torch.ones_like(x[:, 1:], dtype=torch.bool))
-    metrics.update({"eval/loss": eval_loss.item(), "eval/ppl": eval_loss.exp().item()})
+        floor = unigram_loss(train_blocks, x[:, 1:].cpu(), len(tokenizer))
+    metrics.update({"eval/loss": eval_loss.item(), "eval/ppl": eval_loss.exp().item(), "eval/unigram_ppl": math.exp(floor)})
     run.log(step, metrics)
-    save_causal_lm(model, tokenizer, run.path)
-    run.finish({"steps": step, **metrics})
-    console.print(f"pretrain: done after {step} steps, held-out ppl {metrics['eval/ppl']:.1f}, model in {run.path}")
+    save_causal_lm(model, tokenizer, run.path)  # kept whatever the verdict below
+    ppl, warnings = metrics["eval/ppl"], []
+    if capped and step < CUT_SHORT * steps:
+        warnings.append(on_problem(
+            cfg.on_time_cap, "pretrain", f"max_minutes={cfg.max_minutes:g} cut training short after {step} of {steps} "
+            f"planned steps (held-out perplexity {ppl:.0f}; the model is in {run.path})",
+            "The machine was slower than measured at the start (other jobs on its cores?): raise max_minutes or lower "
+            "train.max_steps; set on_time_cap=warn to go on with this model",
+        ))
+    if eval_loss.item() >= floor:
+        warnings.append(on_problem(
+            cfg.on_chance, "pretrain", f"held-out perplexity {ppl:.0f} is no better than a unigram model of the training "
+            f"text ({math.exp(floor):.0f}): the model learnt nothing from context (it is in {run.path})",
+            "Train longer (train.max_steps, max_minutes), check train.learning_rate, or set on_chance=warn to go on",
+        ))
+    run.finish({"steps": step, "planned_steps": steps, **metrics, "warnings": warnings})
+    console.print(f"pretrain: done after {step} steps, held-out ppl {ppl:.1f} (unigram {math.exp(floor):.0f}), model in {run.path}")
     return run.path
