@@ -246,6 +246,11 @@ class RewardConfig(StageBase):
     )
     normalize_prompts: str | None = Field(None, description="prompt file for normalize_policy")
     normalize_samples: int = Field(64, gt=1, description="policy samples (one per prompt) for the normalisation")
+    on_chance: Literal["stop", "warn"] = Field(
+        "stop", description="when the held-out accuracy is no better than chance (the lower end of its 95% Wilson "
+        "interval at or below 0.5 for pairs, below the majority-class rate for a classifier): stop (the pipeline stops, "
+        "the model is kept for inspection) or warn and go on",
+    )
 
 
 class RewardModelRef(Strict):

@@ -27,6 +27,7 @@ def rm_config(train_file, out, data=None, train=None, **top) -> RewardConfig:
         "train": {"batch_size": 4, "max_steps": 3, "learning_rate": 1e-3, "log_every": 1, "device": "cpu",
                   "warmup_ratio": 0.0, **(train or {})},
         "output_dir": str(out),
+        "on_chance": "warn",  # a handful of held-out pairs cannot show skill; the gate has its own tests
         **top,
     }
     return validate(RewardConfig, raw)
@@ -137,3 +138,31 @@ def test_mean_pooling_is_trained_saved_and_reloaded(tiny_data, tmp_path):
     assert isinstance(rm.model.base_model.pooler, MaskedMeanPooler)
     scores = rm.score(["q", "q"], ["a", "a longer answer"])
     assert torch.isfinite(scores).all() and scores[0] != scores[1]
+
+
+def test_chance_level_and_interval_by_hand():
+    from tether.eval.metrics import wilson_interval
+    from tether.trainers.reward import chance_level
+    from tether.types import BinaryFeedbackExample, PreferenceExample
+
+    pairs = [PreferenceExample(prompt="p", chosen="a", rejected="b")] * 100
+    chance, low, high = chance_level(0.6, pairs)
+    assert chance == 0.5 and (low, high) == wilson_interval(60, 100) and low > 0.5
+    labelled = [BinaryFeedbackExample(prompt="p", completion="c", label=i < 80) for i in range(100)]
+    chance, low, _ = chance_level(0.75, labelled)
+    assert chance == pytest.approx(0.8) and low < chance  # below always answering "good"
+
+
+def test_a_reward_model_no_better_than_chance_stops_the_stage_and_is_kept(tmp_path, jsonl):
+    from tether.errors import StageFailed
+
+    # nothing to learn: every reply is chosen once and rejected once, for two prompts that differ by a space
+    rows = []
+    for i in range(40):
+        a, b = f"answer {i} yes", f"answer {i} no"
+        rows += [{"prompt": f"question {i}", "chosen": a, "rejected": b}, {"prompt": f"question {i} ", "chosen": b, "rejected": a}]
+    out = tmp_path / "rm"
+    cfg = rm_config(jsonl(tmp_path / "t.jsonl", rows), out, data={"holdout_fraction": 0.5}, on_chance="stop")
+    with pytest.raises(StageFailed, match=r"no better than chance \(0.500\).*on_chance=warn"):
+        train_reward(cfg)
+    assert (out / META_FILE).is_file() and not (out / DONE_FILE).exists()

@@ -33,7 +33,7 @@ from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequ
 from tether.models.shared_prefix import grouped_sequence_logits, pair_groups
 from tether.trainers.common import (
     RunDir, StopSignal, autocast, check_finite, console, finished_with, fmt, interrupted, length_grouped_order,
-    make_optimizer, make_scheduler, progress, resume_training, save_state, set_seed, total_steps,
+    make_optimizer, make_scheduler, on_problem, progress, resume_training, save_state, set_seed, total_steps,
     trainable_state_dict,
 )
 from tether.trainers.distributed import REPLICATED, Distributed
@@ -457,7 +457,41 @@ def train_one(cfg: RewardConfig) -> Path:
     if cfg.normalize:
         meta.gain, meta.bias = normalisation(cfg, model, tokenizer, meta, train, device, dist)
     if dist.is_main:
-        RewardModel(model, tokenizer, meta).save(run.path)
-    run.finish({"steps": step, **metrics})
+        RewardModel(model, tokenizer, meta).save(run.path)  # kept whatever the verdict below
+    warnings = []
+    if evals:
+        chance, low, high = chance_level(metrics["eval/accuracy"], evals)
+        metrics.update({"eval/accuracy_low": low, "eval/accuracy_high": high, "eval/chance": chance})
+        if low <= chance:
+            warnings.append(on_problem(
+                cfg.on_chance, "rm", f"held-out accuracy {metrics['eval/accuracy']:.3f} (95% interval {low:.3f}-{high:.3f}, "
+                f"{len(evals)} examples) is no better than chance ({chance:.3f}); the model is in {run.path}",
+                "Train longer or on more data (train.epochs, data.max_samples), check train.learning_rate and that the "
+                "labels are right, or set on_chance=warn to go on",
+            ))
+    else:
+        console.print("rm: no held-out examples (data.eval, data.holdout_fraction): the accuracy is unchecked")
+    run.finish({"steps": step, **metrics, "warnings": warnings})
     console.print(f"rm: done, eval accuracy {metrics.get('eval/accuracy', float('nan')):.3f}, model in {run.path}")
     return run.path
+
+
+def chance_level(accuracy: float, evals: list) -> tuple[float, float, float]:
+    """The accuracy a model without skill reaches on `evals`, and the 95% Wilson interval of `accuracy`.
+
+    Chance is 1/2 for pairs (either reply first) and the majority-class rate for labelled completions
+    (always answering the commoner label).
+
+    Returns:
+        `(chance, low, high)`.
+    """
+    from tether.eval.metrics import wilson_interval
+
+    n = len(evals)
+    if isinstance(evals[0], BinaryFeedbackExample):
+        positive = sum(bool(e.label) for e in evals) / n
+        chance = max(positive, 1.0 - positive)
+    else:
+        chance = 0.5
+    low, high = wilson_interval(accuracy * n, n)
+    return chance, low, high
