@@ -31,6 +31,7 @@ def tiny_pipeline(root: Path, data: dict[str, Path]) -> Path:
                          "intermediate_size": 64, "max_position_embeddings": 128},
                 "block_size": 32,
                 "train": {"batch_size": 4, "max_steps": 5, "learning_rate": 3e-3, **cpu},
+                "on_chance": "warn",  # 5 steps learn nothing; test_a_failed_gate_stops_the_pipeline keeps the default
             }},
             {"name": "sft", "command": "sft", "config": {
                 "model": {"name_or_path": "${pretrain.output_dir}"},
@@ -130,6 +131,18 @@ def test_second_run_skips_every_stage(finished):
     assert calls == []
 
 
+def test_a_failed_gate_stops_the_pipeline(tmp_path, tiny_data):
+    from tether.errors import StageFailed
+
+    path = tiny_pipeline(tmp_path, tiny_data)
+    calls: list[str] = []
+    with pytest.raises(StageFailed, match="no better than a unigram model"):
+        run_pipeline(str(path), ["pretrain.on_chance=stop"], counting_runners(calls))
+    assert calls == ["pretrain"]  # nothing was built on the garbage model
+    out = tmp_path / "runs" / "pretrain"
+    assert (out / "config.yaml").is_file() and not (out / "DONE").exists()
+
+
 def test_changing_a_stage_reruns_the_stages_after_it(tmp_path, tiny_data):
     path = tiny_pipeline(tmp_path, tiny_data)
     run_pipeline(str(path), [], _runners())
@@ -222,7 +235,7 @@ def test_tiny_configs_chained_on_real_data(tmp_path):
         "stages": [
             {"name": "pretrain", "command": "pretrain", "config_file": str(configs / "pretrain_tiny.yaml"), "config": {
                 "data": {"train": [seed_sft]}, "max_chars": 20000, "train": {"max_steps": 5},
-                "output_dir": "${output_root}/pretrain",
+                "output_dir": "${output_root}/pretrain", "on_chance": "warn",  # 5 steps: the plumbing, not the model
             }},
             {"name": "sft", "command": "sft", "config_file": str(configs / "sft_tiny.yaml"), "config": {
                 "model": {"name_or_path": "${pretrain.output_dir}"},
