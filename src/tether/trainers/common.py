@@ -27,7 +27,7 @@ from tether.config import Strict, TrainConfig, dump_config
 from tether.errors import ConfigError, StageFailed, TrainingError
 from tether.precision import resolve_precision
 
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # a line per message in log files, not wrapped at 80 columns
 DONE_FILE = "DONE"
 
 

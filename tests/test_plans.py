@@ -1,0 +1,110 @@
+"""Pipeline plans: the estimate from a measured step, the choice of plan, its overrides, and its record."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from tether import pipeline
+from tether.errors import ConfigError
+from tether.pipeline import Plan, apply_plan, choose_plan, load_pipeline
+
+PLANS = [
+    {"name": "full", "budget_minutes": 15, "reference_step_seconds": 1.0,
+     "reference_minutes": {"pretrain": 5.0, "sft": 3.0, "rm": 4.0}},
+    {"name": "small", "budget_minutes": 30, "reference_step_seconds": 1.0,
+     "reference_minutes": {"pretrain": 2.0, "sft": 1.0, "rm": 1.0},
+     "overrides": {"pretrain.max_minutes": 10, "sft.data.max_samples": 100, "rm.train.epochs": 0.5}},
+]
+
+
+def _pipeline(tmp_path, plans=PLANS):
+    spec = {
+        "output_root": str(tmp_path / "runs"),
+        "plans": plans,
+        "stages": [
+            {"name": "pretrain", "command": "pretrain", "config": {"data": {"train": "x"}, "max_minutes": 6}},
+            {"name": "sft", "command": "sft", "config": {"model": {"name_or_path": "tiny-llama"}, "data": {"train": "x"}}},
+            {"name": "rm", "command": "rm", "config": {"model": {"name_or_path": "tiny-bert"}, "data": {"train": "x"}}},
+        ],
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return str(path)
+
+
+@pytest.fixture
+def step_seconds(monkeypatch):
+    """Fake the probe: a step of the probe model takes `value[0]` seconds here."""
+    value = [1.0]
+    monkeypatch.setattr(pipeline, "probe_step_seconds", lambda: (value[0], "precision fp32 (faked)"))
+    return value
+
+
+def test_the_estimate_scales_reference_minutes_and_respects_stage_caps():
+    plan = Plan(**PLANS[0])
+    assert plan.estimate(2.0, {}) == {"pretrain": 10.0, "sft": 6.0, "rm": 8.0}  # twice as slow: twice as long
+    assert plan.estimate(2.0, {"pretrain": 6.0})["pretrain"] == 6.0  # a stage fitted to its max_minutes
+
+
+@pytest.mark.parametrize("seconds, want", [(0.5, "full"), (1.0, "full"), (2.0, "small"), (4.0, "small")])
+def test_the_first_plan_that_fits_its_budget_runs(tmp_path, step_seconds, seconds, want):
+    step_seconds[0] = seconds
+    path = _pipeline(tmp_path)
+    _, stages = load_pipeline(path, [])
+    # full at 2 s/step: pretrain min(10, cap 6) + sft 6 + rm 8 = 20 > 15; small: pretrain min(4, 10) + 2 + 2 = 8
+    # small at 4 s/step: min(8, 10) + 4 + 4 = 16 <= 30
+    assert choose_plan(path, PLANS, None, tmp_path / "runs", stages).name == want
+    record = json.loads((tmp_path / "runs" / "plan.json").read_text())
+    assert record["plan"] == want and record["probe_step_seconds"] == seconds
+
+
+def test_when_nothing_fits_the_last_plan_runs_and_says_so(tmp_path, step_seconds, capsys):
+    step_seconds[0] = 100.0
+    path = _pipeline(tmp_path)
+    _, stages = load_pipeline(path, [])
+    assert choose_plan(path, PLANS, None, tmp_path / "runs", stages).name == "small"
+    assert "no plan fits its budget" in capsys.readouterr().err
+
+
+def test_a_later_run_keeps_the_recorded_plan_unless_told(tmp_path, step_seconds):
+    path = _pipeline(tmp_path)
+    _, stages = load_pipeline(path, [])
+    step_seconds[0] = 4.0
+    assert choose_plan(path, PLANS, None, tmp_path / "runs", stages).name == "small"
+    step_seconds[0] = 0.5  # faster now, but the finished stages were built under 'small'
+    assert choose_plan(path, PLANS, None, tmp_path / "runs", stages).name == "small"
+    assert choose_plan(path, PLANS, "full", tmp_path / "runs", stages).name == "full"
+    with pytest.raises(ConfigError, match="plan=huge: .* has the plans full, small"):
+        choose_plan(path, PLANS, "huge", tmp_path / "runs", stages)
+
+
+def test_the_plan_overrides_reach_the_stages(tmp_path):
+    path = _pipeline(tmp_path)
+    _, stages = load_pipeline(path, [])
+    apply_plan(path, Plan(**PLANS[1]), stages)
+    by_name = {s.name: s.raw for s in stages}
+    assert by_name["pretrain"]["max_minutes"] == 10
+    assert by_name["sft"]["data"] == {"train": "x", "max_samples": 100}
+    assert by_name["rm"]["train"]["epochs"] == 0.5
+    bad = Plan(**{**PLANS[1], "overrides": {"ppo.train.max_steps": 3}})
+    with pytest.raises(ConfigError, match="override 'ppo.train.max_steps' must be STAGE.key"):
+        apply_plan(path, bad, stages)
+    with pytest.raises(ConfigError, match="unknown config key 'train.nonsense'"):
+        apply_plan(path, Plan(**{**PLANS[1], "overrides": {"sft.train.nonsense": 1}}), stages)
+
+
+def test_plan_without_plans_is_an_error(tmp_path):
+    from tether.pipeline import run_pipeline
+
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump({"stages": [{"name": "sft", "command": "sft", "config": {}}]}))
+    with pytest.raises(ConfigError, match="declares no plans"):
+        run_pipeline(str(path), ["plan=small"], {})
+
+
+def test_the_probe_measures_a_real_step():
+    seconds, precision = pipeline.probe_step_seconds()
+    assert 0.0 < seconds < 600.0 and "precision" in precision
