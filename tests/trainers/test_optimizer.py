@@ -29,3 +29,16 @@ def test_fused_on_cpu_and_the_same_updates_as_the_default():
 def test_not_fused_on_devices_without_the_kernel():
     meta = torch.nn.Parameter(torch.zeros(3, device="meta"))
     assert not adamw([meta], lr=1e-3).param_groups[0]["fused"]
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
+    from tether.trainers.common import LineProgress
+
+    with LineProgress(every=3600.0) as bar:
+        task = bar.add_task("sft", total=4, completed=0, info="")
+        bar.update(task, advance=1, info="loss=2.5")  # within `every`: silent
+        assert capsys.readouterr().err == ""
+        for _ in range(3):
+            bar.update(task, advance=1, info="loss=1.5")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sft: step 4/4,") and "steps/min" in err[0] and err[0].endswith("loss=1.5")

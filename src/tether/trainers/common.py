@@ -371,8 +371,57 @@ def on_problem(policy: str, stage: str, problem: str, fix: str) -> str:
     return problem
 
 
-def progress() -> Progress:
-    """A rich progress bar on stderr."""
+class LineProgress:
+    """What `progress()` gives when stderr is not a terminal (a log file, CI, nohup): a plain line per task
+    every `every` seconds and at the end, with the step, the rate, the time left and the key metrics.
+    The same `add_task` / `update` calls as rich's `Progress`."""
+
+    def __init__(self, every: float = 30.0):
+        self.every = every
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "LineProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for task in self.tasks.values():
+            if task["printed"] != task["completed"]:
+                self._print(task)
+
+    def add_task(self, description: str, total: int, completed: int = 0, info: str = "") -> int:
+        now = time.time()
+        self.tasks[len(self.tasks)] = dict(description=description, total=total, completed=completed, start_step=completed,
+                                           info=info, start=now, last=now, printed=completed)
+        return len(self.tasks) - 1
+
+    def update(self, task_id: int, advance: int = 0, completed: int | None = None, info: str | None = None) -> None:
+        task = self.tasks[task_id]
+        task["completed"] = completed if completed is not None else task["completed"] + advance
+        if info is not None:
+            task["info"] = info
+        now = time.time()
+        if now - task["last"] >= self.every or task["completed"] >= task["total"]:
+            task["last"] = now
+            self._print(task)
+
+    def _print(self, task: dict) -> None:
+        task["printed"] = task["completed"]
+        elapsed = time.time() - task["start"]
+        done = task["completed"] - task["start_step"]
+        rate = done / elapsed if elapsed > 0 else 0.0
+        left = (task["total"] - task["completed"]) / rate if rate > 0 else float("nan")
+        eta = f"{left / 60:.1f} min left" if math.isfinite(left) else "time left unknown"
+        console.print(
+            f"{task['description']}: step {task['completed']}/{task['total']}, {rate * 60:.1f} steps/min, {eta}"
+            + (f", {task['info']}" if task["info"] else ""),
+            highlight=False,
+        )
+
+
+def progress() -> Progress | LineProgress:
+    """A rich progress bar on stderr, or plain progress lines when stderr is not a terminal."""
+    if not console.is_terminal:
+        return LineProgress()
     return Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
