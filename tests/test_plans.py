@@ -89,6 +89,8 @@ def test_the_plan_overrides_reach_the_stages(tmp_path):
     assert by_name["pretrain"]["max_minutes"] == 10
     assert by_name["sft"]["data"] == {"train": "x", "max_samples": 100}
     assert by_name["rm"]["train"]["epochs"] == 0.5
+    apply_plan(path, Plan(**{**PLANS[1], "overrides": {"sft.data.max_samples": 5}}), stages, given={"sft.data.max_samples"})
+    assert by_name["sft"]["data"]["max_samples"] == 100  # the command line's value wins over the plan's
     bad = Plan(**{**PLANS[1], "overrides": {"ppo.train.max_steps": 3}})
     with pytest.raises(ConfigError, match="override 'ppo.train.max_steps' must be STAGE.key"):
         apply_plan(path, bad, stages)

@@ -151,7 +151,7 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
     output_root = str(globals_.get("output_root", "runs/pipeline"))
     if globals_.get("plans"):
         plan = choose_plan(path, globals_["plans"], globals_.get("plan"), Path(output_root), stages)
-        apply_plan(path, plan, stages)
+        apply_plan(path, plan, stages, given={o.partition("=")[0].strip() for o in overrides})
     elif globals_.get("plan"):
         raise ConfigError(f"plan={globals_['plan']}: {path} declares no plans")
     env = {"output_root": output_root}
@@ -291,8 +291,9 @@ def _stage_caps(plan: Plan, stages: list[Stage]) -> dict[str, float]:
     return caps
 
 
-def apply_plan(path: str, plan: Plan, stages: list[Stage]) -> None:
-    """Apply the plan's `STAGE.key: value` overrides to the stages.
+def apply_plan(path: str, plan: Plan, stages: list[Stage], given: set[str] = frozenset()) -> None:
+    """Apply the plan's `STAGE.key: value` overrides to the stages, except the keys in `given` (set on the
+    command line, which wins).
 
     Raises:
         ConfigError: an override naming an unknown stage or key.
@@ -301,6 +302,8 @@ def apply_plan(path: str, plan: Plan, stages: list[Stage]) -> None:
 
     names = {s.name: s for s in stages}
     for key, value in plan.overrides.items():
+        if key in given:
+            continue
         head, _, rest = key.partition(".")
         if head not in names or not rest:
             raise ConfigError(f"{path}: plan '{plan.name}': override '{key}' must be STAGE.key with STAGE one of {', '.join(names)}")
