@@ -63,11 +63,13 @@ train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMO
         "rm": f"""model: {{name_or_path: tiny-bert, dtype: float64}}
 data: {{train: {prefs}, eval: {pref_eval}, max_length: 64}}
 train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMON_TRAIN}}}
+on_chance: warn  # 3 steps on a few pairs: the processes are tested, not the model
 """,
         # a decoder reward model: each pair's prompt runs once (train.share_prompt), two forward calls per backward
         "rm_decoder": f"""model: {{name_or_path: tiny-llama, dtype: float64}}
 data: {{train: {prefs}, eval: {pref_eval}, max_length: 64}}
 train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMON_TRAIN}}}
+on_chance: warn  # 3 steps on a few pairs: the processes are tested, not the model
 """,
         "dpo": f"""model: {{name_or_path: tiny-llama, dtype: float64}}
 data: {{train: {prefs}, eval: {pref_eval}, max_length: 64, max_prompt_length: 32}}

@@ -172,7 +172,7 @@ def _rm_config(tmp_path, data, run, resume=False, **top):
         "model": {"name_or_path": "tiny-bert"}, "data": {"train": str(data), "max_length": 64, "holdout_fraction": 0.3},
         "train": {"batch_size": 4, "max_steps": 7, "save_every": 3, "eval_every": 2, "log_every": 1, "learning_rate": 1e-3,
                   "resume": resume},
-        "output_dir": str(tmp_path / run), **top,
+        "output_dir": str(tmp_path / run), "on_chance": "warn", **top,  # 6 held-out pairs cannot show skill
     })
 
 
@@ -294,7 +294,7 @@ def _pretrain_config(text, out, resume=False, save_every=3, **top):
                  "intermediate_size": 64, "max_position_embeddings": 64},
         "train": {"batch_size": 16, "max_steps": 10, "save_every": save_every, "log_every": 1, "learning_rate": 3e-3,
                   "device": "cpu", "resume": resume},
-        "output_dir": str(out), **top,
+        "output_dir": str(out), "on_chance": "warn", **top,  # 10 tiny steps: resumption is tested, not the model
     })
 
 
@@ -335,7 +335,7 @@ def test_pretrain_sigterm_checkpoint_and_max_minutes_across_a_resume(tmp_path, m
     _sigterm_on_call(monkeypatch, pretrain_module, "sft_loss", 2)
     out = tmp_path / "run"
     with pytest.raises(TrainingError, match="after step 2.*train.resume=true"):
-        train_pretrain(_pretrain_config(tiny_data["text"], out, save_every=None, max_minutes=10))
+        train_pretrain(_pretrain_config(tiny_data["text"], out, save_every=None, max_minutes=10, on_time_cap="warn"))
     monkeypatch.undo()
     ckpt = out / "checkpoints" / "step-2"
     assert (ckpt / "tokenizer.json").is_file() and (ckpt / "model.safetensors").is_file()
@@ -346,5 +346,7 @@ def test_pretrain_sigterm_checkpoint_and_max_minutes_across_a_resume(tmp_path, m
     # pretend the first process had trained for just over max_minutes: the resumed run stops at once
     state["train_seconds"] = 10 * 60 + 1
     torch.save(state, ckpt / STATE_FILE)
-    train_pretrain(_pretrain_config(tiny_data["text"], out, resume=True, save_every=None, max_minutes=10))
-    assert json.loads((out / "DONE").read_text())["steps"] == 2
+    train_pretrain(_pretrain_config(tiny_data["text"], out, resume=True, save_every=None, max_minutes=10, on_time_cap="warn"))
+    done = json.loads((out / "DONE").read_text())
+    assert done["steps"] == 2 and done["planned_steps"] == 10  # the plan of the first run, kept across the resume
+    assert "cut training short after 2 of 10 planned steps" in done["warnings"][0]

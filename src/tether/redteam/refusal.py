@@ -234,6 +234,7 @@ def train_refusal_classifier(
         train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, num_threads=num_threads,
                           device=device, warmup_ratio=0.1, log_every=10),
         select_best=False, normalize=False, freeze_layers=freeze_layers,
+        on_chance="warn",  # _measure reports the held-out accuracy next to the string match's, which it must beat
     )
     train_reward(cfg)
     return _measure(out, data, base_model, holdout_fraction, train, held, epochs, seed, device, {})

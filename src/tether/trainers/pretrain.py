@@ -8,6 +8,10 @@ Checkpoints (`train.save_every`, and on SIGTERM/SIGINT) hold the model, the trai
 optimizer, the LR schedule, every RNG, the epoch's block order with the position in it, and the
 training time spent so far; `train.resume=true` continues from the newest one exactly (the tokenizer
 is read from the checkpoint, not trained again, and `max_minutes` counts the time before the resume).
+
+With `max_minutes`, the steps are planned before training to fit it (a timed step at the real batch shape),
+so the learning-rate schedule ends inside the budget. The result is judged against a unigram model of the
+training text and against the plan (docs/precision.md).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from tether.config import PretrainConfig
 from tether.data.sources import load_texts
@@ -108,14 +113,13 @@ def seconds_per_step(model, batch: torch.Tensor, cfg: PretrainConfig, device: to
     Args:
         batch: token ids (B, block_size).
     """
-    ones = torch.ones(batch.shape[0], batch.shape[1] - 1, dtype=torch.bool, device=device)
     times = []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         for _ in range(3):
             t0 = time.perf_counter()
             with autocast(cfg.train, device):
                 logits = model(input_ids=batch, use_cache=False).logits
-            loss, _ = sft_loss(logits[:, :-1], batch[:, 1:], ones)
+            loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), batch[:, 1:].flatten())  # what sft_loss computes
             loss.backward()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -131,6 +135,9 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
         DataError: no text, or too little for two blocks.
         TrainingError: on a NaN/inf loss (the last good checkpoint is kept), or when stopped by a signal
             (after writing a checkpoint).
+        StageFailed: `max_minutes` allows fewer than `min_steps` steps, cuts training short of 80% of its planned
+            steps, or the held-out perplexity is no better than a unigram model (with `on_time_cap` / `on_chance`
+            at `stop`; the model is saved first).
     """
     # 0. setup
     set_threads(cfg.train.num_threads)

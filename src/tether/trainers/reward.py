@@ -301,6 +301,7 @@ def train_reward(cfg: RewardConfig) -> Path:
         DataError, ConfigError, ModelError: before training.
         TrainingError: on a NaN/inf loss (the last good checkpoint is kept), or a stop signal (after
             writing a checkpoint).
+        StageFailed: held-out accuracy no better than chance with `on_chance=stop` (the model is saved first).
     """
     if cfg.ensemble_size > 1:
         return train_ensemble(cfg)
