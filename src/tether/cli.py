@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run a pipeline of stages (finished stages are skipped)")
     run.add_argument("pipeline")
-    run.add_argument("overrides", nargs="*", help="STAGE.key=value, data_dir=..., output_root=...")
+    run.add_argument("overrides", nargs="*", help="STAGE.key=value, data_dir=..., output_root=..., plan=NAME (of the file's plans)")
 
     for name in ("pretrain", "sft", "ppo", "grpo"):  # rm and dpo below, with their `eval` subcommand
         _stage_parser(sub, name)

@@ -275,6 +275,9 @@ def choose_plan(path: str, raw_plans: list, wanted: str | None, output_root: Pat
         )
         if chosen is None and fits:
             chosen = plan
+    unmeasured = sorted({s.name for s in stages} - set().union(*(p.reference_minutes for p in plans)))
+    if unmeasured:
+        console.print(f"(stages without reference times, not in the estimates: {', '.join(unmeasured)})")
     if chosen is None:
         chosen = plans[-1]
         console.print(f"[yellow]no plan fits its budget on this machine: running '{chosen.name}', which will take longer[/]")
