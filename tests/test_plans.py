@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 import yaml
@@ -110,3 +111,28 @@ def test_plan_without_plans_is_an_error(tmp_path):
 def test_the_probe_measures_a_real_step():
     seconds, precision = pipeline.probe_step_seconds()
     assert 0.0 < seconds < 600.0 and "precision" in precision
+
+
+def test_the_quickstart_plans_are_valid_and_apply(tmp_path):
+    from tether.config import CONFIGS, validate
+
+    globals_, _ = load_pipeline("configs/quickstart.yaml", [])
+    assert [p["name"] for p in globals_["plans"]] == ["full", "small"]
+    for raw in globals_["plans"]:
+        _, stages = load_pipeline("configs/quickstart.yaml", [])
+        plan = Plan(**raw)
+        assert set(plan.reference_minutes) == {s.name for s in stages}
+        apply_plan("configs/quickstart.yaml", plan, stages)
+        for s in stages:  # every stage still validates under the plan (with the references filled in)
+            raw_cfg = json.loads(re.sub(r"\$\{[^}]*\}", "ref", json.dumps(s.raw)))
+            validate(CONFIGS[s.command], {**raw_cfg, "output_dir": str(tmp_path / s.name)})
+
+
+def test_a_missing_data_folder_fails_before_the_measurement(monkeypatch, tmp_path):
+    from tether.errors import DataError
+    from tether.pipeline import run_pipeline
+
+    monkeypatch.delenv("TETHER_DATA_DIR", raising=False)
+    monkeypatch.setattr(pipeline, "probe_step_seconds", lambda: pytest.fail("measured before checking the data"))
+    with pytest.raises(DataError, match="TETHER_DATA_DIR"):
+        run_pipeline("configs/quickstart.yaml", [f"data_dir={tmp_path / 'none'}", f"output_root={tmp_path}"], {})

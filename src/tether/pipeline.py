@@ -149,14 +149,14 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
     """
     globals_, stages = load_pipeline(path, overrides)
     output_root = str(globals_.get("output_root", "runs/pipeline"))
+    env = {"output_root": output_root}
+    if any("${data_dir}" in str(s.raw) for s in stages):
+        env["data_dir"] = resolve_data_dir(globals_.get("data_dir"))  # before measuring: a missing folder fails at once
     if globals_.get("plans"):
         plan = choose_plan(path, globals_["plans"], globals_.get("plan"), Path(output_root), stages)
         apply_plan(path, plan, stages, given={o.partition("=")[0].strip() for o in overrides})
     elif globals_.get("plan"):
         raise ConfigError(f"plan={globals_['plan']}: {path} declares no plans")
-    env = {"output_root": output_root}
-    if any("${data_dir}" in str(s.raw) for s in stages):
-        env["data_dir"] = resolve_data_dir(globals_.get("data_dir"))
     outputs: dict[str, Path] = {}
     t_start = time.time()
     ran: set[str] = set()  # stages run now: a stage that reads one of their outputs must run too
