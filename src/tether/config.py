@@ -412,7 +412,10 @@ class EvalConfig(Strict):
     prompts: str
     reward_models: list[str] = Field(..., min_length=1)
     output_dir: str
-    split: Literal["train", "holdout", "all"] = "holdout"
+    split: Literal["auto", "train", "holdout", "all"] = Field(
+        "auto", description="which prompts of the file: the held-out part (holdout_fraction of the prompts, by a hash of "
+        "the prompt), the train part, or all; auto: the held-out part when holdout_fraction > 0, else all",
+    )
     holdout_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     max_prompts: int | None = Field(64, gt=0)
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE

@@ -88,3 +88,19 @@ def test_different_tokenizers_raise(models, tmp_path):
     other = save_tiny_lm(tmp_path / "lm_extra", extra_token="hello")
     with pytest.raises(ModelError, match="different tokenizers"):
         evaluate_policies(make_cfg(models, tmp_path / "out", policy=other))
+
+
+def test_the_readme_command_line_runs_with_its_defaults(models, tmp_path):
+    """`tether eval --baseline A --policy B --prompts FILE --reward-model R`: split auto takes every prompt when
+    nothing is held out, and the held-out part when holdout_fraction is set."""
+    from tether.cli import main as cli_main
+
+    out = tmp_path / "cli"
+    args = ["eval", "--baseline", models["lm"], "--policy", models["lm"], "--prompts", models["prompts"],
+            "--reward-model", models["rm"], "--out", str(out), "device=cpu", "generation.max_new_tokens=4"]
+    assert cli_main(args) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["split"] == "all" and result["n_prompts"] == len(PROMPTS)
+    assert cli_main(args + ["holdout_fraction=0.5", "overwrite=true"]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["split"] == "holdout" and 0 < result["n_prompts"] < len(PROMPTS)

@@ -287,7 +287,8 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     """
     if not cfg.overwrite and (Path(cfg.output_dir) / EVAL_FILE).exists():
         raise ConfigError(f"{cfg.output_dir} already holds {EVAL_FILE}; set overwrite=true or choose another output_dir")
-    prompts = [e.prompt for e in select(load_prompts(cfg.prompts), cfg.split, cfg.holdout_fraction, cfg.max_prompts)]
+    split = cfg.split if cfg.split != "auto" else ("holdout" if cfg.holdout_fraction > 0 else "all")
+    prompts = [e.prompt for e in select(load_prompts(cfg.prompts), split, cfg.holdout_fraction, cfg.max_prompts)]
     device = resolve_device(cfg.device)
     gen_cfg = cfg.generation
     temperature = gen_cfg.temperature if gen_cfg.do_sample else 1.0
@@ -322,7 +323,7 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     ]
     result = PolicyEvalResult(
         n_prompts=len(prompts), baseline_path=cfg.baseline, policy_path=cfg.policy, prompts_path=cfg.prompts,
-        split=cfg.split, reward_models=rms,
+        split=split, reward_models=rms,
         baseline=answer_stats(baseline_gen, baseline_texts), policy=answer_stats(policy_gen, policy_texts),
         kl=float(kl.mean()), kl_ci=bootstrap_ci(kl.numpy(), seed=cfg.seed),
         generation=gen_cfg, seed=cfg.seed, samples=samples, output_dir=cfg.output_dir,
