@@ -99,8 +99,28 @@ def test_the_old_boolean_key_names_its_replacement(tmp_path):
         load_config(SFTConfig, None, ["train.bf16_autocast=true"])
 
 
-def test_every_stage_defaults_to_auto():
+def test_every_stage_and_shipped_config_leaves_the_choice_to_the_hardware():
+    from pathlib import Path
+
+    import yaml
+
     assert TrainConfig().precision == "auto"
+
+    def precisions(node):
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k in ("precision", "bf16_autocast"):
+                    yield k, v
+                yield from precisions(v)
+        elif isinstance(node, list):
+            for v in node:
+                yield from precisions(v)
+
+    configs = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+    assert configs
+    for path in configs:
+        for key, value in precisions(yaml.safe_load(path.read_text())):
+            assert (key, value) == ("precision", "auto"), path.name
 
 
 def test_auto_attention_follows_the_resolved_precision(fake_cpu):
