@@ -93,7 +93,7 @@ def test_autocast_runs_matrix_products_in_the_chosen_dtype(fake_cpu):
 def test_the_old_boolean_key_names_its_replacement(tmp_path):
     path = tmp_path / "old.yaml"
     path.write_text("model: {name_or_path: tiny-llama}\ndata: {train: x.jsonl}\noutput_dir: o\ntrain: {bf16_autocast: true}\n")
-    with pytest.raises(ConfigError, match=r"bf16_autocast was replaced by train.precision.*precision: bf16"):
+    with pytest.raises(ConfigError, match=r"bf16_autocast was replaced by train.precision.*write precision: bf16"):
         load_config(SFTConfig, path)
     with pytest.raises(ConfigError, match="train.bf16_autocast was replaced by train.precision"):
         load_config(SFTConfig, None, ["train.bf16_autocast=true"])

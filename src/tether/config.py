@@ -82,6 +82,11 @@ class DataConfig(Strict):
     seed: int = 0
 
 
+REPLACED_KEYS = {  # keys that once existed: what replaced them (in the error for a file or an override)
+    "bf16_autocast": "train.bf16_autocast was replaced by train.precision (auto|fp32|bf16|fp16); auto lets the hardware choose",
+}
+
+
 class TrainConfig(Strict):
     learning_rate: float = Field(1e-4, gt=0.0)
     batch_size: int = Field(8, gt=0, description="examples per optimizer micro-batch")
@@ -119,10 +124,7 @@ class TrainConfig(Strict):
         if isinstance(data, dict) and "bf16_autocast" in data:
             old = data["bf16_autocast"]
             new = "bf16" if old is True else "fp32" if old is False else "auto"
-            raise ValueError(
-                f"train.bf16_autocast was replaced by train.precision (auto|fp32|bf16|fp16): write precision: {new} "
-                "instead, or precision: auto to let the hardware choose"
-            )
+            raise ValueError(f"{REPLACED_KEYS['bf16_autocast']} (write precision: {new} for the same behaviour)")
         return data
 
 
@@ -440,11 +442,6 @@ CONFIGS: dict[str, type[Strict]] = {
 
 
 # --------------------------------------------------------------------------- loading
-
-
-REPLACED_KEYS = {
-    "bf16_autocast": "train.bf16_autocast was replaced by train.precision (auto|fp32|bf16|fp16); auto lets the hardware choose",
-}
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
