@@ -1,4 +1,4 @@
-"""The held-out judge monitor of PPO (DESIGN.md 6.9): the stopping rule and a run that triggers it."""
+"""The held-out judge monitor of PPO (docs/architecture.md 6.9): the stopping rule and a run that triggers it."""
 
 import json
 

@@ -60,7 +60,7 @@ def response_logprobs(
 ):
     """Log-probabilities of the response tokens of `sequences` under `model`.
 
-    The same temperature that divided the logits while sampling divides them here (DESIGN.md 6.1).
+    The same temperature that divided the logits while sampling divides them here (docs/architecture.md 6.1).
 
     Args:
         sequences: (B, T) prompt (left-padded, length `prompt_length`) followed by the response.

@@ -1,7 +1,7 @@
 """Sampling responses from a policy: left padding, temperature, EOS truncation.
 
 Responses end at the first EOS (kept, so the model learns to stop); everything after it becomes pad,
-and pad is never EOS (DESIGN.md 6.2). A response that never emits EOS runs to `max_new_tokens` and is
+and pad is never EOS (docs/architecture.md 6.2). A response that never emits EOS runs to `max_new_tokens` and is
 flagged by `response_mask[:, -1]` being True without an EOS there.
 
 The tokens come from tether's decode loop (`rollout/decode.py`, `generation.engine: tether`, the default),
@@ -62,7 +62,7 @@ def generate(
         prompt_ids: B lists of token ids (already formatted and truncated).
         gen: sampling settings (temperature, top-k/top-p, max_new_tokens, engine).
         return_sampling_logprobs: also return the logprobs the engine sampled from (for the
-            rollout-logprob check, DESIGN.md 6.8).
+            rollout-logprob check, docs/architecture.md 6.8).
         seeds: one seed per prompt: each response is sampled with its own generator (`rollout/seeding.py`),
             so it does not depend on batching or sharding. None: torch's global generator.
 

@@ -85,7 +85,7 @@ def policy_update(cfg: GRPOConfig, m: Models, r: Rollout, advantages: torch.Tens
 
     Args:
         check_dtype: on-policy (`on_policy(cfg)`), the rollout holds the engine's sampling logprobs; the
-            first forward pass, before any weight changes, is then compared with them (DESIGN.md 6.8).
+            first forward pass, before any weight changes, is then compared with them (docs/architecture.md 6.8).
     """
     p, B, T_p = cfg.ppo, r.prompts.shape[0], r.prompts.shape[1]
     kl_in_loss = kl_placement(cfg) == "loss"

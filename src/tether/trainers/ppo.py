@@ -1,7 +1,7 @@
 """PPO against a reward model with a per-token KL penalty to the frozen reference (RLHF).
 
 Ziegler et al. 2019 (KL-shaped reward, adaptive KL), Stiennon et al. 2020, Ouyang et al. 2022 (InstructGPT);
-the PPO objective is Schulman et al. 2017, GAE Schulman et al. 2016. Every detail of DESIGN.md section 6
+the PPO objective is Schulman et al. 2017, GAE Schulman et al. 2016. Every detail of docs/architecture.md section 6
 is listed with its place in docs/implementation_details.md.
 
 One iteration:
@@ -106,7 +106,7 @@ def make_rollout(cfg: PPOConfig, m: Models, prompt_texts: list[str], device: tor
     Args:
         seeds: one per prompt for per-sample seeded sampling (`rollout/seeding.py`), else None.
         fresh_logprobs: recompute the policy's logprobs with a forward pass (and compare them with the
-            engine's, DESIGN.md 6.8). False keeps the engine's sampling logprobs as the rollout logprobs:
+            engine's, docs/architecture.md 6.8). False keeps the engine's sampling logprobs as the rollout logprobs:
             for a single on-policy update, whose own forward pass is that fresh pass (GRPO checks it there).
     """
     g, d = cfg.generation, cfg.data
@@ -198,7 +198,7 @@ def compute_dtype(cfg: PPOConfig, policy: torch.nn.Module) -> torch.dtype:
 
 
 def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
-    """DESIGN.md 6.8: the engine's sampling logprobs must equal a fresh forward pass of the same weights.
+    """docs/architecture.md 6.8: the engine's sampling logprobs must equal a fresh forward pass of the same weights.
 
     The mean absolute difference over real response tokens may be at most 1e-3 for a float32 policy and
     5e-2 for bf16/fp16 weights or bf16 autocast (`compute_dtype`; the vLLM backend's kernels differ from the
@@ -220,7 +220,7 @@ def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
 
 @torch.no_grad()
 def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device, dist: Distributed | None = None) -> tuple[float, float]:
-    """DESIGN.md 6.4: mean and std of reward-model scores of the initial policy's samples (with several
+    """docs/architecture.md 6.4: mean and std of reward-model scores of the initial policy's samples (with several
     processes each samples and scores its shard of the prompts; the scores are gathered)."""
     sample = prompts[: max(cfg.ppo.batch_size, 32)]
     start, stop = dist.shard_range(len(sample)) if dist else (0, len(sample))
@@ -236,7 +236,7 @@ def initial_score_stats(cfg: PPOConfig, m: Models, prompts: list[str], device, d
 
 @dataclass
 class Judge:
-    """DESIGN.md 6.9: a held-out reward model scoring the policy on fixed held-out prompts."""
+    """docs/architecture.md 6.9: a held-out reward model scoring the policy on fixed held-out prompts."""
 
     model: RewardModel
     prompts: list[str]

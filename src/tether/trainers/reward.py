@@ -216,7 +216,7 @@ def policy_samples(cfg: RewardConfig, device, dist: Distributed | None = None) -
 def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: list, device, dist: Distributed | None = None) -> tuple[float, float]:
     """Gain and bias so that normalised scores have mean 0 and std 1 on a reference set.
 
-    DESIGN.md 6.4: the reference set is samples of the initial policy when `normalize_policy` and
+    docs/architecture.md 6.4: the reference set is samples of the initial policy when `normalize_policy` and
     `normalize_prompts` are set; otherwise the training replies (chosen and rejected, or the labelled
     completions), at most 256 rows.
 
