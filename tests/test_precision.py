@@ -149,10 +149,13 @@ def test_the_stage_records_its_choice_in_the_run_directory(tiny_data, tmp_path, 
     assert record["name"] == "fp32" and record["requested"] == "auto" and "emulated" in record["reason"]
 
 
-def test_fp16_trains_with_loss_scaling(tiny_data, tmp_path, fake_cpu):
+def test_fp16_trains_with_loss_scaling(tiny_data, tmp_path, fake_cpu, monkeypatch):
     from tether.trainers.sft import train_sft
 
     fake_cpu()
+    unscaled = []
+    real_unscale = torch.amp.GradScaler.unscale_
+    monkeypatch.setattr(torch.amp.GradScaler, "unscale_", lambda self, opt: (unscaled.append(self.get_scale()), real_unscale(self, opt)))
     out = train_sft(_sft_config(tiny_data, tmp_path / "sft", precision="fp16", learning_rate=1e-3, log_every=1))
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if r.strip()]
     assert len([r for r in rows if "sft/grad_norm" in r]) >= 3
@@ -161,6 +164,7 @@ def test_fp16_trains_with_loss_scaling(tiny_data, tmp_path, fake_cpu):
         # the norm of the unscaled gradients (the scale starts at 2**16): clipping saw the true gradients
         assert 0.0 < r["sft/grad_norm"] < 1e3
     assert json.loads((out / "precision.json").read_text())["name"] == "fp16"
+    assert len(unscaled) == 3 and unscaled[0] == 2.0**16  # every step's gradients were scaled, then unscaled
 
 
 def test_online_rl_refuses_fp16(tiny_data, tmp_path, tiny_models, fake_cpu):

@@ -17,9 +17,9 @@ directory holds a finished run with the same resolved config is skipped, so re-r
 resumes after the last finished stage; a stage that reads the output of a stage that ran again runs
 again too.
 
-`plans:` sizes a pipeline to the machine. Each plan has a name, a time budget, the measured minutes of each
-stage on a reference machine with the time of one training step of the probe model there (`reference`), and
-dotted `STAGE.key: value` overrides. At start, `tether run` times a few training steps of the probe model
+`plans:` sizes a pipeline to the machine. Each plan has a name, a time budget (`budget_minutes`), the
+measured minutes of each stage on a reference machine (`reference_minutes`) with the time of one training
+step of the probe model there (`reference_step_seconds`), and dotted `STAGE.key: value` overrides. At start, `tether run` times a few training steps of the probe model
 (the quickstart's 5M-parameter Llama, in the precision `train.precision=auto` picks here), scales each plan's
 reference minutes by the ratio of step times, prints the estimate, and takes the first plan that fits its
 budget (the last one if none does, with a warning). The choice is written to `output_root/plan.json` and

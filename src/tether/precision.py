@@ -9,10 +9,10 @@
   on a 2-core AVX2-only EPYC one training step of the quickstart's 5M-parameter model took about 60 s
   under bf16 autocast against 4-8 s in fp32, while a 2048 x 2048 matrix product ran 2.5 times faster
   in bf16 than in fp32 on a Zen 4 EPYC with AVX512-BF16 (412 against 167 GFLOP/s on 2 threads) and
-  about 7 times faster on a Xeon with AMX (docs/benchmarks.md).
+  about 7 times faster on a Xeon with AMX (docs/precision.md).
 
-`bf16` and `fp16` ask for that autocast dtype whatever the hardware (with a warning where it is
-emulated); fp16 trains with dynamic loss scaling (`torch.amp.GradScaler`, Micikevicius et al. 2018,
+`bf16` and `fp16` ask for that autocast dtype whatever the hardware (the printed reason says "slow here"
+where it is emulated); fp16 trains with dynamic loss scaling (`torch.amp.GradScaler`, Micikevicius et al. 2018,
 "Mixed Precision Training"). Weights stay in their own dtype (`model.dtype`); autocast only changes the
 dtype matrix products run in. Each stage prints what it chose and why, and writes it to the run
 directory's `precision.json`.
@@ -66,6 +66,7 @@ class Precision:
         return torch.autocast(self.device, dtype=self.dtype)
 
     def describe(self) -> str:
+        """One line for the terminal: the precision, what was asked for, the device and the reason."""
         chosen = self.name if self.requested == self.name else f"{self.name} ({self.requested})"
         return f"precision {chosen} on {self.device}: {self.reason}"
 

@@ -77,7 +77,7 @@ class RunDir:
             existing.write_text(self.config_text)
             if dist is not None:  # what train.precision resolved to on this hardware, and why
                 dist.precision.write(self.path)
-                console.print(f"{dist.stage}: {dist.precision.describe()}", soft_wrap=True)
+                console.print(f"{dist.stage}: {dist.precision.describe()}")
             if self.resume_from is not None:
                 self._truncate_metrics(self.resume_from)
             else:
@@ -334,18 +334,17 @@ def check_finite(loss: torch.Tensor, step: int, run: RunDir) -> None:
 CUT_SHORT = 0.8  # a run stopped by its time cap before this fraction of its planned steps was cut short
 
 
-def plan_steps(steps: int, seconds_per_step: float, max_minutes: float, min_steps: int) -> tuple[int, str]:
+def plan_steps(steps: int, seconds_per_step: float, max_minutes: float) -> tuple[int, str]:
     """The steps that fit a time budget, at a measured time per step, with a 10% margin for evaluation and saving.
 
     Args:
         steps: the steps the config asks for.
         seconds_per_step: measured wall time of one optimizer step.
         max_minutes: the budget.
-        min_steps: the fewest steps worth training.
 
     Returns:
-        `(planned steps, a sentence saying how they were planned)`; fewer than `min_steps` when even those do not
-        fit (the caller decides, see `on_problem`).
+        `(planned steps, a sentence saying how they were planned)`: all `steps` when they fit, else as many as fit
+        (at least 1; whether that is enough is the caller's decision, see `on_problem`).
     """
     fit = max(1, int(0.9 * 60 * max_minutes / max(seconds_per_step, 1e-9)))
     if fit >= steps:
@@ -367,7 +366,7 @@ def on_problem(policy: str, stage: str, problem: str, fix: str) -> str:
     """
     if policy == "stop":
         raise StageFailed(f"{stage}: {problem}. {fix}")
-    console.print(f"[yellow]{stage}: warning: {problem} (going on, as configured)[/]", soft_wrap=True)
+    console.print(f"[yellow]{stage}: warning: {problem} (going on, as configured)[/]")
     return problem
 
 

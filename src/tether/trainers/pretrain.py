@@ -190,7 +190,7 @@ def train_pretrain(cfg: PretrainConfig) -> Path:
         steps = load_state(run.resume_from).get("planned_steps", steps)
     elif cfg.max_minutes:
         min_steps = cfg.min_steps or max(1, steps // 10)
-        steps, plan = plan_steps(steps, seconds_per_step(model, train_blocks[:bs].to(device), cfg, device), cfg.max_minutes, min_steps)
+        steps, plan = plan_steps(steps, seconds_per_step(model, train_blocks[:bs].to(device), cfg, device), cfg.max_minutes)
         console.print(f"pretrain: {plan}")
         if steps < min_steps:
             on_problem(
