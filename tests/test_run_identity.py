@@ -4,7 +4,7 @@ import yaml
 
 from tether.config import SFTConfig, dump_config
 from tether.pipeline import load_pipeline
-from tether.trainers.common import same_config
+from tether.run import same_config
 
 
 def _cfg(**train):

@@ -39,7 +39,7 @@ from pydantic import Field
 
 from tether.config import CONFIGS, Strict, apply_overrides, dump_config, read_yaml, validate
 from tether.errors import ConfigError, DataError
-from tether.trainers.common import DONE_FILE, console, finished_with
+from tether.run import DONE_FILE, console, finished_with
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 

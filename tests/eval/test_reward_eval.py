@@ -88,7 +88,7 @@ def test_evaluate_real_tiny_model_gives_valid_json(rm_dir, data):
 
 
 def test_auroc_hand_cases():
-    from tether.eval.reward_eval import auroc
+    from tether.eval.metrics import auroc
 
     assert auroc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1]) == 0.75
     assert auroc([0.5, 0.5], [0, 1]) == 0.5  # a tie counts half

@@ -14,7 +14,7 @@ import torch
 from tether.config import SFTConfig, TrainConfig, validate
 from tether.errors import ConfigError
 from tether.precision import resolve_precision
-from tether.trainers.common import RunDir
+from tether.run import RunDir
 from tether.trainers.distributed import Distributed, launched
 
 

@@ -13,12 +13,13 @@ from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelCon
 from tether.data.sources import load_binary_feedback, xstest_desirable, xstest_to_binary_feedback
 from tether.data.tokenize import collate_pairs, feedback_sequences, tokenize_feedback, tokenize_pairs
 from tether.errors import ConfigError, DataError
+from tether.eval.dpo_eval import DPOMeta
 from tether.models.load import load_causal_lm
 from tether.models.logprobs import sequence_logprobs
 from tether.models.tiny import tiny_causal_lm
 from tether.trainers import dpo as dpo_trainer
 from tether.trainers.dpo import (
-    DPOMeta, REFERENCE_CACHE, batch_loss, precompute_reference, preference_loss, prepare_policy, reference_mode, train_dpo,
+    REFERENCE_CACHE, batch_loss, precompute_reference, preference_loss, prepare_policy, reference_mode, train_dpo,
 )
 from tether.types import BinaryFeedbackExample, PreferenceExample
 

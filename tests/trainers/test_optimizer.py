@@ -32,7 +32,7 @@ def test_not_fused_on_devices_without_the_kernel():
 
 
 def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
-    from tether.trainers.common import LineProgress
+    from tether.run import LineProgress
 
     with LineProgress(every=3600.0) as bar:
         task = bar.add_task("sft", total=4, completed=0, info="")

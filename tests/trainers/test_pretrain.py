@@ -11,8 +11,9 @@ import torch
 from tether.config import ModelConfig, PretrainConfig, validate
 from tether.errors import DataError, StageFailed
 from tether.models.load import load_causal_lm
-from tether.trainers.common import DONE_FILE, plan_steps
+from tether.run import DONE_FILE
 from tether.trainers import pretrain as pretrain_mod
+from tether.trainers.common import plan_steps
 from tether.trainers.pretrain import pack, train_pretrain, train_tokenizer, unigram_loss
 
 CPU = torch.device("cpu")

@@ -263,7 +263,8 @@ def test_resume_picks_the_newest_complete_checkpoint_and_its_metrics_rows(tmp_pa
     import torch
 
     from tether.config import SFTConfig
-    from tether.trainers.common import RunDir, save_state
+    from tether.trainers.common import save_state
+    from tether.run import RunDir
 
     def cfg(resume):
         return SFTConfig(model={"name_or_path": "tiny-llama"}, data={"train": "x.jsonl"}, train={"resume": resume},
@@ -329,7 +330,7 @@ def test_pretrain_sigterm_checkpoint_and_max_minutes_across_a_resume(tmp_path, m
     import torch
 
     import tether.trainers.pretrain as pretrain_module
-    from tether.trainers.common import STATE_FILE
+    from tether.run import STATE_FILE
     from tether.trainers.pretrain import train_pretrain
 
     _sigterm_on_call(monkeypatch, pretrain_module, "sft_loss", 2)

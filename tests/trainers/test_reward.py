@@ -13,8 +13,8 @@ from tether.data.sources import load_preferences
 from tether.errors import ConfigError, DataError, TrainingError
 from tether.models.reward import META_FILE, RewardModel
 from tether.models.tiny import tiny_sequence_classifier
+from tether.run import DONE_FILE
 from tether.trainers import reward as rm_mod
-from tether.trainers.common import DONE_FILE
 from tether.trainers.reward import train_reward
 
 CPU = torch.device("cpu")

@@ -14,7 +14,7 @@ from tether.config import ModelConfig, SFTConfig, validate
 from tether.errors import ConfigError, DataError, TrainingError
 from tether.models.load import load_causal_lm
 from tether.models.tiny import tiny_causal_lm
-from tether.trainers.common import DONE_FILE
+from tether.run import DONE_FILE
 from tether.trainers.sft import train_sft
 
 CPU = torch.device("cpu")

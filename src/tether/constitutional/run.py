@@ -23,15 +23,16 @@ from pathlib import Path
 import torch
 
 from tether.config import ModelConfig
-from tether.constitutional.ai_feedback import EndpointJudge, LocalJudge, ai_feedback
 from tether.constitutional.agreement import agreement_summary, judge_human_pairs
+from tether.constitutional.ai_feedback import EndpointJudge, LocalJudge, ai_feedback
 from tether.constitutional.config import CAIConfig
 from tether.constitutional.critique_revise import critique_revise
 from tether.constitutional.principles import load_constitution
 from tether.data.sources import load_preferences, load_prompts
 from tether.eval.report import html_page, html_table, paragraph
 from tether.models.load import load_causal_lm, resolve_device, set_threads
-from tether.trainers.common import RunDir, console, set_seed
+from tether.run import RunDir, console
+from tether.trainers.common import set_seed
 
 SUMMARY_FILE = "cai.json"
 

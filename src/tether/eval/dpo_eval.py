@@ -10,6 +10,8 @@ pairs.
 
 from __future__ import annotations
 
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -19,10 +21,38 @@ from tether.data.sources import load_preferences
 from tether.data.tokenize import collate_pairs, tokenize_pairs
 from tether.errors import ModelError
 from tether.eval.reward_eval import preference_stats
-from tether.models.load import load_causal_lm, resolve_device
+from tether.models.load import load_causal_lm, model_context, resolve_device
 from tether.models.logprobs import sequence_logprobs
-from tether.trainers.dpo import DPOMeta
-from tether.trainers.sft import model_context
+
+
+META_FILE = "tether_dpo.json"  # written beside a DPO policy
+
+
+@dataclass
+class DPOMeta:
+    """What `tether dpo eval` needs to rebuild the implicit reward model beta * (log pi - log pi_ref)."""
+
+    reference: str
+    beta: float
+    loss: str
+    label_smoothing: float
+    reference_mode: str
+    prompt_template: str
+    max_length: int
+    max_prompt_length: int
+    average_logprobs: bool  # IPO: per-token mean log-probabilities instead of sums
+    seed: int = 0  # the seed that builds a tiny random reference again
+
+    def save(self, out_dir: str | Path) -> None:
+        (Path(out_dir) / META_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, model_dir: str | Path) -> "DPOMeta | None":
+        path = Path(model_dir) / META_FILE
+        if not path.is_file():
+            return None
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 @torch.no_grad()

@@ -232,3 +232,34 @@ def _check_binary(probs: Sequence[float], labels: Sequence[bool | int]) -> tuple
     if np.any((p < 0) | (p > 1)) or np.any(np.isnan(p)):
         raise ValueError("probabilities must lie in [0, 1]")
     return p, y
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
+    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties half.
+
+    Computed from ranks (Mann-Whitney U / (n_pos * n_neg); Hanley & McNeil 1982) with tied scores given
+    their average rank.
+
+    Args:
+        scores: (N,) higher = more likely positive.
+        labels: (N,) 0/1 or bool.
+
+    Returns:
+        AUROC in [0, 1], or None when one class is absent.
+    """
+    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
+    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(scores, kind="mergesort")
+    ranks = np.empty(scores.size)
+    sorted_scores = scores[order]
+    i = 0
+    while i < scores.size:  # average rank over runs of equal scores
+        j = i
+        while j + 1 < scores.size and sorted_scores[j + 1] == sorted_scores[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
+        i = j + 1
+    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))

@@ -32,7 +32,7 @@ from tether.models.load import load_causal_lm, resolve_device
 from tether.models.logprobs import response_logprobs
 from tether.models.reward import RewardModel
 from tether.rollout.generate import Generation, decode_responses, generate
-from tether.trainers.common import console
+from tether.run import console
 
 EVAL_FILE, SAMPLES_FILE, REPORT_FILE, CONFIG_FILE = "eval.json", "samples.jsonl", "report.html", "config.yaml"
 

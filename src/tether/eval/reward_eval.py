@@ -20,7 +20,7 @@ import torch
 
 from tether.data.feedback import load_reward_pairs, load_thumbs
 from tether.data.sources import iter_rows
-from tether.eval.metrics import expected_calibration_error, reliability_bins, wilson_interval
+from tether.eval.metrics import auroc, expected_calibration_error, reliability_bins, wilson_interval
 from tether.eval.report import embed_figure, esc, html_page, html_table, new_figure, paragraph
 from tether.models.load import resolve_device
 from tether.models.reward import EnsembleReward, RewardModel
@@ -46,36 +46,6 @@ def _correlation(x: np.ndarray, y: np.ndarray) -> float | None:
         return None
     return float(np.corrcoef(x, y)[0, 1])
 
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
-    """Area under the ROC curve: P(score of a random positive > score of a random negative), ties half.
-
-    Computed from ranks (Mann-Whitney U / (n_pos * n_neg); Hanley & McNeil 1982) with tied scores given
-    their average rank.
-
-    Args:
-        scores: (N,) higher = more likely positive.
-        labels: (N,) 0/1 or bool.
-
-    Returns:
-        AUROC in [0, 1], or None when one class is absent.
-    """
-    scores, labels = np.asarray(scores, float), np.asarray(labels).astype(bool)
-    n_pos, n_neg = int(labels.sum()), int((~labels).sum())
-    if n_pos == 0 or n_neg == 0:
-        return None
-    order = np.argsort(scores, kind="mergesort")
-    ranks = np.empty(scores.size)
-    sorted_scores = scores[order]
-    i = 0
-    while i < scores.size:  # average rank over runs of equal scores
-        j = i
-        while j + 1 < scores.size and sorted_scores[j + 1] == sorted_scores[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2.0 + 1.0
-        i = j + 1
-    u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
-    return float(u / (n_pos * n_neg))
 
 
 def length_baselines(chosen_lengths: np.ndarray, rejected_lengths: np.ndarray) -> dict:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from tether.config import LoRAConfig, ModelConfig
-from tether.errors import ModelError
+from tether.errors import ConfigError, ModelError
 from tether.models.tiny import TINY_NAMES, tiny_causal_lm
 from tether.precision import resolve_precision
 
@@ -215,3 +215,16 @@ def set_threads(n: int | None) -> None:
     if n:
         torch.set_num_threads(n)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def model_context(model) -> int | None:
+    """The longest sequence the model's position embeddings allow (None if unbounded)."""
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
+def check_context(max_length: int, model, key: str = "data.max_length") -> None:
+    """Raises ConfigError when `max_length` is longer than the model's context."""
+    ctx = model_context(model)
+    if ctx is not None and max_length > ctx:
+        raise ConfigError(f"{key}={max_length} is longer than the model's context of {ctx} tokens")

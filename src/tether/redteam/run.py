@@ -34,7 +34,8 @@ from tether.redteam.refusal import META_FILE, StringMatchDetector, is_refusal_te
 from tether.redteam.suites import AttackPrompt, load_better_responses, load_suite
 from tether.redteam.transforms import apply_transform, generate_attacks
 from tether.rollout.generate import decode_responses, generate
-from tether.trainers.common import RunDir, console, set_seed
+from tether.run import RunDir, console
+from tether.trainers.common import set_seed
 
 SUMMARY_FILE = "redteam.json"
 RESULTS_FILE = "results.jsonl"

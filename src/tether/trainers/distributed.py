@@ -30,7 +30,7 @@ from tether.config import TrainConfig
 from tether.errors import ConfigError
 from tether.models.load import resolve_device, save_causal_lm
 from tether.precision import resolve_precision
-from tether.trainers.common import console
+from tether.run import console
 
 # Strategies by what the processes hold: every parameter (ddp, deepspeed stages 1-2), or a shard of them.
 REPLICATED = ("single", "ddp", "deepspeed")

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import copy
 import gc
-import json
 import random
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -33,54 +31,26 @@ from tether.data.tokenize import (
     tokenize_pairs, tokenize_prompts,
 )
 from tether.errors import ConfigError
+from tether.eval.dpo_eval import DPOMeta
 from tether.losses.dpo import dpo_loss, ipo_loss, kto_kl_ref_point, kto_loss
 from tether.models.load import (
-    apply_lora, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_attention, set_threads,
+    apply_lora, check_context, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_attention, set_threads,
 )
 from tether.models.logprobs import response_logprobs, sequence_logprobs
 from tether.models.shared_prefix import SharedPrefixBatch, agreed, pair_split, split_sequence_logprobs
 from tether.rollout.generate import generate
+from tether.run import RunDir, console, fmt, progress
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, make_optimizer, make_scheduler,
-    next_batch, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
+    StopSignal, autocast, check_finite, interrupted, make_optimizer, make_scheduler, next_batch, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
-from tether.trainers.sft import check_context
 from tether.types import SFTBatch
 
-META_FILE = "tether_dpo.json"
 REFERENCE_CACHE = "reference_logprobs.safetensors"
 KL_PROMPTS = 32  # held-out prompts answered by the policy to measure its KL to the reference
 KL_GENERATION = GenerationConfig(max_new_tokens=48, temperature=1.0, batch_size=16)
 # which two sequences of an example share a forward pass: (first half, second half) of the batch
 SEQUENCE_NAMES = {"pairs": ("chosen", "rejected"), "kto": ("completion", "kl")}
-
-
-@dataclass
-class DPOMeta:
-    """What `tether dpo eval` needs to rebuild the implicit reward model beta * (log pi - log pi_ref)."""
-
-    reference: str
-    beta: float
-    loss: str
-    label_smoothing: float
-    reference_mode: str
-    prompt_template: str
-    max_length: int
-    max_prompt_length: int
-    average_logprobs: bool  # IPO: per-token mean log-probabilities instead of sums
-    seed: int = 0  # the seed that builds a tiny random reference again
-
-    def save(self, out_dir: str | Path) -> None:
-        (Path(out_dir) / META_FILE).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, model_dir: str | Path) -> "DPOMeta | None":
-        path = Path(model_dir) / META_FILE
-        if not path.is_file():
-            return None
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in json.loads(path.read_text()).items() if k in known})
 
 
 # --------------------------------------------------------------------------- reference

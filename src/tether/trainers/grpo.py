@@ -36,9 +36,9 @@ from tether.ops import masked_mean, masked_whiten
 from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_advantages
 from tether.rl.kl import kl_estimate
 from tether.rl.rewards import compute_rewards
+from tether.run import RunDir, console, fmt, progress
 from tether.trainers.common import (
-    RunDir, StopSignal, adamw, autocast, check_finite, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
-    set_seed, trainable_state_dict,
+    StopSignal, adamw, autocast, check_finite, interrupted, next_batch, resume_training, save_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
 from tether.trainers.ppo import (

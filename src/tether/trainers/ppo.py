@@ -31,6 +31,7 @@ from tether.models.heads import ValueModel
 from tether.models.load import (
     apply_lora, count_parameters, load_causal_lm, reference_context, save_causal_lm, set_attention, set_threads,
 )
+from tether.models.load import check_context
 from tether.models.logprobs import response_logprobs
 from tether.models.reward import FunctionReward, RewardModel, load_reward
 from tether.models.shared_prefix import grouped_response_logprobs, prompt_groups
@@ -41,12 +42,11 @@ from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
 from tether.rollout.backends import GenerationBackend, make_backend, require_backend
 from tether.rollout.generate import decode_responses
+from tether.run import RunDir, console, fmt, progress
 from tether.trainers.common import (
-    GuardTripped, RunDir, StopSignal, adamw, autocast, console, fmt, interrupted, next_batch, progress, resume_training, save_state,
-    set_seed, trainable_state_dict,
+    GuardTripped, StopSignal, adamw, autocast, interrupted, next_batch, resume_training, save_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
-from tether.trainers.sft import check_context
 from tether.types import Rollout
 
 

@@ -30,9 +30,9 @@ from tether.errors import ConfigError, DataError
 from tether.losses.sft import sft_loss
 from tether.models.load import count_parameters, save_causal_lm, set_threads
 from tether.models.tiny import BOS, EOS, PAD, wrap_tokenizer
+from tether.run import RunDir, console, fmt, progress
 from tether.trainers.common import (
-    CUT_SHORT, RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, load_state, make_optimizer,
-    make_scheduler, on_problem, plan_steps, progress, resume_training, save_state, set_seed, trainable_state_dict,
+    CUT_SHORT, StopSignal, autocast, check_finite, interrupted, load_state, make_optimizer, make_scheduler, on_problem, plan_steps, resume_training, save_state, set_seed, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
 

@@ -25,19 +25,18 @@ from tether.data.feedback import group_by_prompt, grouped_batches, load_reward_p
 from tether.data.sources import load_prompts, select
 from tether.data.tokenize import reward_texts, tokenize_for_reward, tokenize_prompts
 from tether.errors import ConfigError
+from tether.eval.metrics import auroc, wilson_interval
 from tether.losses.classifier import classifier_loss, tied_bradley_terry_loss
 from tether.losses.reward import bradley_terry_loss
-from tether.ops import upcast
-from tether.models.load import apply_lora, count_parameters, resolve_dtype, set_attention, set_threads
+from tether.models.load import apply_lora, check_context, count_parameters, resolve_dtype, set_attention, set_threads
 from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
 from tether.models.shared_prefix import grouped_sequence_logits, pair_groups
+from tether.ops import upcast
+from tether.run import RunDir, console, finished_with, fmt, progress
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, finished_with, fmt, interrupted, length_grouped_order,
-    make_optimizer, make_scheduler, on_problem, progress, resume_training, save_state, set_seed, total_steps,
-    trainable_state_dict,
+    StopSignal, autocast, check_finite, interrupted, length_grouped_order, make_optimizer, make_scheduler, on_problem, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
 from tether.trainers.distributed import REPLICATED, Distributed
-from tether.trainers.sft import check_context
 from tether.types import BinaryFeedbackExample, PreferenceExample, PreferenceTie
 
 
@@ -159,8 +158,6 @@ def evaluate_labels(model, tokenizer, examples: list[BinaryFeedbackExample], tem
                     dist: Distributed | None = None) -> dict[str, float]:
     """Classifier accuracy, AUROC of the positive-class probability, and mean cross-entropy (sharded and
     gathered like `evaluate_pairs`)."""
-    from tether.eval.reward_eval import auroc
-
     was = model.training
     model.eval()
     logits, labels = [], []
@@ -486,7 +483,6 @@ def chance_level(accuracy: float, evals: list) -> tuple[float, float, float]:
     Returns:
         `(chance, low, high)`.
     """
-    from tether.eval.metrics import wilson_interval
 
     n = len(evals)
     if isinstance(evals[0], BinaryFeedbackExample):

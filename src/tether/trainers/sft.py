@@ -10,28 +10,14 @@ import torch
 from tether.config import SFTConfig
 from tether.data.sources import load_sft, select
 from tether.data.tokenize import TokenizedSFT, collate_sft, tokenize_sft
-from tether.errors import ConfigError
 from tether.losses.sft import sft_loss
-from tether.models.load import apply_lora, count_parameters, load_causal_lm, save_causal_lm, set_attention, set_threads
+from tether.models.load import apply_lora, check_context, count_parameters, load_causal_lm, save_causal_lm, set_attention, set_threads
 from tether.models.logprobs import first_scored_column, forward_logits
+from tether.run import RunDir, console, fmt, progress
 from tether.trainers.common import (
-    RunDir, StopSignal, autocast, check_finite, console, fmt, interrupted, length_grouped_order, make_optimizer,
-    make_scheduler, progress, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
+    StopSignal, autocast, check_finite, interrupted, length_grouped_order, make_optimizer, make_scheduler, resume_training, save_state, set_seed, total_steps, trainable_state_dict,
 )
 from tether.trainers.distributed import Distributed
-
-
-def model_context(model) -> int | None:
-    """The longest sequence the model's position embeddings allow (None if unbounded)."""
-    cfg = getattr(model, "config", None)
-    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
-
-
-def check_context(max_length: int, model, key: str = "data.max_length") -> None:
-    """Raises ConfigError when `max_length` is longer than the model's context."""
-    ctx = model_context(model)
-    if ctx is not None and max_length > ctx:
-        raise ConfigError(f"{key}={max_length} is longer than the model's context of {ctx} tokens")
 
 
 def batches(items: list[TokenizedSFT], batch_size: int, shuffle: bool, seed: int):
