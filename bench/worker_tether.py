@@ -48,12 +48,13 @@ def settings_for(name: str, given: dict) -> dict:
     return {**out, **given}
 
 
-def common_sections(s: dict, out_dir: str, data: str, max_length: int) -> dict:
+def common_sections(s: dict, out_dir: str, data: str, max_length: int, online: bool = False) -> dict:
+    """The train, data and output sections; offline stages also log every step with a constant learning rate."""
     m = harness.manifest()
+    offline = {} if online else {"log_every": 1, "lr_scheduler": "constant", "warmup_ratio": 0.0}
     return {
         "train": {"learning_rate": s["lr"], "max_steps": s["warmup"] + s["steps"], "device": "cpu", "num_threads": s["threads"],
-                  "seed": s["seed"], "log_every": 1, "lr_scheduler": "constant", "warmup_ratio": 0.0, "precision": "bf16" if s["bf16"] else "fp32",
-                  "share_prompt": s["share_prompt"]},
+                  "seed": s["seed"], "precision": "bf16" if s["bf16"] else "fp32", "share_prompt": s["share_prompt"], **offline},
         "data": {"train": str(Path(m["data"]["dir"]) / data), "max_length": max_length, "max_prompt_length": m["data"]["prompt_tokens"]},
         "output_dir": out_dir, "overwrite": True,
     }
@@ -63,13 +64,13 @@ def ppo_config(s: dict, out_dir: str):
     from tether.config import PPOConfig, validate
 
     model = harness.manifest()["models"][s["model"]]
-    raw = common_sections(s, out_dir, "prompts.jsonl", 512)
+    raw = common_sections(s, out_dir, "prompts.jsonl", 512, online=True)
     raw.update(
         model={"name_or_path": model["policy"], **({"lora": LORA} if s["lora"] else {})},
         reward_model={"path": model["reward"], "batch_size": s["batch"], "max_length": 256},
         generation={"max_new_tokens": s["new_tokens"], "batch_size": s["batch"], "temperature": 1.0},
-        ppo={"batch_size": s["batch"], "num_ppo_epochs": s["epochs"], "num_minibatches": s["minibatches"],
-             "kl_coef": s["kl_coef"], "value_init": "reward_model"},
+        rollout={"batch_size": s["batch"], "num_epochs": s["epochs"], "num_minibatches": s["minibatches"], "kl_coef": s["kl_coef"]},
+        ppo={"value_init": "reward_model"},
     )
     return validate(PPOConfig, raw)
 
@@ -78,13 +79,14 @@ def grpo_config(s: dict, out_dir: str):
     from tether.config import GRPOConfig, validate
 
     model = harness.manifest()["models"][s["model"]]
-    raw = common_sections(s, out_dir, "prompts.jsonl", 512)
+    raw = common_sections(s, out_dir, "prompts.jsonl", 512, online=True)
     raw.update(
         model={"name_or_path": model["policy"]},
         reward_model={"function": "harness:letter_reward"},
         generation={"max_new_tokens": s["new_tokens"], "batch_size": s["prompts"] * s["group"], "temperature": 1.0},
-        ppo={"batch_size": s["prompts"], "num_ppo_epochs": 1, "num_minibatches": 1, "kl_coef": s["beta"], "missing_eos_penalty": None},
-        grpo={"algorithm": "grpo", "group_size": s["group"], "kl_estimator": "k3", "normalize_scores": False},
+        rollout={"batch_size": s["prompts"], "num_epochs": 1, "num_minibatches": 1, "kl_coef": s["beta"], "missing_eos_penalty": None,
+                 "normalize_scores": False},
+        grpo={"algorithm": "grpo", "group_size": s["group"], "kl_estimator": "k3"},
     )
     return validate(GRPOConfig, raw)
 

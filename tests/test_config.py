@@ -82,10 +82,10 @@ def test_malformed_override(text):
 def test_exponent_without_a_dot_still_validates_as_float(yaml_file):
     # YAML 1.1 reads `1e-5` as a string; the float field converts it
     cfg = load_config(PPOConfig, yaml_file(BASE + "reward_model: {path: tiny-bert}\n"),
-                      ["train.learning_rate=1e-5", "ppo.reward_threshold=2e-1", "ppo.kl_budget=5"])
+                      ["train.learning_rate=1e-5", "rollout.reward_threshold=2e-1", "rollout.kl_budget=5"])
     assert cfg.train.learning_rate == pytest.approx(1e-5)
-    assert cfg.ppo.reward_threshold == pytest.approx(0.2)
-    assert cfg.ppo.kl_budget == 5.0
+    assert cfg.rollout.reward_threshold == pytest.approx(0.2)
+    assert cfg.rollout.kl_budget == 5.0
 
 
 def test_build_from_overrides_alone():
@@ -167,11 +167,11 @@ def test_validate_origin_is_named():
 
 def test_describe_lists_every_key():
     lines = "\n".join(describe(PPOConfig))
-    for key in ("model.name_or_path", "model.lora.r", "data.train", "train.learning_rate", "ppo.kl_coef",
-                "ppo.kl_budget", "reward_model.path", "generation.max_new_tokens", "output_dir"):
+    for key in ("model.name_or_path", "model.lora.r", "data.train", "train.learning_rate", "rollout.kl_coef",
+                "rollout.kl_budget", "reward_model.path", "generation.max_new_tokens", "output_dir"):
         assert f"  {key} (" in lines
     assert "model.name_or_path (default required)" in lines
-    assert "(default 0.05)" in "\n".join(line for line in describe(PPOConfig) if "ppo.kl_coef" in line)
+    assert "(default 0.05)" in "\n".join(line for line in describe(PPOConfig) if "rollout.kl_coef" in line)
 
 
 def test_every_stage_has_the_shared_keys():

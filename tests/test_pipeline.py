@@ -48,7 +48,7 @@ def tiny_pipeline(root: Path, data: dict[str, Path]) -> Path:
                 "reward_model": {"path": "${rm.output_dir}", "max_length": 64},
                 "data": {"train": str(data["prompts"]), "max_samples": 8, "max_prompt_length": 48},
                 "generation": {"max_new_tokens": 8},
-                "ppo": {"batch_size": 4, "num_ppo_epochs": 1, "num_minibatches": 2},
+                "rollout": {"batch_size": 4, "num_epochs": 1, "num_minibatches": 2},
                 "train": {"max_steps": 2, "learning_rate": 1e-3, **cpu},
             }},
             {"name": "eval", "command": "eval", "config": {
@@ -251,7 +251,7 @@ def test_tiny_configs_chained_on_real_data(tmp_path):
                 "reward_model": {"path": "${rm.output_dir}"},
                 "data": {"train": harmless, "max_samples": 16},
                 "generation": {"max_new_tokens": 8},
-                "ppo": {"batch_size": 4}, "train": {"max_steps": 2}, "output_dir": "${output_root}/ppo",
+                "rollout": {"batch_size": 4}, "train": {"max_steps": 2}, "output_dir": "${output_root}/ppo",
             }},
             {"name": "eval", "command": "eval", "config": {
                 "baseline": "${sft.output_dir}", "policy": "${ppo.output_dir}", "prompts": harmless,

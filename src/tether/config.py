@@ -87,6 +87,14 @@ REPLACED_KEYS = {  # keys that once existed: what replaced them (in the error fo
 }
 
 
+def _reject_bf16_key(data):
+    if isinstance(data, dict) and "bf16_autocast" in data:
+        old = data["bf16_autocast"]
+        new = "bf16" if old is True else "fp32" if old is False else "auto"
+        raise ValueError(f"{REPLACED_KEYS['bf16_autocast']} (write precision: {new} for the same behaviour)")
+    return data
+
+
 class TrainConfig(Strict):
     learning_rate: float = Field(1e-4, gt=0.0)
     batch_size: int = Field(8, gt=0, description="examples per optimizer micro-batch")
@@ -118,14 +126,7 @@ class TrainConfig(Strict):
     )
 
 
-    @model_validator(mode="before")
-    @classmethod
-    def _old_bf16_key(cls, data):
-        if isinstance(data, dict) and "bf16_autocast" in data:
-            old = data["bf16_autocast"]
-            new = "bf16" if old is True else "fp32" if old is False else "auto"
-            raise ValueError(f"{REPLACED_KEYS['bf16_autocast']} (write precision: {new} for the same behaviour)")
-        return data
+    _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
 
 
 class GenerationConfig(Strict):
@@ -277,47 +278,70 @@ class RewardModelRef(Strict):
         return self
 
 
-class PPOParams(Strict):
-    batch_size: int = Field(16, gt=0, description="prompts per rollout")
-    num_ppo_epochs: int = Field(4, gt=0)
-    num_minibatches: int = Field(2, gt=0)
-    kl_coef: float = Field(0.05, ge=0.0, description="initial KL penalty coefficient (beta)")
-    adaptive_kl: bool = Field(False, description="adapt kl_coef to reach target_kl (Ziegler et al. 2019)")
-    target_kl: float = Field(6.0, gt=0.0, description="target summed KL per response, for the adaptive controller")
-    kl_horizon: int = Field(10000, gt=0)
-    gamma: float = Field(1.0, ge=0.0, le=1.0)
-    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
-    clip_coef: float = Field(0.2, gt=0.0)
-    value_clip_coef: float = Field(0.2, gt=0.0)
-    vf_coef: float = Field(0.1, ge=0.0)
-    ent_coef: float = Field(0.0, ge=0.0)
-    whiten_advantages: bool = True
-    whiten_scores: bool = Field(False, description="whiten reward-model scores per batch")
+class RolloutParams(Strict):
+    """`rollout`: what every online method (PPO, GRPO, RLOO, REINFORCE++) shares: one rollout per step, the clipped
+    update over it, the KL coefficient, score normalisation and the stopping criteria."""
+
+    batch_size: int = Field(16, gt=0, description="prompts per rollout (GRPO samples grpo.group_size completions of each)")
+    num_epochs: int = Field(4, gt=0, description="passes of the clipped update over one rollout")
+    num_minibatches: int = Field(2, gt=0, description="minibatches per pass")
+    clip_coef: float = Field(0.2, gt=0.0, description="clip range of the probability ratio (Schulman et al. 2017, eq. 7)")
+    kl_coef: float = Field(
+        0.05, ge=0.0, description="KL coefficient beta: per-token penalty in the reward (PPO, RLOO, REINFORCE++; PPO's "
+        "initial value when ppo.adaptive_kl) or loss weight (GRPO)",
+    )
     missing_eos_penalty: float | None = Field(
         -1.0, description="score given to a response that never emitted EOS (None: keep the model's score)"
     )
-    value_init: Literal["policy", "reward_model"] = Field(
-        "policy", description="initialise the value model from the policy or from the reward model"
-    )
-    value_learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
-    # stopping
-    reward_threshold: float | None = Field(None, description="stop when the mean score reaches this")
-    kl_budget: float | None = Field(None, gt=0.0, description="stop when the mean summed KL to the reference exceeds this")
-    check_rollout_logprobs: bool = Field(True, description="assert rollout logprobs equal a fresh forward pass")
-    rollout_seeding: Literal["auto", "global", "per_sample"] = Field(
+    normalize_scores: bool = Field(True, description="centre and scale scores by their mean and std on samples of the initial policy")
+    check_logprobs: bool = Field(True, description="assert the generation engine's logprobs equal a fresh forward pass")
+    seeding: Literal["auto", "global", "per_sample"] = Field(
         "auto",
         description="global: sampling and minibatch order draw from torch's generator, seeded once by train.seed; "
         "per_sample: each response has its own generator seeded from (train.seed, step, sample index) and minibatches "
         "one seeded from (train.seed, step), so a run samples the same on any number of processes; "
         "auto: per_sample with several processes, else global",
     )
+    # stopping
+    reward_threshold: float | None = Field(None, description="stop when the mean score reaches this")
+    kl_budget: float | None = Field(None, gt=0.0, description="stop when the mean summed KL to the reference exceeds this")
+
+
+class PPOParams(Strict):
+    """`ppo`: the value model, GAE and the adaptive KL controller (the settings only PPO has)."""
+
+    adaptive_kl: bool = Field(False, description="adapt rollout.kl_coef to reach target_kl (Ziegler et al. 2019)")
+    target_kl: float = Field(6.0, gt=0.0, description="target summed KL per response, for the adaptive controller")
+    kl_horizon: int = Field(10000, gt=0)
+    gamma: float = Field(1.0, ge=0.0, le=1.0)
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0)
+    value_clip_coef: float = Field(0.2, gt=0.0)
+    vf_coef: float = Field(0.1, ge=0.0)
+    ent_coef: float = Field(0.0, ge=0.0)
+    whiten_advantages: bool = True
+    whiten_scores: bool = Field(False, description="whiten reward-model scores per batch")
+    value_init: Literal["policy", "reward_model"] = Field(
+        "policy", description="initialise the value model from the policy or from the reward model"
+    )
+    value_learning_rate: float | None = Field(None, gt=0.0, description="defaults to train.learning_rate")
+
+
+# keys of the online stages that moved: old dotted path -> new one (named in the error for a file or an override)
+MOVED_KEYS = {
+    **{f"ppo.{k}": f"rollout.{k}" for k in (
+        "batch_size", "num_minibatches", "clip_coef", "kl_coef", "missing_eos_penalty", "reward_threshold", "kl_budget")},
+    "ppo.num_ppo_epochs": "rollout.num_epochs",
+    "ppo.check_rollout_logprobs": "rollout.check_logprobs",
+    "ppo.rollout_seeding": "rollout.seeding",
+    "grpo.normalize_scores": "rollout.normalize_scores",
+}
 
 
 class JudgeMonitor(Strict):
     """A held-out judge: a reward model not used for training, scored on fixed held-out prompts."""
 
     path: str = Field(..., description="reward-model directory of the judge")
-    every: int = Field(5, gt=0, description="judge every N PPO steps")
+    every: int = Field(5, gt=0, description="judge every N steps")
     num_prompts: int = Field(32, gt=0, description="held-out prompts (data.eval, or the holdout split of data.train)")
     patience: int = Field(2, gt=0, description="stop after the judge score fell this many times in a row while the training score rose")
     batch_size: int = Field(32, gt=0)
@@ -338,37 +362,82 @@ class GuardConfig(Strict):
     )
 
 
-class PPOConfig(StageBase):
-    """`tether ppo`: PPO against a reward model with a per-token KL penalty to the frozen reference."""
+class OnlineTrainConfig(Strict):
+    """`train` of the online stages (PPO, GRPO): the optimizer and the run; a step is one rollout and its update."""
 
+    learning_rate: float = Field(1e-4, gt=0.0)
+    epochs: float = Field(1.0, gt=0.0, description="passes over the prompts (steps = prompts x epochs / rollout.batch_size)")
+    max_steps: int | None = Field(None, gt=0, description="rollout steps; overrides epochs")
+    weight_decay: float = Field(0.0, ge=0.0)
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    max_grad_norm: float = Field(1.0, gt=0.0)
+    seed: int = 0
+    save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (also at the end)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="autocast precision of generation and forward passes; auto: bf16 where bf16 matrix products are "
+        "native (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32 (fp16 needs loss scaling, which online RL does not do)",
+    )
+    resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
+    share_prompt: bool = Field(
+        True, description="score a prompt's completions with one pass over the prompt (key/value cache reuse, exact)"
+    )
+
+    _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
+
+
+class OnlineConfig(StageBase):
+    """What the online stages share: the reward model, the rollout, generation, the judge and the guards."""
+
+    train: OnlineTrainConfig = Field(default_factory=OnlineTrainConfig)
     reward_model: RewardModelRef
-    ppo: PPOParams = Field(default_factory=PPOParams)
+    rollout: RolloutParams = Field(default_factory=RolloutParams)
     generation: RolloutGenerationConfig = Field(default_factory=RolloutGenerationConfig)
     judge: JudgeMonitor | None = Field(None, description="stop when a held-out judge's score falls while the training reward rises")
     guards: GuardConfig = Field(default_factory=GuardConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data):
+        if isinstance(data, dict):
+            moved = [f"{old} is now {new}" for old, new in MOVED_KEYS.items()
+                     if isinstance(data.get(old.split(".")[0]), dict) and old.split(".")[1] in data[old.split(".")[0]]]
+            if moved:
+                raise ValueError("keys shared by the online methods moved to the rollout section: " + "; ".join(moved))
+        return data
+
     @model_validator(mode="after")
     def _vllm_logprobs_match_the_trainer(self):
         g = self.generation
-        if g.backend != "vllm" or not self.ppo.check_rollout_logprobs:
+        if g.backend != "vllm" or not self.rollout.check_logprobs:
             return self
         if not g.do_sample and g.temperature != 1.0:
             raise ValueError(
                 "generation.backend=vllm with generation.do_sample=false returns logprobs at temperature 1, while the "
                 f"trainer's are at generation.temperature={g.temperature}: set generation.temperature=1.0, "
-                "generation.do_sample=true, or ppo.check_rollout_logprobs=false"
+                "generation.do_sample=true, or rollout.check_logprobs=false"
             )
         if g.do_sample and (g.top_k > 0 or g.top_p < 1.0):
             raise ValueError(
                 "generation.backend=vllm returns the logprobs of the distribution it samples from, here truncated by "
                 f"generation.top_k={g.top_k} / generation.top_p={g.top_p}, while the trainer's logprobs are of the full "
-                "distribution at the same temperature, so ppo.check_rollout_logprobs would stop the run: set "
-                "generation.top_k=0 and generation.top_p=1.0 (on-policy PPO), or ppo.check_rollout_logprobs=false"
+                "distribution at the same temperature, so rollout.check_logprobs would stop the run: set "
+                "generation.top_k=0 and generation.top_p=1.0 (on-policy PPO), or rollout.check_logprobs=false"
             )
         return self
 
 
+class PPOConfig(OnlineConfig):
+    """`tether ppo`: PPO against a reward model with a per-token KL penalty to the frozen reference."""
+
+    ppo: PPOParams = Field(default_factory=PPOParams)
+
+
 class GRPOParams(Strict):
+    """`grpo`: the critic-free advantage estimator."""
+
     algorithm: Literal["grpo", "rloo", "reinforce_pp"] = Field("grpo", description="the advantage estimator")
     group_size: int = Field(4, gt=1, description="completions per prompt (G)")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator in the loss (GRPO)")
@@ -376,13 +445,18 @@ class GRPOParams(Strict):
         "auto", description="where the KL penalty goes: auto = loss for GRPO, reward for RLOO and REINFORCE++"
     )
     scale_rewards: bool = Field(True, description="GRPO: divide by the group std (False: mean-centred only)")
-    normalize_scores: bool = Field(True, description="centre and scale scores on samples of the initial policy")
 
 
-class GRPOConfig(PPOConfig):
+class GRPOConfig(OnlineConfig):
     """`tether grpo`: GRPO, RLOO or REINFORCE++ against a reward model or a rule-based reward function."""
 
     grpo: GRPOParams = Field(default_factory=GRPOParams)
+
+    @model_validator(mode="after")
+    def _no_entropy_guard(self):
+        if self.guards.min_entropy is not None:
+            raise ValueError("guards.min_entropy needs the policy's entropy, which only tether ppo measures")
+        return self
 
 
 class DPOParams(Strict):
@@ -490,6 +564,8 @@ def _check_key(schema: type[BaseModel], parts: list[str], text: str) -> None:
             where = ".".join(parts[: i + 1])
             if p in REPLACED_KEYS:
                 raise ConfigError(f"override '{text}': {REPLACED_KEYS[p]}")
+            if issubclass(schema, OnlineConfig) and ".".join(parts[:2]) in MOVED_KEYS:
+                raise ConfigError(f"override '{text}': {'.'.join(parts[:2])} is now {MOVED_KEYS['.'.join(parts[:2])]}")
             raise ConfigError(
                 f"unknown config key '{where}' in override '{text}'; valid keys here: {', '.join(model.model_fields)}"
             )

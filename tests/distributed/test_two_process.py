@@ -15,7 +15,7 @@ sharding error (an example dropped or counted twice, a mean of per-process means
 ~lr = 1e-3; each test checks that training moved the weights by far more than the tolerance.
 
 PPO and GRPO sample with a generator per response seeded from (train.seed, step, sample index) and
-draw minibatches from one seeded from (train.seed, step) (`ppo.rollout_seeding: per_sample`, the
+draw minibatches from one seeded from (train.seed, step) (`rollout.seeding: per_sample`, the
 default with several processes), so both runs sample the same responses; the reward is a text rule
 (`rewards.vowel_share`) so the scores are exact too.
 """
@@ -44,7 +44,8 @@ HERE = Path(__file__).resolve().parent
 SRC = HERE.parent.parent / "src"
 ATOL = 1e-9
 MOVED = 1e-4  # training must move some weight by more than this (>> ATOL)
-COMMON_TRAIN = "device: cpu, num_threads: 1, learning_rate: 1.0e-3, log_every: 1"
+ONLINE_TRAIN = "device: cpu, num_threads: 1, learning_rate: 1.0e-3"
+COMMON_TRAIN = ONLINE_TRAIN + ", log_every: 1"
 
 
 def _configs(root: Path) -> dict[str, tuple[str, Path]]:
@@ -79,8 +80,8 @@ train: {{batch_size: 4, grad_accum_steps: 2, max_steps: 3, eval_every: 2, {COMMO
 reward_model: {{function: "rewards:vowel_share"}}
 data: {{train: {prompts}, max_prompt_length: 32}}
 generation: {{max_new_tokens: 8, batch_size: 8}}
-ppo: {{batch_size: 4, num_ppo_epochs: 2, num_minibatches: 2, missing_eos_penalty: null, rollout_seeding: per_sample}}
-train: {{max_steps: 2, {COMMON_TRAIN}}}
+rollout: {{batch_size: 4, num_epochs: 2, num_minibatches: 2, missing_eos_penalty: null, seeding: per_sample}}
+train: {{max_steps: 2, {ONLINE_TRAIN}}}
 """,
         # groups of 2 completions per prompt run their prompt once (train.share_prompt); a minibatch's shard may
         # hold a whole group, half of one or none, so the processes must agree on the path
@@ -88,9 +89,9 @@ train: {{max_steps: 2, {COMMON_TRAIN}}}
 reward_model: {{function: "rewards:vowel_share"}}
 data: {{train: {prompts}, max_prompt_length: 32}}
 generation: {{max_new_tokens: 8, batch_size: 8}}
-ppo: {{batch_size: 4, num_ppo_epochs: 2, num_minibatches: 2, kl_coef: 0.01, missing_eos_penalty: null, rollout_seeding: per_sample}}
-grpo: {{group_size: 2, normalize_scores: false}}
-train: {{max_steps: 2, {COMMON_TRAIN}}}
+rollout: {{batch_size: 4, num_epochs: 2, num_minibatches: 2, kl_coef: 0.01, missing_eos_penalty: null, seeding: per_sample, normalize_scores: false}}
+grpo: {{group_size: 2}}
+train: {{max_steps: 2, {ONLINE_TRAIN}}}
 """,
     }
     out = {}

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import tether.rollout.backends as backends
+import tether.trainers.online as online
 import tether.trainers.ppo as ppo_mod
 from tether.config import DEFAULT_PROMPT_TEMPLATE, GRPOConfig, LoRAConfig, PPOConfig, RolloutGenerationConfig, validate
 from tether.data.tokenize import tokenize_prompts
@@ -107,13 +108,13 @@ class RecordingBackend:
 @pytest.fixture
 def recorded(monkeypatch):
     """The backends the trainers build, wrapped in a `RecordingBackend`."""
-    made, real = [], ppo_mod.make_backend
+    made, real = [], online.make_backend
 
     def make(gen, policy, *args, **kwargs):
         made.append(RecordingBackend(real(gen, policy, *args, **kwargs), policy))
         return made[-1]
 
-    monkeypatch.setattr(ppo_mod, "make_backend", make)
+    monkeypatch.setattr(online, "make_backend", make)
     return made
 
 
@@ -127,7 +128,7 @@ def _rl_config(tmp_path, schema, run: str, **train):
     raw = {
         "model": {"name_or_path": "tiny-llama"}, "reward_model": {"path": "tiny-bert", "max_length": 64},
         "data": {"train": _prompts_file(tmp_path), "max_prompt_length": 32}, "generation": {"max_new_tokens": 6},
-        "ppo": {"batch_size": 2, "num_ppo_epochs": 1, "num_minibatches": 1, "missing_eos_penalty": None},
+        "rollout": {"batch_size": 2, "num_epochs": 1, "num_minibatches": 1, "missing_eos_penalty": None},
         "train": {"max_steps": 2, "learning_rate": 1e-3, "device": "cpu", **train}, "output_dir": str(tmp_path / run),
     }
     if schema is GRPOConfig:
@@ -149,7 +150,7 @@ def _assert_sync_after_every_update(calls, initial_generates: int, steps: int):
 def test_trainers_generate_with_the_backend_and_sync_after_every_update(tmp_path, recorded, schema, train):
     train(_rl_config(tmp_path, schema, "run"))
     assert len(recorded) == 1
-    # one generate for the initial score statistics (PPO always; GRPO with grpo.normalize_scores, the default)
+    # one generate for the initial score statistics (PPO always; GRPO too with rollout.normalize_scores, the default)
     _assert_sync_after_every_update(recorded[0].calls, initial_generates=1, steps=2)
 
 
@@ -340,11 +341,11 @@ def test_vllm_without_cuda_or_too_old_is_a_config_error(monkeypatch):
 
 def test_vllm_with_truncated_or_greedy_sampling_is_refused_while_the_check_is_on(tmp_path):
     base = {"model": {"name_or_path": "tiny-llama"}, "reward_model": {"path": "tiny-bert"}, "data": {"train": "x.jsonl"}, "output_dir": "out"}
-    with pytest.raises(ConfigError, match=r"generation\.top_k=0 / generation\.top_p=0\.9.*ppo\.check_rollout_logprobs=false"):
+    with pytest.raises(ConfigError, match=r"generation\.top_k=0 / generation\.top_p=0\.9.*rollout\.check_logprobs=false"):
         validate(PPOConfig, {**base, "generation": {"backend": "vllm", "top_p": 0.9}})
     with pytest.raises(ConfigError, match=r"generation\.temperature=0\.7"):
         validate(GRPOConfig, {**base, "generation": {"backend": "vllm", "do_sample": False, "temperature": 0.7}})
-    validate(PPOConfig, {**base, "generation": {"backend": "vllm", "top_p": 0.9}, "ppo": {"check_rollout_logprobs": False}})
+    validate(PPOConfig, {**base, "generation": {"backend": "vllm", "top_p": 0.9}, "rollout": {"check_logprobs": False}})
     validate(PPOConfig, {**base, "generation": {"backend": "hf", "top_p": 0.9}})
     with pytest.raises(ConfigError, match=r"generation\.backend"):
         validate(PPOConfig, {**base, "generation": {"backend": "sglang"}})

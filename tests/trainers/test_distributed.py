@@ -78,7 +78,7 @@ def test_global_seeding_needs_one_process(dist):
     assert dist.sample_seeds(0, "x", range(3)) is None
     _as(dist, 2, 0)
     assert dist.per_sample("auto")
-    with pytest.raises(ConfigError, match="rollout_seeding=global needs one process"):
+    with pytest.raises(ConfigError, match="rollout.seeding=global needs one process"):
         dist.per_sample("global")
 
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-import tether.trainers.ppo as ppo_module
+import tether.trainers.online as online
 from tether.config import GRPOConfig
 from tether.errors import TrainingError
 from tether.models.reward import FunctionReward
@@ -20,7 +20,7 @@ def share_of_letter_e(prompts, responses):
 
 @pytest.fixture
 def rule_reward(monkeypatch):
-    monkeypatch.setattr(ppo_module, "load_reward", lambda *args, **kwargs: FunctionReward(share_of_letter_e, "e"))
+    monkeypatch.setattr(online, "load_reward", lambda *args, **kwargs: FunctionReward(share_of_letter_e, "e"))
 
 
 def _config(tmp_path, algorithm: str, steps: int) -> GRPOConfig:
@@ -29,8 +29,8 @@ def _config(tmp_path, algorithm: str, steps: int) -> GRPOConfig:
     return GRPOConfig(
         model={"name_or_path": "tiny-llama"}, reward_model={"function": "unused:replaced_by_fixture"},
         data={"train": str(prompts), "max_prompt_length": 32}, generation={"max_new_tokens": 12},
-        ppo={"batch_size": 4, "num_ppo_epochs": 2, "num_minibatches": 2, "kl_coef": 0.01, "missing_eos_penalty": None},
-        grpo={"algorithm": algorithm, "group_size": 4, "normalize_scores": False},
+        rollout={"batch_size": 4, "num_epochs": 2, "num_minibatches": 2, "kl_coef": 0.01, "missing_eos_penalty": None, "normalize_scores": False},
+        grpo={"algorithm": algorithm, "group_size": 4},
         train={"max_steps": steps, "learning_rate": 3e-3, "seed": 0}, output_dir=str(tmp_path / algorithm),
     )
 
@@ -80,15 +80,15 @@ def test_group_advantages_are_broadcast_over_real_tokens(tmp_path):
 
 def _on_policy_config(tmp_path, steps: int = 2) -> GRPOConfig:
     cfg = _config(tmp_path, "grpo", steps)
-    cfg.ppo.num_ppo_epochs, cfg.ppo.num_minibatches = 1, 1
+    cfg.rollout.num_epochs, cfg.rollout.num_minibatches = 1, 1
     return cfg
 
 
 def test_on_policy_grpo_checks_the_engine_in_its_update(tmp_path, rule_reward, monkeypatch):
     """One update per rollout: no separate logprob pass of the policy, the update's forward pass is checked instead."""
     rollout_passes = []
-    real = ppo_module.grouped_response_logprobs
-    monkeypatch.setattr(ppo_module, "grouped_response_logprobs", lambda *a, **k: rollout_passes.append(1) or real(*a, **k))
+    real = online.grouped_response_logprobs
+    monkeypatch.setattr(online, "grouped_response_logprobs", lambda *a, **k: rollout_passes.append(1) or real(*a, **k))
     rows = [json.loads(line) for line in open(train_grpo(_on_policy_config(tmp_path)) / "metrics.jsonl")]
     assert len(rollout_passes) == 2  # the reference's only, one per step
     for row in rows:
@@ -119,7 +119,7 @@ def test_grpo_groups_share_their_prompt_and_train_the_same(tmp_path, rule_reward
     from tether.models.load import load_causal_lm
 
     lengths = FunctionReward(lambda prompts, responses: [float(len(r)) for r in responses], "length")  # differs within groups
-    monkeypatch.setattr(ppo_module, "load_reward", lambda *args, **kwargs: lengths)
+    monkeypatch.setattr(online, "load_reward", lambda *args, **kwargs: lengths)
     shared_calls = []
     real = sp.shared_forward
     monkeypatch.setattr(sp, "shared_forward", lambda *a, **k: shared_calls.append(1) or real(*a, **k))

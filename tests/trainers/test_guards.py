@@ -7,9 +7,10 @@ import torch
 
 import tether.trainers.ppo as ppo_module
 from tether.config import PPOConfig
-from tether.errors import TrainingError
-from tether.trainers.ppo import divergence, train_ppo
 from tether.config import GuardConfig
+from tether.errors import TrainingError
+from tether.trainers.online import divergence
+from tether.trainers.ppo import train_ppo
 
 
 def _config(tmp_path, **guards) -> PPOConfig:
@@ -18,7 +19,7 @@ def _config(tmp_path, **guards) -> PPOConfig:
     return PPOConfig(
         model={"name_or_path": "tiny-llama"}, reward_model={"path": "tiny-bert"},
         data={"train": str(prompts), "max_prompt_length": 32}, generation={"max_new_tokens": 6},
-        ppo={"batch_size": 4, "num_ppo_epochs": 1, "num_minibatches": 2}, guards=guards,
+        rollout={"batch_size": 4, "num_epochs": 1, "num_minibatches": 2}, guards=guards,
         train={"max_steps": 3}, output_dir=str(tmp_path / "run"),
     )
 
@@ -42,18 +43,18 @@ def test_nonfinite_loss_stops_and_saves_the_last_good_state(tmp_path, nan_policy
 
 def test_nonfinite_updates_are_skipped_without_touching_the_weights(tmp_path, nan_policy_loss):
     captured = {}
-    original_load = ppo_module.load_models
+    original_load = ppo_module.load_roles
 
     def load(*args, **kwargs):
         captured["m"] = m = original_load(*args, **kwargs)
         captured["before"] = {k: v.clone() for k, v in m.policy.state_dict().items()}
         return m
 
-    ppo_module.load_models = load
+    ppo_module.load_roles = load
     try:
         out = train_ppo(_config(tmp_path, on_nonfinite="skip", max_skipped=100))
     finally:
-        ppo_module.load_models = original_load
+        ppo_module.load_roles = original_load
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
     assert [r["guard/skipped"] for r in rows] == [2.0, 2.0, 2.0]  # 1 epoch x 2 minibatches per step
     after = captured["m"].policy.state_dict()

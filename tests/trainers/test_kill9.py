@@ -33,7 +33,8 @@ from tether.cli import main as cli_main
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")]
 
 KILL_AT = 4  # SIGKILL once checkpoint step-4 is complete
-TRAIN = {"save_every": 2, "log_every": 1, "num_threads": 1, "device": "cpu", "seed": 0}
+ONLINE_TRAIN = {"save_every": 2, "num_threads": 1, "device": "cpu", "seed": 0}
+TRAIN = {**ONLINE_TRAIN, "log_every": 1}
 ROLLOUT = {"max_prompt_length": 32}
 
 
@@ -65,15 +66,15 @@ def _configs(data: dict[str, Path]) -> dict[str, dict]:
         "ppo": {
             "model": {"name_or_path": "tiny-llama"}, "reward_model": {"path": "tiny-bert"},
             "data": {"train": str(data["prompts"]), **ROLLOUT}, "generation": {"max_new_tokens": 6},
-            "ppo": {"batch_size": 4, "num_ppo_epochs": 1, "num_minibatches": 2, "missing_eos_penalty": None},
-            "train": {**TRAIN, "max_steps": 14},
+            "rollout": {"batch_size": 4, "num_epochs": 1, "num_minibatches": 2, "missing_eos_penalty": None},
+            "train": {**ONLINE_TRAIN, "max_steps": 14},
         },
         "grpo": {
             "model": {"name_or_path": "tiny-llama"}, "reward_model": {"path": "tiny-bert"},
             "data": {"train": str(data["prompts"]), **ROLLOUT}, "generation": {"max_new_tokens": 6},
-            "ppo": {"batch_size": 2, "num_ppo_epochs": 1, "num_minibatches": 2, "missing_eos_penalty": None},
+            "rollout": {"batch_size": 2, "num_epochs": 1, "num_minibatches": 2, "missing_eos_penalty": None},
             "grpo": {"group_size": 2},
-            "train": {**TRAIN, "max_steps": 14},
+            "train": {**ONLINE_TRAIN, "max_steps": 14},
         },
     }
 

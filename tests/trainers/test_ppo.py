@@ -19,13 +19,14 @@ from tether.trainers.ppo import train_ppo
 CPU = torch.device("cpu")
 
 
-def ppo_config(prompts_file, out, reward_model="tiny-bert", model=None, ppo=None, train=None, **top) -> PPOConfig:
+def ppo_config(prompts_file, out, reward_model="tiny-bert", model=None, rollout=None, ppo=None, train=None, **top) -> PPOConfig:
     raw = {
         "model": {"name_or_path": "tiny-llama", **(model or {})},
         "reward_model": {"path": reward_model, "max_length": 64},
         "data": {"train": str(prompts_file), "max_samples": 8, "max_prompt_length": 48},
         "generation": {"max_new_tokens": 8, "batch_size": 8},
-        "ppo": {"batch_size": 4, "num_ppo_epochs": 1, "num_minibatches": 2, **(ppo or {})},
+        "rollout": {"batch_size": 4, "num_epochs": 1, "num_minibatches": 2, **(rollout or {})},
+        "ppo": {**(ppo or {})},
         "train": {"learning_rate": 1e-3, "max_steps": 2, "device": "cpu", **(train or {})},
         "output_dir": str(out),
         **top,
@@ -37,10 +38,10 @@ def ppo_config(prompts_file, out, reward_model="tiny-bert", model=None, ppo=None
 def models(monkeypatch):
     """The models `train_ppo` built, with a copy of their weights at the start."""
     seen = {}
-    real = ppo_mod.load_models
+    real = ppo_mod.load_roles
 
-    def load(cfg, device):
-        m = real(cfg, device)
+    def load(cfg, device, **kw):
+        m = real(cfg, device, **kw)
         seen["m"] = m
         seen["policy0"] = {k: v.clone() for k, v in m.policy.state_dict().items()}
         seen["value0"] = {k: v.clone() for k, v in m.value_model.state_dict().items()}
@@ -48,7 +49,7 @@ def models(monkeypatch):
             seen["ref0"] = {k: v.clone() for k, v in m.ref_policy.state_dict().items()}
         return m
 
-    monkeypatch.setattr(ppo_mod, "load_models", load)
+    monkeypatch.setattr(ppo_mod, "load_roles", load)
     return seen
 
 
@@ -138,7 +139,7 @@ def test_ppo_lora_keeps_base_weights(tiny_data, tmp_path, tiny_models, models):
 def test_stop_on_reward_threshold(tiny_data, tmp_path, tiny_models):
     out = tmp_path / "ppo"
     train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"],
-                         ppo={"reward_threshold": -1e9}, train={"max_steps": 5}))
+                         rollout={"reward_threshold": -1e9}, train={"max_steps": 5}))
     done = _done(out)
     assert done["steps"] == 1 and "reward threshold" in done["stop_reason"]
     assert len(_metrics(out)) == 1
@@ -148,7 +149,7 @@ def test_stop_on_reward_threshold(tiny_data, tmp_path, tiny_models):
 def test_stop_on_kl_budget(tiny_data, tmp_path, tiny_models):
     out = tmp_path / "ppo"
     train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"],
-                         ppo={"kl_budget": 1e-6, "num_ppo_epochs": 2}, train={"max_steps": 4, "learning_rate": 2e-2}))
+                         rollout={"kl_budget": 1e-6, "num_epochs": 2}, train={"max_steps": 4, "learning_rate": 2e-2}))
     done = _done(out)
     assert "KL budget" in done["stop_reason"], done["stop_reason"]
     assert done["steps"] < 4

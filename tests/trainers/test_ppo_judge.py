@@ -8,7 +8,8 @@ from tether.config import PPOConfig
 from tether.errors import ConfigError
 from tether.models.reward import RewardModel
 from tether.models.tiny import tiny_sequence_classifier
-from tether.trainers.ppo import reward_hacking_suspected, train_ppo
+from tether.trainers.online import reward_hacking_suspected
+from tether.trainers.ppo import train_ppo
 
 
 def test_judge_falling_while_training_score_rises_is_hacking():
@@ -48,7 +49,7 @@ def test_judge_scores_are_logged(tmp_path):
     cfg = PPOConfig(
         model={"name_or_path": "tiny-llama"}, reward_model={"path": "tiny-bert"},
         data={"train": prompts, "eval": prompts, "max_prompt_length": 32},
-        generation={"max_new_tokens": 6}, ppo={"batch_size": 4, "num_ppo_epochs": 1, "num_minibatches": 1},
+        generation={"max_new_tokens": 6}, rollout={"batch_size": 4, "num_epochs": 1, "num_minibatches": 1},
         judge={"path": str(judge_dir), "every": 1, "num_prompts": 4},
         train={"max_steps": 2}, output_dir=str(tmp_path / "run"),
     )

@@ -21,7 +21,7 @@ def _config(tmp_path, run: str, resume: bool = False) -> PPOConfig:
     return PPOConfig(
         model={"name_or_path": "tiny-llama"}, reward_model={"path": "tiny-bert"},
         data={"train": str(prompts), "max_prompt_length": 32}, generation={"max_new_tokens": 6},
-        ppo={"batch_size": 4, "num_ppo_epochs": 1, "num_minibatches": 2, "missing_eos_penalty": None},
+        rollout={"batch_size": 4, "num_epochs": 1, "num_minibatches": 2, "missing_eos_penalty": None},
         train={"max_steps": 4, "save_every": 1, "resume": resume}, output_dir=str(tmp_path / run),
     )
 

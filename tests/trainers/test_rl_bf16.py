@@ -12,7 +12,8 @@ import torch
 import tether.trainers.ppo as ppo_mod
 from tether.errors import TrainingError
 from tether.trainers.grpo import train_grpo
-from tether.trainers.ppo import check_rollout_logprobs, train_ppo
+from tether.trainers.online import check_rollout_logprobs
+from tether.trainers.ppo import train_ppo
 
 from test_grpo import _on_policy_config, rule_reward  # noqa: F401  (fixture)
 from test_ppo import ppo_config
@@ -26,14 +27,14 @@ def _rows(out) -> list[dict]:
 def head_dtypes(monkeypatch):
     """(grad enabled, dtype of the LM head's output) for every forward pass of the policy's LM head."""
     seen: list[tuple[bool, torch.dtype]] = []
-    real = ppo_mod.load_models
+    real = ppo_mod.load_roles
 
     def load(cfg, device, **kwargs):
         m = real(cfg, device, **kwargs)
         m.policy.get_output_embeddings().register_forward_hook(lambda mod, args, out: seen.append((torch.is_grad_enabled(), out.dtype)))
         return m
 
-    monkeypatch.setattr(ppo_mod, "load_models", load)
+    monkeypatch.setattr(ppo_mod, "load_roles", load)
     return seen
 
 
@@ -103,8 +104,8 @@ def test_eager_and_sdpa_attention_give_the_same_logprobs_with_padding():
 
 def test_ppo_under_bf16_keeps_the_default_attention_in_its_rollout_models(tiny_data, tmp_path, tiny_models, monkeypatch):
     seen = {}
-    real = ppo_mod.load_models
-    monkeypatch.setattr(ppo_mod, "load_models", lambda cfg, device, **kw: seen.setdefault("m", real(cfg, device, **kw)))
+    real = ppo_mod.load_roles
+    monkeypatch.setattr(ppo_mod, "load_roles", lambda cfg, device, **kw: seen.setdefault("m", real(cfg, device, **kw)))
     train_ppo(ppo_config(tiny_data["prompts"], tmp_path / "ppo", reward_model=tiny_models["rm"], train={"max_steps": 1, "precision": "bf16"}))
     m = seen["m"]
     kernels = {m.policy.config._attn_implementation, m.ref_policy.config._attn_implementation,

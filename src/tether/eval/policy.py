@@ -275,7 +275,7 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     Args:
         cfg: the `tether eval` config (models, prompts, reward models, generation settings, output dir).
         kl_budget: optional KL budget in nats (default `cfg.kl_budget`, e.g. the PPO run's
-            `ppo.kl_budget`); the report says whether the policy's KL is within it.
+            `rollout.kl_budget`); the report says whether the policy's KL is within it.
 
     Returns:
         The `PolicyEvalResult` (also written to `cfg.output_dir`).

@@ -18,7 +18,7 @@ PPO and GRPO ask a backend for one response per prompt and hand it the policy af
   distribution it sampled from).
 
 Guard against a silent mismatch (docs/architecture.md 6.8): every iteration the trainer compares the backend's sampling
-logprobs with its own forward pass of the same weights (`trainers/ppo.py::check_rollout_logprobs`) and stops
+logprobs with its own forward pass of the same weights (`trainers/online.py::check_rollout_logprobs`) and stops
 when the mean absolute difference over real response tokens exceeds 1e-3 (float32 policy) or 5e-2 (bf16/fp16).
 With the HF backend the two are the same computation (differences ~1e-6). With vLLM they are different
 kernels (paged attention, fused layers, other bf16 rounding) on the same weights, so the bf16 tolerance

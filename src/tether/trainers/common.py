@@ -114,10 +114,6 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-class GuardTripped(TrainingError):
-    """A divergence guard fired (non-finite loss or gradient, exploding KL, collapsed entropy, bad scores)."""
-
-
 def interrupted(step: int, checkpoint: Path) -> TrainingError:
     return TrainingError(f"stopped by a signal after step {step}; checkpoint {checkpoint}; continue with train.resume=true")
 

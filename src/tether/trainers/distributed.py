@@ -6,7 +6,7 @@ what it was without this module. Started by `accelerate launch` (or torchrun) it
 `accelerate.Accelerator`, which sets up the process group and wraps the models for DDP, FSDP or
 DeepSpeed as the Accelerate config says (docs/distributed.md):
 
-- `train.batch_size` (`ppo.batch_size` for online RL) is the global batch. Every process walks the same
+- `train.batch_size` (`rollout.batch_size` for online RL) is the global batch. Every process walks the same
   seeded stream of global batches and takes its own contiguous shard (`shard`).
 - A loss that is a mean over the global batch is the process's local mean times `share(n_local)` =
   P * n_local / N: DDP averages gradients over the P processes, which then gives the gradient of the mean
@@ -370,7 +370,7 @@ class Distributed:
             ConfigError: mode global with several processes (they would share one noise stream).
         """
         if mode == "global" and self.num_processes > 1:
-            raise ConfigError("ppo.rollout_seeding=global needs one process; use per_sample (or auto) with several")
+            raise ConfigError("rollout.seeding=global needs one process; use per_sample (or auto) with several")
         return mode == "per_sample" or (mode == "auto" and self.num_processes > 1)
 
     def sample_seeds(self, seed: int, stream: str, indices: range, mode: str = "auto") -> list[int] | None:
