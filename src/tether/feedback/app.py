@@ -12,13 +12,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.errors import TetherError
+from tether.feedback.api import router as api_router
+from tether.feedback.pages import router as pages_router
 from tether.feedback.tasks import LabelError
+from tether.feedback.templating import make_templates, render
 from tether.storage import Conflict, FeedbackStore, NotFound, Unavailable
 
 HERE = Path(__file__).parent
@@ -80,22 +82,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def make_templates() -> Environment:
-    """Jinja2 environment over the package templates; autoescaping on for every template."""
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True, default_for_string=True))
-    env.globals["version"] = __version__
-    return env
-
-
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/") or request.url.path == "/api"
-
-
-def render(request: Request, template: str, status_code: int = 200, **context: object) -> Response:
-    """Renders a page template to an HTML response."""
-    env: Environment = request.app.state.templates
-    html = env.get_template(template).render(request=request, **context)
-    return Response(html, status_code=status_code, media_type="text/html; charset=utf-8")
 
 
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -156,9 +144,6 @@ def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     Returns:
         The FastAPI app: pages at /, JSON API at /api, OpenAPI schema at /openapi.json.
     """
-    from tether.feedback.api import router as api_router
-    from tether.feedback.pages import router as pages_router
-
     app = FastAPI(title="tether feedback", version=__version__, description="Collect human feedback on model outputs.")
     app.state.store = store
     app.state.templates = make_templates()
