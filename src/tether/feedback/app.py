@@ -6,6 +6,7 @@ Run it with `tether label serve`; tests build it with `create_app(store)`.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
@@ -32,6 +33,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+# errors answered with a status and their own message (the most specific class of an error wins)
+ERROR_STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, LabelError: 422, TetherError: 400}
 
 
 class _TooLarge(Exception):
@@ -101,26 +104,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> Response:
-        return _error(request, 404, str(exc))
+    def answer_with(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handler(request: Request, exc: Exception) -> Response:
+            return _error(request, status, str(exc))
 
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict) -> Response:
-        return _error(request, 409, str(exc))
+        return handler
+
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, answer_with(status))
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> Response:
         # the transaction was rolled back: the client keeps its answer and sends it again
         return _error(request, 503, f"the database cannot store this now: {exc}", {"Retry-After": str(RETRY_AFTER_S)})
-
-    @app.exception_handler(LabelError)
-    async def bad_label(request: Request, exc: LabelError) -> Response:
-        return _error(request, 422, str(exc))
-
-    @app.exception_handler(TetherError)
-    async def user_error(request: Request, exc: TetherError) -> Response:
-        return _error(request, 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
