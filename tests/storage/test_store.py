@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import fields, replace
+
 import pytest
 from sqlalchemy import text
 
-from tether.storage import Conflict, FeedbackStore, LabelData, NewItem, NotFound, PairChoice, TaskKind
+from tether.storage import Campaign, Conflict, FeedbackStore, Item, Label, LabelData, Labeler, NewItem, NotFound, PairChoice, TaskKind
+from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow
 
 
 @pytest.fixture
@@ -113,3 +116,38 @@ def test_free_redteam_label_creates_an_item(store):
     items = store.list_items(campaign.id)
     assert len(items) == 1 and items[0].prompt == "attack" and items[0].completions == ["answer"]
     assert store.list_labels(campaign.id)[0].data.harm == 3
+
+
+def test_records_name_their_fields_after_columns():
+    """The store copies rows into records by field name: every field is a column, or one the store adds."""
+    added = {Campaign: {"n_items"}, Label: {"labeler_name", "data"}}
+    for record, row in ((Campaign, CampaignRow), (Item, ItemRow), (Labeler, LabelerRow), (Label, LabelRow), (LabelData, LabelRow)):
+        missing = {f.name for f in fields(record)} - set(row.__table__.columns.keys()) - added.get(record, set())
+        assert not missing, f"{record.__name__} fields without a column: {missing}"
+
+
+def _untimed(record):
+    """The record without its timestamps (SQLite gives them back without the time zone)."""
+    times = {f.name: None for f in fields(record) if f.name in ("created_at", "updated_at")}
+    return replace(record, **times)
+
+
+def test_records_come_back_as_stored(store):
+    new = NewItem(prompt="p", completions=["a", "b"], external_id="x1", model="m/1", meta={"k": [1, 2]})
+    campaign = store.create_campaign("c", TaskKind.RANK, [new], guidelines="g", labelers_per_item=2, model_path="models/rt")
+    assert _untimed(store.get_campaign(campaign.id)) == _untimed(campaign)
+    assert (campaign.name, campaign.kind, campaign.guidelines, campaign.labelers_per_item) == ("c", TaskKind.RANK, "g", 2)
+    assert (campaign.status, campaign.model_path, campaign.n_items) == ("active", "models/rt", 1)
+    [item] = store.list_items(campaign.id)
+    assert (item.campaign_id, item.position, item.external_id, item.prompt) == (campaign.id, 0, "x1", "p")
+    assert (item.completions, item.model, item.meta) == (["a", "b"], "m/1", {"k": [1, 2]})
+    labeler = store.add_labeler("ann").labeler
+    assert [_untimed(lab) for lab in store.list_labelers()] == [_untimed(labeler)] and labeler.active
+    data = LabelData(
+        ranks=[2, 1], unusable=[True, False], choice=PairChoice.TIE, thumb=1, harm=2,
+        prompt="q", response="r", better_response="b", note="n", duration_ms=7,
+    )  # fmt: skip
+    task = store.next_task(campaign.id, labeler.id)
+    label = store.submit_label(task.assignment_id, labeler.id, data)
+    assert [_untimed(lab) for lab in store.list_labels(campaign.id)] == [_untimed(label)]
+    assert (label.data, label.item_id, label.labeler_id, label.labeler_name) == (data, item.id, labeler.id, "ann")

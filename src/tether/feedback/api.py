@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import asdict
 from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -57,7 +58,11 @@ def attachment(filename: str) -> str:
 
 
 def _labeler_out(labeler: Labeler) -> LabelerOut:
-    return LabelerOut(id=labeler.id, name=labeler.name, active=labeler.active, created_at=labeler.created_at)
+    return LabelerOut.model_validate(labeler, from_attributes=True)
+
+
+def _labeler_created(labeler: Labeler, token: str) -> LabelerCreated:
+    return LabelerCreated.model_validate({**asdict(labeler), "token": token})
 
 
 @router.get("/me", response_model=MeOut, tags=["session"])
@@ -92,7 +97,7 @@ def patch_campaign(
     campaign_id: RowId, body: CampaignPatch, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)
 ) -> CampaignOut:
     """Changes guidelines, status (active/closed) or the red-team model."""
-    return campaign_out(store.update_campaign(campaign_id, body.guidelines, body.status, body.model_path))
+    return campaign_out(store.update_campaign(campaign_id, **body.model_dump()))
 
 
 @router.post("/campaigns/{campaign_id}/items", response_model=CampaignOut, tags=["admin"])
@@ -151,7 +156,7 @@ def get_export(
 def post_labeler(body: LabelerIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> LabelerCreated:
     """Adds a labeler; the sign-in token is in the answer and nowhere else."""
     created = store.add_labeler(body.name)
-    return LabelerCreated(**_labeler_out(created.labeler).model_dump(), token=created.token)
+    return _labeler_created(created.labeler, created.token)
 
 
 @router.get("/labelers", response_model=list[LabelerOut], tags=["admin"])
@@ -173,7 +178,7 @@ def post_labeler_token(labeler_id: RowId, _: Principal = Depends(admin_only), st
     labeler = next((lab for lab in store.list_labelers() if lab.id == labeler_id), None)
     if labeler is None:
         raise NotFound(f"labeler {labeler_id} not found")
-    return LabelerCreated(**_labeler_out(labeler).model_dump(), token=token)
+    return _labeler_created(labeler, token)
 
 
 # ---- labelers: the queue -----------------------------------------------------------------------
@@ -187,7 +192,8 @@ def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = D
         if campaign.status != "active":
             continue
         done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
-        out.append(MyCampaignOut(id=campaign.id, name=campaign.name, kind=campaign.kind, remaining=store.count_available(campaign.id, labeler.id), done=done))
+        remaining = store.count_available(campaign.id, labeler.id)
+        out.append(MyCampaignOut.model_validate({**asdict(campaign), "remaining": remaining, "done": done}))
     return out
 
 

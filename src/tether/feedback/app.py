@@ -6,19 +6,22 @@ Run it with `tether label serve`; tests build it with `create_app(store)`.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
-from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tether import __version__
 from tether.errors import TetherError
+from tether.feedback.api import router as api_router
+from tether.feedback.pages import router as pages_router
 from tether.feedback.tasks import LabelError
+from tether.feedback.templating import make_templates, render
 from tether.storage import Conflict, FeedbackStore, NotFound, Unavailable
 
 HERE = Path(__file__).parent
@@ -30,6 +33,8 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
+# errors answered with a status and their own message (the most specific class of an error wins)
+ERROR_STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, LabelError: 422, TetherError: 400}
 
 
 class _TooLarge(Exception):
@@ -80,22 +85,8 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def make_templates() -> Environment:
-    """Jinja2 environment over the package templates; autoescaping on for every template."""
-    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True, default_for_string=True))
-    env.globals["version"] = __version__
-    return env
-
-
 def _is_api(request: Request) -> bool:
     return request.url.path.startswith("/api/") or request.url.path == "/api"
-
-
-def render(request: Request, template: str, status_code: int = 200, **context: object) -> Response:
-    """Renders a page template to an HTML response."""
-    env: Environment = request.app.state.templates
-    html = env.get_template(template).render(request=request, **context)
-    return Response(html, status_code=status_code, media_type="text/html; charset=utf-8")
 
 
 def _error(request: Request, status: int, message: str, headers: dict[str, str] | None = None) -> Response:
@@ -113,26 +104,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         return _error(request, exc.status_code, str(exc.detail), getattr(exc, "headers", None))
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> Response:
-        return _error(request, 404, str(exc))
+    def answer_with(status: int) -> Callable[[Request, Exception], Awaitable[Response]]:
+        async def handler(request: Request, exc: Exception) -> Response:
+            return _error(request, status, str(exc))
 
-    @app.exception_handler(Conflict)
-    async def conflict(request: Request, exc: Conflict) -> Response:
-        return _error(request, 409, str(exc))
+        return handler
+
+    for error, status in ERROR_STATUS.items():
+        app.add_exception_handler(error, answer_with(status))
 
     @app.exception_handler(Unavailable)
     async def unavailable(request: Request, exc: Unavailable) -> Response:
         # the transaction was rolled back: the client keeps its answer and sends it again
         return _error(request, 503, f"the database cannot store this now: {exc}", {"Retry-After": str(RETRY_AFTER_S)})
-
-    @app.exception_handler(LabelError)
-    async def bad_label(request: Request, exc: LabelError) -> Response:
-        return _error(request, 422, str(exc))
-
-    @app.exception_handler(TetherError)
-    async def user_error(request: Request, exc: TetherError) -> Response:
-        return _error(request, 400, str(exc))
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -156,9 +140,6 @@ def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     Returns:
         The FastAPI app: pages at /, JSON API at /api, OpenAPI schema at /openapi.json.
     """
-    from tether.feedback.api import router as api_router
-    from tether.feedback.pages import router as pages_router
-
     app = FastAPI(title="tether feedback", version=__version__, description="Collect human feedback on model outputs.")
     app.state.store = store
     app.state.templates = make_templates()

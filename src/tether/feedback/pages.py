@@ -6,13 +6,13 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from tether.errors import TetherError
-from tether.feedback.app import render
 from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, request_token, resolve_token
 from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
 from tether.feedback.export import ALLOWED, AUTO_KIND
 from tether.feedback.schemas import RowId
 from tether.feedback.service import agreement_out, current_task, progress_out, sample_items
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
+from tether.feedback.templating import render
 from tether.storage import Conflict, FeedbackStore, Labeler, NewItem, TaskKind
 
 router = APIRouter(include_in_schema=False)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from tether.errors import TetherError
 from tether.feedback.campaign_file import parse_item
 from tether.feedback.quality import agreement_report
@@ -12,8 +14,6 @@ from tether.feedback.schemas import (
     CompletionOut,
     ItemIn,
     LabelAck,
-    LabelerProgressOut,
-    LabelerQualityOut,
     LabelIn,
     LabelOut,
     ProgressOut,
@@ -28,18 +28,8 @@ class SamplingUnavailable(TetherError):
 
 
 def campaign_out(campaign: Campaign) -> CampaignOut:
-    """API view of a campaign."""
-    return CampaignOut(
-        id=campaign.id,
-        name=campaign.name,
-        kind=campaign.kind,
-        guidelines=campaign.guidelines,
-        labelers_per_item=campaign.labelers_per_item,
-        status=campaign.status,
-        model_path=campaign.model_path,
-        n_items=campaign.n_items,
-        created_at=campaign.created_at,
-    )
+    """API view of a campaign (the record's fields of the same names)."""
+    return CampaignOut.model_validate(campaign, from_attributes=True)
 
 
 def items_from_api(kind: TaskKind, items: list[ItemIn]) -> list[NewItem]:
@@ -65,7 +55,7 @@ def create_campaign(store: FeedbackStore, body: CampaignIn) -> Campaign:
         Conflict: the name is taken.
     """
     items = items_from_api(body.kind, body.items)
-    return store.create_campaign(body.name, body.kind, items, body.guidelines, body.labelers_per_item, body.model_path)
+    return store.create_campaign(items=items, **body.model_dump(exclude={"items"}))
 
 
 def current_task(store: FeedbackStore, campaign: Campaign, labeler: Labeler) -> TaskOut | None:
@@ -96,19 +86,8 @@ def current_task(store: FeedbackStore, campaign: Campaign, labeler: Labeler) -> 
 
 
 def label_data(body: LabelIn) -> LabelData:
-    """The storage record of an API answer (not yet checked against the task)."""
-    return LabelData(
-        ranks=body.ranks,
-        unusable=body.unusable,
-        choice=body.choice,
-        thumb=body.thumb,
-        harm=body.harm,
-        prompt=body.prompt,
-        response=body.response,
-        better_response=body.better_response,
-        note=body.note,
-        duration_ms=body.duration_ms,
-    )
+    """The storage record of an API answer (not yet checked against the task); the fields match one to one."""
+    return LabelData(**body.model_dump())
 
 
 def _ack(label: Label) -> LabelAck:
@@ -141,47 +120,21 @@ def submit_free(store: FeedbackStore, labeler: Labeler, campaign: Campaign, body
 
 
 def label_out(label: Label) -> LabelOut:
-    """API view of a stored label."""
-    d = label.data
-    return LabelOut(
-        id=label.id,
-        item_id=label.item_id,
-        labeler=label.labeler_name,
-        ranks=d.ranks,
-        unusable=d.unusable,
-        choice=d.choice,
-        thumb=d.thumb,
-        harm=d.harm,
-        prompt=d.prompt,
-        response=d.response,
-        better_response=d.better_response,
-        note=d.note,
-        duration_ms=d.duration_ms,
-        created_at=label.created_at,
-        updated_at=label.updated_at,
-    )
+    """API view of a stored label: the label's fields and its answer's, flat, with the labeler's name."""
+    return LabelOut.model_validate({**asdict(label), **asdict(label.data), "labeler": label.labeler_name})
 
 
 def progress_out(store: FeedbackStore, campaign_id: int) -> ProgressOut:
-    """API view of a campaign's progress."""
+    """API view of a campaign's progress (per-labeler rows under `labelers`, named by `labeler`)."""
     p = store.progress(campaign_id)
-    labelers = [LabelerProgressOut(labeler=r.labeler_name, n_labels=r.n_labels, n_open=r.n_open, n_skipped=r.n_skipped) for r in p.per_labeler]
-    return ProgressOut(n_items=p.n_items, n_target=p.n_target, n_labels=p.n_labels, n_items_complete=p.n_items_complete, labelers=labelers)
+    labelers = [{**asdict(row), "labeler": row.labeler_name} for row in p.per_labeler]
+    return ProgressOut.model_validate({**asdict(p), "labelers": labelers})
 
 
 def agreement_out(store: FeedbackStore, campaign: Campaign) -> AgreementOut:
-    """API view of a campaign's agreement report."""
+    """API view of a campaign's agreement report (the report's fields of the same names)."""
     report = agreement_report(campaign.kind, store.list_labels(campaign.id))
-    rows = [LabelerQualityOut(**vars(row)) for row in report.labelers]
-    return AgreementOut(
-        n_items_multi=report.n_items_multi,
-        n_pairs=report.n_pairs,
-        pairwise=report.pairwise,
-        alpha=report.alpha,
-        alpha_level=report.alpha_level,
-        labelers=rows,
-        outliers=report.outliers,
-    )
+    return AgreementOut.model_validate(report, from_attributes=True)
 
 
 def _sampler():  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from itertools import combinations
 
 from tether.storage import LabelData, NewItem, PairChoice, TaskKind
@@ -60,15 +61,15 @@ def expand_items(kind: TaskKind, items: list[NewItem]) -> list[NewItem]:
         source = item.external_id if item.external_id is not None else str(number)
         meta = {**(item.meta or {}), "source_id": source}
         if kind == TaskKind.PAIR and len(item.completions) == 2:
-            out.append(NewItem(item.prompt, list(item.completions), source, item.model, item.meta))
+            out.append(replace(item, completions=list(item.completions), external_id=source))
         elif kind == TaskKind.PAIR:
             for i, j in combinations(range(len(item.completions)), 2):
                 pair = [item.completions[i], item.completions[j]]
-                out.append(NewItem(item.prompt, pair, f"{source}:{i}-{j}", item.model, meta))
+                out.append(replace(item, completions=pair, external_id=f"{source}:{i}-{j}", meta=meta))
         else:
             for i, completion in enumerate(item.completions):
                 external = source if len(item.completions) == 1 else f"{source}:{i}"
-                out.append(NewItem(item.prompt, [completion], external, item.model, meta))
+                out.append(replace(item, completions=[completion], external_id=external, meta=meta))
     return out
 
 

@@ -1,4 +1,8 @@
-"""Typed records that leave the storage layer (plain dataclasses, no ORM objects)."""
+"""Typed records that leave the storage layer (plain dataclasses, no ORM objects).
+
+Campaign, Item, Labeler, Label and LabelData name their fields after the columns of `schema.py`:
+the store copies a row into its record, and an answer into its row, field by name.
+"""
 
 from __future__ import annotations
 

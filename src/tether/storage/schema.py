@@ -22,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-# Bump when a table changes, and add the step from the previous version to migrate.MIGRATIONS.
+# Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
 SCHEMA_VERSION = 2
 
 

@@ -21,6 +21,8 @@ import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import fields
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -56,6 +58,7 @@ from tether.storage.schema import (
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
+RecordT = TypeVar("RecordT")
 
 
 def hash_token(token: str) -> str:
@@ -554,11 +557,13 @@ def _upsert_label(s: Session, item: ItemRow, labeler_id: int, data: LabelData) -
     if row is None:
         row = LabelRow(campaign_id=item.campaign_id, item_id=item.id, labeler_id=labeler_id, created_at=now)
         s.add(row)
-    row.ranks = json.dumps(data.ranks) if data.ranks is not None else None
-    row.unusable = json.dumps(data.unusable) if data.unusable is not None else None
-    row.choice = data.choice.value if data.choice is not None else None
-    row.thumb, row.harm, row.note, row.duration_ms = data.thumb, data.harm, data.note, data.duration_ms
-    row.prompt, row.response, row.better_response = data.prompt, data.response, data.better_response
+    _fill_row(
+        row,
+        data,
+        ranks=json.dumps(data.ranks) if data.ranks is not None else None,
+        unusable=json.dumps(data.unusable) if data.unusable is not None else None,
+        choice=data.choice.value if data.choice is not None else None,
+    )
     row.updated_at = now
     s.flush()
     name = s.get(LabelerRow, labeler_id).name
@@ -582,57 +587,37 @@ def _per_labeler(s: Session, campaign_id: int) -> list[LabelerProgress]:
     ]
 
 
+def _record(cls: type[RecordT], row: object, **converted: Any) -> RecordT:
+    """Builds the record `cls` from an ORM row: each field is the row's attribute of the same name,
+    except those given in `converted` (values the row keeps in another form: JSON text, enum values)."""
+    return cls(**{f.name: getattr(row, f.name) for f in fields(cls) if f.name not in converted}, **converted)
+
+
+def _fill_row(row: object, record: object, **converted: Any) -> None:
+    """Sets the row's columns from the record's fields of the same names, or from `converted`."""
+    for name, value in ({f.name: getattr(record, f.name) for f in fields(record)} | converted).items():
+        setattr(row, name, value)
+
+
 def _campaign(row: CampaignRow, n_items: int) -> Campaign:
-    return Campaign(
-        id=row.id,
-        name=row.name,
-        kind=TaskKind(row.kind),
-        guidelines=row.guidelines,
-        labelers_per_item=row.labelers_per_item,
-        status=row.status,
-        model_path=row.model_path,
-        created_at=row.created_at,
-        n_items=n_items,
-    )
+    return _record(Campaign, row, kind=TaskKind(row.kind), n_items=n_items)
 
 
 def _item(row: ItemRow) -> Item:
-    return Item(
-        id=row.id,
-        campaign_id=row.campaign_id,
-        position=row.position,
-        external_id=row.external_id,
-        prompt=row.prompt,
-        completions=json.loads(row.completions),
-        model=row.model,
-        meta=json.loads(row.meta) if row.meta else None,
-    )
+    return _record(Item, row, completions=json.loads(row.completions), meta=json.loads(row.meta) if row.meta else None)
 
 
 def _labeler(row: LabelerRow) -> Labeler:
-    return Labeler(id=row.id, name=row.name, active=row.active, created_at=row.created_at)
+    return _record(Labeler, row)
 
 
 def _label(row: LabelRow, labeler_name: str) -> Label:
-    data = LabelData(
+    data = _record(
+        LabelData,
+        row,
         ranks=json.loads(row.ranks) if row.ranks else None,
         unusable=json.loads(row.unusable) if row.unusable else None,
         choice=PairChoice(row.choice) if row.choice else None,
-        thumb=row.thumb,
-        harm=row.harm,
-        prompt=row.prompt,
-        response=row.response,
-        better_response=row.better_response,
         note=row.note or "",
-        duration_ms=row.duration_ms,
     )
-    return Label(
-        id=row.id,
-        campaign_id=row.campaign_id,
-        item_id=row.item_id,
-        labeler_id=row.labeler_id,
-        labeler_name=labeler_name,
-        data=data,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-    )
+    return _record(Label, row, labeler_name=labeler_name, data=data)
