@@ -2,12 +2,14 @@
 
 import base64
 import json
+import subprocess
+import sys
 
 import pytest
 
 from tether.config import GenerationConfig
 from tether.eval.metrics import win_rate
-from tether.eval.policy import AnswerStats, PolicyEvalResult, RewardModelResult, Sample
+from tether.eval.results import AnswerStats, PolicyEvalResult, RewardModelResult, Sample
 from tether.eval.report import (
     embed_figure,
     html_table,
@@ -80,3 +82,10 @@ def test_write_report_escapes_model_text(tmp_path):
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<i>prompt" not in html and "base &amp; answer" in html
     assert html.count("data:image/png;base64,") == 1  # histograms; no training curves without metrics
+
+
+def test_report_does_not_import_the_evaluation():
+    """report.py reads results.py; policy.py writes the report: no import circle."""
+    code = "import sys, tether.eval.report\nassert 'tether.eval.policy' not in sys.modules\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

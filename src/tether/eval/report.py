@@ -16,10 +16,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tether.eval.results import PolicyEvalResult, RewardModelResult
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
-
-    from tether.eval.policy import PolicyEvalResult, RewardModelResult
 
 MAX_SAMPLE_ROWS = 100  # answers shown in the report; all of them are in samples.jsonl
 
@@ -187,7 +187,7 @@ def training_curves_section(path: str | None, kl_budget: float | None = None) ->
 # --------------------------------------------------------------------------- policy eval report
 
 
-def verdict(result: "PolicyEvalResult", kl_budget: float | None = None) -> str:
+def verdict(result: PolicyEvalResult, kl_budget: float | None = None) -> str:
     """The plain-language summary in numbers, under the first reward model.
 
     Args:
@@ -222,7 +222,7 @@ def verdict(result: "PolicyEvalResult", kl_budget: float | None = None) -> str:
     )
 
 
-def _histograms(rms: Sequence["RewardModelResult"]) -> str:
+def _histograms(rms: Sequence[RewardModelResult]) -> str:
     fig = new_figure(4.0 * len(rms), 3.0)
     for i, rm in enumerate(rms):
         ax = fig.add_subplot(1, len(rms), i + 1)
@@ -243,7 +243,7 @@ def _bin_edges(low: float, high: float, n: int) -> list[float]:
     return [low + (high - low) * k / n for k in range(n + 1)]
 
 
-def _results_table(result: "PolicyEvalResult") -> str:
+def _results_table(result: PolicyEvalResult) -> str:
     rows = []
     for rm in result.reward_models:
         wr = rm.win_rate
@@ -270,7 +270,7 @@ def _results_table(result: "PolicyEvalResult") -> str:
     return "<h2>Results</h2>" + rm_table + model_table + kl
 
 
-def _samples_table(result: "PolicyEvalResult") -> str:
+def _samples_table(result: PolicyEvalResult) -> str:
     first = result.reward_models[0]
     shown = result.samples[:MAX_SAMPLE_ROWS]
     rows = [
@@ -286,7 +286,7 @@ def _samples_table(result: "PolicyEvalResult") -> str:
 
 
 def write_report(
-    path: str | Path, result: "PolicyEvalResult", train_metrics: str | None, kl_budget: float | None = None
+    path: str | Path, result: PolicyEvalResult, train_metrics: str | None, kl_budget: float | None = None
 ) -> Path:
     """Write the policy-eval report as one self-contained HTML file.
 
