@@ -43,6 +43,12 @@ def test_text_macros_escape(name):
     assert "<script" not in html and "&lt;script&gt;" in html
 
 
+def test_text_macros_take_a_call_block_and_escape_its_values():
+    template = environment().from_string(
+        '{% from "macros.html" import note %}{% call note() %}Showing {{ n }} of <b>all</b>{% endcall %}')
+    assert template.render(n=EVIL) == '<p class="note">Showing &lt;script&gt;alert(1)&lt;/script&gt; of <b>all</b></p>'
+
+
 def test_figure_is_an_inline_png():
     fig = new_figure()
     fig.add_subplot(1, 1, 1).plot([0, 1], [1, 0])
