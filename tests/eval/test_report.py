@@ -88,6 +88,7 @@ def test_write_report_sections_and_numbers(tmp_path):
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text("".join(json.dumps({"step": i, "objective/scores": 0.1 * i, "objective/kl": 0.2 * i}) + "\n" for i in range(3)))
     result = make_result(n=MAX_SAMPLE_ROWS + 5)
+    result.samples[0].policy = "<script>alert(1)</script>"
     html = write_report(tmp_path / "report.html", result, train_metrics=str(metrics)).read_text(encoding="utf-8")
     for section in ("Results", "Score distributions", "Training curves", "Sample answers"):
         assert f"<h2>{section}</h2>" in html
@@ -97,3 +98,4 @@ def test_write_report_sections_and_numbers(tmp_path):
     assert "KL(policy || baseline) = 3.2 nats per response (95% bootstrap CI 2 to 4)" in html
     assert f"Showing {MAX_SAMPLE_ROWS} of {MAX_SAMPLE_ROWS + 5}" in html and f"from {metrics}" in html
     assert html.count('src="data:image/png;base64,') == 2  # histograms, training curves
+    assert "<script" not in html and '<td class="text">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in html
