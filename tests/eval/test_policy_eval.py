@@ -79,7 +79,7 @@ def test_outputs_written_and_escaped(models, tmp_path):
 
     html = (tmp_path / "report.html").read_text()
     assert "<script>" not in html
-    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;" in html
     assert "data:image/png;base64," in html
     assert "within the budget of 100 nats" in html
 

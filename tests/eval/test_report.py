@@ -2,21 +2,15 @@
 
 import base64
 import json
+import subprocess
+import sys
 
 import pytest
 
 from tether.config import GenerationConfig
 from tether.eval.metrics import win_rate
-from tether.eval.policy import AnswerStats, PolicyEvalResult, RewardModelResult, Sample
-from tether.eval.report import (
-    embed_figure,
-    html_table,
-    new_figure,
-    read_train_metrics,
-    training_curves_section,
-    verdict,
-    write_report,
-)
+from tether.eval.results import AnswerStats, PolicyEvalResult, RewardModelResult, Sample
+from tether.eval.report import MAX_SAMPLE_ROWS, html_page, html_table, paragraph, read_train_metrics, training_curves, verdict, write_report
 
 PNG_MAGIC = b"\x89PNG"
 
@@ -36,19 +30,17 @@ def make_result(n: int = 10, kl: float = 3.2) -> PolicyEvalResult:
     )
 
 
-def test_embed_figure_is_inline_png():
-    fig = new_figure()
-    fig.add_subplot(1, 1, 1).plot([0, 1], [1, 0])
-    tag = embed_figure(fig, alt='a "quoted" <alt>')
-    assert 'alt="a &quot;quoted&quot; &lt;alt&gt;"' in tag
-    data = tag.split("base64,", 1)[1].split('"', 1)[0]
-    assert base64.b64decode(data).startswith(PNG_MAGIC)
-
-
 def test_html_table_escapes_cells():
     table = html_table(["<h>"], [["<script>x</script>"], [0.123456]])
     assert "<script>" not in table and "&lt;script&gt;" in table
     assert "&lt;h&gt;" in table and "0.123" in table
+
+
+def test_page_of_fragments_escapes_only_the_text():
+    page = html_page("<t>", ["<h2>Head</h2>" + paragraph("<b>model</b>", "note"), html_table(["x"], [["<i>"]])])
+    assert page.startswith("<!DOCTYPE html>") and "<title>&lt;t&gt;</title>" in page
+    assert "<h2>Head</h2>" in page and '<p class="note">&lt;b&gt;model&lt;/b&gt;</p>' in page
+    assert "<td>&lt;i&gt;</td>" in page and "<i>" not in page and "<b>" not in page
 
 
 def test_train_metrics_read_and_skipped(tmp_path):
@@ -56,12 +48,15 @@ def test_train_metrics_read_and_skipped(tmp_path):
     rows = [{"step": i, "objective/scores": 0.1 * i, "objective/kl": 0.2 * i} for i in range(5)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows) + "not json\n[1, 2]\n{\"loss\": 1}\n")
     assert len(read_train_metrics(path)) == 5
-    assert "data:image/png;base64," in training_curves_section(str(path), kl_budget=1.0)
-    assert "not found" in training_curves_section(str(tmp_path / "missing.jsonl"))
+    curves = training_curves(str(path), kl_budget=1.0)
+    assert base64.b64decode(curves.figure.removeprefix("data:image/png;base64,")).startswith(PNG_MAGIC)
+    assert curves.note == f"from {path}"
+    missing = training_curves(str(tmp_path / "missing.jsonl"))
+    assert missing.figure is None and "not found" in missing.note
     empty = tmp_path / "empty.jsonl"
     empty.write_text('{"step": 1, "loss": 0.5}\n')
-    assert "no rows" in training_curves_section(str(empty))
-    assert "No training metrics" in training_curves_section(None)
+    assert "no rows" in training_curves(str(empty)).note
+    assert "No training metrics" in training_curves(None).note
 
 
 @pytest.mark.parametrize("budget, phrase", [(None, "nats."), (5.0, "within the budget of 5 nats"), (1.0, "over the budget of 1 nats")])
@@ -80,3 +75,27 @@ def test_write_report_escapes_model_text(tmp_path):
     assert "<img src=x" not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "<i>prompt" not in html and "base &amp; answer" in html
     assert html.count("data:image/png;base64,") == 1  # histograms; no training curves without metrics
+
+
+def test_report_does_not_import_the_evaluation():
+    """report.py reads results.py; policy.py writes the report: no import circle."""
+    code = "import sys, tether.eval.report\nassert 'tether.eval.policy' not in sys.modules\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_write_report_sections_and_numbers(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text("".join(json.dumps({"step": i, "objective/scores": 0.1 * i, "objective/kl": 0.2 * i}) + "\n" for i in range(3)))
+    result = make_result(n=MAX_SAMPLE_ROWS + 5)
+    result.samples[0].policy = "<script>alert(1)</script>"
+    html = write_report(tmp_path / "report.html", result, train_metrics=str(metrics)).read_text(encoding="utf-8")
+    for section in ("Results", "Score distributions", "Training curves", "Sample answers"):
+        assert f"<h2>{section}</h2>" in html
+    assert '<div class="verdict">The policy scores higher than the baseline under RM rm-a' in html
+    assert "<td>rm-a</td>" in html and f"<td>{result.n_prompts}/0/0</td>" in html
+    assert "<td>+10.9 [0.9, 1.1]</td>" in html  # mean policy - baseline score: 0.5 + 0.1 * 104
+    assert "KL(policy || baseline) = 3.2 nats per response (95% bootstrap CI 2 to 4)" in html
+    assert f"Showing {MAX_SAMPLE_ROWS} of {MAX_SAMPLE_ROWS + 5}" in html and f"from {metrics}" in html
+    assert html.count('src="data:image/png;base64,') == 2  # histograms, training curves
+    assert "<script" not in html and '<td class="text">&lt;script&gt;alert(1)&lt;/script&gt;</td>' in html

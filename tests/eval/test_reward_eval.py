@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tether.eval.reward_eval import evaluate_reward_model, preference_stats, write_reward_report
+from tether.eval.reward_eval import classifier_stats, evaluate_reward_model, preference_stats, write_reward_report
 from tether.models.reward import RewardModel
 from tether.models.tiny import tiny_sequence_classifier
 
@@ -47,6 +47,34 @@ def test_preference_stats_hand_computed():
     assert [g["n"] for g in stats["by_prompt_length"]] == [2, 1, 1]
     assert sum(b["count"] for b in stats["reliability_bins"]) == 8  # both orders of 4 pairs
     assert sum(stats["histogram"]["chosen"]) == 4
+
+
+def test_report_from_hand_made_result(tmp_path):
+    result = {"model": "<script>alert(1)</script>", "data": "prefs.jsonl",
+              **preference_stats([2.0, 1.0, 0.0, 3.0], [1.0, 1.0, 1.0, 0.0], [5, 5, 2, 4], [3, 3, 4, 4], [1, 2, 3, 4])}
+    result["ensemble"] = {"combine": "mean", "k": 1.0, "member_accuracy": [0.5, 0.75], "pair_disagreement": 0.25,
+                          "score_std_mean": 0.125, "accuracy_when_agree": {"n": 3, "accuracy": 0.5},
+                          "accuracy_when_disagree": {"n": 1, "accuracy": 1.0}}
+    html = write_reward_report(tmp_path / "sub" / "r.html", result).read_text(encoding="utf-8")
+    assert "<script" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count('src="data:image/png;base64,') == 2  # reliability diagram, histograms
+    for section in ("Summary", "Length bias", "Accuracy by prompt length", "Calibration", "Score distributions",
+                    "Ensemble disagreement"):
+        assert f"<h2>{section}</h2>" in html
+    assert "higher on 50.0% of 4 pairs" in html and "1 ties counted as wrong" in html
+    assert "<td>mean margin</td><td>0.75</td>" in html and "<td>chosen longer</td><td>2</td><td>0.5</td>" in html
+    assert "Chosen answer is longer in 50% of pairs." in html and "'the longer answer wins' scores 50.0%" in html
+    assert "<td>member 1</td><td>0.75</td>" in html and "mean (k = 1)" in html
+
+
+def test_classifier_report_from_hand_made_result(tmp_path):
+    result = {"model": "cls", "data": "<b>thumbs</b>", "task": "labels",
+              **classifier_stats([0.9, 0.2, 0.4, 0.6], [True, False, True, False])}
+    html = write_reward_report(tmp_path / "c.html", result).read_text(encoding="utf-8")
+    assert "<b>" not in html and "&lt;b&gt;thumbs&lt;/b&gt;" in html
+    assert "labels 50.0% of 4 completions correctly, AUROC 0.750" in html and "50% are desirable" in html
+    assert "<h2>Calibration of P(desirable)</h2>" in html and html.count('src="data:image/png;base64,') == 2
+    assert "Length bias" not in html
 
 
 def test_calibration_of_a_perfectly_calibrated_case():

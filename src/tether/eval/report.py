@@ -1,125 +1,23 @@
-"""Self-contained HTML reports: figures embedded as base64 PNG, every piece of text escaped.
+"""The policy-eval report: a verdict in numbers, results tables, score histograms, training curves and
+sample answers side by side, as one self-contained HTML page (template `policy_eval.html` of `tether.html`).
 
-The helpers at the top (`embed_figure`, `html_table`, `html_page`, `new_figure`) are generic and used by
-every report (policy eval, reward-model eval, red teaming). `write_report` writes the policy-eval report:
-a verdict in numbers, training curves, score histograms, a results table and sample answers side by side.
-Model text is untrusted and always goes through `html.escape`.
+Model text is untrusted: the templates escape every value. `html_table`, `paragraph` and `html_page` at the
+bottom build pages from fragments for the Constitutional AI report, with the same macros and layout.
 """
 
 from __future__ import annotations
 
-import base64
-import html
-import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from markupsafe import Markup
 
-    from tether.eval.policy import PolicyEvalResult, RewardModelResult
+from tether.eval.results import PolicyEvalResult, RewardModelResult
+from tether.html import environment, figure_data_uri, new_figure, render, render_report
 
 MAX_SAMPLE_ROWS = 100  # answers shown in the report; all of them are in samples.jsonl
-
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-.verdict { background: #f4f7fb; border-left: 4px solid #3b6ea8; padding: 0.8em 1em; font-size: 1.05em; }
-.note { color: #666; font-size: 0.9em; }
-table { border-collapse: collapse; margin: 0.5em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: left; vertical-align: top; }
-th { background: #f0f0f0; }
-td.text { white-space: pre-wrap; word-break: break-word; max-width: 28em; font-family: ui-monospace, monospace; }
-img { max-width: 100%; }
-"""
-
-
-# --------------------------------------------------------------------------- generic helpers
-
-
-def new_figure(width: float = 6.0, height: float = 3.5) -> "Figure":
-    """A matplotlib figure rendered with the Agg backend, independent of pyplot's global state.
-
-    Returns:
-        A `matplotlib.figure.Figure`; pass it to `embed_figure`.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def embed_figure(fig: "Figure", alt: str = "", dpi: int = 100) -> str:
-    """Render a matplotlib figure as an `<img>` tag with the PNG inlined as base64.
-
-    Args:
-        fig: the figure (from `new_figure` or pyplot).
-        alt: alternative text (escaped).
-        dpi: resolution of the PNG.
-
-    Returns:
-        An HTML `<img src="data:image/png;base64,...">` string.
-    """
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi)
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    return f'<img alt="{html.escape(alt, quote=True)}" src="data:image/png;base64,{data}">'
-
-
-def esc(value: object) -> str:
-    """HTML-escaped text of any value (quotes included, so it is safe in attributes too)."""
-    return html.escape(str(value), quote=True)
-
-
-def fmt_num(value: float | int | None, digits: int = 3) -> str:
-    """A number for people: `digits` significant digits, '-' for None."""
-    if value is None:
-        return "-"
-    if isinstance(value, int):
-        return str(value)
-    return f"{value:.{digits}g}"
-
-
-def html_table(headers: Sequence[str], rows: Sequence[Sequence[object]], text_columns: Sequence[int] = ()) -> str:
-    """An HTML table; every cell is escaped.
-
-    Args:
-        headers: column names.
-        rows: cell values (numbers are formatted with `fmt_num`).
-        text_columns: indices of columns holding long free text (shown wrapped, monospace).
-
-    Returns:
-        The `<table>` element as a string.
-    """
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            shown = fmt_num(cell) if isinstance(cell, (int, float)) or cell is None else str(cell)
-            cls = ' class="text"' if i in text_columns else ""
-            cells.append(f"<td{cls}>{esc(shown)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def html_page(title: str, sections: Sequence[str]) -> str:
-    """A complete HTML document with inline CSS; `sections` are HTML fragments built by the helpers here."""
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-        f"<h1>{esc(title)}</h1>" + "\n".join(sections) + "</body></html>\n"
-    )
-
-
-def paragraph(text: str, cls: str = "") -> str:
-    """A `<p>` of escaped text."""
-    attr = f' class="{esc(cls)}"' if cls else ""
-    return f"<p{attr}>{esc(text)}</p>"
 
 
 # --------------------------------------------------------------------------- training curves
@@ -152,26 +50,34 @@ def _series(rows: list[dict[str, float]], key: str) -> tuple[list[float], list[f
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
-def training_curves_section(path: str | None, kl_budget: float | None = None) -> str:
-    """Reward and KL curves of a training run, or a note saying why there are none.
+@dataclass
+class TrainingCurves:
+    """What the report shows of a training run: a figure, or a note saying why there is none."""
+
+    figure: str | None  # PNG data URI
+    note: str  # where the curves come from, or why they are missing
+
+
+def training_curves(path: str | None, kl_budget: float | None = None) -> TrainingCurves:
+    """Reward and KL curves of a training run.
 
     Args:
         path: the run's `metrics.jsonl` (keys `step`, `objective/scores`, `objective/kl`, `objective/kl_coef`).
         kl_budget: drawn as a horizontal line on the KL plot when given.
 
     Returns:
-        An HTML fragment.
+        The figure and the file it came from; no figure and the reason when the path is None, the file is
+        missing or it has no usable rows.
     """
-    header = "<h2>Training curves</h2>"
     if path is None:
-        return header + paragraph("No training metrics were given (train_metrics).", "note")
+        return TrainingCurves(None, "No training metrics were given (train_metrics).")
     if not Path(path).is_file():
-        return header + paragraph(f"Training metrics file not found: {path}", "note")
+        return TrainingCurves(None, f"Training metrics file not found: {path}")
     rows = read_train_metrics(path)
     curves = [(k, *_series(rows, k)) for k in ("objective/scores", "objective/kl", "objective/kl_coef")]
     curves = [c for c in curves if c[1]]
     if not curves:
-        return header + paragraph(f"{path}: no rows with objective/scores or objective/kl.", "note")
+        return TrainingCurves(None, f"{path}: no rows with objective/scores or objective/kl.")
     fig = new_figure(4.0 * len(curves), 3.0)
     for i, (key, steps, values) in enumerate(curves):
         ax = fig.add_subplot(1, len(curves), i + 1)
@@ -181,13 +87,13 @@ def training_curves_section(path: str | None, kl_budget: float | None = None) ->
             ax.legend()
         ax.set_title(key)
         ax.set_xlabel("step")
-    return header + embed_figure(fig, "training curves") + paragraph(f"from {path}", "note")
+    return TrainingCurves(figure_data_uri(fig), f"from {path}")
 
 
 # --------------------------------------------------------------------------- policy eval report
 
 
-def verdict(result: "PolicyEvalResult", kl_budget: float | None = None) -> str:
+def verdict(result: PolicyEvalResult, kl_budget: float | None = None) -> str:
     """The plain-language summary in numbers, under the first reward model.
 
     Args:
@@ -222,7 +128,8 @@ def verdict(result: "PolicyEvalResult", kl_budget: float | None = None) -> str:
     )
 
 
-def _histograms(rms: Sequence["RewardModelResult"]) -> str:
+def _histograms(rms: Sequence[RewardModelResult]) -> str:
+    """Baseline and policy score histograms, one panel per reward model, as a PNG data URI."""
     fig = new_figure(4.0 * len(rms), 3.0)
     for i, rm in enumerate(rms):
         ax = fig.add_subplot(1, len(rms), i + 1)
@@ -233,7 +140,7 @@ def _histograms(rms: Sequence["RewardModelResult"]) -> str:
         ax.set_title(f"RM {rm.name}")
         ax.set_xlabel("score")
         ax.legend()
-    return "<h2>Score distributions</h2>" + embed_figure(fig, "score histograms")
+    return figure_data_uri(fig)
 
 
 def _bin_edges(low: float, high: float, n: int) -> list[float]:
@@ -243,7 +150,7 @@ def _bin_edges(low: float, high: float, n: int) -> list[float]:
     return [low + (high - low) * k / n for k in range(n + 1)]
 
 
-def _results_table(result: "PolicyEvalResult") -> str:
+def _reward_rows(result: PolicyEvalResult) -> list[list]:
     rows = []
     for rm in result.reward_models:
         wr = rm.win_rate
@@ -252,61 +159,84 @@ def _results_table(result: "PolicyEvalResult") -> str:
             f"{rm.score_diff:+.3g} [{rm.score_diff_ci[0]:.3g}, {rm.score_diff_ci[1]:.3g}]",
             f"{wr.win_rate:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]", f"{wr.wins}/{wr.ties}/{wr.losses}",
         ])
-    rm_table = html_table(
-        ["reward model", "baseline mean", "policy mean", "difference [95% bootstrap CI]",
-         "win rate [95% Wilson CI]", "wins/ties/losses"], rows,
-    )
+    return rows
+
+
+def _model_rows(result: PolicyEvalResult) -> list[list]:
     b, p = result.baseline, result.policy
-    model_table = html_table(
-        ["model", "path", "mean length (tokens)", "ended with EOS", "distinct-1", "distinct-2"],
-        [["baseline", result.baseline_path, b.mean_length, b.eos_fraction, b.distinct_1, b.distinct_2],
-         ["policy", result.policy_path, p.mean_length, p.eos_fraction, p.distinct_1, p.distinct_2]],
-    )
-    kl = paragraph(
-        f"KL(policy || baseline) = {result.kl:.4g} nats per response "
-        f"(95% bootstrap CI {result.kl_ci[0]:.3g} to {result.kl_ci[1]:.3g}), "
-        "estimated on the policy's own samples at the generation temperature."
-    )
-    return "<h2>Results</h2>" + rm_table + model_table + kl
+    return [["baseline", result.baseline_path, b.mean_length, b.eos_fraction, b.distinct_1, b.distinct_2],
+            ["policy", result.policy_path, p.mean_length, p.eos_fraction, p.distinct_1, p.distinct_2]]
 
 
-def _samples_table(result: "PolicyEvalResult") -> str:
+def _sample_rows(result: PolicyEvalResult) -> list[list]:
+    """The first `MAX_SAMPLE_ROWS` prompts with both answers and their scores under the first reward model."""
     first = result.reward_models[0]
-    shown = result.samples[:MAX_SAMPLE_ROWS]
-    rows = [
+    return [
         [s.prompt, s.baseline, first.baseline_scores[i], s.policy, first.policy_scores[i]]
-        for i, s in enumerate(shown)
+        for i, s in enumerate(result.samples[:MAX_SAMPLE_ROWS])
     ]
-    table = html_table(
-        ["prompt", "baseline answer", f"score ({first.name})", "policy answer", f"score ({first.name})"],
-        rows, text_columns=(0, 1, 3),
-    )
-    note = paragraph(f"Showing {len(shown)} of {len(result.samples)}; all answers are in samples.jsonl.", "note")
-    return "<h2>Sample answers</h2>" + note + table
 
 
 def write_report(
-    path: str | Path, result: "PolicyEvalResult", train_metrics: str | None, kl_budget: float | None = None
+    path: str | Path, result: PolicyEvalResult, train_metrics: str | None, kl_budget: float | None = None
 ) -> Path:
     """Write the policy-eval report as one self-contained HTML file.
 
     Args:
-        path: where to write `report.html`.
+        path: where to write `report.html` (its folder is created).
         result: the evaluation result.
         train_metrics: the training run's `metrics.jsonl` for reward/KL curves (skipped if None or absent).
         kl_budget: optional KL budget in nats; the verdict says whether the KL is within it.
 
     Returns:
         The path written.
+
+    Raises:
+        OSError: the file cannot be written.
     """
-    sections = [
-        f'<div class="verdict">{esc(verdict(result, kl_budget))}</div>',
-        _results_table(result),
-        _histograms(result.reward_models),
-        training_curves_section(train_metrics, kl_budget),
-        _samples_table(result),
-    ]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html_page("Policy evaluation: baseline vs policy", sections), encoding="utf-8")
-    return out
+    return render_report(
+        "policy_eval.html", path, title="Policy evaluation: baseline vs policy", result=result,
+        verdict=verdict(result, kl_budget), reward_rows=_reward_rows(result), model_rows=_model_rows(result),
+        histograms=_histograms(result.reward_models), curves=training_curves(train_metrics, kl_budget),
+        sample_rows=_sample_rows(result),
+    )
+
+
+# --------------------------------------------------------------------------- pages from fragments
+# constitutional/run.py assembles its report from these; a template of its own would make them unneeded.
+
+
+def _macros():
+    return environment().get_template("macros.html").module
+
+
+def html_table(headers: Sequence[str], rows: Sequence[Sequence[object]], text_columns: Sequence[int] = ()) -> str:
+    """An HTML table (the `table` macro of `tether.html`); every cell is escaped, numbers formatted.
+
+    Returns:
+        The `<table>` element as a string.
+    """
+    return str(_macros().table(headers, rows, text_columns))
+
+
+def paragraph(text: str, cls: str = "") -> str:
+    """A `<p>` of escaped text, with the CSS class `cls` if given.
+
+    Returns:
+        The `<p>` element as a string.
+    """
+    return str(_macros().paragraph(text, cls))
+
+
+def html_page(title: str, sections: Sequence[str]) -> str:
+    """A complete HTML document in the layout of `tether.html` (`base.html`).
+
+    Args:
+        title: the page title (escaped).
+        sections: HTML fragments from `html_table` and `paragraph` (and headings), inserted as they are:
+            never pass model text here directly.
+
+    Returns:
+        The page as a string.
+    """
+    return render("sections.html", title=title, sections=[Markup(s) for s in sections])

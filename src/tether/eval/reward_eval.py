@@ -21,7 +21,7 @@ import torch
 from tether.data.feedback import load_reward_pairs, load_thumbs
 from tether.data.sources import iter_rows
 from tether.eval.metrics import auroc, expected_calibration_error, reliability_bins, wilson_interval
-from tether.eval.report import embed_figure, esc, html_page, html_table, new_figure, paragraph
+from tether.html import figure_data_uri, new_figure, render_report
 from tether.models.load import resolve_device
 from tether.models.reward import EnsembleReward, RewardModel
 
@@ -386,6 +386,7 @@ def reward_verdict(result: dict) -> str:
 
 
 def _reliability_figure(bins: list[dict]) -> str:
+    """The reliability diagram (observed frequency against predicted probability) as a PNG data URI."""
     fig = new_figure(4.0, 4.0)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot([0, 1], [0, 1], linestyle="--", color="#999", label="perfect calibration")
@@ -396,70 +397,21 @@ def _reliability_figure(bins: list[dict]) -> str:
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     ax.legend()
-    return embed_figure(fig, "reliability diagram")
+    return figure_data_uri(fig)
 
 
 def _histogram_figure(hist: dict) -> str:
+    """Chosen (blue) and rejected (grey) score histograms on shared edges as a PNG data URI."""
     fig = new_figure(5.0, 3.0)
     ax = fig.add_subplot(1, 1, 1)
     ax.stairs(hist["rejected"], hist["edges"], fill=True, alpha=0.6, color="#7f8c8d", label="rejected")
     ax.stairs(hist["chosen"], hist["edges"], fill=True, alpha=0.6, color="#3b6ea8", label="chosen")
     ax.set_xlabel("score")
     ax.legend()
-    return embed_figure(fig, "score histograms")
+    return figure_data_uri(fig)
 
 
-def write_reward_report(path: str | Path, result: dict) -> Path:
-    """Write a self-contained HTML report of `evaluate_reward_model`'s result.
-
-    Args:
-        path: the HTML file to write.
-        result: the dict returned by `evaluate_reward_model`.
-
-    Returns:
-        The path written.
-    """
-    if result.get("task") == "labels":
-        return _write_classifier_report(path, result)
-    length = result["length"]
-    summary = html_table(["statistic", "value"], [
-        ["model", result.get("model", "-")], ["data", result.get("data", "-")], ["pairs", result["n"]],
-        ["accuracy", result["accuracy"]], ["ties (counted wrong)", result["ties"]], ["mean margin", result["mean_margin"]],
-        ["chosen score mean / std", f"{result['chosen_score_mean']:.3g} / {result['chosen_score_std']:.3g}"],
-        ["rejected score mean / std", f"{result['rejected_score_mean']:.3g} / {result['rejected_score_std']:.3g}"],
-        ["ECE", result["ece"]],
-    ])
-    length_table = html_table(["pairs where", "n", "accuracy"], [
-        [name.replace("_", " "), length[name]["n"], length[name]["accuracy"]]
-        for name in ("chosen_longer", "chosen_shorter", "same_length")
-    ])
-    prompt_table = html_table(["prompt length", "tokens", "n", "accuracy"], [
-        [g["name"], f"{g['min_tokens']}-{g['max_tokens']}", g["n"], g["accuracy"]] for g in result["by_prompt_length"]
-    ])
-    sections = [
-        f'<div class="verdict">{esc(reward_verdict(result))}</div>',
-        "<h2>Summary</h2>" + summary,
-        "<h2>Length bias</h2>" + length_table
-        + paragraph(f"Chosen answer is longer in {length['chosen_longer_fraction']:.0%} of pairs.", "note"),
-        "<h2>Accuracy by prompt length</h2>" + prompt_table,
-        "<h2>Calibration</h2>" + _reliability_figure(result["reliability_bins"])
-        + paragraph("Each pair counted in both orders; p = sigmoid(r_chosen - r_rejected).", "note"),
-        "<h2>Score distributions</h2>" + _histogram_figure(result["histogram"]),
-    ]
-    baselines = result.get("length_baselines")
-    if baselines:
-        sections.insert(3, paragraph(
-            f"For reference, 'the longer answer wins' scores {baselines['longer_wins']:.1%} and "
-            f"'the shorter answer wins' {baselines['shorter_wins']:.1%} on these pairs.", "note"))
-    if "ensemble" in result:
-        sections.append("<h2>Ensemble disagreement</h2>" + _ensemble_section(result["ensemble"]))
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html_page("Reward model evaluation", sections), encoding="utf-8")
-    return out
-
-
-def _ensemble_section(ens: dict) -> str:
+def _ensemble_rows(ens: dict) -> list[list]:
     rows = [[f"member {i}", acc] for i, acc in enumerate(ens["member_accuracy"])]
     rows += [
         ["combined score", f"{ens['combine']} (k = {ens['k']:g})"],
@@ -468,28 +420,40 @@ def _ensemble_section(ens: dict) -> str:
         ["accuracy where members agree", f"{ens['accuracy_when_agree']['accuracy']} (n={ens['accuracy_when_agree']['n']})"],
         ["accuracy where members disagree", f"{ens['accuracy_when_disagree']['accuracy']} (n={ens['accuracy_when_disagree']['n']})"],
     ]
-    return html_table(["", "value"], rows)
+    return rows
 
 
-def _write_classifier_report(path: str | Path, result: dict) -> Path:
-    """HTML report of `evaluate_classifier`: summary, calibration, score distributions by label."""
-    auroc_text = "undefined" if result["auroc"] is None else f"{result['auroc']:.3f}"
-    verdict = (
-        f"The classifier reward model labels {result['accuracy']:.1%} of {result['n']} completions correctly, "
-        f"AUROC {auroc_text}, ECE {result['ece']:.3f}; {result['positive_fraction']:.0%} are desirable."
+def write_reward_report(path: str | Path, result: dict) -> Path:
+    """Write a self-contained HTML report of `evaluate_reward_model`'s result.
+
+    Preference pairs get `reward_eval.html` (summary, length bias, accuracy by prompt length, calibration,
+    score distributions, ensemble disagreement); labelled completions (`task: labels`, from
+    `evaluate_classifier`) get `reward_classifier.html` (summary, calibration of P(desirable), score
+    distributions by label).
+
+    Args:
+        path: the HTML file to write (its folder is created).
+        result: the dict returned by `evaluate_reward_model`.
+
+    Returns:
+        The path written.
+
+    Raises:
+        KeyError: `result` lacks a statistic the report shows.
+        OSError: the file cannot be written.
+    """
+    figures = {
+        "reliability": _reliability_figure(result["reliability_bins"]),
+        "histogram": _histogram_figure(result["histogram"]),
+    }
+    if result.get("task") == "labels":
+        return render_report("reward_classifier.html", path, title="Classifier reward model evaluation", result=result, **figures)
+    length = result["length"]
+    return render_report(
+        "reward_eval.html", path, title="Reward model evaluation", result=result, verdict=reward_verdict(result),
+        length_rows=[[name.replace("_", " "), length[name]["n"], length[name]["accuracy"]]
+                     for name in ("chosen_longer", "chosen_shorter", "same_length")],
+        prompt_rows=[[g["name"], f"{g['min_tokens']}-{g['max_tokens']}", g["n"], g["accuracy"]] for g in result["by_prompt_length"]],
+        ensemble_rows=_ensemble_rows(result["ensemble"]) if "ensemble" in result else [],
+        **figures,
     )
-    summary = html_table(["statistic", "value"], [
-        ["model", result.get("model", "-")], ["data", result.get("data", "-")], ["completions", result["n"]],
-        ["accuracy", result["accuracy"]], ["AUROC", auroc_text], ["ECE", result["ece"]],
-    ])
-    hist = {**result["histogram"]}
-    sections = [
-        f'<div class="verdict">{esc(verdict)}</div>',
-        "<h2>Summary</h2>" + summary,
-        "<h2>Calibration of P(desirable)</h2>" + _reliability_figure(result["reliability_bins"]),
-        "<h2>Scores of desirable (blue) and undesirable (grey) completions</h2>" + _histogram_figure(hist),
-    ]
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(html_page("Classifier reward model evaluation", sections), encoding="utf-8")
-    return out

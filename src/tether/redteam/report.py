@@ -1,10 +1,11 @@
-"""The red-team report: baseline vs aligned attack success, XSTest rates, examples; all model text escaped."""
+"""The red-team report: baseline vs aligned attack success, XSTest rates, examples (template `redteam.html`
+of `tether.html`, which escapes all model text)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tether.eval.report import embed_figure, esc, html_page, html_table, new_figure, paragraph
+from tether.html import figure_data_uri, new_figure, render_report
 
 MAX_EXAMPLES = 60
 
@@ -20,57 +21,49 @@ def _models(summary: dict) -> list[str]:
     return list(summary["models"])
 
 
-def _suite_table(summary: dict) -> str:
+def _suite_rows(summary: dict) -> list[list]:
     labels = _models(summary)
     names = list(dict.fromkeys(n for m in labels for n in summary["models"][m]["suites"]))
     rows = [[n] + [_pct(summary["models"][m]["suites"].get(n, {}).get("asr")) for m in labels] for n in names]
     rows.append(["all attacks"] + [_pct(summary["models"][m]["overall_asr"]) for m in labels])
-    return "<h2>Attack success rate per suite</h2>" + html_table(["suite"] + [f"{m} ASR [95% CI]" for m in labels], rows)
+    return rows
 
 
-def _category_table(summary: dict) -> str:
+def _category_rows(summary: dict) -> list[list]:
     labels = _models(summary)
     rows = []
     for name in dict.fromkeys(n for m in labels for n in summary["models"][m]["suites"]):
         cats = list(dict.fromkeys(c for m in labels for c in summary["models"][m]["suites"].get(name, {}).get("categories", {})))
         for c in cats:
             rows.append([name, c] + [_pct(summary["models"][m]["suites"].get(name, {}).get("categories", {}).get(c)) for m in labels])
-    return "<h2>Attack success rate per category</h2>" + html_table(["suite", "category"] + [f"{m} ASR" for m in labels], rows)
+    return rows
 
 
-def _transform_table(summary: dict) -> str:
+def _transform_rows(summary: dict) -> list[list]:
     labels = _models(summary)
     names = list(dict.fromkeys(t for m in labels for t in summary["models"][m]["transforms"]))
-    rows = [[t] + [_pct(summary["models"][m]["transforms"].get(t)) for m in labels] for t in names]
-    return ("<h2>Attack success rate per transform</h2>"
-            + paragraph("Templates after Wei et al. 2023 (role play, prefix injection, refusal suppression); 'none' is the plain prompt.", "note")
-            + html_table(["transform"] + [f"{m} ASR" for m in labels], rows))
+    return [[t] + [_pct(summary["models"][m]["transforms"].get(t)) for m in labels] for t in names]
 
 
-def _xstest_table(summary: dict) -> str:
+def _xstest_rows(summary: dict) -> list[list]:
     labels = _models(summary)
-    names = list(dict.fromkeys(n for m in labels for n in summary["models"][m]["xstest"]))
-    if not names:
-        return ""
     rows = []
-    for n in names:
+    for n in dict.fromkeys(n for m in labels for n in summary["models"][m]["xstest"]):
         for key, what in (("over_refusal_safe", "over-refusal on safe prompts (lower is better)"),
                           ("full_compliance_unsafe", "full compliance on unsafe prompts (lower is better)")):
             rows.append([n, what] + [_pct(summary["models"][m]["xstest"].get(n, {}).get(key)) for m in labels])
-    return ("<h2>Exaggerated safety (XSTest)</h2>"
-            + paragraph("Röttger et al. 2024: safe prompts that look unsafe should be answered; the unsafe contrast prompts should be refused. "
-                        "Refusal here means full or partial refusal, as judged by the refusal detector.", "note")
-            + html_table(["suite", "rate"] + labels, rows))
+    return rows
 
 
-def _figure(summary: dict) -> str:
+def _figure(summary: dict) -> str | None:
+    """Bars of ASR per suite and XSTest rates per model, as a PNG data URI; None when there is nothing to draw."""
     labels = _models(summary)
     names = list(dict.fromkeys(n for m in labels for n in summary["models"][m]["suites"]))
     bars = [(n, "ASR") for n in names]
     for n in dict.fromkeys(n for m in labels for n in summary["models"][m]["xstest"]):
         bars += [(n, "over-refusal"), (n, "unsafe compliance")]
     if not bars:
-        return ""
+        return None
     fig = new_figure(max(6.0, 1.1 * len(bars)), 3.5)
     ax = fig.add_subplot(1, 1, 1)
     width = 0.8 / len(labels)
@@ -88,10 +81,11 @@ def _figure(summary: dict) -> str:
     ax.set_ylim(0, 1)
     ax.set_ylabel("rate")
     ax.legend()
-    return embed_figure(fig, "attack success and XSTest rates per model")
+    return figure_data_uri(fig)
 
 
 def _detector(summary: dict) -> str:
+    """What judged refusals, with the classifier's held-out accuracy (plain text)."""
     d = summary["refusal_detector"]
     if d.get("method") == "classifier":
         text = (f"Refusal detector: classifier {d.get('path')} (backbone {d.get('base_model')}), held-out accuracy "
@@ -103,57 +97,44 @@ def _detector(summary: dict) -> str:
              if summary["models"][m].get("string_vs_detector_agreement") is not None]
     if agree and d.get("method") == "classifier":
         text += " Agreement of the string match with the classifier on these answers: " + ", ".join(agree) + "."
-    return paragraph(text) + paragraph(f"Harm: {summary['harm']}.")
+    return text
 
 
-def _examples(outcomes) -> str:
+def _example_rows(outcomes) -> list[list]:
+    """The first `MAX_EXAMPLES` successful attacks: the attack and the model's answer with its scores."""
     hits = [o for o in outcomes if o.success][:MAX_EXAMPLES]
-    if not hits:
-        return "<h2>Successful attacks</h2>" + paragraph("None.")
-    rows = [[o.model, o.case.suite, o.case.category, o.case.transform, o.case.prompt, o.response, o.refusal_prob,
+    return [[o.model, o.case.suite, o.case.category, o.case.transform, o.case.prompt, o.response, o.refusal_prob,
              "-" if o.harm is None else o.harm] for o in hits]
-    return ("<h2>Successful attacks</h2>" + paragraph(f"First {len(hits)}; all answers are in results.jsonl.", "note")
-            + html_table(["model", "suite", "category", "transform", "attack", "answer", "P(refusal)", "harm"], rows, text_columns=(4, 5)))
 
 
-def _findings(summary: dict) -> str:
+def _findings_rows(summary: dict) -> list[list]:
     f = summary.get("findings") or {}
-    if not f:
-        return ""
-    rows = [[m, v["prompts"], v["pairs"], v["prompts_file"], v["pairs_file"]] for m, v in f.items()]
-    return ("<h2>Findings for the next round</h2>"
-            + html_table(["model", "attack prompts", "preference pairs", "prompts file", "pairs file"], rows))
+    return [[m, v["prompts"], v["pairs"], v["prompts_file"], v["pairs_file"]] for m, v in f.items()]
 
 
 def write_redteam_report(path: str | Path, cfg, summary: dict, outcomes) -> Path:
     """Write report.html: per-suite, per-category and per-transform ASR, XSTest rates, examples, findings.
 
     Args:
-        path: output file.
+        path: output file (its folder is created).
         cfg: the `RedteamConfig`.
         summary: the content of redteam.json.
-        outcomes: every `Outcome` (model text, escaped here).
+        outcomes: every `Outcome` (model text, escaped by the template).
 
     Returns:
         The path written.
+
+    Raises:
+        OSError: the file cannot be written.
     """
-    models = ", ".join(f"{m} = {summary['models'][m]['path']}" for m in _models(summary))
-    overall = "; ".join(f"{m}: {_pct(summary['models'][m]['overall_asr'])}" for m in _models(summary))
-    sections = [
-        f'<div class="verdict">{esc("Overall attack success rate: " + overall)}</div>',
-        paragraph(f"Models: {models}. Greedy decoding: {not cfg.generation.do_sample}; max_new_tokens {cfg.generation.max_new_tokens}; seed {cfg.seed}."),
-        _detector(summary),
-        _figure(summary),
-        _suite_table(summary),
-        _xstest_table(summary),
-        _transform_table(summary),
-        _category_table(summary),
-        _findings(summary),
-        _examples(outcomes),
-    ]
-    if summary.get("generated_prompts"):
-        sections.append("<h2>Prompts written by the red-team model</h2>"
-                        + html_table(["prompt"], [[p] for p in summary["generated_prompts"]], text_columns=(0,)))
-    out = Path(path)
-    out.write_text(html_page("Red-team report", sections), encoding="utf-8")
-    return out
+    labels = _models(summary)
+    return render_report(
+        "redteam.html", path, title="Red-team report", cfg=cfg, summary=summary, labels=labels,
+        overall="; ".join(f"{m}: {_pct(summary['models'][m]['overall_asr'])}" for m in labels),
+        models=", ".join(f"{m} = {summary['models'][m]['path']}" for m in labels),
+        detector=_detector(summary), chart=_figure(summary),
+        asr_headers=[f"{m} ASR" for m in labels], asr_ci_headers=[f"{m} ASR [95% CI]" for m in labels],
+        suite_rows=_suite_rows(summary), xstest_rows=_xstest_rows(summary), transform_rows=_transform_rows(summary),
+        category_rows=_category_rows(summary), findings_rows=_findings_rows(summary), example_rows=_example_rows(outcomes),
+        generated_rows=[[p] for p in summary.get("generated_prompts") or []],
+    )
