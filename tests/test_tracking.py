@@ -265,3 +265,35 @@ def test_importing_the_module_imports_neither_torch_nor_any_sink_package():
             "print(sorted(m for m in ('torch', 'tensorboard', 'wandb', 'trackio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_a_stage_with_report_to_tensorboard_sends_every_logged_metric(stage, tmp_path, tiny_data, read_events):
+    """`train.report_to` in a real run: every finite value of metrics.jsonl reaches TensorBoard at its step,
+    and the dashboard choice does not make a resumed run look like a different one."""
+    import json
+
+    from tether.config import GRPOConfig, SFTConfig
+    from tether.run import same_config
+    from tether.trainers.grpo import train_grpo
+    from tether.trainers.sft import train_sft
+
+    if stage == "sft":
+        cfg = SFTConfig(model={"name_or_path": "tiny-llama"}, data={"train": str(tiny_data["sft"]), "max_length": 64},
+                        train={"max_steps": 3, "batch_size": 4, "log_every": 1, "report_to": ["tensorboard"]},
+                        output_dir=str(tmp_path / "run"))
+        out = train_sft(cfg)
+    else:
+        cfg = GRPOConfig(model={"name_or_path": "tiny-llama"}, reward_model={"function": "tether.rl.rule_rewards:brevity"},
+                         data={"train": str(tiny_data["prompts"]), "max_prompt_length": 32}, generation={"max_new_tokens": 6},
+                         rollout={"batch_size": 2, "num_epochs": 1, "num_minibatches": 1}, grpo={"group_size": 2},
+                         train={"max_steps": 2, "report_to": ["tensorboard"]}, output_dir=str(tmp_path / "run"))
+        out = train_grpo(cfg)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    events = read_events(out / "tensorboard")
+    expected = {(k, r["step"]): v for r in rows for k, v in r.items()
+                if k not in ("step", "time") and isinstance(v, float) and math.isfinite(v)}
+    logged = {(tag, e.step): e.value for tag in events.Tags()["scalars"] for e in events.Scalars(tag)}
+    assert expected and logged.keys() == expected.keys()
+    assert all(logged[k] == pytest.approx(v, rel=1e-6) for k, v in expected.items())
+    assert same_config((out / "config.yaml").read_text(), cfg.model_copy(update={"train": cfg.train.model_copy(update={"report_to": []})}))

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tether.errors import ConfigError
+from tether.tracking import check_report_to
 
 DEFAULT_PROMPT_TEMPLATE = "\n\nHuman: {prompt}\n\nAssistant:"
 
@@ -87,6 +88,13 @@ REPLACED_KEYS = {  # keys that once existed: what replaced them (in the error fo
 }
 
 
+def _report_to_names(value: list[str]) -> list[str]:
+    try:
+        return list(check_report_to(value))
+    except ConfigError as exc:  # pydantic reports a ValueError with the key's path
+        raise ValueError(str(exc)) from None
+
+
 def _reject_bf16_key(data):
     if isinstance(data, dict) and "bf16_autocast" in data:
         old = data["bf16_autocast"]
@@ -119,6 +127,9 @@ class TrainConfig(Strict):
         "bf16, a CPU with AMX or AVX512-BF16), else fp32; fp16 trains with dynamic loss scaling (tether/precision.py)",
     )
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
+    report_to: list[str] = Field(
+        default_factory=list, description="dashboards beside metrics.jsonl: tensorboard, wandb, trackio (tether/tracking.py; none = [])"
+    )
     share_prompt: bool = Field(
         True, description="reward-model and DPO/IPO training, and GRPO groups: run the prompt shared by a pair's replies "
         "(or a prompt's completions) once (key/value cache reuse, exact) when the model is a causal decoder; encoders "
@@ -127,6 +138,7 @@ class TrainConfig(Strict):
 
 
     _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
+    _report_to = field_validator("report_to")(classmethod(lambda cls, v: _report_to_names(v)))
 
 
 class GenerationConfig(Strict):
@@ -381,11 +393,15 @@ class OnlineTrainConfig(Strict):
         "native (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32 (fp16 needs loss scaling, which online RL does not do)",
     )
     resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
+    report_to: list[str] = Field(
+        default_factory=list, description="dashboards beside metrics.jsonl: tensorboard, wandb, trackio (tether/tracking.py; none = [])"
+    )
     share_prompt: bool = Field(
         True, description="score a prompt's completions with one pass over the prompt (key/value cache reuse, exact)"
     )
 
     _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
+    _report_to = field_validator("report_to")(classmethod(lambda cls, v: _report_to_names(v)))
 
 
 class OnlineConfig(StageBase):

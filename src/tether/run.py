@@ -8,6 +8,7 @@ Nothing here imports torch: the pipeline, the evaluators and the red-team runner
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from tether.config import Strict, dump_config
 from tether.errors import ConfigError, TrainingError
+from tether.tracking import open_sinks
 
 console = Console(stderr=True, soft_wrap=True)  # a line per message in log files, not wrapped at 80 columns
 DONE_FILE = "DONE"
@@ -32,10 +34,13 @@ class RunDir:
     """A run directory: resolved config, metrics log, checkpoints, final model.
 
     With several processes (`dist`, a `Distributed`) every process reads the directory, and only the
-    main one writes: `log`, `checkpoint` and `finish` do nothing on the others.
+    main one writes: `log`, `checkpoint` and `finish` do nothing on the others. The dashboards of
+    `train.report_to` (`tether/tracking.py`) get every row `log` writes; `finish` closes them (and so does
+    the end of the process, after a failure).
 
     Raises:
-        ConfigError: when `path` already holds a different run and `overwrite` is False.
+        ConfigError: when `path` already holds a different run and `overwrite` is False, or a dashboard of
+            `train.report_to` cannot be opened.
     """
 
     def __init__(self, path: str | Path, cfg: Strict, overwrite: bool = False, dist=None):
@@ -69,6 +74,11 @@ class RunDir:
             else:
                 shutil.rmtree(self.path / "checkpoints", ignore_errors=True)
                 self.metrics_path.write_text("")
+        self.sinks = open_sinks(
+            getattr(train, "report_to", []), self.path, self.path.name, cfg.model_dump(mode="json"), enabled=self.main,
+            resume_step=checkpoint_step(self.resume_from) if self.resume_from is not None else None,
+        )
+        atexit.register(self.sinks.close)
         self.start = time.time()
 
     def _truncate_metrics(self, checkpoint: Path) -> None:
@@ -98,6 +108,7 @@ class RunDir:
         row.update({k: (float(v) if v is not None else None) for k, v in metrics.items()})
         with open(self.metrics_path, "a") as fh:
             fh.write(json.dumps(row) + "\n")
+        self.sinks.log(step, metrics)
 
     def checkpoint(self, step: int, save: Callable[[Path], None], keep: int = 2) -> Path:
         """Write a checkpoint atomically: into `step-N.tmp`, then rename to `step-N`."""
@@ -125,6 +136,8 @@ class RunDir:
         return done[-1] if done else None
 
     def finish(self, summary: dict | None = None) -> None:
+        """Mark the run finished (`DONE` holds the summary) and close its dashboards."""
+        self.sinks.close()
         if self.main:
             (self.path / DONE_FILE).write_text(json.dumps(summary or {}, indent=2))
 
@@ -139,7 +152,7 @@ def same_config(saved_text: str, cfg: Strict) -> bool:
     """True when a saved config.yaml describes the same run as `cfg`.
 
     The saved text is validated against the current schema, so keys added since (with their defaults) do
-    not make an old run look different; `overwrite`, `train.resume` and `train.share_prompt` may differ
+    not make an old run look different; `overwrite`, `train.resume`, `train.share_prompt` and `train.report_to` may differ
     between a run and its resumption and are ignored. A saved config that no longer validates is a different run.
     """
     try:
@@ -155,6 +168,7 @@ def _normalised(cfg: Strict) -> dict:
     if isinstance(data.get("train"), dict):
         data["train"].pop("resume", None)
         data["train"].pop("share_prompt", None)  # the same results either way (up to rounding)
+        data["train"].pop("report_to", None)  # dashboards beside the run, not part of it
     return data
 
 
