@@ -55,7 +55,8 @@ def common_sections(s: dict, out_dir: str, data: str, max_length: int, online: b
     return {
         "train": {"learning_rate": s["lr"], "max_steps": s["warmup"] + s["steps"], "device": "cpu", "num_threads": s["threads"],
                   "seed": s["seed"], "precision": "bf16" if s["bf16"] else "fp32", "share_prompt": s["share_prompt"], **offline},
-        "data": {"train": str(Path(m["data"]["dir"]) / data), "max_length": max_length, "max_prompt_length": m["data"]["prompt_tokens"]},
+        "data": {"train": str(Path(m["data"]["dir"]) / data), "max_prompt_length": m["data"]["prompt_tokens"],
+                 **({} if online else {"max_length": max_length})},
         "output_dir": out_dir, "overwrite": True,
     }
 

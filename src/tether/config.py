@@ -54,7 +54,7 @@ class ModelConfig(Strict):
     )
 
 
-class DataConfig(Strict):
+class _DataBase(Strict):
     train: str | list[str] = Field(..., description="JSONL(.gz)/JSON/Parquet file(s) or a hub dataset id")
     eval: str | None = Field(None, description="evaluation file; if unset, `holdout_fraction` of train is held out")
     split: Literal["train", "holdout", "all"] = Field(
@@ -64,13 +64,6 @@ class DataConfig(Strict):
         0.0, ge=0.0, lt=1.0, description="fraction of prompts held out (split by a hash of the prompt, so every stage agrees)"
     )
     max_samples: int | None = Field(None, gt=0, description="use at most this many rows (after the split)")
-    max_length: int = Field(512, gt=8, description="max tokens of prompt + response")
-    max_prompt_length: int = Field(384, gt=0, description="max prompt tokens; longer prompts are cut from the left")
-    truncation: Literal["left", "drop", "error"] = Field(
-        "left",
-        description="left: cut the prompt from the left to fit (rows whose response alone is too long are an error); "
-        "drop: like left, but skip such rows and report the count; error: stop on any too-long row",
-    )
     on_invalid: Literal["error", "skip"] = Field(
         "error",
         description="a row with empty text, identical chosen/rejected replies or a duplicate pair: stop (error) "
@@ -80,7 +73,38 @@ class DataConfig(Strict):
         DEFAULT_PROMPT_TEMPLATE,
         description="how a plain prompt is shown to a causal LM; prompts already in 'Human:/Assistant:' form are kept",
     )
-    seed: int = 0
+
+
+class PromptData(_DataBase):
+    """`data` of the online stages: prompts only (the response length is `generation.max_new_tokens`)."""
+
+    max_prompt_length: int = Field(384, gt=0, description="max prompt tokens; longer prompts are cut from the left")
+
+
+class RewardData(_DataBase):
+    """`data` of `tether rm`: pairs, rankings or labelled completions, cut to `max_length` tokens."""
+
+    max_length: int = Field(512, gt=8, description="max tokens of prompt + response")
+    max_prompt_length: int = Field(384, gt=0, description="max prompt tokens of the policy samples that normalize_policy scores")
+
+
+class DataConfig(_DataBase):
+    """`data` of SFT and DPO/IPO/KTO: prompt + response examples."""
+
+    max_length: int = Field(512, gt=8, description="max tokens of prompt + response")
+    max_prompt_length: int = Field(384, gt=0, description="max prompt tokens; longer prompts are cut from the left")
+    truncation: Literal["left", "drop", "error"] = Field(
+        "left",
+        description="left: cut the prompt from the left to fit (rows whose response alone is too long are an error); "
+        "drop: like left, but skip such rows and report the count; error: stop on any too-long row",
+    )
+
+
+class PretrainData(Strict):
+    """`data` of `tether pretrain`: raw text."""
+
+    train: str | list[str] = Field(..., description="JSONL(.gz)/JSON/Parquet file(s) or a hub dataset id")
+    seed: int = Field(0, description="seed of the order in which the texts are shuffled before packing")
 
 
 REPLACED_KEYS = {  # keys that once existed: what replaced them (in the error for a file or an override)
@@ -103,42 +127,61 @@ def _reject_bf16_key(data):
     return data
 
 
-class TrainConfig(Strict):
+class TrainBase(Strict):
+    """What every trainer's `train` section has: the optimizer, the length of the run, the device and the run's care."""
+
     learning_rate: float = Field(1e-4, gt=0.0)
-    batch_size: int = Field(8, gt=0, description="examples per optimizer micro-batch")
-    grad_accum_steps: int = Field(1, gt=0)
     epochs: float = Field(1.0, gt=0.0)
     max_steps: int | None = Field(None, gt=0, description="optimizer steps; overrides epochs")
-    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
     weight_decay: float = Field(0.0, ge=0.0)
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_beta2: float = 0.999
     max_grad_norm: float = Field(1.0, gt=0.0)
     seed: int = 0
-    log_every: int = Field(10, gt=0)
-    eval_every: int | None = Field(None, gt=0)
     save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (also at the end)")
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
+    report_to: list[str] = Field(
+        default_factory=list, description="dashboards beside metrics.jsonl: tensorboard, wandb, trackio (tether/tracking.py; none = [])"
+    )
+
+    _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
+    _report_to = field_validator("report_to")(classmethod(lambda cls, v: _report_to_names(v)))
+
+
+class TrainConfig(TrainBase):
+    """`train` of the stages that step through a dataset in batches (`tether pretrain`)."""
+
+    batch_size: int = Field(8, gt=0, description="examples per optimizer micro-batch")
+    grad_accum_steps: int = Field(1, gt=0)
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    log_every: int = Field(10, gt=0)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="autocast precision of forward passes; auto: bf16 where bf16 matrix products are native (CUDA with "
         "bf16, a CPU with AMX or AVX512-BF16), else fp32; fp16 trains with dynamic loss scaling (tether/precision.py)",
     )
-    resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
-    report_to: list[str] = Field(
-        default_factory=list, description="dashboards beside metrics.jsonl: tensorboard, wandb, trackio (tether/tracking.py; none = [])"
-    )
+
+
+class SFTTrainConfig(TrainConfig):
+    """`train` of `tether sft`: batches, and an evaluation every `eval_every` steps."""
+
+    eval_every: int | None = Field(None, gt=0)
+
+
+class PairTrainConfig(SFTTrainConfig):
+    """`train` of `tether rm` and `tether dpo`, whose examples share a prompt."""
+
     share_prompt: bool = Field(
         True, description="reward-model and DPO/IPO training, and GRPO groups: run the prompt shared by a pair's replies "
         "(or a prompt's completions) once (key/value cache reuse, exact) when the model is a causal decoder; encoders "
         "always run full sequences",
     )
-
-
-    _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
-    _report_to = field_validator("report_to")(classmethod(lambda cls, v: _report_to_names(v)))
 
 
 class GenerationConfig(Strict):
@@ -197,10 +240,13 @@ class PretrainArch(Strict):
     tie_word_embeddings: bool = True
 
 
-class PretrainConfig(StageBase):
+class PretrainConfig(Strict):
     """`tether pretrain`: a byte-level BPE tokenizer and a small causal LM trained from scratch."""
 
-    model: ModelConfig = Field(default_factory=lambda: ModelConfig(name_or_path="scratch"))
+    data: PretrainData
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    output_dir: str = Field(..., description="where the run directory and final model are written")
+    overwrite: bool = Field(False, description="allow writing into an output_dir that holds a different run")
     arch: PretrainArch = Field(default_factory=PretrainArch)
     text_fields: list[str] = Field(
         default_factory=lambda: ["text", "prompt", "response", "chosen", "rejected"],
@@ -229,10 +275,14 @@ class PretrainConfig(StageBase):
 class SFTConfig(StageBase):
     """`tether sft`: loss on response tokens only, EOS appended."""
 
+    train: SFTTrainConfig = Field(default_factory=SFTTrainConfig)
+
 
 class RewardConfig(StageBase):
     """`tether rm`: a reward model (Bradley-Terry scalar head or 2-class classifier), optionally an ensemble."""
 
+    data: RewardData
+    train: PairTrainConfig = Field(default_factory=PairTrainConfig)
     normalize: bool = Field(True, description="save gain/bias so scores of the chosen/rejected set have mean 0, std 1")
     freeze_layers: int = Field(0, ge=0, description="freeze the embeddings and this many lowest layers")
     kind: Literal["bradley_terry", "classifier"] = Field(
@@ -374,39 +424,22 @@ class GuardConfig(Strict):
     )
 
 
-class OnlineTrainConfig(Strict):
-    """`train` of the online stages (PPO, GRPO): the optimizer and the run; a step is one rollout and its update."""
+class OnlineTrainConfig(TrainBase):
+    """`train` of the online stages (PPO, GRPO): a step is one rollout and its update."""
 
-    learning_rate: float = Field(1e-4, gt=0.0)
-    epochs: float = Field(1.0, gt=0.0, description="passes over the prompts (steps = prompts x epochs / rollout.batch_size)")
-    max_steps: int | None = Field(None, gt=0, description="rollout steps; overrides epochs")
-    weight_decay: float = Field(0.0, ge=0.0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    max_grad_norm: float = Field(1.0, gt=0.0)
-    seed: int = 0
-    save_every: int | None = Field(None, gt=0, description="checkpoint every N steps (also at the end)")
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    num_threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="autocast precision of generation and forward passes; auto: bf16 where bf16 matrix products are "
         "native (CUDA with bf16, a CPU with AMX or AVX512-BF16), else fp32 (fp16 needs loss scaling, which online RL does not do)",
-    )
-    resume: bool = Field(False, description="continue from the newest complete checkpoint in output_dir (same config)")
-    report_to: list[str] = Field(
-        default_factory=list, description="dashboards beside metrics.jsonl: tensorboard, wandb, trackio (tether/tracking.py; none = [])"
     )
     share_prompt: bool = Field(
         True, description="score a prompt's completions with one pass over the prompt (key/value cache reuse, exact)"
     )
 
-    _old_bf16_key = model_validator(mode="before")(classmethod(lambda cls, data: _reject_bf16_key(data)))
-    _report_to = field_validator("report_to")(classmethod(lambda cls, v: _report_to_names(v)))
-
 
 class OnlineConfig(StageBase):
     """What the online stages share: the reward model, the rollout, generation, the judge and the guards."""
 
+    data: PromptData
     train: OnlineTrainConfig = Field(default_factory=OnlineTrainConfig)
     reward_model: RewardModelRef
     rollout: RolloutParams = Field(default_factory=RolloutParams)
@@ -493,6 +526,7 @@ class DPOParams(Strict):
 class DPOConfig(StageBase):
     """`tether dpo`: direct preference optimisation (DPO, IPO, KTO) against a frozen reference."""
 
+    train: PairTrainConfig = Field(default_factory=PairTrainConfig)
     dpo: DPOParams = Field(default_factory=DPOParams)
 
 

@@ -58,7 +58,7 @@ class RunDir:
             )
         self.metrics_path = self.path / "metrics.jsonl"
         train = getattr(cfg, "train", None)
-        if same_run and getattr(train, "resume", False):
+        if getattr(train, "resume", False) and same_run:
             self.resume_from = self.last_checkpoint()
         if dist is not None:
             dist.wait()  # every process has read the directory before the main one changes it

@@ -131,11 +131,13 @@ def use_mean_pooling(model: nn.Module) -> nn.Module:
 
 
 def load_sequence_classifier(
-    name_or_path: str, num_labels: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0, pooling: str = "model"
+    name_or_path: str, num_labels: int = 1, dtype: torch.dtype = torch.float32, seed: int = 0, pooling: str = "model",
+    tokenizer: str | None = None,
 ):
     """Load (or build, for tiny names) a sequence classifier and its tokenizer.
 
-    `pooling="mean"` replaces an encoder's [CLS] pooler by masked mean pooling (`use_mean_pooling`).
+    `pooling="mean"` replaces an encoder's [CLS] pooler by masked mean pooling (`use_mean_pooling`); `tokenizer` is a
+    tokenizer path other than the model's own.
 
     Raises:
         ModelError: missing directory or weights; mean pooling on a model without a pooler.
@@ -147,7 +149,7 @@ def load_sequence_classifier(
     else:
         path = resolve_path(name_or_path)
         check_model_path(path)
-        tok = load_tokenizer(path)
+        tok = load_tokenizer(tokenizer or path)
         try:
             model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=num_labels, dtype=dtype)
         except (OSError, ValueError) as exc:

@@ -390,7 +390,7 @@ def load_dpo_data(cfg: DPOConfig, tokenizer) -> tuple[str, list, list]:
         evals = []
     args = (tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, d.truncation)
     if kind == "kto":
-        return kind, tokenize_feedback(train, *args, seed=d.seed), tokenize_feedback(evals, *args, seed=d.seed) if evals else []
+        return kind, tokenize_feedback(train, *args, seed=cfg.train.seed), tokenize_feedback(evals, *args, seed=cfg.train.seed) if evals else []
     return kind, tokenize_pairs(train, *args), tokenize_pairs(evals, *args) if evals else []
 
 

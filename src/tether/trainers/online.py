@@ -347,6 +347,7 @@ def guarded_step(loss: torch.Tensor, param_groups: list[list[torch.nn.Parameter]
     Raises:
         GuardTripped: a non-finite loss or gradient with `guards.on_nonfinite=stop`.
     """
+    stop_on_nonfinite = cfg.guards.on_nonfinite == "stop"
     optimizer.zero_grad(set_to_none=True)
     finite = not dist.any(not torch.isfinite(loss))  # every process takes the same branch
     norms: list[torch.Tensor] = []
@@ -356,7 +357,7 @@ def guarded_step(loss: torch.Tensor, param_groups: list[list[torch.nn.Parameter]
         finite = all(bool(torch.isfinite(n)) for n in norms)
     if not finite:
         optimizer.zero_grad(set_to_none=True)
-        if cfg.guards.on_nonfinite == "stop":
+        if stop_on_nonfinite:
             raise GuardTripped(f"step {step}: non-finite loss ({loss.item()}) or gradient")
         return None
     optimizer.step()

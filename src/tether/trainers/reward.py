@@ -353,8 +353,10 @@ def train_one(cfg: RewardConfig) -> Path:
     # 2. model
     model, tokenizer = load_sequence_classifier(
         cfg.model.name_or_path, num_labels=meta.num_labels, dtype=resolve_dtype(cfg.model.dtype, device), seed=cfg.train.seed,
-        pooling=cfg.pooling,
+        pooling=cfg.pooling, tokenizer=cfg.model.tokenizer,
     )
+    if cfg.model.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
     check_context(d.max_length, model)
     set_attention(model, cfg.model.attn_implementation, device, cfg.train.precision, d.max_length)
     freeze_lower_layers(model, cfg.freeze_layers)

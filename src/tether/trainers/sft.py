@@ -79,8 +79,14 @@ def train_sft(cfg: SFTConfig) -> Path:
 
     # 1. data and model (all checks before anything is written)
     d = cfg.data
-    examples = select(load_sft(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples)
-    eval_examples = load_sft(d.eval, d.on_invalid) if d.eval else []
+    rows = load_sft(d.train, d.on_invalid)
+    examples = select(rows, d.split, d.holdout_fraction, d.max_samples)
+    if d.eval:
+        eval_examples = load_sft(d.eval, d.on_invalid)
+    elif d.holdout_fraction > 0 and d.split == "train":  # the held-out part of data.train, as the description says
+        eval_examples = select(rows, "holdout", d.holdout_fraction, None)
+    else:
+        eval_examples = []
     model, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
     check_context(d.max_length, model)
     set_attention(model, cfg.model.attn_implementation, device, cfg.train.precision, d.max_length)
