@@ -175,9 +175,10 @@ def test_describe_lists_every_key():
 
 
 def test_every_stage_has_the_shared_keys():
-    for name in ("pretrain", "sft", "rm", "ppo", "dpo"):
+    for name in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo"):
         keys = "\n".join(describe(CONFIGS[name]))
-        for key in ("model.name_or_path", "data.train", "data.eval", "output_dir"):
+        shared = ("data.train", "train.learning_rate", "train.seed", "train.report_to", "output_dir")
+        for key in shared + (() if name == "pretrain" else ("model.name_or_path", "data.eval")):  # pretrain builds its model (arch)
             assert f"  {key} (" in keys, (name, key)
 
 

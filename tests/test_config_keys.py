@@ -82,8 +82,9 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
              "ensemble_combine": "conservative", "ensemble_k": 0.5, "output_dir": str(tmp / "rm_ensemble")},
         ]
     if stage == "dpo":
+        rows = [{"prompt": f"Question {i}?", "chosen": f"A careful answer {i}.", "rejected": "No."} for i in range(8)]
         thumbs = jsonl(tmp / "thumbs.jsonl", [{"prompt": r["prompt"], "completion": r[k], "label": k == "chosen"}
-                                               for r in __import__("conftest").PREF_ROWS for k in ("chosen", "rejected")])
+                                               for r in rows for k in ("chosen", "rejected")])
         base = {"model": {**llama, "lora": lora}, "data": {"train": str(data["prefs"]), "max_length": 64, "holdout_fraction": 0.3},
                 "output_dir": str(tmp / "dpo")}
         return [

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tether.cli import main
-from tether.config import DataConfig, DPOConfig, DPOParams, ModelConfig, TrainConfig
+from tether.config import DataConfig, DPOConfig, DPOParams, ModelConfig, PairTrainConfig
 from tether.errors import ModelError
 from tether.eval.dpo_eval import evaluate_implicit_reward
 from tether.models.load import save_causal_lm
@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
     cfg = DPOConfig(
         model=ModelConfig(name_or_path="tiny-llama"),
         data=DataConfig(train=data, eval=data, max_length=128, max_prompt_length=64),
-        train=TrainConfig(batch_size=4, max_steps=12, learning_rate=1e-2, warmup_ratio=0.0, log_every=1, device="cpu"),
+        train=PairTrainConfig(batch_size=4, max_steps=12, learning_rate=1e-2, warmup_ratio=0.0, log_every=1, device="cpu"),
         dpo=DPOParams(beta=0.1),
         output_dir=str(tmp / "run"),
     )

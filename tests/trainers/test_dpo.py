@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, TrainConfig
+from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, PairTrainConfig
 from tether.data.sources import load_binary_feedback, xstest_desirable, xstest_to_binary_feedback
 from tether.data.tokenize import collate_pairs, feedback_sequences, tokenize_feedback, tokenize_pairs
 from tether.errors import ConfigError, DataError
@@ -54,7 +54,7 @@ def make_cfg(tmp_path, rows=PAIRS, name="run", loss="sigmoid", reference="auto",
     return DPOConfig(
         model=ModelConfig(name_or_path="tiny-llama", lora=LoRAConfig(enabled=lora, r=4, alpha=8)),
         data=DataConfig(train=data, eval=data, max_length=128, max_prompt_length=64),
-        train=TrainConfig(batch_size=4, max_steps=steps, learning_rate=lr, log_every=1, device="cpu", warmup_ratio=0.0, **train),
+        train=PairTrainConfig(batch_size=4, max_steps=steps, learning_rate=lr, log_every=1, device="cpu", warmup_ratio=0.0, **train),
         dpo=DPOParams(loss=loss, reference=reference),
         output_dir=str(tmp_path / name),
     )

@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, RewardConfig, TrainConfig
+from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, PairTrainConfig, RewardConfig, RewardData
 from tether.data.sources import load_preferences
 from tether.data.tokenize import tokenize_pairs
 from tether.models import shared_prefix
@@ -106,7 +106,7 @@ def test_dpo_with_bf16_autocast_is_close_either_way(tmp_path, shared_calls):
     policy, ref_policy, tok = _policy("copy")
     policy.float(), ref_policy.float()
     items = _items(tok, tmp_path)
-    train = TrainConfig(precision="bf16", device="cpu")
+    train = PairTrainConfig(precision="bf16", device="cpu")
     a, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, train,
                       share_prompt=False)
     b, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, train)
@@ -147,8 +147,8 @@ def test_reward_training_with_and_without_sharing_ends_at_the_same_weights(tmp_p
     runs = {}
     for share in (True, False):
         cfg = RewardConfig(
-            model=ModelConfig(name_or_path="tiny-gpt2", dtype="float64"), data=DataConfig(train=data, max_length=128),
-            train=TrainConfig(batch_size=4, max_steps=3, learning_rate=1e-3, log_every=1, device="cpu", warmup_ratio=0.0,
+            model=ModelConfig(name_or_path="tiny-gpt2", dtype="float64"), data=RewardData(train=data, max_length=128),
+            train=PairTrainConfig(batch_size=4, max_steps=3, learning_rate=1e-3, log_every=1, device="cpu", warmup_ratio=0.0,
                               share_prompt=share),
             output_dir=str(tmp_path / f"rm_{share}"),
         )
@@ -167,7 +167,7 @@ def test_dpo_training_with_and_without_sharing_ends_at_the_same_weights(tmp_path
         cfg = DPOConfig(
             model=ModelConfig(name_or_path="tiny-gpt2", dtype="float64"),
             data=DataConfig(train=data, max_length=128, max_prompt_length=64),
-            train=TrainConfig(batch_size=4, max_steps=3, learning_rate=1e-3, log_every=1, device="cpu", warmup_ratio=0.0,
+            train=PairTrainConfig(batch_size=4, max_steps=3, learning_rate=1e-3, log_every=1, device="cpu", warmup_ratio=0.0,
                               share_prompt=share),
             dpo=DPOParams(reference="precomputed"), output_dir=str(tmp_path / f"dpo_{share}"),
         )

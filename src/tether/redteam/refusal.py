@@ -208,7 +208,7 @@ def train_refusal_classifier(
     Raises:
         DataError: unreadable data, or an empty train or held-out split.
     """
-    from tether.config import DEFAULT_PROMPT_TEMPLATE, DataConfig, ModelConfig, RewardConfig, TrainConfig
+    from tether.config import DEFAULT_PROMPT_TEMPLATE, ModelConfig, PairTrainConfig, RewardConfig, RewardData
     from tether.trainers.reward import train_reward
 
     rows = load_xstest_completions(data)
@@ -229,9 +229,9 @@ def train_refusal_classifier(
             fh.write(json.dumps({"prompt": r.prompt, "completion": r.completion, "label": int(r.refusal)}) + "\n")
     cfg = RewardConfig(
         kind="classifier", model=ModelConfig(name_or_path=base_model), output_dir=str(out), overwrite=True,
-        data=DataConfig(train=str(converted), holdout_fraction=holdout_fraction, split="train", max_length=max_length,
-                        prompt_template=template or DEFAULT_PROMPT_TEMPLATE, seed=seed),
-        train=TrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, num_threads=num_threads,
+        data=RewardData(train=str(converted), holdout_fraction=holdout_fraction, split="train", max_length=max_length,
+                        prompt_template=template or DEFAULT_PROMPT_TEMPLATE),
+        train=PairTrainConfig(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, seed=seed, num_threads=num_threads,
                           device=device, warmup_ratio=0.1, log_every=10),
         select_best=False, normalize=False, freeze_layers=freeze_layers,
         on_chance="warn",  # _measure reports the held-out accuracy next to the string match's, which it must beat
