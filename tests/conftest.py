@@ -113,3 +113,12 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     RewardModel(model, tok, RewardMeta(gain=2.0, bias=-0.5, max_length=64)).save(root / "rm")
     out["rm"] = str(root / "rm")
     return out
+
+
+@pytest.fixture
+def one_process():
+    """The `Distributed` of a plain single process on the CPU in fp32 (the identity), for the functions that take one."""
+    from tether.config import TrainConfig
+    from tether.trainers.distributed import Distributed
+
+    return Distributed(TrainConfig(device="cpu", precision="fp32"), "test")

@@ -170,11 +170,11 @@ def rm_texts():
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
-def test_reward_scores_and_gradients_equal_full_sequences(kind):
+def test_reward_scores_and_gradients_equal_full_sequences(one_process, kind):
     model, tok = load_sequence_classifier(f"tiny-{kind}", seed=3)
     texts, groups = rm_texts()
     meta = RewardMeta()
-    full = text_scores(model, tok, texts, meta, 128, CPU)
+    full = text_scores(model, tok, texts, meta, 128, CPU, one_process)
     full.pow(2).sum().backward()
     full_grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     model.zero_grad()
@@ -183,7 +183,7 @@ def test_reward_scores_and_gradients_equal_full_sequences(kind):
     assert split is not None and split.prefix_ids.shape[0] == 3  # one prompt pass per group (a ranking of 3 too)
     shared = shared_sequence_logits(model, split)[:, 0]
     torch.testing.assert_close(shared, full, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(text_scores(model, tok, texts, meta, 128, CPU, groups), full.detach(), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(text_scores(model, tok, texts, meta, 128, CPU, one_process, groups), full.detach(), atol=1e-5, rtol=1e-5)
     shared.pow(2).sum().backward()
     assert full_grads
     for n, p in model.named_parameters():
@@ -204,7 +204,7 @@ def test_left_truncated_pairs_share_only_what_is_common():
     assert split_shared_prefix(ids, mask, [[0, 1]], tok.pad_token_id) is None  # by default: full rows
 
 
-def test_encoders_keep_the_full_sequence_path(monkeypatch):
+def test_encoders_keep_the_full_sequence_path(one_process, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("an encoder must not take the shared-prefix path")
 
@@ -213,6 +213,6 @@ def test_encoders_keep_the_full_sequence_path(monkeypatch):
     for pooling in ("model", "mean"):
         model, tok = load_sequence_classifier("tiny-bert", seed=5, pooling=pooling)
         with torch.no_grad():
-            plain = text_scores(model, tok, texts, RewardMeta(pooling=pooling), 64, CPU)
-            grouped = text_scores(model, tok, texts, RewardMeta(pooling=pooling), 64, CPU, groups)
+            plain = text_scores(model, tok, texts, RewardMeta(pooling=pooling), 64, CPU, one_process)
+            grouped = text_scores(model, tok, texts, RewardMeta(pooling=pooling), 64, CPU, one_process, groups)
         assert torch.equal(plain, grouped)

@@ -142,11 +142,11 @@ def test_kto_mismatched_replies_come_from_other_prompts():
 # --------------------------------------------------------------------------- the loss and the reference
 
 
-def test_dpo_loss_is_log_two_when_policy_equals_reference(tmp_path):
+def test_dpo_loss_is_log_two_when_policy_equals_reference(one_process, tmp_path):
     model, tok = tiny_causal_lm("llama")
     policy, ref_policy = prepare_policy(model, "copy", LoRAConfig())
     items = tokenize_pairs(pair_examples(), tok, TEMPLATE, 128, 64, "left")
-    loss, m = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, torch.device("cpu"))
+    loss, m = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, torch.device("cpu"), one_process)
     assert loss.item() == pytest.approx(LOG2, abs=1e-6)
     # the policy's pass (with gradients) and the reference's (without) may take different CPU kernels, so
     # the implicit rewards agree to rounding, not bit for bit, and a margin of +1e-8 would count as correct:
@@ -155,14 +155,14 @@ def test_dpo_loss_is_log_two_when_policy_equals_reference(tmp_path):
     assert abs(m["rewards/chosen"]) < 1e-6 and abs(m["rewards/rejected"]) < 1e-6
 
 
-def test_dpo_accuracy_is_zero_on_ties():
+def test_dpo_accuracy_is_zero_on_ties(one_process):
     """A tie (equal implicit rewards) is not a correct preference: accuracy 0, loss log 2, margin 0."""
     logprobs = torch.tensor([-3.0, -5.0, -2.5, -2.5])  # (2B,): chosen then rejected
-    loss, m = preference_loss(DPOParams(), logprobs, logprobs.clone())
+    loss, m = preference_loss(DPOParams(), logprobs, logprobs.clone(), one_process)
     assert loss.item() == pytest.approx(LOG2, abs=1e-7)
     assert m["dpo/accuracy"] == 0.0 and m["dpo/margin"] == 0.0
     ref = logprobs - torch.tensor([1.0, 0.0, 0.0, 0.0])  # the policy raised the first chosen reply above the reference
-    _, m = preference_loss(DPOParams(), logprobs, ref)
+    _, m = preference_loss(DPOParams(), logprobs, ref, one_process)
     assert m["dpo/accuracy"] == 0.5
 
 
@@ -179,7 +179,7 @@ def _perturbed_policy(mode, lora):
 
 
 @pytest.mark.parametrize("loss_name", ["sigmoid", "ipo", "kto"])
-def test_three_reference_modes_give_the_same_loss(loss_name):
+def test_three_reference_modes_give_the_same_loss(one_process, loss_name):
     lora, device = LoRAConfig(enabled=True, r=4, alpha=8), torch.device("cpu")
     params = DPOParams(loss=loss_name)
     kind = "kto" if loss_name == "kto" else "pairs"
@@ -193,9 +193,9 @@ def test_three_reference_modes_give_the_same_loss(loss_name):
             items = tokenize_feedback(fb, tok, TEMPLATE, 128, 64, "left")
         cache = None
         if mode == "precomputed":
-            cache = precompute_reference(policy, items, kind, "train", tok.pad_token_id, 128, 4, loss_name == "ipo", device)
+            cache = precompute_reference(policy, items, kind, "train", tok.pad_token_id, 128, 4, loss_name == "ipo", device, one_process)
             assert ref_policy is None
-        loss, _ = batch_loss(policy, ref_policy, cache, items, kind, "train", params, tok.pad_token_id, 128, device)
+        loss, _ = batch_loss(policy, ref_policy, cache, items, kind, "train", params, tok.pad_token_id, 128, device, one_process)
         losses[mode] = loss.item()
     if loss_name == "sigmoid":
         assert losses["lora"] != pytest.approx(LOG2, abs=1e-4)  # the policy really differs from the reference

@@ -75,7 +75,7 @@ def _items(tok, tmp_path):
 
 @pytest.mark.parametrize("mode", ["copy", "lora", "precomputed"])
 @pytest.mark.parametrize("loss", ["sigmoid", "ipo"])
-def test_dpo_loss_and_gradients_are_the_same_with_and_without_sharing(mode, loss, tmp_path, shared_calls):
+def test_dpo_loss_and_gradients_are_the_same_with_and_without_sharing(one_process, mode, loss, tmp_path, shared_calls):
     params = DPOParams(loss=loss)
     out = {}
     for share in (False, True):
@@ -83,9 +83,9 @@ def test_dpo_loss_and_gradients_are_the_same_with_and_without_sharing(mode, loss
         items = _items(tok, tmp_path)
         cache = None
         if mode == "precomputed":
-            cache = precompute_reference(policy, items, "pairs", "train", tok.pad_token_id, 128, 4, loss == "ipo", CPU, share_prompt=share)
+            cache = precompute_reference(policy, items, "pairs", "train", tok.pad_token_id, 128, 4, loss == "ipo", CPU, one_process, share_prompt=share)
         calls_before = len(shared_calls)
-        value, metrics = batch_loss(policy, ref_policy, cache, items, "pairs", "train", params, tok.pad_token_id, 128, CPU,
+        value, metrics = batch_loss(policy, ref_policy, cache, items, "pairs", "train", params, tok.pad_token_id, 128, CPU, one_process,
                                     share_prompt=share)
         assert (len(shared_calls) > calls_before) == share
         value.backward()
@@ -102,24 +102,24 @@ def test_dpo_loss_and_gradients_are_the_same_with_and_without_sharing(mode, loss
             torch.testing.assert_close(c_shared[k], c_plain[k], atol=1e-10, rtol=0)
 
 
-def test_dpo_with_bf16_autocast_is_close_either_way(tmp_path, shared_calls):
+def test_dpo_with_bf16_autocast_is_close_either_way(one_process, tmp_path, shared_calls):
     policy, ref_policy, tok = _policy("copy")
     policy.float(), ref_policy.float()
     items = _items(tok, tmp_path)
     train = PairTrainConfig(precision="bf16", device="cpu")
-    a, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, train,
+    a, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, one_process, train,
                       share_prompt=False)
-    b, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, train)
+    b, _ = batch_loss(policy, ref_policy, None, items, "pairs", "train", DPOParams(), tok.pad_token_id, 128, CPU, one_process, train)
     assert shared_calls  # the train config's share_prompt (default on) was used
     assert b.item() == pytest.approx(a.item(), rel=2e-2)
 
 
-def test_reward_pair_scores_are_the_same_for_a_decoder(tmp_path, shared_calls):
+def test_reward_pair_scores_are_the_same_for_a_decoder(one_process, tmp_path, shared_calls):
     model, tok = load_sequence_classifier("tiny-llama", seed=1, dtype=torch.float64)
     rows = load_preferences([pairs_file(tmp_path)])
-    plain = pair_scores(model, tok, rows, TEMPLATE, 128, CPU, share_prompt=False)
+    plain = pair_scores(model, tok, rows, TEMPLATE, 128, CPU, one_process, share_prompt=False)
     assert not shared_calls
-    shared = pair_scores(model, tok, rows, TEMPLATE, 128, CPU)
+    shared = pair_scores(model, tok, rows, TEMPLATE, 128, CPU, one_process)
     assert shared_calls
     for a, b in zip(shared, plain):
         torch.testing.assert_close(a, b, atol=1e-10, rtol=0)
@@ -177,7 +177,7 @@ def test_dpo_training_with_and_without_sharing_ends_at_the_same_weights(tmp_path
     _assert_close_runs(runs[True], runs[False], 1e-9, initial.state_dict())
 
 
-def test_processes_share_a_batch_only_when_all_of_them_can(tmp_path):
+def test_processes_share_a_batch_only_when_all_of_them_can(one_process, tmp_path):
     """DDP and FSDP run collectives inside forward: every process must make the same number of model calls."""
     _, _, tok = _policy("copy")
     b = sequence_batch(_items(tok, tmp_path), "pairs", tok.pad_token_id, 128)
@@ -188,6 +188,6 @@ def test_processes_share_a_batch_only_when_all_of_them_can(tmp_path):
             votes.append(flag)
             return False
 
-    assert shared_split(b, "pairs", tok.pad_token_id, True) is not None
+    assert shared_split(b, "pairs", tok.pad_token_id, True, one_process) is not None
     assert shared_split(b, "pairs", tok.pad_token_id, True, OtherProcessRefuses()) is None
     assert votes == [True]

@@ -105,13 +105,13 @@ def sequence_batch(chunk: list, kind: str, pad_id: int, max_length: int) -> SFTB
     return collate_sft(seqs, pad_id)
 
 
-def shared_split(batch: SFTBatch, kind: str, pad_id: int, share_prompt: bool, dist: Distributed | None = None) -> SharedPrefixBatch | None:
+def shared_split(batch: SFTBatch, kind: str, pad_id: int, share_prompt: bool, dist: Distributed) -> SharedPrefixBatch | None:
     """The shared-prefix split of a pairs batch (chosen row i and rejected row B + i share their prompt), or
     None: sharing off, KTO rows (not pairs), or a batch where it does not pay on this or another process
     (all processes must call the model the same number of times)."""
     if not (share_prompt and kind == "pairs"):
         return None
-    return agreed(pair_split(batch.input_ids, batch.attention_mask, batch.loss_mask, pad_id), dist.all if dist else None)
+    return agreed(pair_split(batch.input_ids, batch.attention_mask, batch.loss_mask, pad_id), dist.all)
 
 
 def batch_logprobs(model: nn.Module, batch: SFTBatch, average: bool, split: SharedPrefixBatch | None = None) -> torch.Tensor:
@@ -141,7 +141,7 @@ def reference_logprobs(policy: nn.Module, ref_policy: nn.Module | None, batch: S
 
 @torch.no_grad()
 def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, pad_id: int, max_length: int, batch_size: int, average: bool, device,
-                         dist: Distributed | None = None, share_prompt: bool = True) -> dict[str, torch.Tensor]:
+                         dist: Distributed, share_prompt: bool = True) -> dict[str, torch.Tensor]:
     """Reference log-probabilities of every sequence of `items`, from the starting weights, no gradients.
 
     With LoRA the adapters are disabled; without it the policy has not been updated yet, so it is the
@@ -159,7 +159,7 @@ def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, 
     dtype = torch.float64 if next(policy.parameters()).dtype == torch.float64 else torch.float32  # as `upcast` gives
     out = {f"{split}/{first}": torch.full((n,), float("nan"), dtype=dtype), f"{split}/{second}": torch.full((n,), float("nan"), dtype=dtype)}
     for i in range(0, len(items), batch_size):
-        chunk, n_real = dist.shard(items[i : i + batch_size]) if dist else (items[i : i + batch_size], None)
+        chunk, n_real = dist.shard(items[i : i + batch_size])
         b = sequence_batch(chunk, kind, pad_id, max_length).to(device)
         shared = shared_split(b, kind, pad_id, share_prompt, dist)
         if is_peft(policy):
@@ -168,8 +168,7 @@ def precompute_reference(policy: nn.Module, items: list, kind: str, split: str, 
             lp = batch_logprobs(policy, b, average, shared).cpu()  # (2B,)
         idx = torch.tensor([it.index for it in chunk])
         lp_first, lp_second = lp[: len(chunk)], lp[len(chunk) :]
-        if dist is not None:  # (B,) of the whole batch, from every process
-            idx, lp_first, lp_second = (dist.gather(t.to(device), n_real).cpu() for t in (idx, lp_first, lp_second))
+        idx, lp_first, lp_second = (dist.gather(t.to(device), n_real).cpu() for t in (idx, lp_first, lp_second))  # (B,) of the whole batch
         out[f"{split}/{first}"][idx] = lp_first
         out[f"{split}/{second}"][idx] = lp_second
     policy.train(was)
@@ -198,8 +197,8 @@ def load_reference_cache(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- loss
 
 
-def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, labels: torch.Tensor | None = None,
-                    dist: Distributed | None = None, n_real: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: torch.Tensor, dist: Distributed,
+                    labels: torch.Tensor | None = None, n_real: int | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """The configured loss on the 2B sequence log-probabilities of one batch.
 
     Args:
@@ -208,8 +207,8 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
             mismatched completions (kto).
         ref_logprobs: (2B,) the same under the reference.
         labels: (B,) bool, True for desirable completions (kto only).
-        dist, n_real: with several processes, KTO's reference point z0 is estimated on the mismatched
-            halves of the whole global batch (the first `n_real` rows of each process), as on one process.
+        dist, n_real: KTO's reference point z0 is estimated on the mismatched halves of the whole global batch
+            (the first `n_real` rows of each process; all rows by default), as on one process.
 
     Returns:
         `(loss, metrics)` with `loss/dpo`, `dpo/accuracy`, `dpo/margin`, `rewards/chosen`,
@@ -222,10 +221,7 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
     if params.loss == "ipo":
         return ipo_loss(logprobs[:B], logprobs[B:], ref_logprobs[:B], ref_logprobs[B:], params.beta)
     # kto: z0 from the mismatched half (Ethayarajh et al. 2024, sec. 4.1); no gradient flows through it
-    if dist is None:
-        z0 = kto_kl_ref_point(logprobs[B:], ref_logprobs[B:])
-    else:
-        z0 = kto_kl_ref_point(dist.gather(logprobs[B:].detach(), n_real), dist.gather(ref_logprobs[B:], n_real))
+    z0 = kto_kl_ref_point(dist.gather(logprobs[B:].detach(), n_real), dist.gather(ref_logprobs[B:], n_real))
     loss, metrics = kto_loss(
         logprobs[:B], ref_logprobs[:B], labels, z0, params.beta, params.desirable_weight, params.undesirable_weight
     )
@@ -236,8 +232,8 @@ def preference_loss(params: DPOParams, logprobs: torch.Tensor, ref_logprobs: tor
     return loss, metrics
 
 
-def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, params: DPOParams, pad_id: int, max_length: int, device, train_cfg=None,
-               dist: Distributed | None = None, n_real: int | None = None, share_prompt: bool | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, params: DPOParams, pad_id: int, max_length: int, device,
+               dist: Distributed, train_cfg=None, n_real: int | None = None, share_prompt: bool | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     """Loss of one batch: one forward pass of the policy, reference logprobs from the model or the cache.
 
     For KTO only the judged completions need gradients; the mismatched ones only estimate z0, so their
@@ -264,9 +260,9 @@ def batch_loss(policy, ref_policy, cache, chunk: list, kind: str, split: str, pa
         if cache is not None:
             ref = cached_reference(cache, chunk, kind, split, device)  # (2B,)
         else:
-            ref = reference_logprobs(dist.unwrap(policy) if dist else policy, ref_policy, b, average, shared)  # (2B,)
+            ref = reference_logprobs(dist.unwrap(policy), ref_policy, b, average, shared)  # (2B,)
     labels = torch.tensor([it.label for it in chunk], device=device) if kind == "kto" else None
-    return preference_loss(params, logprobs, ref, labels, dist, n_real)
+    return preference_loss(params, logprobs, ref, dist, labels, n_real)
 
 
 def reduce_metrics(dist: Distributed, metrics: dict[str, float], part: list, kind: str, n_real: int) -> dict[str, float]:
@@ -286,7 +282,7 @@ def reduce_metrics(dist: Distributed, metrics: dict[str, float], part: list, kin
 
 @torch.no_grad()
 def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOParams, pad_id: int, max_length: int, batch_size: int, device,
-                 dist: Distributed | None = None, share_prompt: bool = True) -> dict[str, float]:
+                 dist: Distributed, share_prompt: bool = True) -> dict[str, float]:
     """Loss, preference accuracy and margin on held-out examples (example-weighted means over batches;
     with several processes each batch is sharded and its metrics reduced, as in training)."""
     was = policy.training
@@ -294,13 +290,10 @@ def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOP
     totals: dict[str, float] = {}
     for i in range(0, len(items), batch_size):
         chunk = items[i : i + batch_size]
-        if dist is None:
-            _, m = batch_loss(policy, ref_policy, cache, chunk, kind, "eval", params, pad_id, max_length, device, share_prompt=share_prompt)
-        else:
-            part, n_real = dist.shard(chunk)
-            _, m = batch_loss(policy, ref_policy, cache, part, kind, "eval", params, pad_id, max_length, device, dist=dist, n_real=n_real,
-                              share_prompt=share_prompt)
-            m = reduce_metrics(dist, m, part, kind, n_real)
+        part, n_real = dist.shard(chunk)
+        _, m = batch_loss(policy, ref_policy, cache, part, kind, "eval", params, pad_id, max_length, device, dist, n_real=n_real,
+                          share_prompt=share_prompt)
+        m = reduce_metrics(dist, m, part, kind, n_real)
         for k in ("loss/dpo", "dpo/accuracy", "dpo/margin"):
             totals[k] = totals.get(k, 0.0) + m[k] * len(chunk)
     policy.train(was)
@@ -310,7 +303,7 @@ def evaluate_dpo(policy, ref_policy, cache, items: list, kind: str, params: DPOP
 
 @torch.no_grad()
 def heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str, max_prompt_length: int, device, seed: int,
-               dist: Distributed | None = None) -> dict[str, float]:
+               dist: Distributed) -> dict[str, float]:
     """KL(policy || reference) on held-out prompts: sum over tokens of log pi - log pi_ref of sampled answers.
 
     The k1 estimate (Schulman 2020, "Approximating KL divergence"): unbiased for the KL of whole responses
@@ -322,16 +315,14 @@ def heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str,
     Returns:
         `eval/kl` (mean summed KL per response), `eval/kl_prompts` and `eval/response_length`.
     """
-    if dist is not None:
-        start, stop = dist.shard_range(len(prompts))
-        with dist.full_parameters(policy) as plain:
-            seeds = dist.sample_seeds(seed, "heldout-kl", range(start, stop))
-            return _heldout_kl(plain, ref_policy, tokenizer, prompts[start:stop], template, max_prompt_length, device, seed, seeds, dist)
-    return _heldout_kl(policy, ref_policy, tokenizer, prompts, template, max_prompt_length, device, seed)
+    start, stop = dist.shard_range(len(prompts))
+    with dist.full_parameters(policy) as plain:
+        seeds = dist.sample_seeds(seed, "heldout-kl", range(start, stop))
+        return _heldout_kl(plain, ref_policy, tokenizer, prompts[start:stop], template, max_prompt_length, device, seed, seeds, dist)
 
 
 def _heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str, max_prompt_length: int, device, seed: int,
-                seeds: list[int] | None = None, dist: Distributed | None = None) -> dict[str, float]:
+                seeds: list[int] | None, dist: Distributed) -> dict[str, float]:
     prompt_ids = tokenize_prompts(prompts, tokenizer, template, max_prompt_length)
     torch.manual_seed(seed)
     gen = generate(policy, tokenizer, prompt_ids, KL_GENERATION, device, seeds=seeds)
@@ -350,8 +341,7 @@ def _heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str
         kl.append(((logprobs - ref_logprobs) * response_mask).sum(-1))
     policy.train(was)
     kl, lengths = torch.cat(kl), gen.response_mask.sum(-1).float()  # (B,), (B,)
-    if dist is not None:
-        kl, lengths = dist.gather(kl), dist.gather(lengths)
+    kl, lengths = dist.gather(kl), dist.gather(lengths)
     return {"eval/kl": kl.mean().item(), "eval/kl_prompts": float(len(kl)), "eval/response_length": lengths.mean().item()}
 
 
@@ -491,7 +481,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
                 chunk, order = next_batch(items, order, rng, bs)
                 part, n_real = dist.shard(chunk)
                 with dist.micro_batch(policy, last=j == accum - 1):
-                    loss, m = batch_loss(policy, ref_policy, cache, part, kind, "train", params, pad_id, d.max_length, device, cfg.train, dist, n_real)
+                    loss, m = batch_loss(policy, ref_policy, cache, part, kind, "train", params, pad_id, d.max_length, device, dist, cfg.train, n_real)
                     check_finite(loss, step + 1, run)
                     dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch
                 for k, v in reduce_metrics(dist, m, part, kind, n_real).items():

@@ -65,28 +65,27 @@ def freeze_lower_layers(model, n_layers: int) -> None:
 # --------------------------------------------------------------------------- scoring
 
 
-def text_scores(model, tokenizer, texts: list[str], meta: RewardMeta, max_length: int, device,
-                groups: list[list[int]] | None = None, dist: Distributed | None = None) -> torch.Tensor:
+def text_scores(model, tokenizer, texts: list[str], meta: RewardMeta, max_length: int, device, dist: Distributed,
+                groups: list[list[int]] | None = None) -> torch.Tensor:
     """Raw head scores of reward-model texts; long texts lose tokens from the left (the reply is kept).
 
     Args:
         groups: a partition of the texts' indices into texts that may share their common prefix (one
             forward pass over it, `models/shared_prefix.py`; only for causal decoders with the model's own
             last-token pooling); None runs every text in full.
-        dist: with several processes, all share or none does (each must call the model as often).
+        dist: the processes; with several, all share or none does (each must call the model as often).
 
     Returns:
         (N,) float32: logits[:, 0] for a scalar head, the positive-class logit for a classifier.
     """
     ids, mask = tokenize_for_reward(tokenizer, texts, max_length)  # (N, T)
     groups = groups if meta.pooling == "model" else None  # mean pooling reads every position: encoders only
-    agree = dist.all if dist else None
-    logits = grouped_sequence_logits(model, ids.to(device), mask.to(device), groups, tokenizer.pad_token_id, agree)  # (N, num_labels)
+    logits = grouped_sequence_logits(model, ids.to(device), mask.to(device), groups, tokenizer.pad_token_id, dist.all)  # (N, num_labels)
     return head_scores(logits, meta)
 
 
-def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str, max_length: int, device,
-                meta: RewardMeta | None = None, share_prompt: bool = True, dist: Distributed | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str, max_length: int, device, dist: Distributed,
+                meta: RewardMeta | None = None, share_prompt: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw scores of chosen and rejected replies from one forward pass over the distinct texts.
 
     The pairs of a ranking share completions; each distinct (prompt, reply) text is scored once and
@@ -105,7 +104,7 @@ def pair_scores(model, tokenizer, batch: list[PreferenceExample], template: str,
     unique = list(index)
     links = [(index[c], index[r]) for c, r in zip(texts[: len(batch)], texts[len(batch) :])]
     groups = pair_groups(links, len(unique)) if share_prompt else None
-    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device, groups, dist)  # (U,)
+    scores = text_scores(model, tokenizer, unique, meta or RewardMeta(), max_length, device, dist, groups)  # (U,)
     where = torch.tensor([index[t] for t in texts], device=scores.device)  # (2B,)
     both = scores[where]  # (2B,)
     return both[: len(batch)], both[len(batch) :]
@@ -131,7 +130,7 @@ def label_logits(model, tokenizer, batch: list[BinaryFeedbackExample], template:
 
 @torch.no_grad()
 def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template: str, max_length: int, batch_size: int, device,
-                   meta: RewardMeta | None = None, dist: Distributed | None = None, share_prompt: bool = True) -> dict[str, float]:
+                   dist: Distributed, meta: RewardMeta | None = None, share_prompt: bool = True) -> dict[str, float]:
     """Pairwise accuracy (ties in score count as wrong; tied pairs are left out) and mean loss.
 
     With several processes each batch is sharded and the scores gathered, so every pair counts once.
@@ -141,34 +140,32 @@ def evaluate_pairs(model, tokenizer, examples: list[PreferenceExample], template
     model.eval()
     chosen, rejected = [], []
     for i in range(0, len(examples), batch_size):
-        part, n_real = dist.shard(examples[i : i + batch_size]) if dist else (examples[i : i + batch_size], None)
-        c, r = pair_scores(model, tokenizer, part, template, max_length, device, meta, share_prompt, dist)
+        part, n_real = dist.shard(examples[i : i + batch_size])
+        c, r = pair_scores(model, tokenizer, part, template, max_length, device, dist, meta, share_prompt)
         chosen.append(c[:n_real])
         rejected.append(r[:n_real])
     model.train(was)
     chosen, rejected = torch.cat(chosen), torch.cat(rejected)
-    if dist is not None:
-        chosen, rejected = dist.gather(chosen), dist.gather(rejected)
+    chosen, rejected = dist.gather(chosen), dist.gather(rejected)
     loss, m = bradley_terry_loss(chosen, rejected)
     return {"eval/loss": loss.item(), "eval/accuracy": m["rm/accuracy"], "eval/margin": m["rm/margin"]}
 
 
 @torch.no_grad()
 def evaluate_labels(model, tokenizer, examples: list[BinaryFeedbackExample], template: str, max_length: int, batch_size: int, device,
-                    dist: Distributed | None = None) -> dict[str, float]:
+                    dist: Distributed) -> dict[str, float]:
     """Classifier accuracy, AUROC of the positive-class probability, and mean cross-entropy (sharded and
     gathered like `evaluate_pairs`)."""
     was = model.training
     model.eval()
     logits, labels = [], []
     for i in range(0, len(examples), batch_size):
-        part, n_real = dist.shard(examples[i : i + batch_size]) if dist else (examples[i : i + batch_size], None)
+        part, n_real = dist.shard(examples[i : i + batch_size])
         logits.append(label_logits(model, tokenizer, part, template, max_length, device)[:n_real])  # (n, 2)
         labels += [e.label for e in part[:n_real]]
     model.train(was)
     logits, labels = torch.cat(logits), torch.tensor(labels, device=device)  # (N, 2), (N,)
-    if dist is not None:
-        logits, labels = dist.gather(logits), dist.gather(labels)
+    logits, labels = dist.gather(logits), dist.gather(labels)
     loss, m = classifier_loss(logits, labels)
     score = (logits[:, 1] - logits[:, 0]).cpu().numpy()  # log-odds: same order as P(desirable)
     return {"eval/loss": loss.item(), "eval/accuracy": m["rm/accuracy"], "eval/auroc": auroc(score, labels.cpu().numpy())}
@@ -187,7 +184,7 @@ def is_better(new: dict[str, float], best: dict[str, float] | None) -> bool:
 
 
 @torch.no_grad()
-def policy_samples(cfg: RewardConfig, device, dist: Distributed | None = None) -> tuple[list[str], list[str]]:
+def policy_samples(cfg: RewardConfig, device, dist: Distributed) -> tuple[list[str], list[str]]:
     """One sample of `cfg.normalize_policy` per prompt of `cfg.normalize_prompts` (at most normalize_samples).
 
     With several processes each samples its shard of the prompts (seeded per sample) and the texts are gathered.
@@ -200,17 +197,17 @@ def policy_samples(cfg: RewardConfig, device, dist: Distributed | None = None) -
 
     d = cfg.data
     prompts = [e.prompt for e in load_prompts(cfg.normalize_prompts, d.on_invalid)][: cfg.normalize_samples]
-    start, stop = dist.shard_range(len(prompts)) if dist else (0, len(prompts))
-    seeds = dist.sample_seeds(cfg.train.seed, "normalize", range(start, stop)) if dist else None
+    start, stop = dist.shard_range(len(prompts))
+    seeds = dist.sample_seeds(cfg.train.seed, "normalize", range(start, stop))
     policy, tok = load_causal_lm(ModelConfig(name_or_path=cfg.normalize_policy), device, seed=cfg.train.seed)
     ids = tokenize_prompts(prompts[start:stop], tok, d.prompt_template, d.max_prompt_length)
     gen = generate(policy, tok, ids, GenerationConfig(), device, seeds=seeds)
     responses = decode_responses(tok, gen.responses, gen.response_mask)
-    return (dist.gather_objects(prompts[start:stop]), dist.gather_objects(responses)) if dist else (prompts, responses)
+    return dist.gather_objects(prompts[start:stop]), dist.gather_objects(responses)
 
 
 @torch.no_grad()
-def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: list, device, dist: Distributed | None = None) -> tuple[float, float]:
+def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: list, device, dist: Distributed) -> tuple[float, float]:
     """Gain and bias so that normalised scores have mean 0 and std 1 on a reference set.
 
     docs/architecture.md 6.4: the reference set is samples of the initial policy when `normalize_policy` and
@@ -233,9 +230,9 @@ def normalisation(cfg: RewardConfig, model, tokenizer, meta: RewardMeta, train: 
     texts = reward_texts(prompts, responses, d.prompt_template)
     raw = []
     for i in range(0, len(texts), 32):
-        part, n_real = dist.shard(texts[i : i + 32]) if dist else (texts[i : i + 32], None)
-        raw.append(text_scores(model, tokenizer, part, meta, d.max_length, device)[:n_real])
-    raw = dist.gather(torch.cat(raw)) if dist else torch.cat(raw)  # (N,) every text scored once
+        part, n_real = dist.shard(texts[i : i + 32])
+        raw.append(text_scores(model, tokenizer, part, meta, d.max_length, device, dist)[:n_real])
+    raw = dist.gather(torch.cat(raw))  # (N,) every text scored once
     std = raw.std().clamp(min=1e-6).item()
     return 1.0 / std, -raw.mean().item() / std
 
@@ -378,7 +375,7 @@ def train_one(cfg: RewardConfig) -> Path:
     def evaluate() -> dict[str, float]:
         if classifier:
             return evaluate_labels(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, dist)
-        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, meta, dist,
+        return evaluate_pairs(model, tokenizer, evals, d.prompt_template, d.max_length, cfg.train.batch_size, device, dist, meta,
                               cfg.train.share_prompt)
 
     # 3. training loop: Bradley-Terry loss on pairs, or cross-entropy on labelled completions; each process
@@ -415,8 +412,8 @@ def train_one(cfg: RewardConfig) -> Path:
                             labels = torch.tensor([e.label for e in batch], device=device)
                             loss, m = classifier_loss(logits, labels)
                         else:
-                            chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, meta,
-                                                           cfg.train.share_prompt, dist)
+                            chosen, rejected = pair_scores(model, tokenizer, batch, d.prompt_template, d.max_length, device, dist,
+                                                           meta, cfg.train.share_prompt)
                             loss, m = pair_loss(chosen, rejected, batch)
                     check_finite(loss, step + 1, run)
                     dist.backward(loss * dist.share(n_real), accum)  # the mean over the global batch

@@ -42,7 +42,7 @@ def response_logits(model, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 @torch.no_grad()
-def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int, device, dist: Distributed | None = None) -> dict[str, float]:
+def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int, device, dist: Distributed) -> dict[str, float]:
     """Mean response-token loss and perplexity on held-out examples.
 
     With several processes each global batch of `batch_size` is sharded and the token sums are added up
@@ -51,14 +51,13 @@ def evaluate_sft(model, items: list[TokenizedSFT], pad_id: int, batch_size: int,
     model.eval()
     total, tokens = 0.0, 0
     for chunk in batches(items, batch_size, shuffle=False, seed=0):
-        part, n_real = dist.shard(chunk) if dist else (chunk, len(chunk))
+        part, n_real = dist.shard(chunk)
         b = collate_sft(part, pad_id).to(device)
         loss, m = sft_loss(*response_logits(model, b))
         n = int(b.loss_mask[:, 1:].sum()) if n_real else 0
         total, tokens = total + loss.item() * n, tokens + n
     model.train()
-    if dist is not None:
-        total, tokens = dist.sum(total), dist.sum(tokens)
+    total, tokens = dist.sum(total), dist.sum(tokens)
     mean = total / max(tokens, 1)
     return {"eval/loss": mean, "eval/ppl": float(torch.tensor(mean).exp())}
 
