@@ -15,7 +15,6 @@ Phases (`phases: [sl, rlaif, agreement]`):
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 from pathlib import Path
@@ -28,9 +27,9 @@ from tether.constitutional.ai_feedback import EndpointJudge, LocalJudge, ai_feed
 from tether.constitutional.config import CAIConfig
 from tether.constitutional.critique_revise import critique_revise
 from tether.constitutional.principles import load_constitution
-from tether.data.sources import load_preferences, load_prompts
+from tether.data.sources import load_preferences, load_prompts, write_jsonl
 from tether.eval.report import html_page, html_table, paragraph
-from tether.models.load import load_causal_lm, resolve_device, set_threads
+from tether.models.load import load_causal_lm, release_memory, resolve_device, set_threads
 from tether.run import RunDir, console
 from tether.trainers.common import set_seed
 
@@ -43,13 +42,6 @@ def seeded_sample(items: list, k: int | None, seed: int) -> list:
         return list(items)
     keep = sorted(random.Random(seed).sample(range(len(items)), k))
     return [items[i] for i in keep]
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-    return path
 
 
 def _load(path: str, device, seed: int):
@@ -119,7 +111,7 @@ def run_cai(cfg: CAIConfig) -> Path:
         summary["sl"] = {"prompts": len(prompts), "sft_rows": len(sft), "revision_pairs": len(pairs),
                          "changed_fraction": (sum(c.final.strip() != c.initial.strip() for c in chains) / len(chains)) if chains else 0.0}
         del critic
-        _free(device)
+        release_memory(device)
 
     judge = None
     if {"rlaif", "agreement"} & set(cfg.phases):
@@ -154,12 +146,6 @@ def run_cai(cfg: CAIConfig) -> Path:
     run.finish(summary)
     console.print(f"cai: wrote {out / SUMMARY_FILE} and {out / 'report.html'}")
     return out
-
-
-def _free(device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def write_cai_report(path: Path, cfg: CAIConfig, summary: dict, chains, labels, rows, max_rows: int = 30) -> Path:
@@ -205,4 +191,3 @@ def write_cai_report(path: Path, cfg: CAIConfig, summary: dict, chains, labels, 
 
 def _f(x) -> str:
     return "-" if x is None else f"{x:.3f}"
-

@@ -379,16 +379,25 @@ def xstest_to_binary_feedback(src: str | Path, dst: str | Path) -> int:
     Raises:
         DataError: an unreadable source file or a row that `xstest_desirable` rejects.
     """
-    out = Path(dst)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    rows = (
+        {"prompt": _text(row, "prompt"), "completion": row.data["completion"], "label": int(xstest_desirable(row.data, row.source))}
+        for row in iter_rows(src)
+        if isinstance(row.data.get("completion"), str) and row.data["completion"].strip()
+    )
+    return write_jsonl(dst, rows)
+
+
+def write_jsonl(path: str | Path, rows: Iterable[dict]) -> int:
+    """Write rows as JSON lines in UTF-8 (gzip-compressed when the name ends in `.gz`), creating the folder.
+
+    Returns:
+        The number of rows written.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     n = 0
-    opener = gzip.open if out.name.endswith(".gz") else open
-    with opener(out, "wt", encoding="utf-8") as fh:
-        for row in iter_rows(src):
-            completion = row.data.get("completion")
-            if not isinstance(completion, str) or not completion.strip():
-                continue
-            label = int(xstest_desirable(row.data, row.source))
-            fh.write(json.dumps({"prompt": _text(row, "prompt"), "completion": completion, "label": label}) + "\n")
+    with (gzip.open if path.name.endswith(".gz") else open)(path, "wt", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
     return n

@@ -13,7 +13,6 @@ Writes `eval.json`, `samples.jsonl` and `report.html` to `cfg.output_dir`.
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 
@@ -22,13 +21,13 @@ import torch
 from torch import nn
 
 from tether.config import EvalConfig, GenerationConfig, ModelConfig, dump_config
-from tether.data.sources import load_prompts, select
+from tether.data.sources import load_prompts, select, write_jsonl
 from tether.data.tokenize import tokenize_prompts
 from tether.errors import ConfigError, ModelError
 from tether.eval.metrics import bootstrap_ci, distinct_n, win_rate
 from tether.eval.report import write_report
 from tether.eval.results import AnswerStats, PolicyEvalResult, RewardModelResult, Sample
-from tether.models.load import load_causal_lm, resolve_device
+from tether.models.load import load_causal_lm, release_memory, resolve_device
 from tether.models.logprobs import response_logprobs
 from tether.models.reward import RewardModel
 from tether.rollout.generate import Generation, decode_responses, generate
@@ -123,28 +122,19 @@ def score_with(path: str, name: str, prompts: list[str], baseline: list[str], po
     )
 
 
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------- outputs
 
 
 def write_samples(path: Path, result: PolicyEvalResult) -> None:
     """One JSON line per prompt: both answers, every reward model's scores, the answer's KL."""
-    with open(path, "w", encoding="utf-8") as fh:
-        for i, s in enumerate(result.samples):
-            scores = {
-                rm.name: {"baseline": rm.baseline_scores[i], "policy": rm.policy_scores[i]}
-                for rm in result.reward_models
-            }
-            row = {
-                "prompt": s.prompt, "baseline": s.baseline, "policy": s.policy, "scores": scores,
-                "kl": s.kl, "baseline_ended": s.baseline_ended, "policy_ended": s.policy_ended,
-            }
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_jsonl(path, (
+        {
+            "prompt": s.prompt, "baseline": s.baseline, "policy": s.policy,
+            "scores": {rm.name: {"baseline": rm.baseline_scores[i], "policy": rm.policy_scores[i]} for rm in result.reward_models},
+            "kl": s.kl, "baseline_ended": s.baseline_ended, "policy_ended": s.policy_ended,
+        }
+        for i, s in enumerate(result.samples)
+    ))
 
 
 def write_outputs(result: PolicyEvalResult, cfg: EvalConfig, kl_budget: float | None) -> None:
@@ -199,14 +189,14 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     # 2. KL of the policy to the baseline on the policy's own answers
     kl = policy_kl(policy, baseline, policy_gen, temperature, gen_cfg.batch_size)  # (B,)
     del baseline, policy
-    _free(device)
+    release_memory(device)
 
     # 3. score both answer sets with every reward model
     rms = []
     for path, name in zip(cfg.reward_models, reward_model_names(cfg.reward_models)):
         console.print(f"eval: scoring with reward model {name}")
         rms.append(score_with(path, name, prompts, baseline_texts, policy_texts, device, cfg.seed))
-        _free(device)
+        release_memory(device)
 
     samples = [
         Sample(p, b, q, float(k), bool(be), bool(pe))

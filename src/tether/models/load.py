@@ -228,3 +228,13 @@ def check_context(max_length: int, model, key: str = "data.max_length") -> None:
     ctx = model_context(model)
     if ctx is not None and max_length > ctx:
         raise ConfigError(f"{key}={max_length} is longer than the model's context of {ctx} tokens")
+
+
+def release_memory(device: torch.device | None = None) -> None:
+    """Return the memory of models that were just dropped: a garbage collection, and CUDA's cache on a GPU
+    (on `device`, or wherever CUDA is available when no device is given)."""
+    import gc
+
+    gc.collect()
+    if (device is None or device.type == "cuda") and torch.cuda.is_available():
+        torch.cuda.empty_cache()

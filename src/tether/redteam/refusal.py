@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from tether.data.sources import in_holdout, iter_rows
+from tether.data.sources import in_holdout, iter_rows, write_jsonl
 from tether.errors import DataError, ModelError
 from tether.rl.rule_rewards import REFUSAL_PATTERNS
 
@@ -224,9 +224,7 @@ def train_refusal_classifier(
         return _measure(out, data, base_model, holdout_fraction, train, held, epochs, seed, device,
                         {"buckets": lexical.buckets, "max_chars": lexical.max_chars, "epochs": 300})
     converted = out / "refusal_labels.jsonl"
-    with open(converted, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps({"prompt": r.prompt, "completion": r.completion, "label": int(r.refusal)}) + "\n")
+    write_jsonl(converted, ({"prompt": r.prompt, "completion": r.completion, "label": int(r.refusal)} for r in rows))
     cfg = RewardConfig(
         kind="classifier", model=ModelConfig(name_or_path=base_model), output_dir=str(out), overwrite=True,
         data=RewardData(train=str(converted), holdout_fraction=holdout_fraction, split="train", max_length=max_length,

@@ -15,7 +15,6 @@ Phases:
 
 from __future__ import annotations
 
-import gc
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -24,10 +23,10 @@ from pathlib import Path
 import torch
 
 from tether.config import ModelConfig
-from tether.data.sources import load_prompts
+from tether.data.sources import load_prompts, write_jsonl
 from tether.data.tokenize import tokenize_prompts
 from tether.eval.metrics import wilson_interval
-from tether.models.load import load_causal_lm, resolve_device, set_threads
+from tether.models.load import load_causal_lm, release_memory, resolve_device, set_threads
 from tether.redteam.config import RedteamConfig
 from tether.redteam.harm import HarmScorer
 from tether.redteam.refusal import META_FILE, StringMatchDetector, is_refusal_text, load_detector, train_refusal_classifier
@@ -105,7 +104,7 @@ def red_team_prompts(cfg: RedteamConfig, device: torch.device) -> list[str]:
     console.print(f"redteam: writing {g.num_prompts} attack prompts with {g.model or cfg.baseline} from {len(seeds)} seeds")
     out = generate_attacks(model, tokenizer, seeds, g.num_prompts, g.few_shot, g.generation, device, cfg.seed)
     del model
-    _free(device)
+    release_memory(device)
     return out
 
 
@@ -303,31 +302,19 @@ def run_redteam(cfg: RedteamConfig) -> Path:
             revisions = revise_successes(model, tokenizer, outcomes, cfg, device) if cfg.findings.revise else {}
             rows, pairs = findings(outcomes, better, revisions)
             findings_dir.mkdir(exist_ok=True)
-            _write_jsonl(findings_dir / f"{label}_prompts.jsonl", rows)
-            _write_jsonl(findings_dir / f"{label}_pairs.jsonl", pairs)
+            write_jsonl(findings_dir / f"{label}_prompts.jsonl", rows)
+            write_jsonl(findings_dir / f"{label}_pairs.jsonl", pairs)
             summary["findings"][label] = {"prompts": len(rows), "pairs": len(pairs),
                                           "prompts_file": str(findings_dir / f"{label}_prompts.jsonl"),
                                           "pairs_file": str(findings_dir / f"{label}_pairs.jsonl")}
         all_outcomes.extend(outcomes)
         del model
-        _free(device)
+        release_memory(device)
 
     # 6. outputs
-    _write_jsonl(out / RESULTS_FILE, [o.to_json() for o in all_outcomes])
+    write_jsonl(out / RESULTS_FILE, [o.to_json() for o in all_outcomes])
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))
     write_redteam_report(out / "report.html", cfg, summary, all_outcomes)
     run.finish({"overall_asr": {k: v["overall_asr"]["rate"] for k, v in summary["models"].items()}})
     console.print(f"redteam: wrote {out / SUMMARY_FILE} and {out / 'report.html'}")
     return out
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps(r, ensure_ascii=False) + "\n")
-
-
-def _free(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

@@ -5,13 +5,11 @@ Campaign file: JSONL, one item per prompt: `{"id", "prompt", "completions": [K s
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import torch
 
 from tether.config import DEFAULT_PROMPT_TEMPLATE, GenerationConfig, ModelConfig
-from tether.data.sources import load_prompts
+from tether.data.sources import load_prompts, write_jsonl
 from tether.data.tokenize import tokenize_prompts
 from tether.models.load import load_causal_lm, resolve_device
 from tether.rollout.generate import decode_responses, generate
@@ -44,9 +42,5 @@ def sample_to_file(model_path: str, prompts_file: str, k: int, out_file: str, ge
     """Write a campaign file; returns the number of items."""
     prompts = [e.prompt for e in load_prompts(prompts_file)][:max_prompts]
     completions = sample_completions(model_path, prompts, k, gen, seed)
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", encoding="utf-8") as fh:
-        for i, (p, c) in enumerate(zip(prompts, completions)):
-            fh.write(json.dumps({"id": f"item-{i}", "prompt": p, "completions": c, "model": model_path}) + "\n")
-    return len(prompts)
+    return write_jsonl(out_file, ({"id": f"item-{i}", "prompt": p, "completions": c, "model": model_path}
+                                  for i, (p, c) in enumerate(zip(prompts, completions))))

@@ -17,7 +17,6 @@ The reference comes from one of three places (`dpo.reference`):
 from __future__ import annotations
 
 import copy
-import gc
 import random
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tether.errors import ConfigError
 from tether.eval.dpo_eval import DPOMeta
 from tether.losses.dpo import dpo_loss, ipo_loss, kto_kl_ref_point, kto_loss
 from tether.models.load import (
+    release_memory,
     apply_lora, check_context, count_parameters, is_peft, load_causal_lm, reference_context, save_causal_lm, set_attention, set_threads,
 )
 from tether.models.logprobs import response_logprobs, sequence_logprobs
@@ -345,13 +345,6 @@ def _heldout_kl(policy, ref_policy, tokenizer, prompts: list[str], template: str
     return {"eval/kl": kl.mean().item(), "eval/kl_prompts": float(len(kl)), "eval/response_length": lengths.mean().item()}
 
 
-def _free() -> None:
-    """Return memory of models that were just dropped."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -513,12 +506,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
         metrics.update(heldout_kl(policy, ref_policy, tokenizer, prompts, d.prompt_template, d.max_prompt_length, device, cfg.train.seed, dist))
         run.log(step, metrics)
         ref_policy = None
-        _free()
+        release_memory()
 
     # 5. save: merged model, and what `tether dpo eval` needs to find the reference. Training is over, so
     # the reference and optimizer state go first and LoRA is merged in place (no second copy at the end)
     ref_policy = optimizer = scheduler = cache = None
-    _free()
+    release_memory()
     if is_peft(dist.unwrap(policy)):
         policy = dist.unwrap(policy)
         if dist.is_main:
