@@ -74,6 +74,18 @@ def test_help():
     assert sft.returncode == 0 and "data.max_length" in sft.stdout and "train.learning_rate" in sft.stdout
 
 
+def test_every_stage_of_the_table_is_a_command_with_its_help_and_keys():
+    from tether.cli import build_parser
+    from tether.config import describe
+    from tether.stages import STAGES, schema
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name, stage in STAGES.items():
+        parser = sub.choices[name]
+        assert [c.help for c in sub._choices_actions if c.dest == name] == [stage.help], name
+        assert describe(schema(name))[0] in parser.epilog, name
+
+
 def test_sft_runs_and_prints_the_output_dir(sft_yaml, tmp_path):
     result = tether("sft", "--config", sft_yaml)
     assert result.returncode == 0, result.stderr

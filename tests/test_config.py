@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from tether.config import (
-    CONFIGS, PPOConfig, RewardConfig, SFTConfig, describe, dump_config, load_config, parse_override, validate,
+    GRPOConfig, PPOConfig, RewardConfig, SFTConfig, describe, dump_config, load_config, parse_override, validate,
 )
 from tether.errors import ConfigError
+from tether.stages import schema
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,7 +177,7 @@ def test_describe_lists_every_key():
 
 def test_every_stage_has_the_shared_keys():
     for name in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo"):
-        keys = "\n".join(describe(CONFIGS[name]))
+        keys = "\n".join(describe(schema(name)))
         shared = ("data.train", "train.learning_rate", "train.seed", "train.report_to", "output_dir")
         for key in shared + (() if name == "pretrain" else ("model.name_or_path", "data.eval")):  # pretrain builds its model (arch)
             assert f"  {key} (" in keys, (name, key)
@@ -191,5 +192,34 @@ def test_dump_round_trips(yaml_file, tmp_path):
 
 @pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "ppo"])
 def test_tiny_configs_are_valid(stage):
-    cfg = load_config(CONFIGS[stage], str(REPO_ROOT / "configs" / f"{stage}_tiny.yaml"))
+    cfg = load_config(schema(stage), str(REPO_ROOT / "configs" / f"{stage}_tiny.yaml"))
     assert cfg.output_dir.startswith("runs/tiny/")
+
+
+ONLINE = "model: {name_or_path: tiny-llama}\nreward_model: {path: tiny-bert}\ndata: {train: p.jsonl}\noutput_dir: o\n"
+
+
+@pytest.mark.parametrize("schema", [PPOConfig, GRPOConfig], ids=["ppo", "grpo"])
+def test_keys_that_moved_to_the_rollout_section_are_named_in_a_file_and_an_override(schema, tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(ONLINE + "ppo: {batch_size: 8, num_ppo_epochs: 2}\n")
+    msg = _error(load_config, schema, str(path))
+    assert "ppo.batch_size is now rollout.batch_size" in msg and "ppo.num_ppo_epochs is now rollout.num_epochs" in msg
+    path.write_text(ONLINE)
+    assert "ppo.rollout_seeding is now rollout.seeding" in _error(load_config, schema, str(path), ["ppo.rollout_seeding=global"])
+    assert load_config(schema, str(path), ["rollout.seeding=global"]).rollout.seeding == "global"
+
+
+def test_grpo_normalize_scores_moved_and_the_old_backend_name_says_what_replaced_it(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(ONLINE + "grpo: {normalize_scores: false}\n")
+    assert "grpo.normalize_scores is now rollout.normalize_scores" in _error(load_config, GRPOConfig, str(path))
+    path.write_text(ONLINE + "generation: {backend: hf}\n")
+    assert "generation.backend=hf is now generation.backend=policy" in _error(load_config, PPOConfig, str(path))
+
+
+def test_online_stages_do_not_take_the_keys_of_batch_training(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(ONLINE)
+    for key in ("train.batch_size=4", "train.lr_scheduler=linear", "train.log_every=1", "data.max_length=64", "data.truncation=drop"):
+        assert "unknown config key" in _error(load_config, PPOConfig, str(path), [key]), key

@@ -12,7 +12,8 @@ import pytest
 from pydantic import BaseModel
 
 from tether import config as C
-from tether.config import CONFIGS, Strict, _section_type, validate
+from tether.config import Strict, _section_type, validate
+from tether.stages import schema
 
 GPU_ONLY = {  # read by rollout/backends.py::VLLMBackend, which needs CUDA and the vllm package
     "generation.vllm", "generation.vllm.gpu_memory_utilization", "generation.vllm.enable_prefix_caching",
@@ -45,10 +46,10 @@ def reads(monkeypatch):
 
 
 def _run(stage: str, raw: dict):
-    from tether.cli import _runners
+    from tether.cli import runners
 
-    cfg = validate(CONFIGS[stage], raw)
-    return _runners()[stage](cfg)
+    cfg = validate(schema(stage), raw)
+    return runners()[stage](cfg)
 
 
 def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
@@ -114,7 +115,7 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
 def test_every_key_of_a_stage_is_read(stage, tmp_path, tiny_data, tiny_models, jsonl, reads):
     for raw in _variants(stage, tmp_path, tiny_data, tiny_models, jsonl):
         _run(stage, raw)
-    unread = [key for cls, name, key in schema_keys(CONFIGS[stage]) if (cls, name) not in reads and key not in GPU_ONLY]
+    unread = [key for cls, name, key in schema_keys(schema(stage)) if (cls, name) not in reads and key not in GPU_ONLY]
     assert not unread, f"tether {stage} accepts keys it never reads: {', '.join(unread)}"
 
 

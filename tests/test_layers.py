@@ -11,7 +11,7 @@ SRC = Path(__file__).resolve().parent.parent / "src"
 # lowest first; a module may import from its own layer or any layer below it
 LAYERS = [
     {"__init__", "errors", "types", "precision", "ops", "html", "tracking"},  # __init__: the version only
-    {"config"},
+    {"config", "stages"},
     {"run"},
     {"losses", "rl"},
     {"models", "data"},

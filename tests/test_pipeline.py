@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tether.cli import _runners
+from tether.cli import runners
 from tether.errors import ConfigError, DataError
 from tether.pipeline import load_pipeline, run_pipeline
 
@@ -65,7 +65,7 @@ def tiny_pipeline(root: Path, data: dict[str, Path]) -> Path:
 
 
 def counting_runners(calls: list[str], fail: set[str] = frozenset()) -> dict:
-    real = _runners()
+    real = runners()
 
     def wrap(name):
         def run(cfg):
@@ -145,7 +145,7 @@ def test_a_failed_gate_stops_the_pipeline(tmp_path, tiny_data):
 
 def test_changing_a_stage_reruns_the_stages_after_it(tmp_path, tiny_data):
     path = tiny_pipeline(tmp_path, tiny_data)
-    run_pipeline(str(path), [], _runners())
+    run_pipeline(str(path), [], runners())
     calls: list[str] = []
     run_pipeline(str(path), ["sft.train.learning_rate=2e-3"], counting_runners(calls, fail={"pretrain", "rm"}))
     assert calls[:2] == ["sft", "ppo"]
@@ -199,7 +199,7 @@ def test_unknown_reference(tmp_path):
         {"name": "s", "command": "sft", "config": {"model": {"name_or_path": "${pre.output_dir}"}, "data": {"train": "x.jsonl"}}},
     ]})
     with pytest.raises(ConfigError, match=r"\$\{pre.output_dir\}"):
-        run_pipeline(path, [], _runners())
+        run_pipeline(path, [], runners())
 
 
 def test_stage_config_error_names_the_stage(tmp_path):
@@ -207,7 +207,7 @@ def test_stage_config_error_names_the_stage(tmp_path):
         {"name": "mysft", "command": "sft", "config": {"model": {"name_or_path": "tiny-llama"}, "data": {"train": "x.jsonl"}, "train": {"batch_size": -1}}},
     ]})
     with pytest.raises(ConfigError, match="mysft.*train.batch_size"):
-        run_pipeline(path, [], _runners())
+        run_pipeline(path, [], runners())
 
 
 def test_missing_data_dir_says_what_to_pass(tmp_path, monkeypatch):
@@ -216,7 +216,7 @@ def test_missing_data_dir_says_what_to_pass(tmp_path, monkeypatch):
         {"name": "s", "command": "sft", "config": {"data": {"train": "${data_dir}/x.jsonl"}}},
     ]})
     with pytest.raises(DataError, match="TETHER_DATA_DIR"):
-        run_pipeline(path, [], _runners())
+        run_pipeline(path, [], runners())
 
 
 # --------------------------------------------------------------------------- real data (slow)
@@ -263,7 +263,7 @@ def test_tiny_configs_chained_on_real_data(tmp_path):
     }
     path = tmp_path / "pipeline.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
-    outputs = run_pipeline(str(path), [], _runners())
+    outputs = run_pipeline(str(path), [], runners())
     for name, out in outputs.items():
         assert out.is_relative_to(tmp_path), (name, out)  # nothing written into the repository's runs/
         assert (out / "DONE").is_file(), name

@@ -13,46 +13,20 @@ import os
 import sys
 from typing import Callable
 
-from tether.config import CONFIGS, EvalConfig, GenerationConfig, describe, load_config, validate
+from tether.config import EvalConfig, GenerationConfig, describe, load_config, validate
 from tether.errors import TetherError
-
-STAGE_HELP = {
-    "pretrain": "train a byte-level BPE tokenizer and a small causal LM from scratch",
-    "sft": "supervised fine-tuning (loss on response tokens only, optional LoRA)",
-    "rm": "train a reward model (Bradley-Terry, classifier, ensembles); `tether rm eval` evaluates one",
-    "ppo": "PPO against a reward model with a per-token KL penalty to the frozen reference",
-    "dpo": "DPO / IPO / KTO directly from preferences; `tether dpo eval` scores the implicit reward model",
-    "grpo": "critic-free online RL: GRPO, RLOO or REINFORCE++ against a reward model or a reward function",
-}
+from tether.stages import STAGES, TRAINERS, runner, schema
 
 
-def _runner(module: str, name: str) -> Callable:
-    """A stage function imported on first call, so `tether --help` and `tether label` stay light."""
-
-    def call(cfg):
-        import importlib
-
-        return getattr(importlib.import_module(module), name)(cfg)
-
-    return call
-
-
-def _runners() -> dict[str, Callable]:
-    return {
-        "pretrain": _runner("tether.trainers.pretrain", "train_pretrain"),
-        "sft": _runner("tether.trainers.sft", "train_sft"),
-        "rm": _runner("tether.trainers.reward", "train_reward"),
-        "ppo": _runner("tether.trainers.ppo", "train_ppo"),
-        "dpo": _runner("tether.trainers.dpo", "train_dpo"),
-        "grpo": _runner("tether.trainers.grpo", "train_grpo"),
-        "eval": _runner("tether.eval.policy", "evaluate_policies"),
-    }
+def runners() -> dict[str, Callable]:
+    """Every stage's function, imported on first call, so `tether --help` and `tether label` stay light."""
+    return {name: (lambda cfg, name=name: runner(name)(cfg)) for name in STAGES}
 
 
 def _stage_parser(sub, name: str) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        name, help=STAGE_HELP[name], formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys (set in the YAML file or as key.path=value):\n" + "\n".join(describe(CONFIGS[name])),
+        name, help=STAGES[name].help, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys (set in the YAML file or as key.path=value):\n" + "\n".join(describe(schema(name))),
     )
     p.add_argument("--config", help="YAML config file")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.learning_rate=1e-5")
@@ -79,12 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--reference", help="with `dpo eval`: the reference model (default: the one recorded in the run)")
         p.add_argument("--batch-size", type=int, default=32)
 
-    ev = sub.add_parser(
-        "eval", help="baseline vs policy on the same prompts; writes eval.json and report.html",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="config keys:\n" + "\n".join(describe(EvalConfig)),
-    )
-    ev.add_argument("--config")
+    ev = _stage_parser(sub, "eval")
     ev.add_argument("--baseline")
     ev.add_argument("--policy")
     ev.add_argument("--prompts")
@@ -92,7 +61,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", dest="output_dir")
     ev.add_argument("--train-metrics", help="metrics.jsonl of the PPO run (curves in the report)")
     ev.add_argument("--json", action="store_true")
-    ev.add_argument("overrides", nargs="*")
 
     sample = sub.add_parser("sample", help="K sampled completions per prompt, written as a campaign file for labeling")
     sample.add_argument("--model", required=True)
@@ -105,37 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--max-new-tokens", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
 
-    for name, (module, cls, helptext) in EXTRA_STAGES.items():
-        import importlib
-
-        schema = getattr(importlib.import_module(module), cls)
-        p = sub.add_parser(
-            name, help=helptext, formatter_class=argparse.RawDescriptionHelpFormatter,
-            epilog="config keys (set in the YAML file or as key.path=value):\n" + "\n".join(describe(schema)),
-        )
-        p.add_argument("--config", help="YAML config file")
-        p.add_argument("--json", action="store_true", help="print the summary as JSON")
-        p.add_argument("overrides", nargs="*")
+    for name in ("redteam", "cai"):
+        _stage_parser(sub, name).add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sub.add_parser("label", help="the human feedback app: serve, import, export (see `tether label --help`)", add_help=False)
     return parser
 
 
-# stages whose config schemas live beside them (no torch import at config time)
-EXTRA_STAGES = {
-    "redteam": ("tether.redteam.config", "RedteamConfig", "attack suites against baseline and aligned models; attack success and refusal rates"),
-    "cai": ("tether.constitutional.config", "CAIConfig", "Constitutional AI: critique-revision SFT data and AI preference labels (RLAIF)"),
-}
-EXTRA_RUNNERS = {"redteam": ("tether.redteam.run", "run_redteam", "redteam.json"), "cai": ("tether.constitutional.run", "run_cai", None)}
-
-
 def _extra_stage(args) -> int:
-    import importlib
-
-    module, cls, _ = EXTRA_STAGES[args.command]
-    cfg = load_config(getattr(importlib.import_module(module), cls), args.config, args.overrides)
-    run_module, fn, summary = EXTRA_RUNNERS[args.command]
-    out = getattr(importlib.import_module(run_module), fn)(cfg)
+    out = runner(args.command)(load_config(schema(args.command), args.config, args.overrides))
+    summary = STAGES[args.command].summary
     if args.json and summary and (out / summary).is_file():
         print((out / summary).read_text())
     else:
@@ -191,7 +138,7 @@ def dispatch(args, argv: list[str]) -> int:
     if args.command == "run":
         from tether.pipeline import run_pipeline
 
-        outputs = run_pipeline(args.pipeline, args.overrides, _runners())
+        outputs = run_pipeline(args.pipeline, args.overrides, runners())
         for out in outputs.values():
             for name in ("report.html", "eval.json"):
                 if (out / name).is_file():
@@ -200,20 +147,19 @@ def dispatch(args, argv: list[str]) -> int:
     if args.command in ("rm", "dpo") and args.overrides[:1] == ["eval"]:
         args.overrides = args.overrides[1:]
         return _pairwise_eval(args)
-    if args.command in ("pretrain", "sft", "rm", "ppo", "dpo", "grpo"):
-        cfg = load_config(CONFIGS[args.command], args.config, args.overrides)
-        out = _runners()[args.command](cfg)
+    if args.command in TRAINERS:
+        out = runner(args.command)(load_config(schema(args.command), args.config, args.overrides))
         if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, the main process answers
             print(out)
         return 0
     if args.command == "eval":
-        result = _runners()["eval"](_eval_config(args))
+        result = runner("eval")(_eval_config(args))
         if args.json:
             print(json.dumps(result.to_json(), indent=2))
         return 0
     if args.command == "sample":
         return _sample(args)
-    if args.command in EXTRA_STAGES:
+    if args.command in ("redteam", "cai"):
         return _extra_stage(args)
     raise TetherError(f"unknown command {args.command}")
 

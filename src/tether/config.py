@@ -211,11 +211,19 @@ class VLLMOptions(Strict):
 class RolloutGenerationConfig(GenerationConfig):
     """Sampling settings of online RL (`tether ppo`, `tether grpo`), plus the engine that samples."""
 
-    backend: Literal["hf", "vllm"] = Field(
-        "hf", description="hf: sampling on the training policy itself (see engine); vllm: a vLLM engine on the same GPU, "
-        "weights pushed after every update (needs the vllm package and CUDA)",
+    backend: Literal["policy", "vllm"] = Field(
+        "policy", description="policy: the training policy samples itself (with generation.engine's decode loop); vllm: a "
+        "vLLM engine on the same GPU, weights pushed after every update (needs the vllm package and CUDA)",
     )
     vllm: VLLMOptions = Field(default_factory=VLLMOptions)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_backend_name(cls, data):
+        if isinstance(data, dict) and data.get("backend") == "hf":
+            raise ValueError("generation.backend=hf is now generation.backend=policy (the training policy samples itself; "
+                             "generation.engine chooses tether's decode loop or Hugging Face generate)")
+        return data
 
 
 class StageBase(Strict):
@@ -552,17 +560,6 @@ class EvalConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = True
-
-
-CONFIGS: dict[str, type[Strict]] = {
-    "pretrain": PretrainConfig,
-    "sft": SFTConfig,
-    "rm": RewardConfig,
-    "ppo": PPOConfig,
-    "dpo": DPOConfig,
-    "grpo": GRPOConfig,
-    "eval": EvalConfig,
-}
 
 
 # --------------------------------------------------------------------------- loading

@@ -37,9 +37,10 @@ from typing import Any, Callable
 
 from pydantic import Field
 
-from tether.config import CONFIGS, Strict, apply_overrides, dump_config, read_yaml, validate
+from tether.config import Strict, apply_overrides, dump_config, read_yaml, validate
 from tether.errors import ConfigError, DataError
 from tether.run import DONE_FILE, console, finished_with
+from tether.stages import STAGES, schema
 
 _REF = re.compile(r"\$\{([A-Za-z0-9_.-]+)\}")
 
@@ -98,8 +99,8 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[dict, list[Stage]]:
     for i, s in enumerate(stages_raw):
         if not isinstance(s, dict) or "name" not in s or "command" not in s:
             raise ConfigError(f"{path}: stage {i + 1} needs 'name' and 'command'")
-        if s["command"] not in CONFIGS:
-            raise ConfigError(f"{path}: stage '{s['name']}': unknown command '{s['command']}' (expected {', '.join(CONFIGS)})")
+        if s["command"] not in STAGES:
+            raise ConfigError(f"{path}: stage '{s['name']}': unknown command '{s['command']}' (expected {', '.join(STAGES)})")
         if s["name"] in names:
             raise ConfigError(f"{path}: duplicate stage name '{s['name']}'")
         extra = set(s) - {"name", "command", "config", "config_file"}
@@ -119,7 +120,7 @@ def load_pipeline(path: str, overrides: list[str]) -> tuple[dict, list[Stage]]:
         if not match or not rest:
             raise ConfigError(f"override '{text}': expected STAGE.key=value with STAGE one of {', '.join(names)}")
         stage = match[0]
-        stage.raw = apply_overrides(stage.raw, [rest], CONFIGS[stage.command])
+        stage.raw = apply_overrides(stage.raw, [rest], schema(stage.command))
     return globals_, stages
 
 
@@ -163,7 +164,7 @@ def run_pipeline(path: str, overrides: list[str], runners: dict[str, Callable[[S
     for stage in stages:
         raw = _interpolate(stage.raw, env, f"{path}: stage '{stage.name}'")
         raw.setdefault("output_dir", f"{output_root}/{stage.name}")
-        cfg = validate(CONFIGS[stage.command], raw, origin=f"{path}: stage '{stage.name}'")
+        cfg = validate(schema(stage.command), raw, origin=f"{path}: stage '{stage.name}'")
         out = Path(cfg.output_dir)
         depends_on = {ref.split(".")[0] for ref in _REF.findall(str(stage.raw)) if ref.endswith(".output_dir")}
         if not (depends_on & ran) and finished_with(out, cfg):
@@ -311,4 +312,4 @@ def apply_plan(path: str, plan: Plan, stages: list[Stage], given: set[str] = fro
         if head not in names or not rest:
             raise ConfigError(f"{path}: plan '{plan.name}': override '{key}' must be STAGE.key with STAGE one of {', '.join(names)}")
         stage = names[head]
-        stage.raw = apply_overrides(stage.raw, [f"{rest}={json.dumps(value)}"], CONFIGS[stage.command])  # JSON is YAML
+        stage.raw = apply_overrides(stage.raw, [f"{rest}={json.dumps(value)}"], schema(stage.command))  # JSON is YAML

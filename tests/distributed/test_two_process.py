@@ -34,7 +34,8 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import PREF_ROWS, SFT_ROWS, write_jsonl
-from tether.config import CONFIGS, ModelConfig, load_config
+from tether.config import ModelConfig, load_config
+from tether.stages import schema
 from tether.models.load import load_causal_lm
 from tether.models.reward import load_sequence_classifier
 
@@ -133,7 +134,7 @@ def _launch_two(root: Path, configs: dict[str, tuple[str, Path]]) -> dict:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Every stage as one process (here) and as two processes; the output directories."""
-    from tether.cli import _runners
+    from tether.cli import runners
 
     root = tmp_path_factory.mktemp("ddp")
     configs = _configs(root)
@@ -141,8 +142,8 @@ def runs(tmp_path_factory):
     try:
         one = {}
         for name, (cmd, path) in configs.items():
-            cfg = load_config(CONFIGS[cmd], path, [f"output_dir={root / 'one' / name}"])
-            one[name] = Path(_runners()[cmd](cfg))
+            cfg = load_config(schema(cmd), path, [f"output_dir={root / 'one' / name}"])
+            one[name] = Path(runners()[cmd](cfg))
     finally:
         sys.path.remove(str(HERE))
     two = _launch_two(root, configs)

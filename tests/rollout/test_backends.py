@@ -346,7 +346,7 @@ def test_vllm_with_truncated_or_greedy_sampling_is_refused_while_the_check_is_on
     with pytest.raises(ConfigError, match=r"generation\.temperature=0\.7"):
         validate(GRPOConfig, {**base, "generation": {"backend": "vllm", "do_sample": False, "temperature": 0.7}})
     validate(PPOConfig, {**base, "generation": {"backend": "vllm", "top_p": 0.9}, "rollout": {"check_logprobs": False}})
-    validate(PPOConfig, {**base, "generation": {"backend": "hf", "top_p": 0.9}})
+    validate(PPOConfig, {**base, "generation": {"backend": "policy", "top_p": 0.9}})
     with pytest.raises(ConfigError, match=r"generation\.backend"):
         validate(PPOConfig, {**base, "generation": {"backend": "sglang"}})
     with pytest.raises(ConfigError, match=r"unknown config key 'generation\.vllm\.tensor_parallel'"):

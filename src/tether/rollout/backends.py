@@ -7,7 +7,7 @@ PPO and GRPO ask a backend for one response per prompt and hand it the policy af
     ...                                                                # optimizer steps on the policy
     backend.sync_weights(policy)                                       # the next rollout samples from them
 
-- `HFBackend` (`generation.backend: hf`, the default): sampling on the training policy itself
+- `HFBackend` (`generation.backend: policy`, the default): sampling on the training policy itself
   (`rollout/generate.py::generate`: tether's decode loop, or Hugging Face `generate` with
   `generation.engine: hf`). The engine *is* the policy, so `sync_weights` has nothing to do.
 - `VLLMBackend` (`generation.backend: vllm`, CUDA only): a vLLM engine in the same process and on the same
@@ -145,7 +145,7 @@ def require_backend(gen: RolloutGenerationConfig, device: torch.device) -> None:
     if gen.backend == "vllm":
         problem = vllm_problem(device)
         if problem:
-            raise ConfigError(f"generation.backend=vllm: {problem}; use generation.backend=hf")
+            raise ConfigError(f"generation.backend=vllm: {problem}; use generation.backend=policy")
 
 
 def make_backend(
