@@ -10,8 +10,11 @@ function in `rl/advantages.py` and a value of `grpo.algorithm`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -26,7 +29,7 @@ from tether.models.shared_prefix import grouped_response_logprobs, prompt_groups
 from tether.precision import resolve_precision
 from tether.rollout.backends import GenerationBackend, make_backend, require_backend
 from tether.rollout.generate import decode_responses
-from tether.trainers.common import autocast
+from tether.trainers.common import StopSignal, autocast, interrupted
 from tether.trainers.distributed import Distributed
 from tether.types import Rollout
 
@@ -395,3 +398,50 @@ def judge_stop(cfg: OnlineConfig, m: Roles, judge: Judge | None, step: int, devi
     if reward_hacking_suspected(judge.history, cfg.judge.patience):
         return "reward hacking suspected: the held-out judge score fell while the training score rose"
     return None
+
+
+class StepControl:
+    """Phase 5 of every online method, once a step's metrics are logged: the divergence guards, the stopping
+    criteria, the judge, checkpoints and the stop signal.
+
+    Args:
+        save: writes a checkpoint into the directory it is given (the trainer's state at the current step).
+        stop: the run's `StopSignal`.
+    """
+
+    def __init__(self, cfg: OnlineConfig, m: Roles, judge: Judge | None, run, dist: Distributed, save: Callable[[Path], None],
+                 stop: StopSignal):
+        self.cfg, self.m, self.judge, self.run, self.dist, self.save, self.stop = cfg, m, judge, run, dist, save, stop
+        self.skipped = 0  # updates skipped for non-finite values so far
+
+    def after(self, step: int, metrics: dict[str, float], raw_scores: torch.Tensor) -> str | None:
+        """Why training stops after this step, or None to go on (checkpointing every `train.save_every` steps).
+
+        Raises:
+            GuardTripped: a divergence guard fired (see `guard`).
+            TrainingError: a stop signal arrived; the checkpoint is written first.
+        """
+        self.skipped += int(metrics["guard/skipped"])
+        check_guards(self.cfg, metrics, raw_scores, self.skipped, step)
+        reason = stop_criterion(self.cfg.rollout, metrics) or judge_stop(self.cfg, self.m, self.judge, step, self.dist.device, self.dist, self.run)
+        if reason:
+            return reason
+        stopping = self.dist.any(self.stop.requested)  # all processes stop at the same step
+        if self.cfg.train.save_every and step % self.cfg.train.save_every == 0 or stopping:
+            ckpt = self.run.checkpoint(step, self.save)
+            if stopping:
+                raise interrupted(step, ckpt)
+        return None
+
+    @contextlib.contextmanager
+    def guard(self, step: int) -> Iterator[None]:
+        """Around one step: a guard that fires saves the state at that moment and stops with where it is.
+
+        Raises:
+            TrainingError: from a `GuardTripped`, naming the checkpoint.
+        """
+        try:
+            yield
+        except GuardTripped as exc:
+            ckpt = self.run.checkpoint(step, self.save)
+            raise TrainingError(f"{exc}; the state at that moment is saved in {ckpt}") from None

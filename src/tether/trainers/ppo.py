@@ -21,7 +21,6 @@ from pathlib import Path
 import torch
 
 from tether.config import PPOConfig
-from tether.errors import TrainingError
 from tether.losses.ppo import ppo_policy_loss, ppo_value_loss
 from tether.models.load import count_parameters, save_causal_lm, set_threads
 from tether.models.logprobs import response_logprobs
@@ -30,11 +29,11 @@ from tether.rl.advantages import compute_gae
 from tether.rl.kl import kl_estimate, make_kl_controller
 from tether.rl.rewards import compute_rewards
 from tether.run import RunDir, console, fmt, progress
-from tether.trainers.common import StopSignal, adamw, autocast, interrupted, next_batch, resume_training, save_state, set_seed, trainable_state_dict
+from tether.trainers.common import StopSignal, adamw, autocast, next_batch, resume_training, save_state, set_seed, trainable_state_dict
 from tether.trainers.distributed import Distributed
 from tether.trainers.online import (
-    GuardTripped, Roles, check_guards, check_rollout_logprobs, check_sharding, compute_dtype, gather_rollout, guarded_step, judge_stop, load_judge,
-    load_roles, make_rollout, minibatch_generator, minibatches, score_shift, stop_criterion, train_prompts,
+    Roles, StepControl, check_rollout_logprobs, check_sharding, compute_dtype, gather_rollout, guarded_step, load_judge, load_roles,
+    make_rollout, minibatch_generator, minibatches, score_shift, train_prompts,
 )
 from tether.types import Rollout
 
@@ -133,7 +132,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
     if dist.is_main:
         (run.path / "reward_normalization.json").write_text(json.dumps({"mean": shift[0], "std": shift[1]}))
     dtype = compute_dtype(cfg, m.policy)
-    stop_reason, metrics, step, skipped = "max_steps", {}, start - 1, 0
+    stop_reason, metrics, step = "max_steps", {}, start - 1
 
     def save(path: Path) -> None:
         """Policy in HF format for any tool, plus everything needed to continue exactly."""
@@ -145,9 +144,10 @@ def train_ppo(cfg: PPOConfig) -> Path:
         )
 
     with progress() as bar, StopSignal() as stop:
+        control = StepControl(cfg, m, judge, run, dist, save, stop)
         task = bar.add_task("ppo", total=max_steps, completed=start - 1, info="")
         for step in range(start, max_steps + 1):
-            try:
+            with control.guard(step):
                 # 1-2. generate and score this process's shard of the batch; gather the global rollout
                 batch, order = next_batch(prompts, order, rng, ro.batch_size)
                 lo, hi = dist.shard_range(len(batch))
@@ -185,20 +185,10 @@ def train_ppo(cfg: PPOConfig) -> Path:
                 }
                 run.log(step, metrics)
                 bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
-                skipped += int(update["guard/skipped"])
-                check_guards(cfg, metrics, r.raw_scores, skipped, step)
-                reason = stop_criterion(ro, metrics) or judge_stop(cfg, m, judge, step, device, dist, run)
+                reason = control.after(step, metrics, r.raw_scores)  # guards, stopping, judge, checkpoints
                 if reason:
                     stop_reason = reason
                     break
-                stopping = dist.any(stop.requested)  # all processes stop at the same step
-                if cfg.train.save_every and step % cfg.train.save_every == 0 or stopping:
-                    ckpt = run.checkpoint(step, save)
-                    if stopping:
-                        raise interrupted(step, ckpt)
-            except GuardTripped as exc:
-                ckpt = run.checkpoint(step, save)
-                raise TrainingError(f"{exc}; the state at that moment is saved in {ckpt}") from None
 
     # 6. final policy in Hugging Face format
     dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
