@@ -116,6 +116,7 @@ def sft_config(s: dict, out_dir: str):
 
     raw = common_sections(s, out_dir, "sft.jsonl", harness.manifest()["data"]["seq_tokens"])
     raw["train"]["batch_size"] = s["batch"]
+    raw["train"].pop("share_prompt")  # SFT examples share no prompt
     raw["model"] = {"name_or_path": harness.manifest()["models"][s["model"]]["policy"]}
     return validate(SFTConfig, raw)
 
