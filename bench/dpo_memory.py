@@ -73,7 +73,7 @@ def child(args) -> None:
     """One training run in this process; prints one JSON line."""
     import torch
 
-    from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, TrainConfig
+    from tether.config import DataConfig, DPOConfig, DPOParams, LoRAConfig, ModelConfig, PairTrainConfig
     from tether.trainers.dpo import train_dpo
 
     import threading
@@ -107,7 +107,7 @@ def child(args) -> None:
             gradient_checkpointing=args.gradient_checkpointing,
         ),
         data=DataConfig(train=args.data, max_length=args.max_length, max_prompt_length=args.max_length // 2),
-        train=TrainConfig(batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-4, log_every=1, device=args.device),
+        train=PairTrainConfig(batch_size=args.batch_size, max_steps=args.steps, learning_rate=1e-4, log_every=1, device=args.device),
         dpo=DPOParams(reference=mode["reference"]),
         output_dir=args.out,
     )
