@@ -88,3 +88,41 @@ def test_reliability_bins():
         reliability_bins([1.5], [1])
     with pytest.raises(ValueError):
         reliability_bins([0.5, 0.5], [1])
+
+
+def test_length_controlled_win_rate_matches_the_hand_computed_glm():
+    # 10 prompts where the policy answers 5 tokens longer (it wins 8), 10 where it answers 5 shorter (it wins 4).
+    # The GLM sigmoid(theta + phi * tanh(dl / std)) is saturated by two groups: sigmoid(theta + phi t) = 0.8 and
+    # sigmoid(theta - phi t) = 0.4, so theta = (logit 0.8 + logit 0.4) / 2 and the LC win rate is sigmoid(theta).
+    from tether.eval.metrics import lc_win_rate
+
+    policy = [1.0] * 8 + [0.0] * 2 + [1.0] * 4 + [0.0] * 6
+    lengths = [10] * 10 + [0] * 10
+    lc = lc_win_rate(policy, [0.5] * 20, lengths, [5] * 20, l2=0.0, n_boot=50)
+    theta = (np.log(0.8 / 0.2) + np.log(0.4 / 0.6)) / 2
+    assert lc.intercept == pytest.approx(theta, abs=1e-8)
+    assert lc.rate == pytest.approx(1 / (1 + np.exp(-theta)), abs=1e-8)  # 0.620, against a raw win rate of 0.6
+    assert lc.length_coef > 0 and lc.n == 20 and lc.low <= lc.rate <= lc.high
+
+
+def test_a_policy_that_wins_only_by_length_gets_about_one_half():
+    from tether.eval.metrics import lc_win_rate
+
+    rng = np.random.default_rng(0)
+    dl = rng.normal(0, 10, 400)
+    wins = (rng.random(400) < 1 / (1 + np.exp(-2 * np.tanh(dl / dl.std())))).astype(float)  # preference = length only
+    lc = lc_win_rate(wins, [0.5] * 400, 50 + dl, [50] * 400, n_boot=100)
+    assert abs(lc.rate - 0.5) < 0.06 and lc.low < 0.5 < lc.high
+    long = lc_win_rate(np.ones(400) * (dl > 0), [0.5] * 400, 50 + dl, [50] * 400, n_boot=20)  # longer always wins
+    assert abs(long.rate - 0.5) < 0.05 and long.length_coef > 3
+
+
+def test_length_controlled_win_rate_equals_the_raw_one_when_length_does_not_matter():
+    from tether.eval.metrics import lc_win_rate
+
+    rng = np.random.default_rng(1)
+    wins = (rng.random(400) < 0.7).astype(float)
+    lc = lc_win_rate(wins, [0.5] * 400, rng.integers(1, 60, 400), [30] * 400, n_boot=100)
+    assert lc.rate == pytest.approx(wins.mean(), abs=0.02)
+    with pytest.raises(ValueError, match="lc_win_rate needs"):
+        lc_win_rate([1.0], [0.0, 1.0], [1], [1])

@@ -56,6 +56,7 @@ def test_same_model_has_zero_kl_and_ties(models, tmp_path):
     assert rm.baseline_scores == rm.policy_scores
     assert rm.win_rate.ties == len(PROMPTS)
     assert result.to_json()["win_rate"] == 0.5
+    assert rm.lc_win_rate.rate == pytest.approx(0.5)  # all ties: equal lengths, equal scores
     assert [s.baseline for s in result.samples] == [s.policy for s in result.samples]
 
 
@@ -67,6 +68,8 @@ def test_outputs_written_and_escaped(models, tmp_path):
         assert key in data
     assert data["n_prompts"] == len(PROMPTS)
     assert data["reward_models"][0]["path"] == models["rm"]
+    lc = data["reward_models"][0]
+    assert 0.0 <= lc["lc_win_rate_ci"][0] <= lc["lc_win_rate"] <= lc["lc_win_rate_ci"][1] <= 1.0
     assert data["baseline_mean_score"] == data["reward_models"][0]["baseline_mean_score"]
     assert {"mean_length", "eos_fraction", "distinct_1", "distinct_2", "path"} <= set(data["policy"])
     assert data["generation"]["max_new_tokens"] == 8

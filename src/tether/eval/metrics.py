@@ -263,3 +263,72 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float | None:
         i = j + 1
     u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0
     return float(u / (n_pos * n_neg))
+
+
+class LengthControlledWinRate(NamedTuple):
+    """`lc_win_rate`'s result: the length-controlled win rate, its bootstrap interval, and the fitted GLM."""
+
+    rate: float  # sigmoid(intercept): the win rate predicted for answers of equal length
+    low: float
+    high: float
+    intercept: float  # the policy's quality term (logit scale)
+    length_coef: float  # weight of tanh(length difference / its std)
+    n: int
+
+
+def _fit_length_glm(outcomes: np.ndarray, x: np.ndarray, l2: float, iterations: int = 50) -> tuple[float, float]:
+    """Logistic regression of outcomes (in [0, 1]) on [1, x] by Newton's method, with an L2 penalty on the slope."""
+    X = np.stack([np.ones_like(x), x], axis=1)  # (N, 2)
+    w = np.zeros(2)
+    ridge = np.diag([0.0, l2])
+    for _ in range(iterations):
+        p = 1.0 / (1.0 + np.exp(-(X @ w)))
+        grad = X.T @ (p - outcomes) + ridge @ w
+        hess = X.T @ (X * (p * (1 - p))[:, None]) + ridge + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(w[0]), float(w[1])
+
+
+def lc_win_rate(
+    policy_scores: Sequence[float], baseline_scores: Sequence[float], policy_lengths: Sequence[float],
+    baseline_lengths: Sequence[float], l2: float = 1.0, n_boot: int = 500, seed: int = 0,
+) -> LengthControlledWinRate:
+    """Length-controlled win rate of the policy over the baseline (Dubois et al. 2024, "Length-Controlled
+    AlpacaEval", eq. 2 with one model pair and no instruction-difficulty term).
+
+    A logistic GLM predicts each preference from the length difference,
+    P(policy preferred) = sigmoid(theta + phi * tanh((len_policy - len_baseline) / std)), fitted by maximum
+    likelihood (ties count as half a win); the length-controlled win rate is sigmoid(theta), the win rate the model
+    predicts when the two answers are equally long. A policy that wins only by writing longer (or shorter)
+    answers gets about 0.5. The interval is a percentile bootstrap over prompts (the GLM refitted each time).
+
+    Args:
+        policy_scores, baseline_scores: (N,) a judge's scores of the two answers to each prompt.
+        policy_lengths, baseline_lengths: (N,) their lengths (tokens or words, the same unit for both).
+        l2: ridge penalty on phi, a weak prior N(0, 1 / l2); it keeps the fit finite when length separates the
+            outcomes (the longer answer always wins), where the maximum-likelihood phi would be infinite.
+
+    Returns:
+        A `LengthControlledWinRate`.
+
+    Raises:
+        ValueError: empty or mismatched inputs.
+    """
+    policy, baseline = np.asarray(policy_scores, float), np.asarray(baseline_scores, float)
+    dl = np.asarray(policy_lengths, float) - np.asarray(baseline_lengths, float)
+    if not (policy.shape == baseline.shape == dl.shape) or policy.size == 0:
+        raise ValueError(f"lc_win_rate needs N > 0 scores and lengths of each answer; got {policy.size}, {baseline.size}, {dl.size}")
+    outcomes = (policy > baseline) + 0.5 * (policy == baseline)  # (N,)
+    std = dl.std()
+    x = np.tanh(dl / std) if std > 0 else np.zeros_like(dl)  # (N,)
+    theta, phi = _fit_length_glm(outcomes, x, l2)
+    rng = np.random.default_rng(seed)
+    boots = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, policy.size, policy.size)
+        boots.append(1.0 / (1.0 + np.exp(-_fit_length_glm(outcomes[idx], x[idx], l2)[0])))
+    low, high = np.quantile(boots, [0.025, 0.975])
+    return LengthControlledWinRate(1.0 / (1.0 + np.exp(-theta)), float(low), float(high), theta, phi, int(policy.size))

@@ -24,7 +24,7 @@ from tether.config import EvalConfig, GenerationConfig, ModelConfig, dump_config
 from tether.data.sources import load_prompts, select, write_jsonl
 from tether.data.tokenize import tokenize_prompts
 from tether.errors import ConfigError, ModelError
-from tether.eval.metrics import bootstrap_ci, distinct_n, win_rate
+from tether.eval.metrics import bootstrap_ci, distinct_n, lc_win_rate, win_rate
 from tether.eval.report import write_report
 from tether.eval.results import AnswerStats, PolicyEvalResult, RewardModelResult, Sample
 from tether.models.load import load_causal_lm, release_memory, resolve_device
@@ -88,9 +88,14 @@ def policy_kl(policy: nn.Module, baseline: nn.Module, gen: Generation, temperatu
     return torch.cat(out)
 
 
+def answer_lengths(gen: Generation) -> torch.Tensor:
+    """(B,) response tokens before EOS (EOS itself not counted)."""
+    return gen.response_mask.sum(-1) - gen.ended.long()
+
+
 def answer_stats(gen: Generation, texts: list[str]) -> AnswerStats:
     """Length (tokens before EOS), EOS rate and distinct-1/2 of one model's answers."""
-    lengths = gen.response_mask.sum(-1) - gen.ended.long()  # (B,) EOS itself not counted
+    lengths = answer_lengths(gen)  # (B,)
     return AnswerStats(
         mean_length=float(lengths.double().mean()),
         eos_fraction=float(gen.ended.double().mean()),
@@ -105,8 +110,10 @@ def reward_model_names(paths: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else p for n, p in zip(names, paths)]
 
 
-def score_with(path: str, name: str, prompts: list[str], baseline: list[str], policy: list[str], device: torch.device, seed: int) -> RewardModelResult:
-    """Score both models' answers with one reward model and compare them.
+def score_with(path: str, name: str, prompts: list[str], baseline: list[str], policy: list[str], device: torch.device, seed: int,
+               lengths: tuple[list[float], list[float]] | None = None) -> RewardModelResult:
+    """Score both models' answers with one reward model and compare them: raw win rate, and with `lengths`
+    ((baseline, policy) answer lengths in tokens) the length-controlled one.
 
     Raises:
         ModelError: when the reward model cannot be loaded.
@@ -119,6 +126,7 @@ def score_with(path: str, name: str, prompts: list[str], baseline: list[str], po
     return RewardModelResult(
         name=name, path=path, baseline_scores=baseline_scores, policy_scores=policy_scores,
         win_rate=win_rate(policy_scores, baseline_scores), score_diff_ci=bootstrap_ci(diff, seed=seed),
+        lc_win_rate=lc_win_rate(policy_scores, baseline_scores, lengths[1], lengths[0], seed=seed) if lengths else None,
     )
 
 
@@ -195,7 +203,8 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     rms = []
     for path, name in zip(cfg.reward_models, reward_model_names(cfg.reward_models)):
         console.print(f"eval: scoring with reward model {name}")
-        rms.append(score_with(path, name, prompts, baseline_texts, policy_texts, device, cfg.seed))
+        lengths = (answer_lengths(baseline_gen).tolist(), answer_lengths(policy_gen).tolist())
+        rms.append(score_with(path, name, prompts, baseline_texts, policy_texts, device, cfg.seed, lengths))
         release_memory(device)
 
     samples = [

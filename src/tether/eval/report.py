@@ -115,7 +115,9 @@ def verdict(result: PolicyEvalResult, kl_budget: float | None = None) -> str:
     text = (
         f"The policy {direction} the baseline under RM {rm.name} on {result.n_prompts} {which}prompts: "
         f"mean {rm.policy_mean_score:.2f} vs {rm.baseline_mean_score:.2f}, "
-        f"win rate {wr.win_rate:.2f} (95% CI {wr.ci_low:.2f}-{wr.ci_high:.2f}); "
+        f"win rate {wr.win_rate:.2f} (95% CI {wr.ci_low:.2f}-{wr.ci_high:.2f})"
+        + (f", length-controlled {rm.lc_win_rate.rate:.2f} ({rm.lc_win_rate.low:.2f}-{rm.lc_win_rate.high:.2f})" if rm.lc_win_rate else "")
+        + "; "
         f"KL to the baseline {result.kl:.2g} nats"
     )
     if kl_budget is not None:
@@ -157,7 +159,9 @@ def _reward_rows(result: PolicyEvalResult) -> list[list]:
         rows.append([
             rm.name, rm.baseline_mean_score, rm.policy_mean_score,
             f"{rm.score_diff:+.3g} [{rm.score_diff_ci[0]:.3g}, {rm.score_diff_ci[1]:.3g}]",
-            f"{wr.win_rate:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]", f"{wr.wins}/{wr.ties}/{wr.losses}",
+            f"{wr.win_rate:.3f} [{wr.ci_low:.3f}, {wr.ci_high:.3f}]",
+            f"{rm.lc_win_rate.rate:.3f} [{rm.lc_win_rate.low:.3f}, {rm.lc_win_rate.high:.3f}]" if rm.lc_win_rate else "-",
+            f"{wr.wins}/{wr.ties}/{wr.losses}",
         ])
     return rows
 

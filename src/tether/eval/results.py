@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tether.config import GenerationConfig
-from tether.eval.metrics import WinRate
+from tether.eval.metrics import LengthControlledWinRate, WinRate
 
 
 @dataclass
@@ -39,6 +39,7 @@ class RewardModelResult:
     policy_scores: list[float]  # (N,)
     win_rate: WinRate  # policy over baseline, ties half
     score_diff_ci: tuple[float, float]  # 95% bootstrap CI of mean(policy - baseline)
+    lc_win_rate: LengthControlledWinRate | None = None  # the win rate at equal answer lengths (eval/metrics.py)
 
     @property
     def baseline_mean_score(self) -> float:
@@ -60,6 +61,8 @@ class RewardModelResult:
             "score_diff": self.score_diff, "score_diff_ci": list(self.score_diff_ci),
             "win_rate": wr.win_rate, "win_rate_ci": [wr.ci_low, wr.ci_high],
             "wins": wr.wins, "ties": wr.ties, "losses": wr.losses,
+            **({"lc_win_rate": self.lc_win_rate.rate, "lc_win_rate_ci": [self.lc_win_rate.low, self.lc_win_rate.high],
+                "lc_length_coef": self.lc_win_rate.length_coef} if self.lc_win_rate is not None else {}),
         }
 
 
