@@ -562,6 +562,53 @@ class EvalConfig(Strict):
     overwrite: bool = True
 
 
+class LoopLabeler(Strict):
+    """Who labels each round's completions. `model`: a reward model standing in for people (the synthetic-gold setup
+    of Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization"), for experiments and tests."""
+
+    kind: Literal["model"] = Field("model", description="model: a `tether rm` directory scores the completions")
+    path: str = Field(..., description="the labelling reward model (the gold model)")
+    min_margin: float = Field(0.0, ge=0.0, description="completions whose gold scores differ by at most this are a tie (no pair)")
+    batch_size: int = Field(32, gt=0)
+    max_length: int = Field(256, gt=8)
+
+
+class LoopEval(Strict):
+    """How each round's policy is compared with the starting (SFT) policy on held-out prompts."""
+
+    judge: str | None = Field(
+        None, description="an independent reward model whose win rate is the stopping rule (default: the labeller's model)"
+    )
+    max_prompts: int = Field(64, gt=0, description="held-out prompts (data.holdout_fraction of the pool)")
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.7))
+    patience: int = Field(1, gt=0, description="stop after the judge's win rate failed to improve this many rounds in a row")
+
+
+class LoopConfig(Strict):
+    """`tether loop`: rounds of sampling from the current policy, feedback, a refreshed reward model, PPO and evaluation."""
+
+    policy: str = Field(..., description="the SFT model: round 1's policy and the baseline of every evaluation")
+    data: PromptData = Field(..., description="the prompt pool; each round takes prompts no earlier round used, "
+                             "the held-out part (holdout_fraction) is for evaluation")
+    rounds: int = Field(2, gt=0, description="rounds to run; raising it later continues a finished loop")
+    prompts_per_round: int = Field(32, gt=0)
+    k: int = Field(4, ge=2, description="completions per prompt, ranked by the labeller into pairs")
+    generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=1.0, max_new_tokens=32))
+    labeler: LoopLabeler
+    reward_model: dict[str, Any] = Field(
+        default_factory=dict, description="keys of the `tether rm` config for each round's reward model (model, train, ...); "
+        "data and output_dir are the loop's; from round 2 it starts from the previous round's weights",
+    )
+    ppo: dict[str, Any] = Field(
+        default_factory=dict, description="keys of the `tether ppo` config (rollout, ppo, train, generation, guards, judge); "
+        "model, reward_model, data and output_dir are the loop's",
+    )
+    eval: LoopEval = Field(default_factory=LoopEval)
+    seed: int = 0
+    output_dir: str = Field(..., description="one directory per round (round-01, ...) and the loop's loop.json and report.html")
+    overwrite: bool = Field(False, description="allow writing into an output_dir that holds a different loop")
+
+
 # --------------------------------------------------------------------------- loading
 
 

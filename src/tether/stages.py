@@ -37,6 +37,8 @@ STAGES: dict[str, Stage] = {
                   "critic-free online RL: GRPO, RLOO or REINFORCE++ against a reward model or a reward function"),
     "eval": Stage("tether.config:EvalConfig", "tether.eval.policy:evaluate_policies",
                   "baseline vs policy on the same prompts; writes eval.json and report.html", "eval.json"),
+    "loop": Stage("tether.config:LoopConfig", "tether.loop:run_loop",
+                  "rounds of feedback on the current policy: sample, label, refresh the reward model, PPO, evaluate", "loop.json"),
     "redteam": Stage("tether.redteam.config:RedteamConfig", "tether.redteam.run:run_redteam",
                      "attack suites against baseline and aligned models; attack success and refusal rates", "redteam.json"),
     "cai": Stage("tether.constitutional.config:CAIConfig", "tether.constitutional.run:run_cai",

@@ -1,0 +1,288 @@
+"""`tether loop`: RLHF as a loop, round after round, each round's feedback given on the current policy's answers.
+
+Every round, in its own directory `round-NN/`:
+    1. sample      K completions per prompt from the current policy, on prompts no earlier round used
+    2. label       the labeller ranks them; every two completions of a prompt whose scores differ make a pair,
+                   tagged with the round and the policy that wrote it
+    3. reward      a reward model trained on the pairs of every round so far, from the previous round's weights
+    4. policy      PPO from the current policy against that reward model
+    5. evaluate    the new policy against the starting (SFT) policy on held-out prompts: the training reward
+                   model, the judge (an independent reward model; by default the labeller's), raw and
+                   length-controlled win rates, KL to the SFT policy, answer lengths
+    6. stop        when the judge's win rate has not improved for `eval.patience` rounds (a rule on the judge,
+                   not on the proxy reward model that PPO optimises)
+
+A round's steps leave their results on disk as they finish (files written whole and renamed; stages with their
+DONE marker), so `tether loop` run again after a crash or a kill skips what is done and goes on from there, and
+run with a higher `rounds` continues a finished loop. `loop.json` and `report.html` summarise every round.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import random
+from pathlib import Path
+from typing import Callable
+
+from tether.config import EvalConfig, LoopConfig, PPOConfig, RewardConfig, dump_config, validate
+from tether.data.sources import load_prompts, select, write_jsonl
+from tether.errors import ConfigError, StageFailed
+from tether.run import DONE_FILE, console, finished_with, same_config
+
+SUMMARY_FILE = "loop.json"
+REPORT_FILE = "report.html"
+
+
+def round_dir(out: Path, r: int) -> Path:
+    return out / f"round-{r:02d}"
+
+
+def round_prompts(cfg: LoopConfig) -> tuple[list[list[str]], list[str]]:
+    """The prompts of every round (disjoint slices of the shuffled, distinct training prompts of the pool) and the
+    held-out ones.
+
+    Raises:
+        DataError: an unreadable pool.
+        ConfigError: a pool too small for `rounds` x `prompts_per_round`.
+    """
+    d = cfg.data
+    pool = list(dict.fromkeys(e.prompt for e in select(load_prompts(d.train, d.on_invalid), "train", d.holdout_fraction, None)))  # distinct
+    held_out = [e.prompt for e in select(load_prompts(d.eval or d.train, d.on_invalid), "holdout" if not d.eval else "all",
+                                         d.holdout_fraction, cfg.eval.max_prompts)]
+    need = cfg.rounds * cfg.prompts_per_round
+    if len(pool) < need:
+        raise ConfigError(f"data.train has {len(pool)} training prompts; {cfg.rounds} rounds x prompts_per_round="
+                          f"{cfg.prompts_per_round} need {need} (lower one of them, or give a larger pool)")
+    if not held_out:
+        raise ConfigError("the loop evaluates on held-out prompts: set data.eval or data.holdout_fraction > 0")
+    random.Random(cfg.seed).shuffle(pool)
+    n = cfg.prompts_per_round
+    return [pool[i * n : (i + 1) * n] for i in range(cfg.rounds)], held_out
+
+
+def write_whole(path: Path, rows: list[dict]) -> None:
+    """Write JSONL under a temporary name and rename it: the file exists only once it is complete."""
+    tmp = path.with_name(path.name + ".tmp")
+    write_jsonl(tmp, rows)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the steps of a round
+
+
+def sample_round(cfg: LoopConfig, policy: str, prompts: list[str], path: Path, seed: int) -> None:
+    """Phase 1: K completions per prompt from `policy`, as a campaign file (one item per prompt)."""
+    from tether.rollout.sample import sample_completions
+
+    completions = sample_completions(policy, prompts, cfg.k, cfg.generation, seed, cfg.data.prompt_template, cfg.data.max_prompt_length)
+    write_whole(path, [{"id": f"item-{i}", "prompt": p, "completions": c, "model": policy} for i, (p, c) in enumerate(zip(prompts, completions))])
+
+
+def label_round(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
+    """Phase 2 with the `model` labeller: score every completion; each two of a prompt whose scores differ by more
+    than `labeler.min_margin` are a pair (the higher one chosen). Returns the number of pairs."""
+    from tether.models.load import release_memory, resolve_device
+    from tether.models.reward import load_reward
+
+    items = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    lab = cfg.labeler
+    device = resolve_device("auto")
+    gold = load_reward(lab.path, None, device)
+    prompts = [it["prompt"] for it in items for _ in it["completions"]]
+    texts = [c for it in items for c in it["completions"]]
+    scores = gold.score(prompts, texts, lab.batch_size, lab.max_length).tolist()
+    del gold
+    release_memory(device)
+    rows, i = [], 0
+    for it in items:
+        s = scores[i : i + len(it["completions"])]
+        i += len(s)
+        for a in range(len(s)):
+            for b in range(a + 1, len(s)):
+                if abs(s[a] - s[b]) <= lab.min_margin or it["completions"][a] == it["completions"][b]:
+                    continue
+                hi, lo = (a, b) if s[a] > s[b] else (b, a)
+                rows.append({"prompt": it["prompt"], "chosen": it["completions"][hi], "rejected": it["completions"][lo],
+                             "round": r, "policy": it["model"], "margin": s[hi] - s[lo]})
+    write_whole(path, rows)
+    return len(rows)
+
+
+def _stage(name: str, schema, raw: dict, runner: Callable, where: str) -> Path:
+    """Run a stage of the round unless its output directory holds a finished run of the same config; a killed run
+    continues from its newest checkpoint (train.resume)."""
+    cfg = validate(schema, raw, origin=f"{where}: {name}")
+    out = Path(cfg.output_dir)
+    if finished_with(out, cfg):
+        console.print(f"loop: {name} in {out} is done; skipped")
+        return out
+    return Path(runner(cfg))
+
+
+def reward_config(cfg: LoopConfig, pair_files: list[Path], previous_rm: Path | None, out: Path) -> dict:
+    """The round's `tether rm` config: the loop's keys, then its data, output and (from round 2) starting weights."""
+    raw = copy.deepcopy(cfg.reward_model)
+    if previous_rm is not None:
+        raw["model"] = {**raw.get("model", {}), "name_or_path": str(previous_rm)}
+    raw["data"] = {**raw.get("data", {}), "train": [str(p) for p in pair_files]}
+    raw["train"] = {**raw.get("train", {}), "resume": True}
+    return {**raw, "output_dir": str(out), "overwrite": True}
+
+
+def ppo_config(cfg: LoopConfig, policy: str, rm: Path, prompts: Path, out: Path) -> dict:
+    """The round's `tether ppo` config: the loop's keys, then its policy, reward model, prompts and output."""
+    raw = copy.deepcopy(cfg.ppo)
+    raw["model"] = {**raw.get("model", {}), "name_or_path": policy}
+    raw["reward_model"] = {**raw.get("reward_model", {}), "path": str(rm)}
+    raw["data"] = {"train": str(prompts), "max_prompt_length": cfg.data.max_prompt_length, "prompt_template": cfg.data.prompt_template}
+    raw["train"] = {**raw.get("train", {}), "resume": True}
+    return {**raw, "output_dir": str(out), "overwrite": True}
+
+
+def eval_round(cfg: LoopConfig, policy: str, rm: Path, held_out: Path, out: Path) -> dict:
+    """Phase 5: `tether eval` of the round's policy against the SFT policy (skipped when done with the same config).
+    Returns eval.json."""
+    from tether.eval.policy import evaluate_policies
+
+    judge = cfg.eval.judge or cfg.labeler.path
+    ecfg = EvalConfig(baseline=cfg.policy, policy=policy, prompts=str(held_out), reward_models=[str(rm), judge], output_dir=str(out),
+                      split="all", max_prompts=cfg.eval.max_prompts, prompt_template=cfg.data.prompt_template,
+                      max_prompt_length=cfg.data.max_prompt_length, generation=cfg.eval.generation, seed=cfg.seed)
+    done = out / "eval.json"
+    if not (done.is_file() and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == dump_config(ecfg)):
+        evaluate_policies(ecfg)
+    return json.loads(done.read_text())
+
+
+def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, result: dict) -> dict:
+    """One row of loop.json: what the round's reward model, PPO and evaluation measured."""
+    rm_done, ppo_done = json.loads((rm_out / DONE_FILE).read_text()), json.loads((ppo_out / DONE_FILE).read_text())
+    proxy, judge = result["reward_models"][0], result["reward_models"][-1]
+    return {
+        "round": r, "policy": str(ppo_out), "pairs": n_pairs, "pairs_total": n_total,
+        "rm_eval_accuracy": rm_done.get("eval/accuracy"), "ppo_steps": ppo_done.get("steps"), "ppo_stop_reason": ppo_done.get("stop_reason"),
+        "ppo_kl": ppo_done.get("objective/kl"),
+        "kl_to_sft": result["kl"], "sqrt_kl_to_sft": math.sqrt(max(result["kl"], 0.0)),
+        "proxy_win_rate": proxy["win_rate"], "proxy_lc_win_rate": proxy.get("lc_win_rate"), "proxy_score_diff": proxy["score_diff"],
+        "judge_win_rate": judge["win_rate"], "judge_win_rate_ci": judge["win_rate_ci"], "judge_lc_win_rate": judge.get("lc_win_rate"),
+        "judge_lc_win_rate_ci": judge.get("lc_win_rate_ci"), "judge_score_diff": judge["score_diff"],
+        "sft_length": result["baseline"]["mean_length"], "policy_length": result["policy"]["mean_length"],
+    }
+
+
+def stop_on_judge(rows: list[dict], patience: int) -> str | None:
+    """Why the loop stops after the last round: the judge's win rate has not beaten its best for `patience` rounds."""
+    if len(rows) <= patience:
+        return None
+    best_before = max(r["judge_win_rate"] for r in rows[: -patience])
+    if all(r["judge_win_rate"] <= best_before for r in rows[-patience:]):
+        return f"the judge's win rate has not improved on {best_before:.3f} for {patience} round(s)"
+    return None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run_loop(cfg: LoopConfig) -> Path:
+    """Run (or continue) the loop; returns its output directory, which holds loop.json and report.html.
+
+    Raises:
+        ConfigError: an output_dir holding a different loop (other `rounds` or `eval.patience` continue it), a pool too
+            small, no held-out prompts, or a stage's config that does not validate (naming the stage's key).
+        StageFailed, TrainingError, DataError, ModelError: from a round's stage; what is done stays done.
+    """
+    from tether.trainers.ppo import train_ppo
+    from tether.trainers.reward import train_reward
+
+    out = Path(cfg.output_dir)
+    if out.is_file():
+        raise ConfigError(f"output_dir {out} is a file")
+    saved = out / "config.yaml"
+    if saved.is_file() and not cfg.overwrite and not same_config(_with_stopping_of(saved, cfg), cfg):
+        raise ConfigError(f"output_dir {out} holds a different loop (its config.yaml differs); choose another output_dir or set overwrite=true")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DONE_FILE).unlink(missing_ok=True)
+    saved.write_text(dump_config(cfg))
+    per_round, held_out = round_prompts(cfg)
+    held_file = out / "heldout_prompts.jsonl"
+    if not held_file.is_file():
+        write_whole(held_file, [{"prompt": p} for p in held_out])
+
+    policy, previous_rm, pair_files, rows, stop_reason = cfg.policy, None, [], [], f"{cfg.rounds} rounds"
+    for r in range(1, cfg.rounds + 1):
+        rd = round_dir(out, r)
+        rd.mkdir(exist_ok=True)
+        console.print(f"loop: round {r}/{cfg.rounds} from {policy}")
+        # 1. sample from the current policy, on prompts no earlier round used
+        prompts_file, samples = rd / "prompts.jsonl", rd / "samples.jsonl"
+        if not prompts_file.is_file():
+            write_whole(prompts_file, [{"prompt": p} for p in per_round[r - 1]])
+        if not samples.is_file():
+            sample_round(cfg, policy, per_round[r - 1], samples, cfg.seed + r)
+        # 2. feedback
+        pairs = rd / "pairs.jsonl"
+        if not pairs.is_file():
+            label_round(cfg, samples, pairs, r)
+        n_pairs = sum(1 for _ in pairs.open(encoding="utf-8"))
+        if n_pairs == 0:
+            raise StageFailed(f"loop: round {r}: the labeller found no pair among {cfg.k} completions of {len(per_round[r - 1])} prompts "
+                              f"(every two scored within labeler.min_margin={cfg.labeler.min_margin}); the policy's answers do not differ")
+        pair_files.append(pairs)
+        # 3. the reward model on every pair so far, from the last round's weights
+        rm = _stage("rm", RewardConfig, reward_config(cfg, pair_files, previous_rm, rd / "rm"), train_reward, str(out))
+        # 4. PPO from the current policy
+        ppo = _stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
+        # 5. evaluation against the SFT policy
+        result = eval_round(cfg, str(ppo), rm, held_file, rd / "eval")
+        rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result))
+        write_summary(out, cfg, rows, None)
+        console.print(
+            f"loop: round {r}: judge win rate {rows[-1]['judge_win_rate']:.3f} (length-controlled {rows[-1]['judge_lc_win_rate']:.3f}), "
+            f"proxy {rows[-1]['proxy_win_rate']:.3f}, KL to SFT {rows[-1]['kl_to_sft']:.3g}"
+        )
+        policy, previous_rm = str(ppo), rm
+        # 6. the stopping rule, on the judge
+        reason = stop_on_judge(rows, cfg.eval.patience)
+        if reason:
+            stop_reason = reason
+            break
+    write_summary(out, cfg, rows, stop_reason)
+    (out / DONE_FILE).write_text(json.dumps({"rounds": len(rows), "stop_reason": stop_reason, "policy": policy}, indent=2))
+    console.print(f"loop: stopped after {len(rows)} round(s) ({stop_reason}); policy {policy}; report {out / REPORT_FILE}")
+    return out
+
+
+def _with_stopping_of(saved: Path, cfg: LoopConfig) -> str:
+    """The saved config.yaml with `cfg`'s stopping settings (`rounds`, `eval.patience`): changing them continues the
+    same loop rather than starting another."""
+    import yaml
+
+    data = yaml.safe_load(saved.read_text())
+    if not isinstance(data, dict):
+        return ""
+    data["rounds"] = cfg.rounds
+    data.setdefault("eval", {})["patience"] = cfg.eval.patience
+    return yaml.safe_dump(data)
+
+
+def write_summary(out: Path, cfg: LoopConfig, rows: list[dict], stop_reason: str | None) -> None:
+    """loop.json (every round's row) and report.html (a table and the overoptimisation curves)."""
+    from tether.html import figure_data_uri, new_figure, render_report
+
+    (out / SUMMARY_FILE).write_text(json.dumps({"rounds": rows, "stop_reason": stop_reason}, indent=2) + "\n")
+    fig = new_figure(6.0, 3.5)
+    ax = fig.add_subplot()
+    x = [r["sqrt_kl_to_sft"] for r in rows]
+    ax.plot(x, [r["proxy_win_rate"] for r in rows], "o-", label="training reward model")
+    ax.plot(x, [r["judge_win_rate"] for r in rows], "s-", label="judge")
+    ax.axhline(0.5, color="grey", lw=0.8)
+    ax.set_xlabel("sqrt(KL to the SFT policy)")
+    ax.set_ylabel("win rate over SFT")
+    ax.legend()
+    table = [[r["round"], r["pairs"], r["pairs_total"], r["rm_eval_accuracy"], r["ppo_steps"], r["kl_to_sft"], r["proxy_win_rate"],
+              r["judge_win_rate"], r["judge_lc_win_rate"], r["sft_length"], r["policy_length"]] for r in rows]
+    render_report("loop.html", out / REPORT_FILE, title="RLHF loop", rows=table, curve=figure_data_uri(fig), stop_reason=stop_reason,
+                  labeler=cfg.labeler.path, judge=cfg.eval.judge or cfg.labeler.path, sft=cfg.policy)

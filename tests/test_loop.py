@@ -1,0 +1,83 @@
+"""`tether loop` on tiny models: two rounds with the `model` labeller, the skip-what-is-done resume, the judge rule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tether.config import LoopConfig, validate
+from tether.errors import ConfigError
+from tether.loop import run_loop, stop_on_judge
+
+
+def loop_config(tiny_data, tiny_models, out, **top) -> LoopConfig:
+    return validate(LoopConfig, {
+        "policy": tiny_models["llama"], "data": {"train": str(tiny_data["prompts"]), "holdout_fraction": 0.25, "max_prompt_length": 32},
+        "rounds": 2, "prompts_per_round": 4, "k": 3, "generation": {"max_new_tokens": 6},
+        "labeler": {"kind": "model", "path": tiny_models["rm"], "max_length": 64},
+        "reward_model": {"model": {"name_or_path": "tiny-bert"}, "data": {"max_length": 64}, "on_chance": "warn",
+                         "train": {"max_steps": 2, "batch_size": 4, "device": "cpu"}},
+        "ppo": {"reward_model": {"max_length": 64}, "generation": {"max_new_tokens": 6},
+                "rollout": {"batch_size": 2, "num_epochs": 1, "num_minibatches": 1}, "train": {"max_steps": 2, "device": "cpu"}},
+        "eval": {"max_prompts": 4, "generation": {"max_new_tokens": 6}},
+        "output_dir": str(out), **top,
+    })
+
+
+@pytest.mark.slow
+def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_data, tiny_models, tmp_path):
+    cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop")
+    out = run_loop(cfg)
+    summary = json.loads((out / "loop.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [1, 2]
+    r1, r2 = (out / "round-01", out / "round-02")
+    # every round samples new prompts from the current policy: round 2 from round 1's PPO policy
+    p1 = [json.loads(line)["prompt"] for line in (r1 / "prompts.jsonl").open()]
+    p2 = [json.loads(line)["prompt"] for line in (r2 / "prompts.jsonl").open()]
+    assert len(p1) == len(p2) == 4 and not set(p1) & set(p2)
+    assert {json.loads(line)["model"] for line in (r2 / "samples.jsonl").open()} == {str(r1 / "ppo")}
+    # pairs are tagged with their round, and round 2's reward model learns from both rounds, from round 1's weights
+    pairs2 = [json.loads(line) for line in (r2 / "pairs.jsonl").open()]
+    assert pairs2 and {p["round"] for p in pairs2} == {2} and all(p["margin"] > 0 for p in pairs2)
+    rm2 = (r2 / "rm" / "config.yaml").read_text()
+    assert str(r1 / "pairs.jsonl") in rm2 and str(r2 / "pairs.jsonl") in rm2 and str(r1 / "rm") in rm2
+    assert summary["rounds"][1]["pairs_total"] == summary["rounds"][0]["pairs"] + summary["rounds"][1]["pairs"]
+    # the evaluation is against the SFT policy, with the training reward model and the judge (the labeller's by default)
+    ev = json.loads((r2 / "eval" / "eval.json").read_text())
+    assert ev["baseline"]["path"] == tiny_models["llama"] and [m["path"] for m in ev["reward_models"]] == [str(r2 / "rm"), tiny_models["rm"]]
+    assert 0.0 <= summary["rounds"][1]["judge_lc_win_rate"] <= 1.0
+    assert "RLHF loop" in (out / "report.html").read_text()
+
+    # run again: every step is done, nothing is trained or written again
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file() and "checkpoints" not in p.parts and p.name != "config.yaml"
+              and p.parent != out}
+    run_loop(cfg)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+
+    # a third round continues the finished loop from where it stopped
+    out3 = run_loop(cfg.model_copy(update={"rounds": 3, "eval": cfg.eval.model_copy(update={"patience": 5})}))
+    rows = json.loads((out3 / "loop.json").read_text())["rounds"]
+    assert [r["round"] for r in rows] == [1, 2, 3]
+    assert {json.loads(line)["model"] for line in (out / "round-03" / "samples.jsonl").open()} == {str(r2 / "ppo")}
+
+
+def test_a_different_loop_in_the_same_directory_is_refused(tiny_data, tiny_models, tmp_path):
+    out = tmp_path / "loop"
+    out.mkdir()
+    (out / "config.yaml").write_text(loop_config(tiny_data, tiny_models, out, k=4).model_dump_json())
+    with pytest.raises(ConfigError, match="holds a different loop"):
+        run_loop(loop_config(tiny_data, tiny_models, out, k=3))
+
+
+def test_a_pool_too_small_for_the_rounds_is_named(tiny_data, tiny_models, tmp_path):
+    with pytest.raises(ConfigError, match="2 rounds x prompts_per_round=100 need 200"):
+        run_loop(loop_config(tiny_data, tiny_models, tmp_path / "loop", prompts_per_round=100))
+
+
+def test_the_judge_rule_stops_when_the_judge_no_longer_improves():
+    rows = [{"judge_win_rate": w} for w in (0.55, 0.62, 0.60)]
+    assert stop_on_judge(rows[:2], patience=1) is None  # improved
+    assert "not improved on 0.620 for 1 round" in stop_on_judge(rows, patience=1)
+    assert stop_on_judge(rows, patience=2) is None  # 0.62 was an improvement within the last two
+    assert stop_on_judge(rows[:1], patience=1) is None  # nothing to compare with
