@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from tether.losses.ppo import entropy_loss, ppo_policy_loss, ppo_value_loss
+from tether.losses.ppo import ppo_policy_loss, ppo_value_loss
 
 ONE_TOKEN = torch.ones(1, 1, dtype=torch.bool)
 
@@ -110,12 +110,3 @@ def test_value_loss_ignores_masked_tokens():
     mask = torch.tensor([[True, False]])
     loss, _ = ppo_value_loss(values, values.clone(), torch.tensor([[3.0, 0.0]]), mask, 0.2)
     assert loss.item() == pytest.approx(0.5 * 4.0)
-
-
-def test_entropy_loss():
-    # token 0 uniform over 4 (ln 4), token 1 near one-hot (0), token 2 masked
-    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [50.0, 0.0, 0.0, 0.0], [1.0, 2.0, 3.0, 4.0]]])
-    mask = torch.tensor([[True, True, False]])
-    entropy, metrics = entropy_loss(logits, mask)
-    assert entropy.item() == pytest.approx(math.log(4.0) / 2.0, abs=1e-6)
-    assert metrics["policy/entropy"] == pytest.approx(entropy.item())

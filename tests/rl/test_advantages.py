@@ -5,8 +5,7 @@ import math
 import pytest
 import torch
 
-from tether.ops import masked_mean, masked_var
-from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_advantages, whiten_advantages
+from tether.rl.advantages import compute_gae, group_relative_advantages, rloo_advantages
 
 
 def test_gae_with_gamma_lambda_one_is_reward_to_go_minus_values():
@@ -69,16 +68,6 @@ def test_gae_matches_slow_reference_on_random_masked_inputs(seed):
     expected_advantages, expected_returns = _slow_gae(rewards, values, mask, 0.97, 0.9)
     torch.testing.assert_close(advantages, expected_advantages)
     torch.testing.assert_close(returns, expected_returns)
-
-
-def test_whiten_advantages():
-    torch.manual_seed(0)
-    advantages = torch.randn(5, 8) * 2 + 3
-    mask = torch.arange(8).unsqueeze(0) < torch.tensor([[8], [3], [5], [1], [6]])
-    whitened = whiten_advantages(advantages, mask)
-    assert masked_mean(whitened, mask).item() == pytest.approx(0.0, abs=1e-6)
-    assert masked_var(whitened, mask).item() == pytest.approx(1.0, abs=1e-5)
-    assert torch.all(whitened[~mask] == 0)
 
 
 def test_group_relative_advantages():

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from tether.ops import entropy_from_logits, masked_mean
+from tether.ops import masked_mean
 
-__all__ = ["ppo_policy_loss", "ppo_value_loss", "entropy_loss"]
+__all__ = ["ppo_policy_loss", "ppo_value_loss"]
 
 
 def ppo_policy_loss(
@@ -88,22 +88,3 @@ def ppo_value_loss(
             "value/mean": masked_mean(values, response_mask).item(),
         }
     return loss, metrics
-
-
-def entropy_loss(
-    logits: torch.Tensor, response_mask: torch.Tensor
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Mean entropy of the policy over the response tokens, for the entropy bonus.
-
-    Schulman et al. 2017 eq. 9 adds c2 * S[pi] to the objective; the trainer subtracts
-    `ent_coef * entropy` from the loss.
-
-    Args:
-        logits: (B, T_r, V) policy logits at the response positions.
-        response_mask: (B, T_r) bool, True on real response tokens.
-
-    Returns:
-        `(entropy, metrics)`: the scalar masked mean entropy in nats (with grad), and `policy/entropy`.
-    """
-    entropy = masked_mean(entropy_from_logits(logits), response_mask)
-    return entropy, {"policy/entropy": entropy.item()}

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from tether.ops import masked_whiten
 
-__all__ = ["compute_gae", "whiten_advantages", "group_relative_advantages", "rloo_advantages"]
+__all__ = ["compute_gae", "group_relative_advantages", "rloo_advantages"]
 
 
 def compute_gae(
@@ -49,24 +48,6 @@ def compute_gae(
     advantages = torch.where(mask, advantages, torch.zeros_like(advantages))  # (B, T_r)
     returns = advantages + values  # (B, T_r) values are already 0 outside the mask
     return advantages, returns
-
-
-def whiten_advantages(advantages: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-    """Advantages normalised to mean 0, std 1 over the batch's real tokens; 0 elsewhere.
-
-    A standard PPO detail (Huang et al. 2022, "The 37 Implementation Details of PPO", detail 7).
-
-    Args:
-        advantages: (B, T_r).
-        response_mask: (B, T_r) bool.
-
-    Returns:
-        (B, T_r) whitened advantages.
-
-    Raises:
-        ValueError: if fewer than two tokens are real.
-    """
-    return masked_whiten(advantages, response_mask, shift_mean=True)
 
 
 def _grouped(scores: torch.Tensor, group_size: int) -> torch.Tensor:
