@@ -8,6 +8,8 @@ fails and names it. Keys read only on a CUDA machine with vLLM are listed in GPU
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from pydantic import BaseModel
 
@@ -93,6 +95,10 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
             {**base, "data": {"train": str(thumbs), "max_length": 64}, "dpo": {"loss": "kto", "desirable_weight": 1.0, "undesirable_weight": 1.5},
              "train": {"epochs": 0.1, "device": "cpu", "batch_size": 4, "resume": True}, "output_dir": str(tmp / "kto")},
         ]
+    if stage == "loop":
+        from test_loop import loop_config
+
+        return [json.loads(loop_config(data, models, tmp / "loop").model_dump_json())]
     if stage == "eval":
         metrics = jsonl(tmp / "metrics.jsonl", [{"step": 1, "objective/kl": 0.5, "objective/scores": 0.1}])
         return [{"baseline": models["llama"], "policy": models["gpt2"], "prompts": str(data["prompts"]), "reward_models": [models["rm"]],
@@ -111,7 +117,7 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval", "loop"])
 def test_every_key_of_a_stage_is_read(stage, tmp_path, tiny_data, tiny_models, jsonl, reads):
     for raw in _variants(stage, tmp_path, tiny_data, tiny_models, jsonl):
         _run(stage, raw)

@@ -81,3 +81,48 @@ def test_the_judge_rule_stops_when_the_judge_no_longer_improves():
     assert "not improved on 0.620 for 1 round" in stop_on_judge(rows, patience=1)
     assert stop_on_judge(rows, patience=2) is None  # 0.62 was an improvement within the last two
     assert stop_on_judge(rows[:1], patience=1) is None  # nothing to compare with
+
+
+@pytest.mark.slow
+def test_kill_9_in_the_middle_of_a_round_then_resume_ends_where_an_uninterrupted_loop_ends(tiny_data, tiny_models, tmp_path):
+    """SIGKILL once round 2's pairs are written (its reward model is training), run again: the same final policy,
+    bit for bit, and the same summary as a loop that was never interrupted."""
+    import hashlib
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    raw = json.loads(loop_config(tiny_data, tiny_models, tmp_path / "unused").model_dump_json())
+    raw.pop("output_dir")
+    path = tmp_path / "loop.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TETHER_CPU_BF16": "0"}
+
+    def command(out):
+        return [sys.executable, "-m", "tether.cli", "loop", "--config", str(path), f"output_dir={out}"]
+
+    full = subprocess.run(command(tmp_path / "full"), env=env, capture_output=True, text=True, timeout=600)
+    assert full.returncode == 0, full.stderr
+    proc = subprocess.Popen(command(tmp_path / "killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    marker, deadline = tmp_path / "killed" / "round-02" / "pairs.jsonl", time.time() + 300
+    while not marker.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    assert proc.poll() is None, "the loop finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "round-02" / "ppo" / "DONE").exists()
+    resumed = subprocess.run(command(tmp_path / "killed"), env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+
+    def weights(out):
+        return hashlib.sha256((out / "round-02" / "ppo" / "model.safetensors").read_bytes()).hexdigest()
+
+    def rows(out):
+        return json.loads((out / "loop.json").read_text().replace(str(out), "OUT"))
+
+    assert weights(tmp_path / "killed") == weights(tmp_path / "full")
+    assert rows(tmp_path / "killed") == rows(tmp_path / "full")

@@ -81,7 +81,7 @@ def sample_round(cfg: LoopConfig, policy: str, prompts: list[str], path: Path, s
     write_whole(path, [{"id": f"item-{i}", "prompt": p, "completions": c, "model": policy} for i, (p, c) in enumerate(zip(prompts, completions))])
 
 
-def label_round(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
+def label_with_model(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
     """Phase 2 with the `model` labeller: score every completion; each two of a prompt whose scores differ by more
     than `labeler.min_margin` are a pair (the higher one chosen). Returns the number of pairs."""
     from tether.models.load import release_memory, resolve_device
@@ -109,6 +109,9 @@ def label_round(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
                              "round": r, "policy": it["model"], "margin": s[hi] - s[lo]})
     write_whole(path, rows)
     return len(rows)
+
+
+LABELERS = {"model": label_with_model}  # labeler.kind -> (cfg, samples file, pairs file, round) -> number of pairs
 
 
 def _stage(name: str, schema, raw: dict, runner: Callable, where: str) -> Path:
@@ -201,7 +204,7 @@ def run_loop(cfg: LoopConfig) -> Path:
     if out.is_file():
         raise ConfigError(f"output_dir {out} is a file")
     saved = out / "config.yaml"
-    if saved.is_file() and not cfg.overwrite and not same_config(_with_stopping_of(saved, cfg), cfg):
+    if not cfg.overwrite and saved.is_file() and not same_config(_with_stopping_of(saved, cfg), cfg):
         raise ConfigError(f"output_dir {out} holds a different loop (its config.yaml differs); choose another output_dir or set overwrite=true")
     out.mkdir(parents=True, exist_ok=True)
     (out / DONE_FILE).unlink(missing_ok=True)
@@ -225,7 +228,7 @@ def run_loop(cfg: LoopConfig) -> Path:
         # 2. feedback
         pairs = rd / "pairs.jsonl"
         if not pairs.is_file():
-            label_round(cfg, samples, pairs, r)
+            LABELERS[cfg.labeler.kind](cfg, samples, pairs, r)
         n_pairs = sum(1 for _ in pairs.open(encoding="utf-8"))
         if n_pairs == 0:
             raise StageFailed(f"loop: round {r}: the labeller found no pair among {cfg.k} completions of {len(per_round[r - 1])} prompts "
