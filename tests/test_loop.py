@@ -126,3 +126,36 @@ def test_kill_9_in_the_middle_of_a_round_then_resume_ends_where_an_uninterrupted
 
     assert weights(tmp_path / "killed") == weights(tmp_path / "full")
     assert rows(tmp_path / "killed") == rows(tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_with_people_the_loop_creates_the_campaign_waits_and_trains_on_exactly_their_labels(tiny_data, tiny_models, tmp_path):
+    """labeler.kind=human: round 1 creates a ranking campaign and stops, saying where to label; two labellers rank
+    every item (through the store the app writes to); run again, the round's pairs are the campaign's consensus."""
+    from tether.feedback.export import ExportKind, ExportMode, export_records
+    from tether.loop import FeedbackPending
+    from tether.storage import FeedbackStore, LabelData
+
+    db = f"sqlite:///{tmp_path / 'feedback.db'}"
+    cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop", rounds=1,
+                      labeler={"kind": "human", "db": db, "labelers_per_item": 2, "url": "http://labels.example:8000"},
+                      eval={"judge": tiny_models["rm"], "max_prompts": 4, "generation": {"max_new_tokens": 6}})
+    with pytest.raises(FeedbackPending, match=r"campaign 'loop-round-01' at http://labels.example:8000 has 0 of 4 items"):
+        run_loop(cfg)
+    store = FeedbackStore(db)
+    campaign = store.campaign_by_name("loop-round-01")
+    assert campaign.n_items == 4 and campaign.labelers_per_item == 2
+    for name in ("ana", "ben"):
+        labeler = store.add_labeler(name).labeler
+        while (task := store.next_task(campaign.id, labeler.id)) is not None:
+            k = len(task.item.completions)
+            ranks = list(range(1, k + 1)) if name == "ana" else [1] + list(range(2, k + 1))[::-1]  # they agree on the best only
+            store.submit_label(task.assignment_id, labeler.id, LabelData(ranks=ranks, unusable=[False] * k))
+    out = run_loop(cfg)
+    expected = [(p.prompt, p.chosen, p.rejected) for p in export_records(
+        campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.PAIRS, ExportMode.CONSENSUS)]
+    pairs = [json.loads(line) for line in (out / "round-01" / "pairs.jsonl").open()]
+    assert expected and [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == expected
+    assert {p["round"] for p in pairs} == {1} and all(p["campaign"] == "loop-round-01" for p in pairs)
+    assert str(out / "round-01" / "pairs.jsonl") in (out / "round-01" / "rm" / "config.yaml").read_text()
+    assert json.loads((out / "loop.json").read_text())["rounds"][0]["pairs"] == len(expected)

@@ -563,14 +563,31 @@ class EvalConfig(Strict):
 
 
 class LoopLabeler(Strict):
-    """Who labels each round's completions. `model`: a reward model standing in for people (the synthetic-gold setup
-    of Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization"), for experiments and tests."""
+    """Who labels each round's completions. `human`: people in the feedback app rank them (a campaign per round);
+    `model`: a reward model standing in for people (the synthetic-gold setup of Gao et al. 2022, "Scaling Laws for
+    Reward Model Overoptimization"), for experiments and tests."""
 
-    kind: Literal["model"] = Field("model", description="model: a `tether rm` directory scores the completions")
-    path: str = Field(..., description="the labelling reward model (the gold model)")
-    min_margin: float = Field(0.0, ge=0.0, description="completions whose gold scores differ by at most this are a tie (no pair)")
-    batch_size: int = Field(32, gt=0)
-    max_length: int = Field(256, gt=8)
+    kind: Literal["model", "human"] = Field("model", description="model: a reward model scores the completions; human: people rank them")
+    path: str | None = Field(None, description="model: the labelling reward model (the gold model)")
+    min_margin: float = Field(0.0, ge=0.0, description="model: completions whose scores differ by at most this are a tie (no pair)")
+    batch_size: int = Field(32, gt=0, description="model: completions scored at once")
+    max_length: int = Field(256, gt=8, description="model: tokens of prompt + completion the labelling model reads")
+    db: str | None = Field(None, description="human: the feedback app's database URL (sqlite:///feedback.db, postgresql://...)")
+    url: str = Field("http://127.0.0.1:8000", description="human: where labellers open the app (printed with the campaign)")
+    labelers_per_item: int = Field(2, gt=0, description="human: labellers who rank each item (consensus over them)")
+    guidelines: str | None = Field(None, description="human: a Markdown file of labelling guidelines shown with every item")
+    min_complete: float = Field(
+        1.0, gt=0.0, le=1.0, description="human: the fraction of items that must have all their labels before the round goes on",
+    )
+    wait_minutes: float = Field(0.0, ge=0.0, description="human: how long to wait for the labels before stopping (run again later)")
+
+    @model_validator(mode="after")
+    def _what_each_kind_needs(self):
+        if self.kind == "model" and not self.path:
+            raise ValueError("labeler.kind=model needs labeler.path (a reward-model directory)")
+        if self.kind == "human" and not self.db:
+            raise ValueError("labeler.kind=human needs labeler.db (the feedback app's database URL)")
+        return self
 
 
 class LoopEval(Strict):
@@ -607,6 +624,12 @@ class LoopConfig(Strict):
     seed: int = 0
     output_dir: str = Field(..., description="one directory per round (round-01, ...) and the loop's loop.json and report.html")
     overwrite: bool = Field(False, description="allow writing into an output_dir that holds a different loop")
+
+    @model_validator(mode="after")
+    def _a_judge(self):
+        if self.eval.judge is None and self.labeler.path is None:
+            raise ValueError("eval.judge is needed: with labeler.kind=human there is no labelling model to judge with")
+        return self
 
 
 # --------------------------------------------------------------------------- loading

@@ -29,7 +29,7 @@ from typing import Callable
 
 from tether.config import EvalConfig, LoopConfig, PPOConfig, RewardConfig, dump_config, validate
 from tether.data.sources import load_prompts, select, write_jsonl
-from tether.errors import ConfigError, StageFailed
+from tether.errors import ConfigError, StageFailed, TetherError
 from tether.run import DONE_FILE, console, finished_with, same_config
 
 SUMMARY_FILE = "loop.json"
@@ -111,7 +111,59 @@ def label_with_model(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
     return len(rows)
 
 
-LABELERS = {"model": label_with_model}  # labeler.kind -> (cfg, samples file, pairs file, round) -> number of pairs
+class FeedbackPending(TetherError):
+    """The round's campaign does not have enough labels yet; `tether loop` run again later goes on from there."""
+
+
+def label_with_people(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
+    """Phase 2 with people: the round's completions become a ranking campaign in the feedback app (created once);
+    once `labeler.min_complete` of its items have all their labels, the consensus pairs are the round's pairs.
+
+    Raises:
+        FeedbackPending: not enough labels within `labeler.wait_minutes`, saying where to label and how far it is.
+    """
+    import time
+
+    from tether.feedback.campaign_file import read_campaign_file
+    from tether.feedback.export import ExportKind, ExportMode, export_records
+    from tether.feedback.tasks import expand_items
+    from tether.storage import Conflict, FeedbackStore, NotFound, TaskKind
+
+    lab = cfg.labeler
+    store = FeedbackStore(lab.db)
+    name = f"{Path(cfg.output_dir).name}-round-{r:02d}"
+    try:
+        campaign = store.campaign_by_name(name)
+    except NotFound:  # the first time this round labels
+        guidelines = Path(lab.guidelines).read_text(encoding="utf-8") if lab.guidelines else ""
+        items = expand_items(TaskKind.RANK, read_campaign_file(samples, TaskKind.RANK))
+        try:
+            campaign = store.create_campaign(name, TaskKind.RANK, items, guidelines, lab.labelers_per_item, str(samples))
+        except Conflict:
+            campaign = store.campaign_by_name(name)
+        console.print(f"loop: round {r}: campaign {name!r} created with {campaign.n_items} items; labellers rank them at {lab.url}")
+    deadline = time.time() + 60 * lab.wait_minutes
+    while True:
+        progress = store.progress(campaign.id)
+        if progress.n_items_complete >= lab.min_complete * progress.n_items:
+            break
+        if time.time() >= deadline:
+            raise FeedbackPending(
+                f"loop: round {r} waits for feedback: campaign {name!r} at {lab.url} has {progress.n_items_complete} of "
+                f"{progress.n_items} items with all {campaign.labelers_per_item} labels (labeler.min_complete={lab.min_complete}); "
+                "run tether loop again when they are in"
+            )
+        time.sleep(min(10.0, max(0.0, deadline - time.time())))
+    records = export_records(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.PAIRS, ExportMode.CONSENSUS)
+    models = {json.loads(line)["prompt"]: json.loads(line)["model"] for line in samples.open(encoding="utf-8")}
+    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "round": r, "policy": models.get(p.prompt),
+             "margin": p.margin, "campaign": p.campaign, "item_id": p.item_id} for p in records]
+    write_whole(path, rows)
+    store.close()
+    return len(rows)
+
+
+LABELERS = {"model": label_with_model, "human": label_with_people}  # labeler.kind -> (cfg, samples file, pairs file, round) -> number of pairs
 
 
 def _stage(name: str, schema, raw: dict, runner: Callable, where: str) -> Path:
