@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from tether.config import LoopConfig, validate
 from tether.errors import ConfigError
 from tether.loop import run_loop, stop_on_judge
+
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
 
 def loop_config(tiny_data, tiny_models, out, **top) -> LoopConfig:
@@ -159,3 +162,22 @@ def test_with_people_the_loop_creates_the_campaign_waits_and_trains_on_exactly_t
     assert {p["round"] for p in pairs} == {1} and all(p["campaign"] == "loop-round-01" for p in pairs)
     assert str(out / "round-01" / "pairs.jsonl") in (out / "round-01" / "rm" / "config.yaml").read_text()
     assert json.loads((out / "loop.json").read_text())["rounds"][0]["pairs"] == len(expected)
+
+
+@pytest.mark.slow
+def test_red_teaming_each_round_feeds_its_findings_into_the_next_rounds_prompts(tiny_data, tiny_models, tmp_path):
+    from tether.loop import findings_prompts
+
+    suites = [{"name": "advbench", "path": str(tiny_data["prompts"]), "max_prompts": 3},
+              {"name": "xstest", "path": str(SHARED / "xstest_prompts" / "data.jsonl.gz"), "kind": "xstest", "max_prompts": 4}]
+    cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop", findings_per_round=2,
+                      redteam={"suites": suites, "generation": {"max_new_tokens": 4}})
+    out = run_loop(cfg)
+    rows = json.loads((out / "loop.json").read_text())["rounds"]
+    for row in rows:  # both policies under the same attacks, with intervals
+        assert 0.0 <= row["sft_attack_success"] <= 1.0 and 0.0 <= row["policy_attack_success"] <= 1.0
+        assert len(row["policy_attack_success_ci"]) == 2 and "policy_over_refusal" in row
+    found = findings_prompts(json.loads((out / "round-01" / "redteam" / "redteam.json").read_text()), 2)
+    round2 = [json.loads(line)["prompt"] for line in (out / "round-02" / "prompts.jsonl").open()]
+    assert found and round2[4:] == [p for p in found if p not in round2[:4]]  # 4 new pool prompts, then the findings
+    assert {json.loads(line)["prompt"] for line in (out / "round-02" / "samples.jsonl").open()} == set(round2)

@@ -621,6 +621,13 @@ class LoopConfig(Strict):
         "model, reward_model, data and output_dir are the loop's",
     )
     eval: LoopEval = Field(default_factory=LoopEval)
+    redteam: dict[str, Any] | None = Field(
+        None, description="keys of the `tether redteam` config (suites, transforms, refusal, ...) to attack each round's policy "
+        "and the SFT policy; baseline, aligned and output_dir are the loop's. None: no red teaming",
+    )
+    findings_per_round: int = Field(
+        8, ge=0, description="prompts on which a round's red teaming broke the policy, added to the next round's prompts",
+    )
     seed: int = 0
     output_dir: str = Field(..., description="one directory per round (round-01, ...) and the loop's loop.json and report.html")
     overwrite: bool = Field(False, description="allow writing into an output_dir that holds a different loop")

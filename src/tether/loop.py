@@ -1,14 +1,16 @@
 """`tether loop`: RLHF as a loop, round after round, each round's feedback given on the current policy's answers.
 
 Every round, in its own directory `round-NN/`:
-    1. sample      K completions per prompt from the current policy, on prompts no earlier round used
+    1. sample      K completions per prompt from the current policy, on prompts no earlier round used and the
+                   prompts on which the last round's red teaming broke the policy
     2. label       the labeller ranks them; every two completions of a prompt whose scores differ make a pair,
                    tagged with the round and the policy that wrote it
     3. reward      a reward model trained on the pairs of every round so far, from the previous round's weights
     4. policy      PPO from the current policy against that reward model
     5. evaluate    the new policy against the starting (SFT) policy on held-out prompts: the training reward
                    model, the judge (an independent reward model; by default the labeller's), raw and
-                   length-controlled win rates, KL to the SFT policy, answer lengths
+                   length-controlled win rates, KL to the SFT policy, answer lengths; with `redteam`, attack
+                   success and XSTest over-refusal of both policies under the same attacks
     6. stop        when the judge's win rate has not improved for `eval.patience` rounds (a rule on the judge,
                    not on the proxy reward model that PPO optimises)
 
@@ -212,8 +214,34 @@ def eval_round(cfg: LoopConfig, policy: str, rm: Path, held_out: Path, out: Path
     return json.loads(done.read_text())
 
 
-def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, result: dict) -> dict:
-    """One row of loop.json: what the round's reward model, PPO and evaluation measured."""
+def redteam_round(cfg: LoopConfig, policy: str, out: Path) -> dict | None:
+    """Phase 5 (red teaming, when `redteam` is set): the round's policy and the SFT policy under the same attacks
+    (skipped when done with the same config). Returns redteam.json, or None."""
+    if cfg.redteam is None:
+        return None
+    from tether.redteam.config import RedteamConfig
+    from tether.redteam.run import run_redteam
+
+    raw = {**copy.deepcopy(cfg.redteam), "baseline": cfg.policy, "aligned": policy, "output_dir": str(out), "overwrite": True}
+    raw["findings"] = {**raw.get("findings", {}), "export": True}
+    rcfg = validate(RedteamConfig, raw, origin=f"{cfg.output_dir}: redteam")
+    done = out / "redteam.json"
+    if not (done.is_file() and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == dump_config(rcfg)):
+        run_redteam(rcfg)
+    return json.loads(done.read_text())
+
+
+def findings_prompts(redteam: dict | None, n: int) -> list[str]:
+    """Up to `n` distinct prompts on which the red teaming broke the round's policy (its findings), for the next round."""
+    if redteam is None or n == 0 or "aligned" not in redteam.get("findings", {}):
+        return []
+    path = Path(redteam["findings"]["aligned"]["prompts_file"])
+    prompts = [json.loads(line)["prompt"] for line in path.open(encoding="utf-8")] if path.is_file() else []
+    return list(dict.fromkeys(prompts))[:n]
+
+
+def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, result: dict, redteam: dict | None) -> dict:
+    """One row of loop.json: what the round's reward model, PPO, evaluation and red teaming measured."""
     rm_done, ppo_done = json.loads((rm_out / DONE_FILE).read_text()), json.loads((ppo_out / DONE_FILE).read_text())
     proxy, judge = result["reward_models"][0], result["reward_models"][-1]
     return {
@@ -225,7 +253,21 @@ def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, r
         "judge_win_rate": judge["win_rate"], "judge_win_rate_ci": judge["win_rate_ci"], "judge_lc_win_rate": judge.get("lc_win_rate"),
         "judge_lc_win_rate_ci": judge.get("lc_win_rate_ci"), "judge_score_diff": judge["score_diff"],
         "sft_length": result["baseline"]["mean_length"], "policy_length": result["policy"]["mean_length"],
+        **(_attack_rates(redteam) if redteam is not None else {}),
     }
+
+
+def _attack_rates(redteam: dict) -> dict:
+    """Attack success and XSTest rates (with their 95% intervals) of the SFT policy and the round's policy."""
+    row = {}
+    for label, name in (("baseline", "sft"), ("aligned", "policy")):
+        m = redteam["models"][label]
+        row[f"{name}_attack_success"], row[f"{name}_attack_success_ci"] = m["overall_asr"]["rate"], m["overall_asr"]["ci"]
+        xs = (m.get("xstest") or {}).get("xstest")
+        if xs:
+            row[f"{name}_over_refusal"], row[f"{name}_over_refusal_ci"] = xs["over_refusal_safe"]["rate"], xs["over_refusal_safe"]["ci"]
+            row[f"{name}_unsafe_compliance"] = xs["full_compliance_unsafe"]["rate"]
+    return row
 
 
 def stop_on_judge(rows: list[dict], patience: int) -> str | None:
@@ -266,24 +308,26 @@ def run_loop(cfg: LoopConfig) -> Path:
     if not held_file.is_file():
         write_whole(held_file, [{"prompt": p} for p in held_out])
 
-    policy, previous_rm, pair_files, rows, stop_reason = cfg.policy, None, [], [], f"{cfg.rounds} rounds"
+    policy, previous_rm, pair_files, rows, stop_reason, redteam = cfg.policy, None, [], [], f"{cfg.rounds} rounds", None
     for r in range(1, cfg.rounds + 1):
         rd = round_dir(out, r)
         rd.mkdir(exist_ok=True)
         console.print(f"loop: round {r}/{cfg.rounds} from {policy}")
-        # 1. sample from the current policy, on prompts no earlier round used
+        # 1. sample from the current policy, on prompts no earlier round used and the last round's red-team findings
         prompts_file, samples = rd / "prompts.jsonl", rd / "samples.jsonl"
         if not prompts_file.is_file():
-            write_whole(prompts_file, [{"prompt": p} for p in per_round[r - 1]])
+            found = [p for p in findings_prompts(redteam, cfg.findings_per_round) if p not in per_round[r - 1]]
+            write_whole(prompts_file, [{"prompt": p} for p in per_round[r - 1] + found])
+        prompts = [json.loads(line)["prompt"] for line in prompts_file.open(encoding="utf-8")]
         if not samples.is_file():
-            sample_round(cfg, policy, per_round[r - 1], samples, cfg.seed + r)
+            sample_round(cfg, policy, prompts, samples, cfg.seed + r)
         # 2. feedback
         pairs = rd / "pairs.jsonl"
         if not pairs.is_file():
             LABELERS[cfg.labeler.kind](cfg, samples, pairs, r)
         n_pairs = sum(1 for _ in pairs.open(encoding="utf-8"))
         if n_pairs == 0:
-            raise StageFailed(f"loop: round {r}: the labeller found no pair among {cfg.k} completions of {len(per_round[r - 1])} prompts "
+            raise StageFailed(f"loop: round {r}: the labeller found no pair among {cfg.k} completions of {len(prompts)} prompts "
                               f"(every two scored within labeler.min_margin={cfg.labeler.min_margin}); the policy's answers do not differ")
         pair_files.append(pairs)
         # 3. the reward model on every pair so far, from the last round's weights
@@ -292,7 +336,8 @@ def run_loop(cfg: LoopConfig) -> Path:
         ppo = _stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
         # 5. evaluation against the SFT policy
         result = eval_round(cfg, str(ppo), rm, held_file, rd / "eval")
-        rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result))
+        redteam = redteam_round(cfg, str(ppo), rd / "redteam")
+        rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result, redteam))
         write_summary(out, cfg, rows, None)
         console.print(
             f"loop: round {r}: judge win rate {rows[-1]['judge_win_rate']:.3f} (length-controlled {rows[-1]['judge_lc_win_rate']:.3f}), "
@@ -338,6 +383,7 @@ def write_summary(out: Path, cfg: LoopConfig, rows: list[dict], stop_reason: str
     ax.set_ylabel("win rate over SFT")
     ax.legend()
     table = [[r["round"], r["pairs"], r["pairs_total"], r["rm_eval_accuracy"], r["ppo_steps"], r["kl_to_sft"], r["proxy_win_rate"],
-              r["judge_win_rate"], r["judge_lc_win_rate"], r["sft_length"], r["policy_length"]] for r in rows]
+              r["judge_win_rate"], r["judge_lc_win_rate"], r["sft_length"], r["policy_length"],
+              r.get("sft_attack_success"), r.get("policy_attack_success"), r.get("sft_over_refusal"), r.get("policy_over_refusal")] for r in rows]
     render_report("loop.html", out / REPORT_FILE, title="RLHF loop", rows=table, curve=figure_data_uri(fig), stop_reason=stop_reason,
                   labeler=cfg.labeler.path, judge=cfg.eval.judge or cfg.labeler.path, sft=cfg.policy)
