@@ -364,6 +364,10 @@ class RolloutParams(Strict):
         -1.0, description="score given to a response that never emitted EOS (None: keep the model's score)"
     )
     normalize_scores: bool = Field(True, description="centre and scale scores by their mean and std on samples of the initial policy")
+    length_correction: Literal["none", "residual"] = Field(
+        "none", description="residual: the score is what a linear fit on response length in characters (on samples of the initial policy) "
+        "leaves unexplained, so a policy gains nothing from the reward model's length bias (rl/rewards.py::fit_length_baseline)",
+    )
     check_logprobs: bool = Field(True, description="assert the generation engine's logprobs equal a fresh forward pass")
     seeding: Literal["auto", "global", "per_sample"] = Field(
         "auto",

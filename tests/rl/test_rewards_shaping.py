@@ -35,3 +35,16 @@ def test_row_without_real_token_raises():
 def test_last_true_indices():
     mask = torch.tensor([[True, True, False], [True, True, True], [False, False, False]])
     torch.testing.assert_close(last_true_indices(mask), torch.tensor([1, 2, -1]))
+
+
+def test_fit_length_baseline_hand_case():
+    # scores = 1 + 2 * length + residuals (0.5, -0.5, -0.5, 0.5); the residuals sum to 0 and are orthogonal to the
+    # lengths, so least squares returns intercept 1 and slope 2 exactly, and their std sqrt(1 / 3) (n - 1 in the divisor)
+    from tether.rl.rewards import fit_length_baseline
+
+    lengths = torch.tensor([1, 2, 3, 4])
+    scores = 1 + 2 * lengths.double() + torch.tensor([0.5, -0.5, -0.5, 0.5], dtype=torch.float64)
+    intercept, slope, std = fit_length_baseline(scores.float(), lengths)
+    assert intercept == pytest.approx(1.0, abs=1e-6) and slope == pytest.approx(2.0, abs=1e-6)
+    assert std == pytest.approx((1 / 3) ** 0.5, abs=1e-6)
+    assert fit_length_baseline(torch.tensor([1.0, 3.0]), torch.tensor([5, 5]))[:2] == (2.0, 0.0)  # one length: no slope

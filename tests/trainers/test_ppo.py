@@ -212,3 +212,30 @@ def test_prompt_plus_response_longer_than_the_context(tiny_data, tmp_path, tiny_
     with pytest.raises(ConfigError, match="max_prompt_length"):
         train_ppo(cfg)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("correction", ["none", "residual"])
+def test_length_correction_takes_the_length_bias_out_of_the_scores(correction, tiny_data, tmp_path, monkeypatch):
+    """A reward model that only counts characters: with rollout.length_correction=residual the fit on the initial
+    policy's samples finds its slope (rl/rewards.py::fit_length_baseline, tested by hand there), and every rollout's
+    scores are (score - slope * length - center) / scale; without it the scores follow the length."""
+    import tether.trainers.online as online
+    from tether.models.reward import FunctionReward
+
+    monkeypatch.setattr(online, "load_reward", lambda *a, **k: FunctionReward(lambda p, r: [float(len(x)) for x in r], "chars"))
+    seen = []
+    real = online.make_rollout
+    monkeypatch.setattr(ppo_mod, "make_rollout", lambda *a, **k: (lambda out: seen.append(out[0]) or out)(real(*a, **k)))
+    out = train_ppo(ppo_config(tiny_data["prompts"], tmp_path / correction, rollout={"length_correction": correction, "batch_size": 8, "missing_eos_penalty": None},
+                               train={"max_steps": 1}))
+    norm = json.loads((out / "reward_normalization.json").read_text())
+    r = seen[0]
+    lengths = torch.tensor([float(len(t)) for t in r.response_texts])
+    expected = (r.raw_scores - norm["length_slope"] * lengths - norm["mean"]) / norm["std"]
+    assert torch.allclose(r.scores, expected, atol=1e-5)
+    if correction == "none":
+        assert norm["length_slope"] == 0.0
+        assert float(torch.corrcoef(torch.stack([r.scores.double(), lengths.double()]))[0, 1]) > 0.5
+    else:
+        assert norm["length_slope"] == pytest.approx(1.0, abs=1e-4)  # the score is the length: all of it is removed
+        assert r.scores.abs().max() < 1e-2

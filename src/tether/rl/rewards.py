@@ -7,7 +7,7 @@ import torch
 from tether.ops import first_true_indices
 from tether.rl.kl import kl_estimate
 
-__all__ = ["last_true_indices", "compute_rewards"]
+__all__ = ["last_true_indices", "compute_rewards", "fit_length_baseline"]
 
 
 def last_true_indices(response_mask: torch.Tensor) -> torch.Tensor:
@@ -61,3 +61,26 @@ def compute_rewards(
     rows = torch.arange(rewards.shape[0], device=rewards.device)  # (B,)
     rewards = rewards.index_put((rows, last), scores.to(rewards.dtype), accumulate=True)
     return rewards, kl
+
+
+def fit_length_baseline(scores: torch.Tensor, lengths: torch.Tensor) -> tuple[float, float, float]:
+    """Least-squares fit scores = intercept + slope * length, and the std of what length leaves unexplained.
+
+    The length-corrected score of a response is (score - intercept - slope * length) / residual_std: the part of the
+    reward model's judgement that its length does not predict. A policy then gains nothing by answering longer or
+    shorter than the reward model's length bias rewards (the failure ODIN, Chen et al. 2024, trains away in the
+    reward model itself; here it is removed from the scores, on samples of the initial policy).
+
+    Args:
+        scores: (N,) reward-model scores.
+        lengths: (N,) response lengths (characters, for `rollout.length_correction`).
+
+    Returns:
+        `(intercept, slope, residual_std)`; the slope is 0 when every length is the same; the std is at least 1e-3.
+    """
+    x, y = lengths.double(), scores.double()
+    var = ((x - x.mean()) ** 2).mean()
+    slope = float(((x - x.mean()) * (y - y.mean())).mean() / var) if var > 0 else 0.0
+    intercept = float(y.mean() - slope * x.mean())
+    residual = y - intercept - slope * x
+    return intercept, slope, max(float(residual.std()), 1e-3)

@@ -164,7 +164,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     if run.resume_from is not None:
         state = resume_training(run.resume_from, m.policy, optimizer, model_key="policy")
         m.backend.sync_weights(m.policy)
-        shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
+        shift, order, start = (*state["score_shift"], 0.0)[:3], state["order"], state["step"] + 1  # (center, scale, length slope)
         rng.setstate(state["order_rng"])
         if judge is not None:
             judge.history = state.get("judge_history", [])

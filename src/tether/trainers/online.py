@@ -27,6 +27,7 @@ from tether.models.load import apply_lora, check_context, load_causal_lm, refere
 from tether.models.reward import FunctionReward, RewardModel, load_reward
 from tether.models.shared_prefix import grouped_response_logprobs, prompt_groups
 from tether.precision import resolve_precision
+from tether.rl.rewards import fit_length_baseline
 from tether.rollout.backends import GenerationBackend, make_backend, require_backend
 from tether.rollout.generate import decode_responses
 from tether.trainers.common import StopSignal, autocast, interrupted
@@ -101,7 +102,7 @@ def load_roles(cfg: OnlineConfig, device: torch.device, value_init: str | None =
 
 
 @torch.no_grad()
-def make_rollout(cfg: OnlineConfig, m: Roles, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float],
+def make_rollout(cfg: OnlineConfig, m: Roles, prompt_texts: list[str], device: torch.device, score_shift: tuple[float, float, float],
                  seeds: list[int] | None = None, fresh_logprobs: bool = True) -> tuple[Rollout, dict]:
     """Phases 1 and 2: generate responses and score them. Returns the rollout and diagnostics.
 
@@ -139,7 +140,12 @@ def make_rollout(cfg: OnlineConfig, m: Roles, prompt_texts: list[str], device: t
         m.policy.train()
     response_texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     raw_scores = m.reward_model.score(prompt_texts, response_texts, cfg.reward_model.batch_size, cfg.reward_model.max_length).to(device)
-    scores = (raw_scores - score_shift[0]) / score_shift[1]  # (B,) normalised on the initial policy
+    center, scale, length_slope = score_shift
+    if length_slope:  # rollout.length_correction=residual: what the response's length does not predict
+        raw_for_scores = raw_scores - length_slope * response_chars(response_texts, raw_scores)
+    else:
+        raw_for_scores = raw_scores
+    scores = (raw_for_scores - center) / scale  # (B,) normalised on the initial policy
     if cfg.rollout.missing_eos_penalty is not None:
         scores = torch.where(gen.ended, scores, torch.full_like(scores, cfg.rollout.missing_eos_penalty))
 
@@ -221,12 +227,14 @@ def check_rollout_logprobs(diag: dict, dtype: torch.dtype, step: int) -> None:
 
 
 @torch.no_grad()
-def score_shift(cfg: OnlineConfig, m: Roles, prompts: list[str], device: torch.device, dist: Distributed) -> tuple[float, float]:
-    """docs/architecture.md 6.4: `(mean, std)` of reward-model scores of the initial policy's samples, by which every
-    later score is centred and scaled; `(0, 1)` with `rollout.normalize_scores` off. With several processes each
-    samples and scores its shard of the prompts; the scores are gathered."""
+def score_shift(cfg: OnlineConfig, m: Roles, prompts: list[str], device: torch.device, dist: Distributed) -> tuple[float, float, float]:
+    """docs/architecture.md 6.4: `(center, scale, length_slope)` from the reward-model scores of the initial policy's
+    samples; every later score becomes (score - length_slope * length - center) / scale. Without length correction
+    the center and scale are the scores' mean and std and the slope is 0; with `rollout.length_correction=residual`
+    they come from `fit_length_baseline`. `(0, 1, 0)` with `rollout.normalize_scores` off. With several processes
+    each samples and scores its shard of the prompts; scores and lengths (in characters) are gathered."""
     if not cfg.rollout.normalize_scores:
-        return 0.0, 1.0
+        return 0.0, 1.0, 0.0
     sample = prompts[: max(cfg.rollout.batch_size, 32)]
     start, stop = dist.shard_range(len(sample))
     seeds = dist.sample_seeds(cfg.train.seed, "score-stats", range(start, stop), cfg.rollout.seeding)
@@ -236,7 +244,16 @@ def score_shift(cfg: OnlineConfig, m: Roles, prompts: list[str], device: torch.d
     texts = decode_responses(m.tokenizer, gen.responses, gen.response_mask)
     s = m.reward_model.score(sample[start:stop], texts, cfg.reward_model.batch_size, cfg.reward_model.max_length)
     s = dist.gather(s.to(device))
-    return s.mean().item(), max(s.std().item(), 1e-3)
+    if cfg.rollout.length_correction == "residual":
+        intercept, slope, std = fit_length_baseline(s, dist.gather(response_chars(texts, s)))
+        return intercept, std, slope
+    return s.mean().item(), max(s.std().item(), 1e-3), 0.0
+
+
+def response_chars(texts: list[str], like: torch.Tensor) -> torch.Tensor:
+    """(B,) the responses' lengths in characters, as `like`'s dtype and device: the length a reward model sees,
+    whatever the tokenizer."""
+    return torch.tensor([len(t) for t in texts], dtype=like.dtype, device=like.device)
 
 
 @dataclass

@@ -120,7 +120,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
     start = 1
     if run.resume_from is not None:
         state = resume_training(run.resume_from, m.policy, optimizer, model_key="policy")
-        shift, order, start = tuple(state["score_shift"]), state["order"], state["step"] + 1
+        shift, order, start = (*state["score_shift"], 0.0)[:3], state["order"], state["step"] + 1  # (center, scale, length slope)
         m.backend.sync_weights(m.policy)
         m.value_model.load_state_dict(state["value_model"])
         kl_ctl.load_state_dict(state["kl_controller"])
@@ -130,7 +130,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
     else:
         shift = score_shift(cfg, m, prompts, device, dist)
     if dist.is_main:
-        (run.path / "reward_normalization.json").write_text(json.dumps({"mean": shift[0], "std": shift[1]}))
+        (run.path / "reward_normalization.json").write_text(json.dumps({"mean": shift[0], "std": shift[1], "length_slope": shift[2]}))
     dtype = compute_dtype(cfg, m.policy)
     stop_reason, metrics, step = "max_steps", {}, start - 1
 
