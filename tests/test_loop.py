@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tether.config import LoopConfig, validate
 from tether.errors import ConfigError
@@ -46,6 +47,10 @@ def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_d
     rm2 = (r2 / "rm" / "config.yaml").read_text()
     assert str(r1 / "pairs.jsonl") in rm2 and str(r2 / "pairs.jsonl") in rm2 and str(r1 / "rm") in rm2
     assert summary["rounds"][1]["pairs_total"] == summary["rounds"][0]["pairs"] + summary["rounds"][1]["pairs"]
+    # round 2's PPO starts from round 1's policy and is held to the SFT policy (kl_to: sft)
+    ppo2 = yaml.safe_load((r2 / "ppo" / "config.yaml").read_text())
+    assert ppo2["model"]["name_or_path"] == str(r1 / "ppo") and ppo2["reference"] == tiny_models["llama"]
+    assert yaml.safe_load((r1 / "ppo" / "config.yaml").read_text())["reference"] is None
     # the evaluation is against the SFT policy, with the training reward model and the judge (the labeller's by default)
     ev = json.loads((r2 / "eval" / "eval.json").read_text())
     assert ev["baseline"]["path"] == tiny_models["llama"] and [m["path"] for m in ev["reward_models"]] == [str(r2 / "rm"), tiny_models["rm"]]

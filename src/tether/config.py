@@ -458,6 +458,17 @@ class OnlineConfig(StageBase):
     generation: RolloutGenerationConfig = Field(default_factory=RolloutGenerationConfig)
     judge: JudgeMonitor | None = Field(None, description="stop when a held-out judge's score falls while the training reward rises")
     guards: GuardConfig = Field(default_factory=GuardConfig)
+    reference: str | None = Field(
+        None, description="the frozen reference of the KL penalty, if not the starting policy (e.g. the SFT model when PPO "
+        "starts from an earlier round's policy); same tokenizer; not with LoRA, whose reference is its own base",
+    )
+
+    @model_validator(mode="after")
+    def _reference_without_lora(self):
+        if self.reference is not None and self.model.lora.enabled:
+            raise ValueError("reference: with model.lora.enabled the reference is the policy with its adapters disabled; "
+                             "set one or the other")
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -625,6 +636,10 @@ class LoopConfig(Strict):
         "model, reward_model, data and output_dir are the loop's",
     )
     eval: LoopEval = Field(default_factory=LoopEval)
+    kl_to: Literal["sft", "round"] = Field(
+        "sft", description="the reference of every round's KL penalty: the SFT policy (the policy stays near it however many "
+        "rounds run), or the round's starting policy (needed with LoRA, whose reference is its own base)",
+    )
     redteam: dict[str, Any] | None = Field(
         None, description="keys of the `tether redteam` config (suites, transforms, refusal, ...) to attack each round's policy "
         "and the SFT policy; baseline, aligned and output_dir are the loop's. None: no red teaming",

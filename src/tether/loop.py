@@ -6,7 +6,8 @@ Every round, in its own directory `round-NN/`:
     2. label       the labeller ranks them; every two completions of a prompt whose scores differ make a pair,
                    tagged with the round and the policy that wrote it
     3. reward      a reward model trained on the pairs of every round so far, from the previous round's weights
-    4. policy      PPO from the current policy against that reward model
+    4. policy      PPO from the current policy against that reward model, its KL penalty to the SFT policy
+                   (`kl_to: sft`) or to the round's starting policy (`kl_to: round`)
     5. evaluate    the new policy against the starting (SFT) policy on held-out prompts: the training reward
                    model, the judge (an independent reward model; by default the labeller's), raw and
                    length-controlled win rates, KL to the SFT policy, answer lengths; with `redteam`, attack
@@ -190,12 +191,17 @@ def reward_config(cfg: LoopConfig, pair_files: list[Path], previous_rm: Path | N
 
 
 def ppo_config(cfg: LoopConfig, policy: str, rm: Path, prompts: Path, out: Path) -> dict:
-    """The round's `tether ppo` config: the loop's keys, then its policy, reward model, prompts and output."""
+    """The round's `tether ppo` config: the loop's keys, then its policy, reward model, prompts, output, and with
+    `kl_to=sft` the SFT policy as the reference of the KL penalty."""
     raw = copy.deepcopy(cfg.ppo)
     raw["model"] = {**raw.get("model", {}), "name_or_path": policy}
     raw["reward_model"] = {**raw.get("reward_model", {}), "path": str(rm)}
     raw["data"] = {"train": str(prompts), "max_prompt_length": cfg.data.max_prompt_length, "prompt_template": cfg.data.prompt_template}
     raw["train"] = {**raw.get("train", {}), "resume": True}
+    if cfg.kl_to == "sft" and policy != cfg.policy:
+        if raw["model"].get("lora", {}).get("enabled"):
+            raise ConfigError("kl_to=sft: with ppo.model.lora.enabled the KL reference is the round's starting policy; set kl_to=round")
+        raw["reference"] = cfg.policy
     return {**raw, "output_dir": str(out), "overwrite": True}
 
 

@@ -239,3 +239,15 @@ def test_length_correction_takes_the_length_bias_out_of_the_scores(correction, t
     else:
         assert norm["length_slope"] == pytest.approx(1.0, abs=1e-4)  # the score is the length: all of it is removed
         assert r.scores.abs().max() < 1e-2
+
+
+def test_a_reference_other_than_the_starting_policy_is_what_the_kl_is_measured_to(tiny_data, tiny_models, tmp_path):
+    """`reference:` (the SFT model in a loop's later rounds): the first rollout's KL is to that model, not 0 as to a
+    copy of the starting policy; LoRA with a reference is refused (its reference is its own base)."""
+    own = train_ppo(ppo_config(tiny_data["prompts"], tmp_path / "own", model={"name_or_path": tiny_models["llama"]}, train={"max_steps": 1}))
+    other = train_ppo(ppo_config(tiny_data["prompts"], tmp_path / "other", model={"name_or_path": tiny_models["llama"]},
+                                 reference=tiny_models["gpt2"], train={"max_steps": 1}))
+    assert _metrics(own)[0]["objective/kl"] == 0.0
+    assert abs(_metrics(other)[0]["objective/kl"]) > 1e-3
+    with pytest.raises(ConfigError, match="reference: with model.lora.enabled"):
+        ppo_config(tiny_data["prompts"], tmp_path / "x", model={"lora": {"enabled": True}}, reference=tiny_models["gpt2"])

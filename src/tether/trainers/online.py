@@ -68,7 +68,8 @@ def load_roles(cfg: OnlineConfig, device: torch.device, value_init: str | None =
 
     Raises:
         ConfigError: a generation backend this machine cannot run.
-        ModelError: a missing model, or a value model from a reward model whose tokenizer differs.
+        ModelError: a missing model, a value model from a reward model whose tokenizer differs, or a `reference`
+            whose tokenizer differs from the policy's.
     """
     require_backend(cfg.generation, device)
     policy, tokenizer = load_causal_lm(cfg.model, device, seed=cfg.train.seed)
@@ -93,6 +94,13 @@ def load_roles(cfg: OnlineConfig, device: torch.device, value_init: str | None =
         set_attention(value_model.backbone, cfg.model.attn_implementation, device, cfg.train.precision, max_model_len)
     if cfg.model.lora.enabled:
         policy, ref_policy = apply_lora(policy, cfg.model.lora), None
+    elif cfg.reference is not None:  # another model than the starting policy, e.g. the SFT model in later loop rounds
+        ref_policy, ref_tokenizer = load_causal_lm(cfg.model.model_copy(update={"name_or_path": cfg.reference}),
+                                                   device, seed=cfg.train.seed)
+        if ref_tokenizer.get_vocab() != tokenizer.get_vocab():
+            raise ModelError(f"reference {cfg.reference} and the policy {cfg.model.name_or_path} have different tokenizers; "
+                             "the KL penalty compares their logprobs token by token")
+        ref_policy.eval().requires_grad_(False)
     else:
         ref_policy = copy.deepcopy(policy).eval()
         for p in ref_policy.parameters():
