@@ -55,6 +55,8 @@ def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_d
     ev = json.loads((r2 / "eval" / "eval.json").read_text())
     assert ev["baseline"]["path"] == tiny_models["llama"] and [m["path"] for m in ev["reward_models"]] == [str(r2 / "rm"), tiny_models["rm"]]
     assert 0.0 <= summary["rounds"][1]["judge_lc_win_rate"] <= 1.0
+    # the judge is the labeller's model here, so it agrees with (almost) every pair it labelled
+    assert summary["rounds"][1]["judge_agreement"] >= 0.9 and len(summary["rounds"][1]["judge_agreement_ci"]) == 2
     assert "RLHF loop" in (out / "report.html").read_text()
 
     # run again: every step is done, nothing is trained or written again
@@ -166,7 +168,9 @@ def test_with_people_the_loop_creates_the_campaign_waits_and_trains_on_exactly_t
     assert expected and [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == expected
     assert {p["round"] for p in pairs} == {1} and all(p["campaign"] == "loop-round-01" for p in pairs)
     assert str(out / "round-01" / "pairs.jsonl") in (out / "round-01" / "rm" / "config.yaml").read_text()
-    assert json.loads((out / "loop.json").read_text())["rounds"][0]["pairs"] == len(expected)
+    row = json.loads((out / "loop.json").read_text())["rounds"][0]
+    assert row["pairs"] == len(expected)
+    assert 0.0 <= row["judge_agreement_ci"][0] <= row["judge_agreement"] <= row["judge_agreement_ci"][1] <= 1.0  # judge vs people
 
 
 @pytest.mark.slow

@@ -246,7 +246,30 @@ def findings_prompts(redteam: dict | None, n: int) -> list[str]:
     return list(dict.fromkeys(prompts))[:n]
 
 
-def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, result: dict, redteam: dict | None) -> dict:
+def judge_agreement(cfg: LoopConfig, pairs: Path, out: Path) -> dict:
+    """How often the judge prefers the labellers' chosen answer in the round's pairs, with its 95% Wilson interval:
+    the judge's accuracy on feedback it never saw (written once to `judge_agreement.json`)."""
+    if out.is_file():
+        return json.loads(out.read_text())
+    from tether.eval.metrics import wilson_interval
+    from tether.models.load import release_memory, resolve_device
+    from tether.models.reward import load_reward
+
+    rows = [json.loads(line) for line in pairs.open(encoding="utf-8")]
+    device = resolve_device("auto")
+    judge = load_reward(cfg.eval.judge or cfg.labeler.path, None, device)
+    prompts = [p["prompt"] for p in rows]
+    chosen, rejected = judge.score(prompts, [p["chosen"] for p in rows]), judge.score(prompts, [p["rejected"] for p in rows])
+    del judge
+    release_memory(device)
+    agree = float((chosen > rejected).sum() + 0.5 * (chosen == rejected).sum())
+    result = {"accuracy": agree / len(rows), "ci": list(wilson_interval(agree, len(rows))), "n": len(rows)}
+    write_whole(out, [result])
+    return result
+
+
+def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, result: dict, redteam: dict | None,
+              agreement: dict) -> dict:
     """One row of loop.json: what the round's reward model, PPO, evaluation and red teaming measured."""
     rm_done, ppo_done = json.loads((rm_out / DONE_FILE).read_text()), json.loads((ppo_out / DONE_FILE).read_text())
     proxy, judge = result["reward_models"][0], result["reward_models"][-1]
@@ -258,6 +281,7 @@ def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, r
         "proxy_win_rate": proxy["win_rate"], "proxy_lc_win_rate": proxy.get("lc_win_rate"), "proxy_score_diff": proxy["score_diff"],
         "judge_win_rate": judge["win_rate"], "judge_win_rate_ci": judge["win_rate_ci"], "judge_lc_win_rate": judge.get("lc_win_rate"),
         "judge_lc_win_rate_ci": judge.get("lc_win_rate_ci"), "judge_score_diff": judge["score_diff"],
+        "judge_agreement": agreement["accuracy"], "judge_agreement_ci": agreement["ci"],
         "sft_length": result["baseline"]["mean_length"], "policy_length": result["policy"]["mean_length"],
         **(_attack_rates(redteam) if redteam is not None else {}),
     }
@@ -343,7 +367,8 @@ def run_loop(cfg: LoopConfig) -> Path:
         # 5. evaluation against the SFT policy
         result = eval_round(cfg, str(ppo), rm, held_file, rd / "eval")
         redteam = redteam_round(cfg, str(ppo), rd / "redteam")
-        rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result, redteam))
+        agreement = judge_agreement(cfg, pairs, rd / "judge_agreement.json")
+        rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result, redteam, agreement))
         write_summary(out, cfg, rows, None)
         console.print(
             f"loop: round {r}: judge win rate {rows[-1]['judge_win_rate']:.3f} (length-controlled {rows[-1]['judge_lc_win_rate']:.3f}), "
@@ -389,7 +414,7 @@ def write_summary(out: Path, cfg: LoopConfig, rows: list[dict], stop_reason: str
     ax.set_ylabel("win rate over SFT")
     ax.legend()
     table = [[r["round"], r["pairs"], r["pairs_total"], r["rm_eval_accuracy"], r["ppo_steps"], r["kl_to_sft"], r["proxy_win_rate"],
-              r["judge_win_rate"], r["judge_lc_win_rate"], r["sft_length"], r["policy_length"],
+              r["judge_win_rate"], r["judge_lc_win_rate"], r["judge_agreement"], r["sft_length"], r["policy_length"],
               r.get("sft_attack_success"), r.get("policy_attack_success"), r.get("sft_over_refusal"), r.get("policy_over_refusal")] for r in rows]
     render_report("loop.html", out / REPORT_FILE, title="RLHF loop", rows=table, curve=figure_data_uri(fig), stop_reason=stop_reason,
                   labeler=cfg.labeler.path, judge=cfg.eval.judge or cfg.labeler.path, sft=cfg.policy)
