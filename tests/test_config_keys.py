@@ -9,6 +9,7 @@ fails and names it. Keys read only on a CUDA machine with vLLM are listed in GPU
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
@@ -17,6 +18,7 @@ from tether import config as C
 from tether.config import Strict, _section_type, validate
 from tether.stages import schema
 
+REPO = Path(__file__).resolve().parent.parent
 GPU_ONLY = {  # read by rollout/backends.py::VLLMBackend, which needs CUDA and the vllm package
     "generation.vllm", "generation.vllm.gpu_memory_utilization", "generation.vllm.enable_prefix_caching",
     "generation.vllm.enforce_eager",
@@ -106,7 +108,10 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
         guidelines.write_text("Rank the most helpful answer first.")
         human = {"kind": "human", "db": f"sqlite:///{tmp / 'feedback.db'}", "guidelines": str(guidelines), "wait_minutes": 0.0}
         return [json.loads(loop_config(data, models, tmp / "loop").model_dump_json()),  # then the human round stops, waiting
-                json.loads(loop_config(data, models, tmp / "loop_human", labeler=human, eval={"judge": models["rm"]}).model_dump_json())]
+                json.loads(loop_config(data, models, tmp / "loop_human", labeler=human, eval={"judge": models["rm"]}).model_dump_json()),
+                json.loads(loop_config(data, models, tmp / "loop_ai", rounds=1, eval={"judge": models["rm"]}, labeler={
+                    "kind": "ai", "path": models["llama"], "constitution": str(REPO / "configs" / "constitution.yaml"), "min_confidence": 0.5,
+                }).model_dump_json())]
     if stage == "eval":
         metrics = jsonl(tmp / "metrics.jsonl", [{"step": 1, "objective/kl": 0.5, "objective/scores": 0.1}])
         return [{"baseline": models["llama"], "policy": models["gpt2"], "prompts": str(data["prompts"]), "reward_models": [models["rm"]],

@@ -190,3 +190,19 @@ def test_red_teaming_each_round_feeds_its_findings_into_the_next_rounds_prompts(
     round2 = [json.loads(line)["prompt"] for line in (out / "round-02" / "prompts.jsonl").open()]
     assert found and round2[4:] == [p for p in found if p not in round2[:4]]  # 4 new pool prompts, then the findings
     assert {json.loads(line)["prompt"] for line in (out / "round-02" / "samples.jsonl").open()} == set(round2)
+
+
+@pytest.mark.slow
+def test_ai_feedback_labels_a_round_with_a_judge_model_under_the_constitution(tiny_data, tiny_models, tmp_path):
+    from tether.config import LoopLabeler
+
+    constitution = Path(__file__).resolve().parent.parent / "configs" / "constitution.yaml"
+    cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop", rounds=1,
+                      labeler={"kind": "ai", "path": tiny_models["llama"], "constitution": str(constitution)},
+                      eval={"judge": tiny_models["rm"], "max_prompts": 4, "generation": {"max_new_tokens": 6}})
+    out = run_loop(cfg)
+    pairs = [json.loads(line) for line in (out / "round-01" / "pairs.jsonl").open()]
+    assert pairs and all(p["confidence"] > 0.5 and p["principle"] and p["round"] == 1 for p in pairs)
+    assert json.loads((out / "loop.json").read_text())["rounds"][0]["pairs"] == len(pairs)
+    with pytest.raises(ValueError, match="labeler.kind=ai needs labeler.constitution"):
+        LoopLabeler(kind="ai", path=tiny_models["llama"])

@@ -579,11 +579,16 @@ class EvalConfig(Strict):
 
 class LoopLabeler(Strict):
     """Who labels each round's completions. `human`: people in the feedback app rank them (a campaign per round);
+    `ai`: a language model judges pairs under a constitution (RLAIF, Bai et al. 2022; Lee et al. 2023);
     `model`: a reward model standing in for people (the synthetic-gold setup of Gao et al. 2022, "Scaling Laws for
     Reward Model Overoptimization"), for experiments and tests."""
 
-    kind: Literal["model", "human"] = Field("model", description="model: a reward model scores the completions; human: people rank them")
-    path: str | None = Field(None, description="model: the labelling reward model (the gold model)")
+    kind: Literal["model", "human", "ai"] = Field(
+        "model", description="model: a reward model scores the completions; human: people rank them; ai: a judge LM compares them",
+    )
+    path: str | None = Field(None, description="model: the labelling reward model (the gold model); ai: the judge language model")
+    constitution: str | None = Field(None, description="ai: the constitution YAML (configs/constitution.yaml); a principle per pair")
+    min_confidence: float = Field(0.5, ge=0.5, lt=1.0, description="ai: pairs the judge prefers with at most this probability are dropped")
     min_margin: float = Field(0.0, ge=0.0, description="model: completions whose scores differ by at most this are a tie (no pair)")
     batch_size: int = Field(32, gt=0, description="model: completions scored at once")
     max_length: int = Field(256, gt=8, description="model: tokens of prompt + completion the labelling model reads")
@@ -598,8 +603,10 @@ class LoopLabeler(Strict):
 
     @model_validator(mode="after")
     def _what_each_kind_needs(self):
-        if self.kind == "model" and not self.path:
-            raise ValueError("labeler.kind=model needs labeler.path (a reward-model directory)")
+        if self.kind in ("model", "ai") and not self.path:
+            raise ValueError(f"labeler.kind={self.kind} needs labeler.path (a reward model for model, a language model for ai)")
+        if self.kind == "ai" and not self.constitution:
+            raise ValueError("labeler.kind=ai needs labeler.constitution (a constitution YAML, e.g. configs/constitution.yaml)")
         if self.kind == "human" and not self.db:
             raise ValueError("labeler.kind=human needs labeler.db (the feedback app's database URL)")
         return self
@@ -653,8 +660,8 @@ class LoopConfig(Strict):
 
     @model_validator(mode="after")
     def _a_judge(self):
-        if self.eval.judge is None and self.labeler.path is None:
-            raise ValueError("eval.judge is needed: with labeler.kind=human there is no labelling model to judge with")
+        if self.eval.judge is None and self.labeler.kind != "model":
+            raise ValueError(f"eval.judge is needed: with labeler.kind={self.labeler.kind} there is no labelling reward model to judge with")
         return self
 
 

@@ -166,7 +166,44 @@ def label_with_people(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int
     return len(rows)
 
 
-LABELERS = {"model": label_with_model, "human": label_with_people}  # labeler.kind -> (cfg, samples file, pairs file, round) -> number of pairs
+def label_with_ai(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
+    """Phase 2 with AI feedback: a judge language model compares every two distinct completions of a prompt under a
+    principle sampled from the constitution, in both orders (position bias averaged out, Lee et al. 2023); pairs
+    it prefers with more than `labeler.min_confidence` are kept. Returns the number of pairs."""
+    from tether.config import ModelConfig
+    from tether.constitutional.ai_feedback import LocalJudge, judge_pairs
+    from tether.constitutional.principles import load_constitution
+    from tether.data.tokenize import format_prompt
+    from tether.models.load import load_causal_lm, release_memory, resolve_device
+
+    lab = cfg.labeler
+    items = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    rng = random.Random(cfg.seed + r)
+    constitution = load_constitution(lab.constitution)
+    candidates = [(it, a, b) for it in items for a in range(len(it["completions"])) for b in range(a + 1, len(it["completions"]))
+                  if it["completions"][a].strip() and it["completions"][b].strip() and it["completions"][a] != it["completions"][b]]
+    principles = [constitution.sample(rng) for _ in candidates]
+    rows = []
+    if candidates:
+        device = resolve_device("auto")
+        model, tokenizer = load_causal_lm(ModelConfig(name_or_path=lab.path), device, seed=cfg.seed)
+        verdicts = judge_pairs(LocalJudge(model, tokenizer, device=device, batch_size=lab.batch_size),
+                               [format_prompt(it["prompt"], cfg.data.prompt_template) for it, _, _ in candidates], principles,
+                               [it["completions"][a] for it, a, _ in candidates], [it["completions"][b] for it, _, b in candidates])
+        del model
+        release_memory(device)
+        for (it, a, b), p, v in zip(candidates, principles, verdicts):
+            if v.confidence <= lab.min_confidence:
+                continue
+            first, second = it["completions"][a], it["completions"][b]
+            chosen, rejected = (first, second) if v.p_first >= 0.5 else (second, first)
+            rows.append({"prompt": it["prompt"], "chosen": chosen, "rejected": rejected, "round": r, "policy": it["model"],
+                         "confidence": v.confidence, "principle": p.name, "position_bias": v.position_bias})
+    write_whole(path, rows)
+    return len(rows)
+
+
+LABELERS = {"model": label_with_model, "human": label_with_people, "ai": label_with_ai}  # labeler.kind -> (cfg, samples file, pairs file, round) -> number of pairs
 
 
 def _stage(name: str, schema, raw: dict, runner: Callable, where: str) -> Path:
