@@ -71,7 +71,8 @@ class _DataBase(Strict):
     )
     prompt_template: str = Field(
         DEFAULT_PROMPT_TEMPLATE,
-        description="how a plain prompt is shown to a causal LM; prompts already in 'Human:/Assistant:' form are kept",
+        description="how a plain prompt is shown to a causal LM ({prompt} marks it); prompts already in 'Human:/Assistant:' "
+        "form are kept; chat: the tokenizer's own chat template, dialogues turn by turn (instruction-tuned models)",
     )
 
 

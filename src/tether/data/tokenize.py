@@ -11,27 +11,62 @@ Conventions:
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass
 
 import torch
 from rich.console import Console
 
+from tether.config import DEFAULT_PROMPT_TEMPLATE
 from tether.errors import DataError
 from tether.types import PreferenceBatch, SFTBatch, SFTExample
 
 _console = Console(stderr=True)
 
 
+CHAT = "chat"  # data.prompt_template: the tokenizer's own chat template (instruction-tuned models)
+_TURN = re.compile(r"(?:^|\n\n)(Human|Assistant):", re.MULTILINE)
+
+
 def format_prompt(prompt: str, template: str) -> str:
-    """Put a plain prompt into the template; prompts already ending in 'Assistant:' are kept as they are."""
+    """Put a plain prompt into the template; prompts already ending in 'Assistant:' are kept as they are.
+
+    The text form of `chat` (for readers of text, such as a judge's prompt) is the Human/Assistant form."""
     if prompt.rstrip().endswith("Assistant:"):
         return prompt.rstrip()
-    return template.format(prompt=prompt.strip())
+    return (DEFAULT_PROMPT_TEMPLATE if template == CHAT else template).format(prompt=prompt.strip())
 
 
-def format_response(response: str) -> str:
-    """A reply follows 'Assistant:' after one space."""
-    return " " + response.strip()
+def format_response(response: str, template: str = "") -> str:
+    """A reply follows 'Assistant:' after one space; in a chat template it opens the assistant turn as it is."""
+    return response.strip() if template == CHAT else " " + response.strip()
+
+
+def dialogue_messages(prompt: str) -> list[dict[str, str]]:
+    """A prompt as chat messages: a Human/Assistant dialogue (HH-RLHF form, ending with an open 'Assistant:') turn
+    by turn, a plain prompt as one user message."""
+    parts = _TURN.split(prompt.strip())
+    if len(parts) < 3:
+        return [{"role": "user", "content": prompt.strip()}]
+    messages = [{"role": "user" if who == "Human" else "assistant", "content": text.strip()}
+                for who, text in zip(parts[1::2], parts[2::2])]
+    return [m for m in messages if m["content"]] or [{"role": "user", "content": prompt.strip()}]
+
+
+def prompt_token_ids(prompt: str, tokenizer, template: str) -> list[int]:
+    """The token ids of a prompt as the policy sees it, ending where its reply begins: the text template, or with
+    `chat` the tokenizer's chat template with the assistant turn opened.
+
+    Raises:
+        DataError: `chat` with a tokenizer that has no chat template.
+    """
+    if template != CHAT:
+        return tokenizer(format_prompt(prompt, template), add_special_tokens=True)["input_ids"]
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError("data.prompt_template=chat: this tokenizer has no chat template; use a text template with {prompt}")
+    ids = tokenizer.apply_chat_template(dialogue_messages(prompt), add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(ids["input_ids"])
 
 
 @dataclass
@@ -62,8 +97,8 @@ def tokenize_sft(examples: list[SFTExample], tokenizer, template: str, max_lengt
     eos = tokenizer.eos_token_id
     out, dropped = [], 0
     for ex in examples:
-        prompt_ids = tokenizer(format_prompt(ex.prompt, template), add_special_tokens=True)["input_ids"]
-        response_ids = tokenizer(format_response(ex.response), add_special_tokens=False)["input_ids"] + [eos]
+        prompt_ids = prompt_token_ids(ex.prompt, tokenizer, template)
+        response_ids = tokenizer(format_response(ex.response, template), add_special_tokens=False)["input_ids"] + [eos]
         if truncation == "drop" and len(response_ids) >= max_length:
             dropped += 1
             continue
@@ -94,8 +129,7 @@ def tokenize_prompts(prompts: list[str], tokenizer, template: str, max_prompt_le
     """Token ids of formatted prompts, cut from the left to `max_prompt_length`."""
     out = []
     for p in prompts:
-        ids = tokenizer(format_prompt(p, template), add_special_tokens=True)["input_ids"]
-        out.append(ids[-max_prompt_length:])
+        out.append(prompt_token_ids(p, tokenizer, template)[-max_prompt_length:])
     return out
 
 
@@ -164,8 +198,8 @@ class TokenizedFeedback:
     kl_completion_ids: list[int] | None = None  # another example's reply, for the KTO reference point
 
 
-def _reply_ids(tokenizer, reply: str) -> list[int]:
-    return tokenizer(format_response(reply), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+def _reply_ids(tokenizer, reply: str, template: str = "") -> list[int]:
+    return tokenizer(format_response(reply, template), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
 
 
 def tokenize_pairs(examples: list, tokenizer, template: str, max_length: int, max_prompt_length: int, truncation: str) -> list[TokenizedPair]:
@@ -185,8 +219,8 @@ def tokenize_pairs(examples: list, tokenizer, template: str, max_length: int, ma
     """
     out, dropped = [], 0
     for i, ex in enumerate(examples):
-        prompt_ids = tokenizer(format_prompt(ex.prompt, template), add_special_tokens=True)["input_ids"]
-        chosen_ids, rejected_ids = _reply_ids(tokenizer, ex.chosen), _reply_ids(tokenizer, ex.rejected)
+        prompt_ids = prompt_token_ids(ex.prompt, tokenizer, template)
+        chosen_ids, rejected_ids = _reply_ids(tokenizer, ex.chosen, template), _reply_ids(tokenizer, ex.rejected, template)
         longest = max(len(chosen_ids), len(rejected_ids))
         if truncation == "drop" and longest >= max_length:
             dropped += 1
@@ -237,8 +271,8 @@ def tokenize_feedback(examples: list, tokenizer, template: str, max_length: int,
 
     out, dropped = [], 0
     for i, ex in enumerate(examples):
-        prompt_ids = tokenizer(format_prompt(ex.prompt, template), add_special_tokens=True)["input_ids"]
-        completion_ids = _reply_ids(tokenizer, ex.completion)
+        prompt_ids = prompt_token_ids(ex.prompt, tokenizer, template)
+        completion_ids = _reply_ids(tokenizer, ex.completion, template)
         if truncation == "drop" and len(completion_ids) >= max_length:
             dropped += 1
             continue
