@@ -20,7 +20,7 @@ def loop_config(tiny_data, tiny_models, out, **top) -> LoopConfig:
         "policy": tiny_models["llama"], "data": {"train": str(tiny_data["prompts"]), "holdout_fraction": 0.25, "max_prompt_length": 32},
         "rounds": 2, "prompts_per_round": 4, "k": 3, "generation": {"max_new_tokens": 6},
         "labeler": {"kind": "model", "path": tiny_models["rm"], "max_length": 64},
-        "reward_model": {"model": {"name_or_path": "tiny-bert"}, "data": {"max_length": 64}, "on_chance": "warn",
+        "reward_model": {"model": {"name_or_path": "tiny-bert"}, "data": {"max_length": 64, "holdout_fraction": 0.0}, "on_chance": "warn",
                          "train": {"max_steps": 2, "batch_size": 4, "device": "cpu"}},
         "ppo": {"reward_model": {"max_length": 64}, "generation": {"max_new_tokens": 6},
                 "rollout": {"batch_size": 2, "num_epochs": 1, "num_minibatches": 1}, "train": {"max_steps": 2, "device": "cpu"}},

@@ -218,11 +218,13 @@ def _stage(name: str, schema, raw: dict, runner: Callable, where: str) -> Path:
 
 
 def reward_config(cfg: LoopConfig, pair_files: list[Path], previous_rm: Path | None, out: Path) -> dict:
-    """The round's `tether rm` config: the loop's keys, then its data, output and (from round 2) starting weights."""
+    """The round's `tether rm` config: the loop's keys, then its data (a fifth of the pairs held out unless
+    `reward_model.data.holdout_fraction` says otherwise), output and (from round 2) starting weights."""
     raw = copy.deepcopy(cfg.reward_model)
     if previous_rm is not None:
         raw["model"] = {**raw.get("model", {}), "name_or_path": str(previous_rm)}
-    raw["data"] = {**raw.get("data", {}), "train": [str(p) for p in pair_files]}
+    # pairs held out by default, so that the reward model's accuracy is measured and a model at chance stops the loop
+    raw["data"] = {"holdout_fraction": 0.2, **raw.get("data", {}), "train": [str(p) for p in pair_files]}
     raw["train"] = {**raw.get("train", {}), "resume": True}
     return {**raw, "output_dir": str(out), "overwrite": True}
 
