@@ -134,35 +134,37 @@ def label_with_people(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int
 
     lab = cfg.labeler
     store = FeedbackStore(lab.db)
-    name = f"{Path(cfg.output_dir).name}-round-{r:02d}"
     try:
-        campaign = store.campaign_by_name(name)
-    except NotFound:  # the first time this round labels
-        guidelines = Path(lab.guidelines).read_text(encoding="utf-8") if lab.guidelines else ""
-        items = expand_items(TaskKind.RANK, read_campaign_file(samples, TaskKind.RANK))
+        name = f"{Path(cfg.output_dir).name}-round-{r:02d}"
         try:
-            campaign = store.create_campaign(name, TaskKind.RANK, items, guidelines, lab.labelers_per_item, str(samples))
-        except Conflict:
             campaign = store.campaign_by_name(name)
-        console.print(f"loop: round {r}: campaign {name!r} created with {campaign.n_items} items; labellers rank them at {lab.url}")
-    deadline = time.time() + 60 * lab.wait_minutes
-    while True:
-        progress = store.progress(campaign.id)
-        if progress.n_items_complete >= lab.min_complete * progress.n_items:
-            break
-        if time.time() >= deadline:
-            raise FeedbackPending(
-                f"loop: round {r} waits for feedback: campaign {name!r} at {lab.url} has {progress.n_items_complete} of "
-                f"{progress.n_items} items with all {campaign.labelers_per_item} labels (labeler.min_complete={lab.min_complete}); "
-                "run tether loop again when they are in"
-            )
-        time.sleep(min(10.0, max(0.0, deadline - time.time())))
-    records = export_records(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.PAIRS, ExportMode.CONSENSUS)
-    models = {json.loads(line)["prompt"]: json.loads(line)["model"] for line in samples.open(encoding="utf-8")}
-    rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "round": r, "policy": models.get(p.prompt),
-             "margin": p.margin, "campaign": p.campaign, "item_id": p.item_id} for p in records]
-    write_whole(path, rows)
-    store.close()
+        except NotFound:  # the first time this round labels
+            guidelines = Path(lab.guidelines).read_text(encoding="utf-8") if lab.guidelines else ""
+            items = expand_items(TaskKind.RANK, read_campaign_file(samples, TaskKind.RANK))
+            try:
+                campaign = store.create_campaign(name, TaskKind.RANK, items, guidelines, lab.labelers_per_item, str(samples))
+            except Conflict:
+                campaign = store.campaign_by_name(name)
+            console.print(f"loop: round {r}: campaign {name!r} created with {campaign.n_items} items; labellers rank them at {lab.url}")
+        deadline = time.time() + 60 * lab.wait_minutes
+        while True:
+            progress = store.progress(campaign.id)
+            if progress.n_items_complete >= lab.min_complete * progress.n_items:
+                break
+            if time.time() >= deadline:
+                raise FeedbackPending(
+                    f"loop: round {r} waits for feedback: campaign {name!r} at {lab.url} has {progress.n_items_complete} of "
+                    f"{progress.n_items} items with all {campaign.labelers_per_item} labels (labeler.min_complete={lab.min_complete}); "
+                    "run tether loop again when they are in"
+                )
+            time.sleep(min(10.0, max(0.0, deadline - time.time())))
+        records = export_records(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.PAIRS, ExportMode.CONSENSUS)
+        models = {json.loads(line)["prompt"]: json.loads(line)["model"] for line in samples.open(encoding="utf-8")}
+        rows = [{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "round": r, "policy": models.get(p.prompt),
+                 "margin": p.margin, "campaign": p.campaign, "item_id": p.item_id} for p in records]
+        write_whole(path, rows)
+    finally:
+        store.close()
     return len(rows)
 
 
