@@ -414,17 +414,6 @@ def stop_criterion(r: RolloutParams, metrics: dict[str, float]) -> str | None:
     return None
 
 
-def judge_stop(cfg: OnlineConfig, m: Roles, judge: Judge | None, step: int, device: torch.device, dist: Distributed, run) -> str | None:
-    """Every `judge.every` steps: score the policy with the judge, log it, and say whether to stop
-    (`reward_hacking_suspected`)."""
-    if judge is None or step % cfg.judge.every:
-        return None
-    run.log(step, judge_policy(cfg, m, judge, device, dist))
-    if reward_hacking_suspected(judge.history, cfg.judge.patience):
-        return "reward hacking suspected: the held-out judge score fell while the training score rose"
-    return None
-
-
 class StepControl:
     """Phase 5 of every online method, once a step's metrics are logged: the divergence guards, the stopping
     criteria, the judge, checkpoints and the stop signal.
@@ -448,9 +437,13 @@ class StepControl:
         """
         self.skipped += int(metrics["guard/skipped"])
         check_guards(self.cfg, metrics, raw_scores, self.skipped, step)
-        reason = stop_criterion(self.cfg.rollout, metrics) or judge_stop(self.cfg, self.m, self.judge, step, self.dist.device, self.dist, self.run)
+        reason = stop_criterion(self.cfg.rollout, metrics)
         if reason:
             return reason
+        if self.judge is not None and step % self.cfg.judge.every == 0:  # the held-out judge, every judge.every steps
+            self.run.log(step, judge_policy(self.cfg, self.m, self.judge, self.dist.device, self.dist))
+            if reward_hacking_suspected(self.judge.history, self.cfg.judge.patience):
+                return "reward hacking suspected: the held-out judge score fell while the training score rose"
         stopping = self.dist.any(self.stop.requested)  # all processes stop at the same step
         if self.cfg.train.save_every and step % self.cfg.train.save_every == 0 or stopping:
             ckpt = self.run.checkpoint(step, self.save)
