@@ -71,31 +71,60 @@ def _fake_sampler(model_path, prompts, k):
     return [[f"{model_path} answer {j} to {p}" for j in range(k)] for p in prompts]
 
 
-def test_admin_samples_completions_for_pasted_prompts(client, admin, monkeypatch):
+def test_admin_samples_completions_for_pasted_prompts(client, admin, store, monkeypatch):
+    """The form queues a sampling job (the web process loads no model); a worker samples and creates the campaign."""
     import tether.feedback.service as service
+    from tether.feedback.worker import run_worker
+    from tether.storage import JobQueue
 
     monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
     client.cookies.set("tether_token", ADMIN_TOKEN)
     form = {"name": "sampled", "kind": "rank", "prompts": "one\ntwo", "model_path": "runs/sft", "k": "3"}
     response = client.post("/admin/campaigns", data=form, follow_redirects=False)
-    assert response.status_code == 303
+    assert response.status_code == 303 and response.headers["location"].startswith("/admin?job=")
+    assert client.get("/api/campaigns", headers=admin).json() == []  # nothing sampled in the request
+    [job] = client.get("/api/jobs", headers=admin).json()
+    assert (job["kind"], job["status"]) == ("sample", "queued") and "'sampled'" in job["title"]
+    assert "queued" in client.get("/admin").text  # the jobs list on the admin page
+    assert run_worker(store, "w1", once=True) == 1
+    done = client.get(f"/api/jobs/{job['id']}", headers=admin).json()
+    assert (done["status"], done["progress"]) == ("done", 1.0)
     campaign = client.get("/api/campaigns", headers=admin).json()[0]
-    assert campaign["n_items"] == 2
+    assert done["result"] == {"campaign_id": campaign["id"], "campaign": "sampled", "n_items": 2}
+    assert campaign["n_items"] == 2 and campaign["model_path"] == "runs/sft"
+    assert f'href="/admin/campaigns/{campaign["id"]}"' in client.get("/admin").text
     labeler = make_labeler(client, admin, "ann")
     task = client.get(f"/api/campaigns/{campaign['id']}/next", headers=labeler).json()
     assert sorted(c["text"] for c in task["completions"]) == [f"runs/sft answer {j} to one" for j in range(3)]
+    assert JobQueue(store).get(job["id"]).claimed_by == "w1"
 
 
-def test_sampling_failures_are_shown_not_raised(client, admin, monkeypatch):
+def test_sampling_failures_are_shown_not_raised(client, admin, store, monkeypatch):
     import tether.feedback.service as service
+    from tether.feedback.worker import run_worker
 
     def broken(model_path, prompts, k):
         raise OSError("no such model")
 
     monkeypatch.setattr(service, "_sampler", lambda: broken)
     client.cookies.set("tether_token", ADMIN_TOKEN)
-    response = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"})
-    assert response.status_code == 400 and "no such model" in response.text
+    response = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"}, follow_redirects=False)
+    assert response.status_code == 303
+    run_worker(store, "w1", once=True)
+    [job] = client.get("/api/jobs", headers=admin).json()
+    assert job["status"] == "failed" and "no such model" in job["error"]
+    assert "no such model" in client.get("/admin").text
+    assert client.get("/api/campaigns", headers=admin).json() == []
+
+
+def test_sampling_form_checks_before_queueing(client, admin):
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    make_campaign(client, admin, name="taken")
+    taken = client.post("/admin/campaigns", data={"name": "taken", "kind": "rank", "prompts": "hello", "model_path": "m"})
+    assert taken.status_code == 409 and "already exists" in taken.text
+    one = client.post("/admin/campaigns", data={"name": "new", "kind": "rank", "prompts": "hello", "model_path": "m", "k": "1"})
+    assert one.status_code == 400 and "k: ranking needs 2 to" in one.text
+    assert client.get("/api/jobs", headers=admin).json() == []
 
 
 def test_redteam_generate_uses_the_campaign_model(client, admin, monkeypatch):

@@ -20,6 +20,9 @@ from tether import __version__
 from tether.errors import TetherError
 from tether.feedback.api import router as api_router
 from tether.feedback.pages import router as pages_router
+from tether.feedback.playground import PlaygroundConfig
+from tether.feedback.playground_routes import api_router as jobs_api_router
+from tether.feedback.playground_routes import pages_router as playground_pages_router
 from tether.feedback.tasks import LabelError
 from tether.feedback.templating import make_templates, render
 from tether.storage import Conflict, FeedbackStore, NotFound, Unavailable
@@ -130,18 +133,20 @@ def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
-def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES, playground: PlaygroundConfig | None = None) -> FastAPI:
     """Builds the app around a store.
 
     Args:
         store: the feedback database (schema already created or upgraded).
         max_body_bytes: largest request body accepted (413 above).
+        playground: the playground's models and scorers (`load_playground`); None: no playground page.
 
     Returns:
         The FastAPI app: pages at /, JSON API at /api, OpenAPI schema at /openapi.json.
     """
     app = FastAPI(title="tether feedback", version=__version__, description="Collect human feedback on model outputs.")
     app.state.store = store
+    app.state.playground = playground
     app.state.templates = make_templates()
 
     @app.middleware("http")
@@ -149,7 +154,7 @@ def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
         response = await call_next(request)
         for key, value in SECURITY_HEADERS.items():
             response.headers.setdefault(key, value)
-        if _is_api(request) or request.url.path.startswith("/admin") or request.url.path.startswith("/label"):
+        if _is_api(request) or request.url.path.startswith("/admin") or request.url.path.startswith("/label") or request.url.path == "/playground":
             response.headers.setdefault("Cache-Control", "no-store")
         return response
 
@@ -157,6 +162,8 @@ def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES) -> Fa
     _install_error_handlers(app)
     app.include_router(api_router)
     app.include_router(pages_router)
+    app.include_router(jobs_api_router)
+    app.include_router(playground_pages_router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
 

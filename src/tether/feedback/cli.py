@@ -29,6 +29,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     serve.add_argument("--admin-token", default=None, help=f"admin token to use (env {ADMIN_TOKEN_ENV}); one is made and printed on first start")
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    serve.add_argument("--playground", default=None, metavar="FILE", help="YAML file of the playground's models (page /playground; see docs/feedback.md)")
+    serve.add_argument("--with-worker", action="store_true", help="also start a `tether label worker` process on the same database (model jobs)")
+
+    worker = command("worker", "run model jobs (sampling, playground answers) queued by the web app")
+    worker.add_argument("--name", default=None, help="name in the jobs list (default host:pid)")
+    worker.add_argument("--poll-s", type=float, default=1.0, help="seconds between looks for work when idle (default 1)")
+    worker.add_argument("--heartbeat-s", type=float, default=10.0, help="seconds between heartbeats of a running job (default 10)")
+    worker.add_argument("--stale-s", type=float, default=120.0, help="a running job without heartbeat this long is queued again (default 120)")
+    worker.add_argument("--once", action="store_true", help="stop when no job is queued instead of waiting for work")
 
     imp = command("import", "create a campaign from a campaign file (JSONL), or add items to one")
     imp.add_argument("file", help='campaign file: one {"prompt", "completions": [...]} per line')
@@ -70,11 +79,15 @@ def _read_guidelines(path: str | None) -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    import subprocess
+
     import uvicorn
 
     from tether.feedback.app import create_app
+    from tether.feedback.playground import load_playground
     from tether.storage.store import new_token
 
+    playground = load_playground(args.playground) if args.playground else None
     store = FeedbackStore(args.db)
     token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV)
     if token:
@@ -84,7 +97,43 @@ def _serve(args: argparse.Namespace) -> int:
         store.set_admin_token(token)
         print(f"admin token (shown once, keep it): {token}", flush=True)
     print(f"tether feedback: http://{args.host}:{args.port}/  database {args.db}", flush=True)
-    uvicorn.run(create_app(store, max_body_bytes=int(args.max_body_mb * 1024 * 1024)), host=args.host, port=args.port, log_level="info")
+    if playground is not None:
+        print(f"playground: http://{args.host}:{args.port}/playground  {len(playground.models)} models", flush=True)
+    worker = subprocess.Popen([sys.executable, "-m", "tether.feedback.cli", "worker", "--db", args.db]) if args.with_worker else None
+    try:
+        app = create_app(store, max_body_bytes=int(args.max_body_mb * 1024 * 1024), playground=playground)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+    finally:
+        if worker is not None:  # a job in progress is queued again by the next worker (no heartbeat)
+            worker.kill()
+            worker.wait()
+    return 0
+
+
+def _worker(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from tether.feedback.worker import default_name, run_worker
+
+    if min(args.poll_s, args.heartbeat_s, args.stale_s) <= 0:
+        raise ConfigError("--poll-s, --heartbeat-s and --stale-s: must be positive")
+    if args.stale_s <= args.heartbeat_s:
+        raise ConfigError("--stale-s: must be longer than --heartbeat-s, or live jobs would be queued again")
+    stop = threading.Event()
+
+    def on_signal(*_: object) -> None:  # the first signal lets the current job finish; a second one stops now
+        if stop.is_set():
+            raise SystemExit(1)
+        stop.set()
+        print("tether worker: stopping after the current job (signal again to stop now)", flush=True)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
+    name = args.name or default_name()
+    print(f"tether worker {name}: database {args.db}", flush=True)
+    ran = run_worker(FeedbackStore(args.db), name, args.poll_s, args.heartbeat_s, args.stale_s, once=args.once, stop=stop)
+    print(f"tether worker {name}: stopped after {ran} job(s)", flush=True)
     return 0
 
 
@@ -191,6 +240,7 @@ def _bench(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "serve": _serve,
+    "worker": _worker,
     "import": _import,
     "export": _export,
     "add-labeler": _add_labeler,

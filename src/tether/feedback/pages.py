@@ -10,13 +10,15 @@ from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, label
 from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
 from tether.feedback.export import ALLOWED, AUTO_KIND
 from tether.feedback.schemas import RowId
-from tether.feedback.service import agreement_out, current_task, progress_out, sample_items
+from tether.feedback.playground_routes import job_out
+from tether.feedback.service import agreement_out, current_task, progress_out
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
 from tether.feedback.templating import render
-from tether.storage import Conflict, FeedbackStore, Labeler, NewItem, TaskKind
+from tether.storage import Conflict, FeedbackStore, JobQueue, Labeler, NewItem, NotFound, TaskKind
 
 router = APIRouter(include_in_schema=False)
 COOKIE_MAX_AGE = 30 * 24 * 3600
+JOBS_SHOWN = 20  # newest jobs on the admin page
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -86,8 +88,10 @@ def label_page(campaign_id: RowId, request: Request, labeler: Labeler = Depends(
 
 def _admin_page(request: Request, store: FeedbackStore, new_token: tuple[str, str] | None = None, error: str | None = None, status: int = 200) -> Response:
     campaigns = [(c, store.progress(c.id)) for c in store.list_campaigns()]
+    jobs = [job_out(j) for j in JobQueue(store).list(JOBS_SHOWN)]
     return render(
-        request, "admin.html", status_code=status, campaigns=campaigns, labelers=store.list_labelers(), new_token=new_token, error=error, titles=KIND_TITLES
+        request, "admin.html", status_code=status, campaigns=campaigns, labelers=store.list_labelers(), new_token=new_token, error=error, titles=KIND_TITLES,
+        jobs=jobs, playground=request.app.state.playground is not None,
     )
 
 
@@ -130,19 +134,15 @@ def new_campaign_page(request: Request, _: Principal = Depends(admin_only)) -> R
     return render(request, "campaign_new.html", error=None, form={}, kinds=list(TaskKind), titles=KIND_TITLES)
 
 
-def _form_items(kind: TaskKind, upload_text: str, prompts_text: str, model_path: str, k: int) -> list[NewItem]:
-    """Items from an uploaded campaign file, or pasted prompts (sampled with a model when given).
+def _form_items(kind: TaskKind, upload_text: str, prompts_text: str) -> list[NewItem]:
+    """Items from an uploaded campaign file, or pasted prompts (red-team seeds).
 
     Raises:
-        TetherError: nothing usable was given, or sampling failed.
+        TetherError: nothing usable was given.
     """
     if upload_text.strip():
         return parse_campaign_text(upload_text, kind, source="uploaded file")
-    prompts = parse_prompt_lines(prompts_text)
-    if prompts and model_path and kind != TaskKind.REDTEAM:
-        items = sample_items(model_path, prompts, k)
-    else:
-        items = [NewItem(prompt=p) for p in prompts]
+    items = [NewItem(prompt=p) for p in parse_prompt_lines(prompts_text)]
     for number, item in enumerate(items, start=1):
         problem = item_problem(kind, item)
         if problem:
@@ -150,6 +150,24 @@ def _form_items(kind: TaskKind, upload_text: str, prompts_text: str, model_path:
     if not items and kind != TaskKind.REDTEAM:
         raise TetherError("give a campaign file or prompts")
     return items
+
+
+def _sampling_job(store: FeedbackStore, form: dict, prompts: list[str]) -> int:
+    """Queues the worker job that samples K completions per prompt and then creates the campaign.
+
+    Raises:
+        TetherError: K does not fit the task kind. Conflict: the campaign name is taken.
+    """
+    kind = TaskKind(form["kind"])
+    problem = item_problem(kind, NewItem(prompt="p", completions=["c"] * form["k"]))
+    if problem:
+        raise TetherError(f"k: {problem}")
+    try:
+        store.campaign_by_name(form["name"])
+    except NotFound:
+        params = {**form, "prompts": prompts}
+        return JobQueue(store).submit("sample", params, submitted_by="admin").id
+    raise Conflict(f"campaign {form['name']!r} already exists")
 
 
 @router.post("/admin/campaigns")
@@ -166,11 +184,18 @@ async def create_campaign_page(
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
-    """Creates a campaign from the form, then shows it."""
+    """Creates a campaign from the form, then shows it; with pasted prompts and a model, queues the worker job
+    that samples the completions and creates the campaign, then shows the jobs list."""
     form = {"name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts, "model_path": model_path, "k": k}
     try:
         upload = (await file.read()).decode("utf-8") if file is not None and file.filename else ""
-        items = expand_items(kind, _form_items(kind, upload, prompts, model_path.strip(), k))
+        pasted = parse_prompt_lines(prompts) if not upload.strip() else []
+        if pasted and model_path.strip() and kind != TaskKind.REDTEAM:
+            job_form = {**form, "name": name.strip(), "model_path": model_path.strip()}
+            del job_form["prompts"]
+            job_id = _sampling_job(store, job_form, pasted)
+            return _redirect(f"/admin?job={job_id}#jobs")
+        items = expand_items(kind, _form_items(kind, upload, prompts))
         campaign = store.create_campaign(name.strip(), kind, items, guidelines, labelers_per_item, model_path.strip() or None)
     except UnicodeDecodeError:
         return render(request, "campaign_new.html", status_code=400, error="the file is not UTF-8 text", form=form, kinds=list(TaskKind), titles=KIND_TITLES)

@@ -239,3 +239,47 @@ class GenerateOut(BaseModel):
     """The model's answer."""
 
     response: str
+
+
+class JobOut(BaseModel):
+    """A job of the worker queue: what it is, how far it got, its result or error (times in UTC)."""
+
+    id: int
+    kind: str
+    title: str = Field(description="what the job does, in a few words")
+    status: Literal["queued", "running", "done", "failed"]
+    progress: float = Field(description="0 to 1")
+    message: str = Field(description="what the job is doing now")
+    error: str | None
+    result: object | None = Field(description="the job's result; for playground jobs the answers so far, while it runs")
+    claimed_by: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class PlaygroundIn(BaseModel):
+    """A prompt for every playground model."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+
+
+class ThumbIn(BaseModel):
+    """A thumb on one answer of a finished playground job (the answer is taken from the job, not the request)."""
+
+    model_config = ConfigDict(extra="forbid")
+    job_id: int = Field(ge=1, le=MAX_ROW_ID)
+    model: str = Field(min_length=1, max_length=200, description="the name of the model that wrote the answer")
+    thumb: Literal[0, 1] = Field(description="1 up, 0 down")
+
+
+class ThumbAck(BaseModel):
+    """A stored thumb: committed when this is returned."""
+
+    campaign_id: int
+    campaign: str
+    item_id: int
+    label_id: int
+    updated: bool

@@ -19,12 +19,16 @@ from tether.storage.records import (
     Unavailable,
 )
 from tether.storage.store import FeedbackStore
+from tether.storage.jobs import Job, JobQueue, JobStatus  # noqa: E402  (after the store it builds on)
 
 __all__ = [
     "Campaign",
     "Conflict",
     "FeedbackStore",
     "Item",
+    "Job",
+    "JobQueue",
+    "JobStatus",
     "Label",
     "LabelData",
     "Labeler",

@@ -421,6 +421,47 @@ class FeedbackStore:
             s.add(AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="done", display_order="[]", created_at=utcnow()))
             return _upsert_label(s, item, labeler_id, data)
 
+    def add_thumb(self, campaign_name: str, item: NewItem, labeler_id: int, thumb: int, guidelines: str = "") -> Label:
+        """Stores a thumb up (1) or down (0) on a completion seen outside the queue (the playground).
+
+        The thumbs campaign `campaign_name` is created on first use. The item is found by its external id (the
+        same answer thumbed again updates the label) or added, already assigned to the labeler, in the same
+        transaction as the label.
+
+        Raises:
+            Conflict: the campaign exists with another task kind, or is closed.
+        """
+        for attempt in range(2):
+            try:
+                with self._tx(write=True) as s:
+                    campaign = s.scalars(select(CampaignRow).where(CampaignRow.name == campaign_name)).first()
+                    if campaign is None:
+                        campaign = CampaignRow(name=campaign_name, kind=TaskKind.THUMBS.value, guidelines=guidelines, labelers_per_item=1,
+                                               status="active", created_at=utcnow())
+                        s.add(campaign)
+                        s.flush()
+                    if campaign.kind != TaskKind.THUMBS.value:
+                        raise Conflict(f"campaign {campaign_name!r} is a {campaign.kind} campaign, not thumbs")
+                    if campaign.status != "active":
+                        raise Conflict(f"campaign {campaign_name!r} is closed")
+                    row = s.scalars(select(ItemRow).where(ItemRow.campaign_id == campaign.id, ItemRow.external_id == item.external_id)).first()
+                    if row is None:
+                        start = s.scalar(select(func.coalesce(func.max(ItemRow.position) + 1, 0)).where(ItemRow.campaign_id == campaign.id))
+                        _insert_items(s, campaign.id, [item], start=start or 0)
+                        s.flush()
+                        row = s.scalars(select(ItemRow).where(ItemRow.campaign_id == campaign.id, ItemRow.external_id == item.external_id)).first()
+                    assignment = s.scalars(select(AssignmentRow).where(AssignmentRow.item_id == row.id, AssignmentRow.labeler_id == labeler_id)).first()
+                    if assignment is None:
+                        s.add(AssignmentRow(item_id=row.id, labeler_id=labeler_id, status="done", display_order="[0]", created_at=utcnow()))
+                        s.execute(update(ItemRow).where(ItemRow.id == row.id).values(n_assigned=ItemRow.n_assigned + 1))
+                    else:
+                        assignment.status = "done"
+                    return _upsert_label(s, row, labeler_id, LabelData(thumb=thumb))
+            except IntegrityError:  # a parallel first thumb created the campaign or the item: the retry finds it
+                if attempt == 1:
+                    raise
+        raise AssertionError("unreachable")
+
     def list_labels(self, campaign_id: int, labeler_id: int | None = None) -> list[Label]:
         """Returns a campaign's labels (optionally one labeler's), in item order."""
         with self._tx() as s:
