@@ -95,6 +95,7 @@ def test_no_torch_import():
         "import sys\n"
         "import tether.storage, tether.feedback.app, tether.feedback.cli, tether.feedback.api, tether.feedback.pages\n"
         "import tether.feedback.export, tether.feedback.quality, tether.feedback.loadtest\n"
+        "import tether.feedback.worker, tether.feedback.model_jobs, tether.feedback.playground, tether.feedback.playground_routes\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     result = _run(code)

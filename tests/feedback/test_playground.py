@@ -1,0 +1,177 @@
+"""The playground: its configuration (models found in PPO run and loop directories), a prompt answered by
+tiny random-init models in the worker with reward-model and judge scores, and thumbs landing in the
+thumbs campaign tagged with the model that wrote the answer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import ADMIN_TOKEN, make_labeler
+
+from tether.errors import ConfigError
+from tether.feedback.app import create_app
+from tether.feedback.playground import load_playground, run_models
+from tether.feedback.worker import run_worker
+from tether.storage import JobQueue
+
+
+def save_tiny_policy(path: Path, seed: int) -> Path:
+    """A tiny random-init causal LM in Hugging Face format (each seed gives other weights, so other answers)."""
+    from tether.models.tiny import tiny_causal_lm
+
+    model, tokenizer = tiny_causal_lm("llama", seed=seed)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def fake_ppo_run(root: Path, policy: str, kls: dict[int, float], checkpoints: list[int], finished: bool = True) -> Path:
+    """A PPO run directory as `tether ppo` leaves it: config.yaml, metrics.jsonl, checkpoints/step-N (HF format),
+    the final model; the checkpoints and the final model are tiny models of their own seeds."""
+    run = root / "ppo"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text(f"model:\n  name_or_path: {policy}\noutput_dir: {run}\n")
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": s, "objective/kl": kl, "objective/scores": 0.1}) + "\n" for s, kl in kls.items()))
+    for step in checkpoints:
+        save_tiny_policy(run / "checkpoints" / f"step-{step}", seed=100 + step)
+        (run / "checkpoints" / f"step-{step}" / "trainer_state.pt").write_bytes(b"")
+    (run / "checkpoints" / "step-9.tmp").mkdir()  # half-written: never offered
+    if finished:
+        save_tiny_policy(run, seed=999)
+        (run / "DONE").write_text(json.dumps({"steps": max(kls), "objective/kl": kls[max(kls)]}))
+    return run
+
+
+def test_models_of_a_ppo_run_directory(tmp_path, tiny_models):
+    run = fake_ppo_run(tmp_path, tiny_models["llama"], {1: 0.01, 2: 0.2, 3: 0.5, 4: 0.9}, checkpoints=[2, 4])
+    models = run_models(run)
+    assert [(m.name, m.path, m.kl) for m in models] == [
+        ("ppo: reference", tiny_models["llama"], 0.0),
+        ("ppo: step 2", str(run / "checkpoints" / "step-2"), 0.2),
+        ("ppo: step 4", str(run / "checkpoints" / "step-4"), 0.9),
+        ("ppo: final", str(run), 0.9),
+    ]
+    unfinished = fake_ppo_run(tmp_path / "b", tiny_models["llama"], {1: 0.1, 2: 0.3}, checkpoints=[2], finished=False)
+    assert [m.name for m in run_models(unfinished)] == ["ppo: reference", "ppo: step 2"]
+
+
+def test_models_of_a_loop_directory(tmp_path):
+    loop = tmp_path / "loop"
+    loop.mkdir()
+    (loop / "config.yaml").write_text("policy: runs/sft\nrounds: 2\n")
+    rows = [{"round": 1, "policy": "loop/round-01/ppo", "kl_to_sft": 0.4}, {"round": 2, "policy": "loop/round-02/ppo", "kl_to_sft": 1.1}]
+    (loop / "loop.json").write_text(json.dumps({"rounds": rows, "stop_reason": None}))
+    assert [(m.name, m.path, m.kl) for m in run_models(loop)] == [
+        ("loop: SFT", "runs/sft", 0.0), ("loop: round 1", "loop/round-01/ppo", 0.4), ("loop: round 2", "loop/round-02/ppo", 1.1),
+    ]
+
+
+def test_bad_playground_files_name_the_problem(tmp_path):
+    path = tmp_path / "pg.yaml"
+    path.write_text("models: []\n")
+    with pytest.raises(ConfigError, match="no models"):
+        load_playground(path)
+    path.write_text("models: [{name: a, path: x}]\nreward: oops\n")
+    with pytest.raises(ConfigError, match="reward: Extra inputs"):
+        load_playground(path)
+    path.write_text("models: [{name: a, path: x}, {name: a, path: y}]\n")
+    with pytest.raises(ConfigError, match="names must differ"):
+        load_playground(path)
+    (tmp_path / "notarun").mkdir()
+    path.write_text("runs: [notarun]\n")
+    with pytest.raises(ConfigError, match="notarun has no readable config.yaml"):
+        load_playground(path)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_playground(tmp_path / "missing.yaml")
+
+
+def test_no_playground_configured(client, admin):
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    assert client.get("/playground").status_code == 404
+    response = client.post("/api/playground/generate", json={"prompt": "hi"}, headers=admin)
+    assert response.status_code == 404 and "--playground" in response.json()["detail"]
+
+
+@pytest.fixture
+def playground(tmp_path, tiny_models):
+    run = fake_ppo_run(tmp_path, tiny_models["llama"], {1: 0.01, 2: 0.2, 3: 0.5}, checkpoints=[2])
+    path = tmp_path / "playground.yaml"
+    path.write_text(
+        f"runs: [{run.name}]\nreward_model: {tiny_models['rm']}\njudge: {tiny_models['rm']}\n"
+        "generation: {max_new_tokens: 8, temperature: 0.7}\ncampaign: pg-thumbs\n"
+    )
+    return load_playground(path)
+
+
+def test_playground_answers_scores_and_thumbs(store, admin, playground, tiny_models):
+    """A prompt becomes a generate job; the worker answers with every model and scores them; thumbs land in
+    the thumbs campaign, tagged with the model; the admin's thumbs too (under a labeler that cannot sign in)."""
+    with TestClient(create_app(store, playground=playground)) as client:
+        ann = make_labeler(client, admin, "ann")
+        page = client.get("/playground", headers=ann)
+        assert page.status_code == 200 and 'data-slot="first"' in page.text and 'data-slot="last"' in page.text
+        assert client.post("/api/playground/generate", json={"prompt": "   "}, headers=ann).status_code == 422
+        job = client.post("/api/playground/generate", json={"prompt": "Say <b>hello</b>."}, headers=ann)
+        assert job.status_code == 202 and job.json()["status"] == "queued"
+        job_id = job.json()["id"]
+        assert client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: final", "thumb": 1}, headers=ann).status_code == 409
+
+        assert run_worker(store, "w1", once=True) == 1
+        done = client.get(f"/api/jobs/{job_id}", headers=ann).json()
+        assert done["status"] == "done", done["error"]
+        answers = done["result"]["answers"]
+        assert [a["name"] for a in answers] == ["ppo: reference", "ppo: step 2", "ppo: final"]
+        assert [a["kl"] for a in answers] == [0.0, 0.2, 0.5]
+        assert all(isinstance(a["text"], str) and isinstance(a["reward"], float) for a in answers)
+        assert len({a["text"] for a in answers}) > 1  # other weights, other answers (same seed for every model)
+        assert [a["judge"] for a in answers] == [a["reward"] for a in answers]  # the same model judges
+        assert done["result"]["prompt"] == "Say <b>hello</b>."
+
+        bob = make_labeler(client, admin, "bob")
+        assert client.get(f"/api/jobs/{job_id}", headers=bob).status_code == 404  # not bob's job
+        assert client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "nope", "thumb": 1}, headers=ann).status_code == 422
+        up = client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: final", "thumb": 1}, headers=ann)
+        assert up.status_code == 200 and up.json()["campaign"] == "pg-thumbs" and up.json()["updated"] is False
+        down = client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: reference", "thumb": 0}, headers=ann)
+        again = client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: reference", "thumb": 1}, headers=ann)
+        assert again.json()["item_id"] == down.json()["item_id"] and again.json()["updated"] is True
+        by_admin = client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: step 2", "thumb": 0}, headers=admin)
+        assert by_admin.status_code == 200
+
+        campaign = store.campaign_by_name("pg-thumbs")
+        assert campaign.kind.value == "thumbs"
+        items = {i.model: i for i in store.list_items(campaign.id)}
+        assert set(items) == {"ppo: final", "ppo: reference", "ppo: step 2"}
+        final = items["ppo: final"]
+        assert final.completions == [answers[2]["text"]] and final.prompt == "Say <b>hello</b>."
+        assert final.meta["kl"] == 0.5 and final.meta["reward"] == answers[2]["reward"] and final.meta["job"] == job_id
+        labels = {(lab.labeler_name, store_item_model(items, lab.item_id)): lab.data.thumb for lab in store.list_labels(campaign.id)}
+        assert labels == {("ann", "ppo: final"): 1, ("ann", "ppo: reference"): 1, ("admin (playground)", "ppo: step 2"): 0}
+        admin_labeler = store.labeler_by_name("admin (playground)")
+        assert admin_labeler is not None and not admin_labeler.active
+
+        export = [json.loads(line) for line in client.get(f"/api/campaigns/{campaign.id}/export", headers=admin).text.splitlines()]
+        by_item = {row["item_id"]: (row["completion"], row["label"]) for row in export}
+        assert by_item[final.external_id] == (answers[2]["text"], 1)
+        assert by_item[items["ppo: step 2"].external_id] == (answers[1]["text"], 0)
+        jobs = client.get("/api/jobs", headers=admin).json()
+        assert jobs[0]["kind"] == "generate" and "playground: Say <b>hello</b>." in jobs[0]["title"]
+
+
+def store_item_model(items: dict, item_id: int) -> str:
+    return next(model for model, item in items.items() if item.id == item_id)
+
+
+def test_the_playground_page_escapes_model_names(store, tmp_path):
+    path = tmp_path / "pg.yaml"
+    path.write_text('models:\n  - {name: "<script>x</script>", path: a, kl: 0}\n  - {name: mid, path: b, kl: 1}\n  - {name: end, path: c, kl: 2}\n')
+    with TestClient(create_app(store, playground=load_playground(path))) as client:
+        client.cookies.set("tether_token", ADMIN_TOKEN)
+        page = client.get("/playground").text
+        assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
+        assert 'id="kl-slider"' in page and 'max="2"' in page
+        assert 'href="/playground"' in client.get("/admin").text
