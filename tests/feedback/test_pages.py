@@ -127,14 +127,39 @@ def test_sampling_form_checks_before_queueing(client, admin):
     assert client.get("/api/jobs", headers=admin).json() == []
 
 
-def test_redteam_generate_uses_the_campaign_model(client, admin, monkeypatch):
+def test_redteam_generate_uses_the_campaign_model(client, admin, store, monkeypatch):
+    """The answer comes from a worker (a `respond` job); the request waits for it."""
+    import threading
+
     import tether.feedback.service as service
+    from tether.feedback.worker import run_worker
 
     monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
     campaign = make_campaign(client, admin, kind="redteam", items=[], model_path="runs/policy")
     labeler = make_labeler(client, admin, "ann")
-    response = client.post(f"/api/campaigns/{campaign['id']}/generate", json={"prompt": "attack"}, headers=labeler)
+    stop = threading.Event()
+    worker = threading.Thread(target=run_worker, args=(store, "w1"), kwargs={"poll_s": 0.05, "stop": stop})
+    worker.start()
+    try:
+        response = client.post(f"/api/campaigns/{campaign['id']}/generate", json={"prompt": "attack"}, headers=labeler)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
     assert response.json() == {"response": "runs/policy answer 0 to attack"}
+    [job] = client.get("/api/jobs", headers=admin).json()
+    assert (job["kind"], job["status"], job["claimed_by"]) == ("respond", "done", "w1")
+
+
+def test_redteam_generate_without_a_worker_says_so(client, admin, monkeypatch):
+    import tether.feedback.service as service
+
+    monkeypatch.setattr(service, "GENERATE_WAIT_S", 0.3)
+    campaign = make_campaign(client, admin, kind="redteam", items=[], model_path="runs/policy")
+    labeler = make_labeler(client, admin, "ann")
+    response = client.post(f"/api/campaigns/{campaign['id']}/generate", json={"prompt": "attack"}, headers=labeler)
+    assert response.status_code == 400 and "tether label worker" in response.json()["detail"]
+    [job] = client.get("/api/jobs", headers=admin).json()
+    assert job["status"] == "failed" and "nobody waited" in job["error"]  # no worker will answer it later
 
 
 def test_admin_manages_labelers_and_campaign(client, admin):

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from tether.feedback.jobs import JobContext
-from tether.feedback.worker import run_job, run_worker, wait_for
+from tether.feedback.worker import run_job, run_worker
 from tether.storage import JobQueue, JobStatus, TaskKind
 
 
@@ -60,7 +60,7 @@ def test_sampling_job_end_to_end_with_a_tiny_model(store, tiny_models):
     job = JobQueue(store).submit("sample", params)
     worker = threading.Thread(target=run_worker, args=(store, "w1"), kwargs={"once": True})
     worker.start()
-    done = wait_for(JobQueue(store), job.id, timeout_s=300)
+    done = JobQueue(store).wait(job.id, timeout_s=300)
     worker.join(timeout=60)
     assert done.status == JobStatus.DONE, done.error
     campaign = store.campaign_by_name("tiny")

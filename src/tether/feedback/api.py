@@ -235,4 +235,4 @@ def post_redteam(campaign_id: RowId, body: LabelIn, labeler: Labeler = Depends(l
 def post_generate(campaign_id: RowId, body: GenerateIn, _: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> GenerateOut:
     """The campaign model's answer to a red-team prompt (400 when no model is available)."""
     campaign = _active_campaign(store, campaign_id)
-    return GenerateOut(response=generate_response(campaign.model_path, body.prompt))
+    return GenerateOut(response=generate_response(store, campaign.model_path, body.prompt))

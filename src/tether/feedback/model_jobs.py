@@ -2,6 +2,7 @@
 
 - `sample`: K completions per pasted prompt with a model, then the campaign is created from them (the admin
   page's "new campaign from prompts").
+- `respond`: a red-team campaign's model answers a labeler's prompt (the label page waits for it).
 - `generate`: the playground: one prompt answered by every configured model (SFT, checkpoints, aligned
   policy), each answer scored by the reward model and the judge when configured.
 
@@ -91,4 +92,10 @@ def generate_answers(ctx: JobContext) -> dict[str, Any]:
     return result
 
 
-HANDLERS: dict[str, Handler] = {"sample": sample_campaign, "generate": generate_answers}
+def respond(ctx: JobContext) -> dict[str, str]:
+    """A red-team campaign's model answers a labeler's prompt. Params: model_path, prompt. Returns {"response"}."""
+    ctx.progress(0.0, f"{ctx.params['model_path']}: answering")
+    return {"response": sample_items(ctx.params["model_path"], [ctx.params["prompt"]], 1)[0].completions[0]}
+
+
+HANDLERS: dict[str, Handler] = {"sample": sample_campaign, "generate": generate_answers, "respond": respond}

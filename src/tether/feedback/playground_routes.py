@@ -33,6 +33,8 @@ def job_title(job: Job) -> str:
     if job.kind == "generate":
         prompt = str(p.get("prompt", ""))
         return f"playground: {prompt[:80]}{'...' if len(prompt) > 80 else ''} ({len(p.get('models', []))} models)"
+    if job.kind == "respond":
+        return f"red-team answer with {p.get('model_path')}"
     return job.kind
 
 

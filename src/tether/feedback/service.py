@@ -20,7 +20,9 @@ from tether.feedback.schemas import (
     TaskOut,
 )
 from tether.feedback.tasks import LabelError, check_label, expand_items
-from tether.storage import Campaign, FeedbackStore, Label, LabelData, Labeler, NewItem, TaskKind
+from tether.storage import Campaign, FeedbackStore, JobQueue, JobStatus, Label, LabelData, Labeler, NewItem, TaskKind
+
+GENERATE_WAIT_S = 120.0  # how long a red-team prompt waits for the worker's answer
 
 
 class SamplingUnavailable(TetherError):
@@ -163,12 +165,26 @@ def sample_items(model_path: str, prompts: list[str], k: int) -> list[NewItem]:
     return items
 
 
-def generate_response(model_path: str | None, prompt: str) -> str:
-    """The configured model's answer to a red-team prompt.
+def generate_response(store: FeedbackStore, model_path: str | None, prompt: str, timeout_s: float | None = None) -> str:
+    """The configured model's answer to a red-team prompt, written by a worker (`tether label worker`): the web
+    process queues a `respond` job and waits for it.
 
     Raises:
-        SamplingUnavailable: no model configured, or sampling is not available.
+        SamplingUnavailable: no model configured, the job failed, or no worker answered within `timeout_s`
+            (default GENERATE_WAIT_S; the job is then cancelled).
     """
     if not model_path:
         raise SamplingUnavailable("this campaign has no model; paste the answer instead")
-    return sample_items(model_path, [prompt], 1)[0].completions[0]
+    timeout_s = GENERATE_WAIT_S if timeout_s is None else timeout_s
+    queue = JobQueue(store)
+    job = queue.wait(queue.submit("respond", {"model_path": model_path, "prompt": prompt}, submitted_by="red-team").id, timeout_s)
+    if job.status == JobStatus.DONE:
+        return str(job.result["response"])
+    if job.status == JobStatus.FAILED:
+        raise SamplingUnavailable(f"the model could not answer: {job.error}")
+    if queue.cancel(job.id, f"nobody waited: no worker took it within {timeout_s:g} s"):
+        raise SamplingUnavailable(f"no worker answered within {timeout_s:g} s: start `tether label worker` (or serve --with-worker), or paste the answer")
+    job = queue.wait(job.id, timeout_s)  # a worker took it just now
+    if job.status == JobStatus.DONE:
+        return str(job.result["response"])
+    raise SamplingUnavailable(f"the model did not answer in time ({job.error or job.message}); paste the answer instead")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import threading
-import time
 import traceback
 
 from tether.feedback.jobs import Handler, JobContext, JobLost
@@ -114,19 +113,3 @@ def run_worker(
         print(f"worker {name}: job {job.id} ({job.kind}) {final.status.value}" + (f": {final.error}" if final.error else ""), flush=True)
         ran += 1
     return ran
-
-
-def wait_for(queue: JobQueue, job_id: int, timeout_s: float, poll_s: float = 0.1) -> Job:
-    """Polls a job until it is done or failed (tests and scripts); returns it as it then is.
-
-    Raises:
-        TimeoutError: the job is still queued or running after `timeout_s`.
-    """
-    deadline = time.monotonic() + timeout_s
-    while True:
-        job = queue.get(job_id)
-        if job.status.value in ("done", "failed"):
-            return job
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"job {job_id} still {job.status.value} after {timeout_s} s ({job.message})")
-        time.sleep(poll_s)

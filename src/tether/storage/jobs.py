@@ -14,6 +14,7 @@ Workers claim jobs, beat a heartbeat while they run, and store a result or the e
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import Enum
@@ -172,6 +173,25 @@ class JobQueue:
                 .execution_options(synchronize_session=False)
             ).rowcount
             return (failed or 0) + (queued or 0)
+
+    def cancel(self, job_id: int, reason: str) -> bool:
+        """Fails a job that no worker has taken yet (nobody waits for it any more); False when it was taken."""
+        with self.store._tx(write=True) as s:
+            changed = s.execute(
+                update(JobRow).where(JobRow.id == job_id, JobRow.status == JobStatus.QUEUED.value)
+                .values(status=JobStatus.FAILED.value, message="cancelled", error=reason, finished_at=utcnow())
+                .execution_options(synchronize_session=False)
+            )
+            return changed.rowcount == 1
+
+    def wait(self, job_id: int, timeout_s: float, poll_s: float = 0.1) -> Job:
+        """Polls a job until it is done or failed, or `timeout_s` passed; returns it as it then is."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            job = self.get(job_id)
+            if job.status in (JobStatus.DONE, JobStatus.FAILED) or time.monotonic() > deadline:
+                return job
+            time.sleep(poll_s)
 
     def _update_own(self, job_id: int, worker: str, values: dict[str, Any]) -> bool:
         with self.store._tx(write=True) as s:
