@@ -39,6 +39,17 @@ def test_worker_and_serve_options_are_checked(db_url, tmp_path, capsys):
     assert "--playground" in capsys.readouterr().err
 
 
+def test_playground_command_prints_the_resolved_models(tmp_path, capsys):
+    path = tmp_path / "pg.yaml"
+    path.write_text("models:\n  - {name: sft, path: runs/sft, kl: 0}\n  - {name: ppo, path: runs/ppo, kl: 1.25}\nreward_model: runs/rm\n")
+    assert main(["playground", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["sft\tKL 0\truns/sft\tSFT", "ppo\tKL 1.25\truns/ppo\taligned", "reward model: runs/rm  judge: none  thumbs campaign: playground"]
+    path.write_text("models: []\n")
+    assert main(["playground", str(path)]) == 1
+    assert "no models" in capsys.readouterr().err
+
+
 def test_serve_with_worker_runs_jobs_and_stops_its_worker(db_url, tmp_path):
     """The server starts a worker process; a job that fails there is recorded with its error; stopping the
     server stops the worker."""

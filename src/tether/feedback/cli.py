@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--stale-s", type=float, default=120.0, help="a running job without heartbeat this long is queued again (default 120)")
     worker.add_argument("--once", action="store_true", help="stop when no job is queued instead of waiting for work")
 
+    pg = sub.add_parser("playground", help="check a playground file: print the models it resolves to (with their KL) and its scorers")
+    pg.add_argument("file", help="playground YAML file (see docs/feedback.md)")
+
     imp = command("import", "create a campaign from a campaign file (JSONL), or add items to one")
     imp.add_argument("file", help='campaign file: one {"prompt", "completions": [...]} per line')
     imp.add_argument("--name", required=True, help="campaign name")
@@ -134,6 +137,17 @@ def _worker(args: argparse.Namespace) -> int:
     print(f"tether worker {name}: database {args.db}", flush=True)
     ran = run_worker(FeedbackStore(args.db), name, args.poll_s, args.heartbeat_s, args.stale_s, once=args.once, stop=stop)
     print(f"tether worker {name}: stopped after {ran} job(s)", flush=True)
+    return 0
+
+
+def _playground(args: argparse.Namespace) -> int:
+    from tether.feedback.playground import load_playground
+
+    cfg = load_playground(args.file)
+    for number, m in enumerate(cfg.models):
+        role = "SFT" if number == 0 else "aligned" if number == len(cfg.models) - 1 else ""
+        print(f"{m.name}\tKL {'n/a' if m.kl is None else f'{m.kl:.4g}'}\t{m.path}\t{role}".rstrip())
+    print(f"reward model: {cfg.reward_model or 'none'}  judge: {cfg.judge or 'none'}  thumbs campaign: {cfg.campaign}")
     return 0
 
 
@@ -241,6 +255,7 @@ def _bench(args: argparse.Namespace) -> int:
 COMMANDS = {
     "serve": _serve,
     "worker": _worker,
+    "playground": _playground,
     "import": _import,
     "export": _export,
     "add-labeler": _add_labeler,
