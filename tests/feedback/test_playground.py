@@ -149,6 +149,7 @@ def test_playground_answers_scores_and_thumbs(store, admin, playground, tiny_mod
         final = items["ppo: final"]
         assert final.completions == [answers[2]["text"]] and final.prompt == "Say <b>hello</b>."
         assert final.meta["kl"] == 0.5 and final.meta["reward"] == answers[2]["reward"] and final.meta["job"] == job_id
+        assert final.meta["path"] == playground.models[2].path and "path" not in answers[2]  # paths stay on the server
         labels = {(lab.labeler_name, store_item_model(items, lab.item_id)): lab.data.thumb for lab in store.list_labels(campaign.id)}
         assert labels == {("ann", "ppo: final"): 1, ("ann", "ppo: reference"): 1, ("admin (playground)", "ppo: step 2"): 0}
         admin_labeler = store.labeler_by_name("admin (playground)")

@@ -59,7 +59,8 @@ def generate_answers(ctx: JobContext) -> dict[str, Any]:
     the weights alone.
 
     Returns:
-        {"prompt", "answers": [{"name", "path", "kl", "text", "reward", "judge"}]} in the order of `models`.
+        {"prompt", "answers": [{"name", "kl", "text", "reward", "judge"}]} in the order of `models` (the paths stay
+        in the parameters, on the server).
     """
     import torch
 
@@ -73,7 +74,7 @@ def generate_answers(ctx: JobContext) -> dict[str, Any]:
     gen = GenerationConfig(**(p.get("generation") or {}))
     scorers = [(key, p[key]) for key in ("reward_model", "judge") if p.get(key)]
     steps = len(models) + len(scorers)
-    answers = [{"name": m["name"], "path": m["path"], "kl": m.get("kl"), "text": None, "reward": None, "judge": None} for m in models]
+    answers = [{"name": m["name"], "kl": m.get("kl"), "text": None, "reward": None, "judge": None} for m in models]
     result = {"prompt": prompt, "answers": answers}
     for i, m in enumerate(models):
         ctx.progress(i / steps, f"{m['name']}: generating", result)

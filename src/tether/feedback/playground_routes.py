@@ -121,7 +121,8 @@ def post_playground_thumb(
     answer = next((a for a in job.result["answers"] if a["name"] == body.model), None)
     if answer is None:
         raise HTTPException(422, f"model: job {job.id} has no answer from {body.model!r}")
-    meta = {"kl": answer.get("kl"), "path": answer.get("path"), "reward": answer.get("reward"), "judge": answer.get("judge"), "job": job.id}
+    path = next((m["path"] for m in job.params.get("models", []) if m["name"] == body.model), None)
+    meta = {"kl": answer.get("kl"), "path": path, "reward": answer.get("reward"), "judge": answer.get("judge"), "job": job.id}
     item = NewItem(prompt=job.result["prompt"], completions=[answer["text"]], external_id=f"job-{job.id}:{answer['name']}", model=answer["name"], meta=meta)
     labeler = _thumbs_labeler(store, principal)
     label = store.add_thumb(playground.campaign, item, labeler.id, body.thumb, guidelines=THUMBS_GUIDELINES)
