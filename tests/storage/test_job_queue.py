@@ -96,3 +96,23 @@ def test_a_dead_workers_job_is_queued_again_then_failed_after_max_attempts(store
     assert queue.requeue_stale(timeout_s=0.01) == 1
     final = queue.get(job.id)
     assert final.status == JobStatus.FAILED and "heartbeat" in final.error
+
+def test_has_queued_looks_without_claiming(store):
+    queue = JobQueue(store)
+    assert not queue.has_queued()
+    job = queue.submit("sample", {})
+    assert queue.has_queued() and queue.has_queued(["sample"]) and not queue.has_queued(["generate"])
+    assert queue.get(job.id).status == JobStatus.QUEUED
+    queue.claim("w1")
+    assert not queue.has_queued()
+
+
+def test_cancel_fails_only_a_job_nobody_took(store):
+    queue = JobQueue(store)
+    taken, waiting = queue.submit("respond", {}), queue.submit("respond", {})
+    assert queue.claim("w1").id == taken.id  # the oldest first
+    assert not queue.cancel(taken.id, "nobody waited")
+    assert queue.cancel(waiting.id, "nobody waited")
+    assert queue.get(waiting.id).status == JobStatus.FAILED and queue.get(waiting.id).error == "nobody waited"
+    assert queue.get(taken.id).status == JobStatus.RUNNING
+    assert queue.wait(waiting.id, timeout_s=1).status == JobStatus.FAILED

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import socket
 import threading
+import time
 import traceback
 
 from tether.feedback.jobs import Handler, JobContext, JobLost
@@ -99,9 +100,12 @@ def run_worker(
     queue = JobQueue(store)
     stop = stop or threading.Event()
     ran = 0
+    next_sweep = 0.0
     while not stop.is_set():
-        queue.requeue_stale(stale_s)
-        job = queue.claim(name, sorted(kinds))
+        if time.monotonic() >= next_sweep:  # a few times per timeout is enough to notice dead workers
+            queue.requeue_stale(stale_s)
+            next_sweep = time.monotonic() + stale_s / 4
+        job = queue.claim(name, sorted(kinds)) if queue.has_queued(sorted(kinds)) else None
         if job is None:
             if once:
                 break

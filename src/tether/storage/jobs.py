@@ -99,6 +99,14 @@ class JobQueue:
                 query = query.where(JobRow.kind == kind)
             return [_job(r) for r in s.scalars(query)]
 
+    def has_queued(self, kinds: list[str] | None = None) -> bool:
+        """True when a job (of `kinds`, if given) waits; a read, so idle workers polling take no write lock."""
+        with self.store._tx() as s:
+            query = select(JobRow.id).where(JobRow.status == JobStatus.QUEUED.value).limit(1)
+            if kinds is not None:
+                query = query.where(JobRow.kind.in_(kinds))
+            return s.scalar(query) is not None
+
     def claim(self, worker: str, kinds: list[str] | None = None) -> Job | None:
         """Takes the oldest queued job (of `kinds`, if given) for `worker`; None when nothing is queued.
 
