@@ -133,6 +133,9 @@ def test_playground_answers_scores_and_thumbs(store, admin, playground, tiny_mod
 
         bob = make_labeler(client, admin, "bob")
         assert client.get(f"/api/jobs/{job_id}", headers=bob).status_code == 404  # not bob's job
+        assert client.get("/api/jobs", headers=ann).status_code == 403  # the list is the admin's
+        assert client.post("/api/playground/generate", json={"prompt": "hi"}).status_code == 401
+        assert client.get("/playground", follow_redirects=False).headers["location"] == "/login"
         assert client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "nope", "thumb": 1}, headers=ann).status_code == 422
         up = client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: final", "thumb": 1}, headers=ann)
         assert up.status_code == 200 and up.json()["campaign"] == "pg-thumbs" and up.json()["updated"] is False

@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from tether.errors import ConfigError
-from tether.storage import FeedbackStore, JobQueue, LabelData, TaskKind
+from tether.storage import FeedbackStore, JobQueue, LabelData, NewItem, TaskKind
 from tether.storage.schema import SCHEMA_VERSION
 
 # The tables as schema version 1 created them (before campaigns.model_path and labels.duration_ms).
@@ -68,18 +68,19 @@ def test_version_1_database_is_upgraded_keeping_its_data(tmp_path):
     assert reopened.create_campaign("new", TaskKind.THUMBS, []).name == "new"
 
 
-def test_version_2_database_gets_the_jobs_table_keeping_its_data(tmp_path):
-    path = tmp_path / "v2.db"
-    v2 = SCHEMA_V1.replace("INSERT INTO schema_version VALUES (1);", "INSERT INTO schema_version VALUES (2);")
-    v2 += "ALTER TABLE campaigns ADD COLUMN model_path TEXT; ALTER TABLE labels ADD COLUMN duration_ms INTEGER;"
+def test_database_before_the_jobs_table_gets_it_keeping_its_data(tmp_path):
+    """The jobs table came with the last schema version: a database one version older (the current tables
+    without it) is upgraded in place, its rows kept."""
+    path = tmp_path / "before-jobs.db"
+    old = FeedbackStore(f"sqlite:///{path}")
+    campaign = old.create_campaign("old", TaskKind.RANK, [NewItem(prompt="p", completions=["a", "b"])], guidelines="be kind")
+    old.close()
     with sqlite3.connect(path) as conn:
-        conn.executescript(v2)
-        assert "jobs" not in {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        conn.executescript(f"DROP TABLE jobs; UPDATE schema_version SET version = {SCHEMA_VERSION - 1};")
     store = FeedbackStore(f"sqlite:///{path}")
-    assert store.previous_schema_version == 2
-    campaign = store.campaign_by_name("old")
-    [label] = store.list_labels(campaign.id)
-    assert label.data.ranks == [2, 1] and label.data.note == "fine" and campaign.n_items == 2
+    assert store.previous_schema_version == SCHEMA_VERSION - 1
+    kept = store.campaign_by_name("old")
+    assert (kept.id, kept.guidelines, kept.n_items) == (campaign.id, "be kind", 1)
     queue = JobQueue(store)
     job = queue.submit("sample", {"prompts": ["a"]})
     assert queue.claim("w1").id == job.id and queue.finish(job.id, "w1", {"ok": 1})
