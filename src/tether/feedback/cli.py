@@ -131,11 +131,14 @@ def _worker(args: argparse.Namespace) -> int:
         stop.set()
         print("tether worker: stopping after the current job (signal again to stop now)", flush=True)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     name = args.name or default_name()
     print(f"tether worker {name}: database {args.db}", flush=True)
-    ran = run_worker(FeedbackStore(args.db), name, args.poll_s, args.heartbeat_s, args.stale_s, once=args.once, stop=stop)
+    try:
+        ran = run_worker(FeedbackStore(args.db), name, args.poll_s, args.heartbeat_s, args.stale_s, once=args.once, stop=stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(f"tether worker {name}: stopped after {ran} job(s)", flush=True)
     return 0
 
