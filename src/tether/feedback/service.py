@@ -7,7 +7,7 @@ from dataclasses import asdict
 from tether.errors import TetherError
 from tether.feedback.campaign_file import parse_item
 from tether.feedback.quality import agreement_report, quality_report
-from tether.feedback.review import Review, ReviewFilters, review
+from tether.feedback.review import PER_PAGE, Review, ReviewFilters, review
 from tether.feedback.schemas import (
     AgreementOut,
     CampaignIn,
@@ -151,9 +151,9 @@ def quality_out(store: FeedbackStore, campaign: Campaign) -> QualityOut:
     return QualityOut.model_validate(report, from_attributes=True)
 
 
-def review_page(store: FeedbackStore, campaign: Campaign, filters: ReviewFilters) -> Review:
+def review_page(store: FeedbackStore, campaign: Campaign, filters: ReviewFilters, per_page: int = PER_PAGE) -> Review:
     """One page of the review of a campaign's labels (see `tether.feedback.review`)."""
-    return review(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), filters)
+    return review(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), filters, per_page)
 
 
 def review_out(result: Review) -> ReviewOut:
