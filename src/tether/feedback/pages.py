@@ -191,6 +191,7 @@ def campaign_page(campaign_id: RowId, request: Request, _: Principal = Depends(a
     """A campaign: progress, agreement, outliers, quality, members, export links, guidelines."""
     campaign = store.get_campaign(campaign_id)
     disagreed = review_page(store, campaign, ReviewFilters(disagreements=True), per_page=2**31).items
+    disagreed = [entry for entry in disagreed if entry.item.gold is None]  # gold items are judged by the known answer
     disagreed = sorted(disagreed, key=lambda entry: entry.agreement if entry.agreement is not None else 1.0)[:MOST_DISAGREED]
     members = store.list_members(campaign_id)
     member_ids = {lab.id for lab in members}
