@@ -373,7 +373,8 @@ class FeedbackStore:
     def remove_members(self, campaign_id: int, names: Sequence[str]) -> list[Labeler]:
         """Takes labelers off a campaign; returns the members left (none left: open to all again).
 
-        Their labels stay; their open task is no longer theirs to answer.
+        Their labels stay; the tasks they held go back to the pool (as if skipped), unless the
+        campaign is left without members (then it is open to them again).
 
         Raises:
             NotFound: no such campaign, or a name is not a labeler (nobody is removed).
@@ -386,6 +387,12 @@ class FeedbackStore:
                     CampaignMemberRow.campaign_id == campaign_id, CampaignMemberRow.labeler_id.in_(ids)
                 )
             )
+            if s.scalar(select(func.count()).select_from(CampaignMemberRow).where(CampaignMemberRow.campaign_id == campaign_id)):
+                held = select(AssignmentRow).join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                held = held.where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id.in_(ids), AssignmentRow.status == "open")
+                for row in s.scalars(held).all():
+                    row.status = "skipped"
+                    s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
         return self.list_members(campaign_id)
 
     def list_items(self, campaign_id: int) -> list[Item]:
