@@ -169,3 +169,23 @@ def test_review_page_and_links_from_the_campaign(client, admin):
     client.cookies.set("tether_token", ann["Authorization"].split()[1])
     assert client.get(f"/admin/review?campaign={campaign['id']}").status_code == 403
     assert client.get(f"/api/campaigns/{campaign['id']}/review", headers=ann).status_code == 403
+
+
+def test_new_campaign_form_takes_a_gold_file_and_members(client, admin):
+    make_labeler(client, admin, "ann")
+    make_labeler(client, admin, "bob")
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    assert 'name="members" value="ann"' in client.get("/admin/campaigns/new").text
+    rows = "\n".join(json.dumps({"prompt": f"p{i}", "completions": ["a", "b"]}) for i in range(3))
+    gold = json.dumps({"prompt": "g", "completions": ["right", "wrong"], "best": 0})
+    form = {"name": "formed", "kind": "rank", "gold_rate": "0.25", "members": ["ann"]}
+    files = {"file": ("c.jsonl", rows, "application/json"), "gold_file": ("g.jsonl", gold, "application/json")}
+    response = client.post("/admin/campaigns", data=form, files=files, follow_redirects=False)
+    assert response.status_code == 303, response.text
+    campaign_id = int(response.headers["location"].rsplit("/", 1)[1])
+    campaign = client.get(f"/api/campaigns/{campaign_id}", headers=admin).json()
+    assert (campaign["n_items"], campaign["gold_rate"]) == (4, 0.25)
+    assert [m["name"] for m in client.get(f"/api/campaigns/{campaign_id}/members", headers=admin).json()] == ["ann"]
+    assert "Gold items: 1" in client.get(f"/admin/campaigns/{campaign_id}").text
+    bad = client.post("/admin/campaigns", data={**form, "name": "bad"}, files={**files, "gold_file": ("g.jsonl", '{"prompt": "g", "completions": ["a", "b"]}', "x")})
+    assert bad.status_code == 400 and "gold file:1" in bad.text

@@ -117,3 +117,15 @@ def test_pair_gold_round_trips_its_choice(store):
     assert campaign.fast_ms == 1500
     assert store.list_items(campaign.id)[0].gold == LabelData(choice=PairChoice.B)
     assert store.update_campaign(campaign.id, fast_ms=0).fast_ms is None
+
+
+def test_remaining_falls_by_one_per_task_whether_gold_or_not(store):
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(3) + _gold(2), gold_rate=1.0)
+    ann = store.add_labeler("ann").labeler
+    assert store.count_available(campaign.id, ann.id) == 5
+    shown = []
+    while (task := store.next_task(campaign.id, ann.id)) is not None:
+        shown.append((task.item.external_id[0], store.count_available(campaign.id, ann.id)))
+        store.submit_label(task.assignment_id, ann.id, LabelData(ranks=[1, 2, 3]))
+    assert shown == [("g", 5), ("g", 4), ("q", 3), ("q", 2), ("q", 1)]
+    assert store.count_available(campaign.id, ann.id) == 0

@@ -131,9 +131,14 @@ def admin_set_active(labeler_id: RowId, active: bool = Form(...), _: Principal =
 
 
 @router.get("/admin/campaigns/new")
-def new_campaign_page(request: Request, _: Principal = Depends(admin_only)) -> Response:
+def new_campaign_page(request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """The form to create a campaign."""
-    return render(request, "campaign_new.html", error=None, form={}, kinds=list(TaskKind), titles=KIND_TITLES)
+    return _new_campaign_form(request, store, form={})
+
+
+def _new_campaign_form(request: Request, store: FeedbackStore, form: dict, error: str | None = None, status: int = 200) -> Response:
+    labelers = [lab.name for lab in store.list_labelers() if lab.active]
+    return render(request, "campaign_new.html", status_code=status, error=error, form=form, kinds=list(TaskKind), titles=KIND_TITLES, labelers=labelers)
 
 
 def _form_items(kind: TaskKind, upload_text: str, prompts_text: str, model_path: str, k: int) -> list[NewItem]:
@@ -169,20 +174,32 @@ async def create_campaign_page(
     model_path: str = Form("", max_length=1000),
     k: int = Form(2, ge=1, le=9),
     file: UploadFile | None = File(None),
+    gold_file: UploadFile | None = File(None),
+    gold_rate: float = Form(0.1, ge=0, le=1),
+    members: list[str] = Form([]),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
-    """Creates a campaign from the form, then shows it."""
-    form = {"name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts, "model_path": model_path, "k": k}
+    """Creates a campaign from the form (with its gold items and members), then shows it."""
+    form = {
+        "name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts,
+        "model_path": model_path, "k": k, "gold_rate": gold_rate, "members": members,
+    }  # fmt: skip
     try:
         upload = (await file.read()).decode("utf-8") if file is not None and file.filename else ""
-        items = expand_items(kind, _form_items(kind, upload, prompts, model_path.strip(), k))
-        campaign = store.create_campaign(name.strip(), kind, items, guidelines, labelers_per_item, model_path.strip() or None)
+        gold_upload = (await gold_file.read()).decode("utf-8") if gold_file is not None and gold_file.filename else ""
+        items = _form_items(kind, upload, prompts, model_path.strip(), k)
+        if gold_upload.strip():
+            items += parse_campaign_text(gold_upload, kind, source="gold file", gold=True)
+        items = expand_items(kind, items)
+        campaign = store.create_campaign(
+            name.strip(), kind, items, guidelines, labelers_per_item, model_path.strip() or None, gold_rate=gold_rate, members=members
+        )
     except UnicodeDecodeError:
-        return render(request, "campaign_new.html", status_code=400, error="the file is not UTF-8 text", form=form, kinds=list(TaskKind), titles=KIND_TITLES)
-    except (TetherError, Conflict) as exc:
-        status = 409 if isinstance(exc, Conflict) else 400
-        return render(request, "campaign_new.html", status_code=status, error=str(exc), form=form, kinds=list(TaskKind), titles=KIND_TITLES)
+        return _new_campaign_form(request, store, form, error="the file is not UTF-8 text", status=400)
+    except (TetherError, Conflict, NotFound) as exc:
+        status = 409 if isinstance(exc, Conflict) else 404 if isinstance(exc, NotFound) else 400
+        return _new_campaign_form(request, store, form, error=str(exc), status=status)
     return _redirect(f"/admin/campaigns/{campaign.id}")
 
 

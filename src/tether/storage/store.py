@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import secrets
 import threading
@@ -450,7 +451,11 @@ class FeedbackStore:
                 s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
 
     def count_available(self, campaign_id: int, labeler_id: int) -> int:
-        """Returns how many items the labeler could still get in a campaign (open one included)."""
+        """Returns how many items the labeler could still get in a campaign (open one included).
+
+        Gold items count as many as the gold rate will likely mix in among the ordinary items
+        left, so the number falls by one per task whether a task is gold or not.
+        """
         with self._tx() as s:
             campaign = _campaign_row(s, campaign_id)
             per_item = campaign.labelers_per_item
@@ -462,7 +467,11 @@ class FeedbackStore:
                 .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
                 .where(AssignmentRow.labeler_id == labeler_id, *ordinary)
             )
-            return (free or 0) - (mine_free or 0) + (1 if _open_task(s, campaign_id, labeler_id) else 0)
+            left = (free or 0) - (mine_free or 0)
+            gold = len(_gold_candidates(s, campaign_id, labeler_id)) if left else 0
+            rate = campaign.gold_rate
+            expected_gold = gold if rate >= 1 else min(gold, math.ceil(left * rate / (1 - rate)))
+            return left + expected_gold + (1 if _open_task(s, campaign_id, labeler_id) else 0)
 
     def assignment_item(self, assignment_id: int, labeler_id: int) -> tuple[Campaign, Item]:
         """Returns the campaign and item of one of the labeler's assignments.
