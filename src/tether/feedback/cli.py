@@ -226,11 +226,11 @@ def _campaigns(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from tether.feedback.quality import agreement_report
+    from tether.feedback.quality import agreement_report, ordinary_labels
 
     store = FeedbackStore(args.db)
     campaign = store.campaign_by_name(args.campaign)
-    report = agreement_report(campaign.kind, store.list_labels(campaign.id))
+    report = agreement_report(campaign.kind, ordinary_labels(store.list_items(campaign.id), store.list_labels(campaign.id)))
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"

@@ -118,6 +118,12 @@ def item_units_of(kind: TaskKind, labels: list[Label]) -> tuple[Units, AlphaUnit
     return [unit], [{k: float(v) for k, v in unit.items()}]
 
 
+def ordinary_labels(items: Sequence[Item], labels: Sequence[Label]) -> list[Label]:
+    """The labels on ordinary items: gold items are judged by their known answer, not by agreement."""
+    gold = {item.id for item in items if item.gold is not None}
+    return [label for label in labels if label.item_id not in gold]
+
+
 def _alpha(units: AlphaUnits, without: str | None = None) -> float | None:
     return krippendorff_alpha([[v for k, v in u.items() if k != without] for u in units], level="ordinal")
 

@@ -6,7 +6,7 @@ from dataclasses import asdict
 
 from tether.errors import TetherError
 from tether.feedback.campaign_file import parse_item
-from tether.feedback.quality import agreement_report, quality_report
+from tether.feedback.quality import agreement_report, ordinary_labels, quality_report
 from tether.feedback.review import PER_PAGE, Review, ReviewFilters, review
 from tether.feedback.schemas import (
     AgreementOut,
@@ -139,8 +139,7 @@ def progress_out(store: FeedbackStore, campaign_id: int) -> ProgressOut:
 def agreement_out(store: FeedbackStore, campaign: Campaign) -> AgreementOut:
     """API view of a campaign's agreement report (the report's fields of the same names); labels
     on gold items are left out (they measure labelers against the known answer instead)."""
-    gold = {item.id for item in store.list_items(campaign.id) if item.gold is not None}
-    labels = [label for label in store.list_labels(campaign.id) if label.item_id not in gold]
+    labels = ordinary_labels(store.list_items(campaign.id), store.list_labels(campaign.id))
     report = agreement_report(campaign.kind, labels)
     return AgreementOut.model_validate(report, from_attributes=True)
 
