@@ -57,6 +57,8 @@ def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_d
     assert 0.0 <= summary["rounds"][1]["judge_lc_win_rate"] <= 1.0
     # the judge is the labeller's model here, so it agrees with (almost) every pair it labelled
     assert summary["rounds"][1]["judge_agreement"] >= 0.9 and len(summary["rounds"][1]["judge_agreement_ci"]) == 2
+    assert summary["judge"]["path"] == tiny_models["rm"] and summary["judge"]["independent"] is False
+    assert "not independent" in (out / "report.html").read_text()
     assert "RLHF loop" in (out / "report.html").read_text()
 
     # run again: every step is done, nothing is trained or written again
@@ -170,6 +172,7 @@ def test_with_people_the_loop_creates_the_campaign_waits_and_trains_on_exactly_t
     assert str(out / "round-01" / "pairs.jsonl") in (out / "round-01" / "rm" / "config.yaml").read_text()
     row = json.loads((out / "loop.json").read_text())["rounds"][0]
     assert row["pairs"] == len(expected)
+    assert json.loads((out / "loop.json").read_text())["judge"]["independent"] is True  # people label, a model judges
     assert 0.0 <= row["judge_agreement_ci"][0] <= row["judge_agreement"] <= row["judge_agreement_ci"][1] <= 1.0  # judge vs people
 
 

@@ -255,7 +255,7 @@ def load_data(cfg: RewardConfig) -> tuple[list, list]:
     else:
         load = lambda paths: load_reward_pairs(paths, d.on_invalid, cfg.ties, cfg.margin_scale)  # noqa: E731
     rows = load(d.train)
-    train = select(rows, d.split, d.holdout_fraction, d.max_samples)
+    train = select(rows, d.split, d.holdout_fraction, d.max_samples, d.skip_samples)
     if d.eval:
         evals = load(d.eval)
     elif d.holdout_fraction > 0 and d.split == "train":
