@@ -91,6 +91,7 @@ class ItemRow(Base):
     model: Mapped[str | None] = mapped_column(Text, nullable=True)
     meta: Mapped[str | None] = mapped_column(Text, nullable=True)
     # number of live (open or done) assignments; bounded by the campaign's labelers_per_item
+    # (a gold item, which every labeler may get, holds store.GOLD_LEVEL instead: out of the queue's way)
     n_assigned: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True)
     # added in schema version 3: the known answer of a gold item (JSON of its LabelData fields);

@@ -60,7 +60,9 @@ from tether.storage.schema import (
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
-NO_LIMIT = 2**31 - 1  # gold items go to every labeler: no cap on their assignment count
+# A gold item's n_assigned: above every labelers_per_item, so the queue's ordinary lookups (a level
+# below labelers_per_item, over the queue index) never see gold items, and that index finds them.
+GOLD_LEVEL = 2**31 - 1
 RecordT = TypeVar("RecordT")
 
 
@@ -393,7 +395,7 @@ class FeedbackStore:
                 held = held.where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id.in_(ids), AssignmentRow.status == "open")
                 for row in s.scalars(held).all():
                     row.status = "skipped"
-                    s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
+                    s.execute(update(ItemRow).where(ItemRow.id == row.item_id, ItemRow.gold.is_(None)).values(n_assigned=ItemRow.n_assigned - 1))
         return self.list_members(campaign_id)
 
     def list_items(self, campaign_id: int) -> list[Item]:
@@ -426,7 +428,7 @@ class FeedbackStore:
                 gold = _gold_candidates(s, campaign_id, labeler_id)
                 rng.shuffle(gold)
                 for item in gold:
-                    task = _try_assign(s, item, labeler_id, NO_LIMIT, rng)
+                    task = _new_assignment(s, item, labeler_id, rng)
                     if task is not None:
                         return task
             for item in candidates:
@@ -448,7 +450,7 @@ class FeedbackStore:
                 raise Conflict("item already labeled; it cannot be skipped")
             if row.status == "open":
                 row.status = "skipped"
-                s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
+                s.execute(update(ItemRow).where(ItemRow.id == row.item_id, ItemRow.gold.is_(None)).values(n_assigned=ItemRow.n_assigned - 1))
 
     def count_available(self, campaign_id: int, labeler_id: int) -> int:
         """Returns how many items the labeler could still get in a campaign (open one included).
@@ -459,7 +461,7 @@ class FeedbackStore:
         with self._tx() as s:
             campaign = _campaign_row(s, campaign_id)
             per_item = campaign.labelers_per_item
-            ordinary = (ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item, ItemRow.gold.is_(None))
+            ordinary = (ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)  # gold items sit at GOLD_LEVEL
             free = s.scalar(select(func.count()).select_from(ItemRow).where(*ordinary))
             mine_free = s.scalar(
                 select(func.count())
@@ -593,7 +595,7 @@ def _insert_items(s: Session, campaign_id: int, items: Sequence[NewItem], start:
                 model=new.model,
                 meta=json.dumps(new.meta) if new.meta is not None else None,
                 gold=_gold_json(new.gold),
-                n_assigned=0,
+                n_assigned=GOLD_LEVEL if new.gold is not None else 0,
             )
         )
 
@@ -665,7 +667,7 @@ def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) ->
     for level in range(per_item - 1, -1, -1):
         query = (
             select(ItemRow)
-            .where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned == level, ItemRow.id.not_in(mine), ItemRow.gold.is_(None))
+            .where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned == level, ItemRow.id.not_in(mine))
             .order_by(ItemRow.position)
             .limit(CANDIDATES_PER_TRY - len(found))
         )
@@ -678,7 +680,7 @@ def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) ->
 def _gold_candidates(s: Session, campaign_id: int, labeler_id: int) -> list[ItemRow]:
     """Gold items of the campaign the labeler has not been given yet."""
     mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
-    query = select(ItemRow).where(ItemRow.campaign_id == campaign_id, ItemRow.gold.is_not(None), ItemRow.id.not_in(mine))
+    query = select(ItemRow).where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned == GOLD_LEVEL, ItemRow.id.not_in(mine))
     return list(s.scalars(query.order_by(ItemRow.position)))
 
 
@@ -692,14 +694,21 @@ def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: 
     )
     if claimed.rowcount != 1:
         return None
+    task = _new_assignment(s, item, labeler_id, rng)
+    if task is None:  # the same labeler got this item in a parallel request
+        s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
+    return task
+
+
+def _new_assignment(s: Session, item: ItemRow, labeler_id: int, rng: random.Random) -> Task | None:
+    """Hands `item` to the labeler (completions in a fresh random order); None when they already have it."""
     order = list(range(len(json.loads(item.completions))))
     rng.shuffle(order)  # position bias: every labeler sees the completions in a different order
     try:
         with s.begin_nested():
             row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=utcnow())
             s.add(row)
-    except IntegrityError:  # the same labeler got this item in a parallel request
-        s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
+    except IntegrityError:
         return None
     s.refresh(item)
     return Task(assignment_id=row.id, item=_item(item), display_order=order)
