@@ -151,6 +151,7 @@ def test_admin_quality_review_and_members(live_server, browser, shots, size):
     ann.goto(url + "/queue")
     assert "private" in ann.inner_text("main")
 
-    admin.goto(url + "/admin")
-    _fits(admin)
-    admin.screenshot(path=str(shots / f"admin-{size}.png"), full_page=True)
+    for path, name in (("/admin", "admin"), ("/admin/campaigns/new", "new-campaign")):
+        admin.goto(url + path)
+        _fits(admin)
+        admin.screenshot(path=str(shots / f"{name}-{size}.png"), full_page=True)

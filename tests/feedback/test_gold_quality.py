@@ -206,3 +206,17 @@ def test_cli_import_gold_file_quality_and_screened_export(tmp_path, db_url, caps
     assert {r["labeler"] for r in rows} == {"ann"} and not any(r["prompt"].startswith("g") for r in rows)
     assert main(["export", "--campaign", "c", "--out", str(path), "--mode", "all", "--exclude-fast", *args]) == 0
     assert "left out 3 implausibly fast" in capsys.readouterr().out
+
+
+def test_gold_rate_and_fast_threshold_are_settings(client, admin):
+    campaign = make_campaign(client, admin, fast_ms=800)
+    assert campaign["fast_ms"] == 800 and campaign["gold_rate"] == 0.1
+    patched = client.patch(f"/api/campaigns/{campaign['id']}", json={"gold_rate": 0.3, "fast_ms": 0}, headers=admin).json()
+    assert (patched["gold_rate"], patched["fast_ms"]) == (0.3, None)
+    assert client.patch(f"/api/campaigns/{campaign['id']}", json={"gold_rate": 1.5}, headers=admin).status_code == 422
+    client.cookies.set("tether_token", admin["Authorization"].split()[1])
+    response = client.post(f"/admin/campaigns/{campaign['id']}", data={"gold_rate": "0.2", "fast_ms": "1200"}, follow_redirects=False)
+    assert response.status_code == 303
+    quality = client.get(f"/api/campaigns/{campaign['id']}/quality", headers=admin).json()
+    assert (quality["gold_rate"], quality["fast_ms"]) == (0.2, 1200)
+    assert "under 1200 ms" in client.get(f"/admin/campaigns/{campaign['id']}").text

@@ -129,3 +129,14 @@ def test_remaining_falls_by_one_per_task_whether_gold_or_not(store):
         store.submit_label(task.assignment_id, ann.id, LabelData(ranks=[1, 2, 3]))
     assert shown == [("g", 5), ("g", 4), ("q", 3), ("q", 2), ("q", 1)]
     assert store.count_available(campaign.id, ann.id) == 0
+
+
+def test_skipped_gold_item_does_not_come_back_and_stays_out_of_the_queue(store):
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(2) + _gold(1), labelers_per_item=1, gold_rate=1.0)
+    ann, bob = store.add_labeler("ann").labeler, store.add_labeler("bob").labeler
+    task = store.next_task(campaign.id, ann.id)
+    assert task.item.external_id == "g0"
+    store.skip(task.assignment_id, ann.id)
+    assert store.next_task(campaign.id, ann.id).item.external_id == "q0"
+    assert store.next_task(campaign.id, bob.id).item.external_id == "g0"  # still there for the others
+    assert store.count_available(campaign.id, bob.id) == 2  # the open gold item and q1
