@@ -73,6 +73,8 @@ def test_unknown_member_creates_nothing(store):
 
 def test_adding_a_member_twice_keeps_one(store):
     store.add_labeler("ann")
+    twice = store.create_campaign("twice", TaskKind.RANK, _items(1), members=["ann", "ann"])
+    assert [m.name for m in store.list_members(twice.id)] == ["ann"]
     campaign = store.create_campaign("c", TaskKind.RANK, _items(1))
     store.add_members(campaign.id, ["ann"])
     assert [m.name for m in store.add_members(campaign.id, ["ann", "ann"])] == ["ann"]

@@ -243,7 +243,7 @@ class FeedbackStore:
                 s.add(row)
                 s.flush()
                 _insert_items(s, row.id, items, start=0)
-                for member in members:
+                for member in dict.fromkeys(members):  # each name once
                     s.add(CampaignMemberRow(campaign_id=row.id, labeler_id=_labeler_row_by_name(s, member).id))
                 s.flush()
                 return _campaign(row, len(items))
