@@ -181,10 +181,8 @@ async def create_campaign_page(
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
     """Creates a campaign from the form (with its gold items and members), then shows it."""
-    form = {
-        "name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts,
-        "model_path": model_path, "k": k, "gold_rate": gold_rate, "members": members,
-    }  # fmt: skip
+    form = {"name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts}
+    form |= {"model_path": model_path, "k": k, "gold_rate": gold_rate, "members": members}
     try:
         upload = (await file.read()).decode("utf-8") if file is not None and file.filename else ""
         gold_upload = (await gold_file.read()).decode("utf-8") if gold_file is not None and gold_file.filename else ""
