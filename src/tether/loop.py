@@ -317,7 +317,7 @@ def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, r
     proxy, judge = result["reward_models"][0], result["reward_models"][-1]
     return {
         "round": r, "policy": str(ppo_out), "pairs": n_pairs, "pairs_total": n_total,
-        "rm_eval_accuracy": rm_done.get("eval/accuracy"), "ppo_steps": ppo_done.get("steps"), "ppo_stop_reason": ppo_done.get("stop_reason"),
+        "rm_eval_accuracy": heldout_accuracy(rm_out, rm_done), "ppo_steps": ppo_done.get("steps"), "ppo_stop_reason": ppo_done.get("stop_reason"),
         "ppo_kl": ppo_done.get("objective/kl"),
         "kl_to_sft": result["kl"], "sqrt_kl_to_sft": math.sqrt(max(result["kl"], 0.0)),
         "proxy_win_rate": proxy["win_rate"], "proxy_lc_win_rate": proxy.get("lc_win_rate"), "proxy_score_diff": proxy["score_diff"],
@@ -327,6 +327,14 @@ def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, r
         "sft_length": result["baseline"]["mean_length"], "policy_length": result["policy"]["mean_length"],
         **(_attack_rates(redteam) if redteam is not None else {}),
     }
+
+
+def heldout_accuracy(rm_out: Path, rm_done: dict) -> float | None:
+    """The round's reward model's held-out accuracy; for an ensemble, its members' mean."""
+    if "members" not in rm_done:
+        return rm_done.get("eval/accuracy")
+    accuracies = [json.loads((rm_out / m / DONE_FILE).read_text()).get("eval/accuracy") for m in rm_done["members"]]
+    return None if None in accuracies else sum(accuracies) / len(accuracies)
 
 
 def _attack_rates(redteam: dict) -> dict:
