@@ -117,6 +117,25 @@ def test_sampling_failures_are_shown_not_raised(client, admin, store, monkeypatc
     assert client.get("/api/campaigns", headers=admin).json() == []
 
 
+def test_sampled_campaign_keeps_the_forms_gold_items_and_members(client, admin, store, monkeypatch):
+    import tether.feedback.service as service
+    from tether.feedback.worker import run_worker
+
+    monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
+    make_labeler(client, admin, "ann")
+    client.cookies.set("tether_token", ADMIN_TOKEN)
+    form = {"name": "sampled", "kind": "rank", "prompts": "one", "model_path": "m", "k": "2", "members": ["ann"], "gold_rate": "0.3"}
+    gold = ("gold.jsonl", '{"prompt": "2 + 2?", "completions": ["4", "5"], "best": 0}\n', "text/plain")
+    ghost = client.post("/admin/campaigns", data={**form, "members": ["nobody"]}, files={"gold_file": gold})
+    assert ghost.status_code == 404 and "nobody" in ghost.text  # checked before anything is queued
+    assert client.post("/admin/campaigns", data=form, files={"gold_file": gold}, follow_redirects=False).status_code == 303
+    run_worker(store, "w1", once=True)
+    campaign = store.campaign_by_name("sampled")
+    assert [m.name for m in store.list_members(campaign.id)] == ["ann"] and campaign.gold_rate == 0.3
+    items = store.list_items(campaign.id)
+    assert [i.gold is not None for i in items] == [False, True] and items[0].completions == ["m answer 0 to one", "m answer 1 to one"]
+
+
 def test_sampling_form_checks_before_queueing(client, admin):
     client.cookies.set("tether_token", ADMIN_TOKEN)
     make_campaign(client, admin, name="taken")

@@ -106,3 +106,37 @@ def test_foreign_database_is_refused(tmp_path):
 def test_bad_url_is_a_config_error():
     with pytest.raises(ConfigError, match="--db"):
         FeedbackStore("not a url")
+
+
+# The tables as schema version 2 created them: version 1 plus campaigns.model_path and labels.duration_ms.
+SCHEMA_V2 = (
+    SCHEMA_V1.replace("INSERT INTO schema_version VALUES (1);", "INSERT INTO schema_version VALUES (2);")
+    .replace("status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL);", "status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL, model_path TEXT);")
+    .replace("created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, CONSTRAINT uq_label", "created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, duration_ms INTEGER, CONSTRAINT uq_label")
+    .replace("INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00');",
+             "INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00', 'models/sft');")
+    .replace("'2024-01-01 00:00:00', '2024-01-01 00:00:00');\n", "'2024-01-01 00:00:00', '2024-01-01 00:00:00', 4200);\n")
+)
+
+
+def test_version_2_database_gets_members_and_gold_keeping_its_data(tmp_path):
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V2)
+    store = FeedbackStore(f"sqlite:///{path}")
+    assert store.previous_schema_version == 2
+    campaign = store.campaign_by_name("old")
+    assert campaign.model_path == "models/sft" and campaign.gold_rate == 0.1 and campaign.fast_ms is None
+    assert [item.gold for item in store.list_items(campaign.id)] == [None, None]
+    [label] = store.list_labels(campaign.id)
+    assert label.data.ranks == [2, 1] and label.data.duration_ms == 4200
+    # the existing campaign stays open to every labeler, and takes members and gold items now
+    assert store.list_members(campaign.id) == [] and store.can_label(campaign.id, 1)
+    assert [c.name for c in store.list_campaigns(labeler_id=1)] == ["old"]
+    store.add_members(campaign.id, ["ann"])
+    store.add_items(campaign.id, [NewItem(prompt="g", completions=["x", "y"], gold=LabelData(ranks=[1, 2]))])
+    store.close()
+    reopened = FeedbackStore(f"sqlite:///{path}")
+    assert reopened.previous_schema_version == SCHEMA_VERSION
+    assert [m.name for m in reopened.list_members(campaign.id)] == ["ann"]
+    assert reopened.list_items(campaign.id)[-1].gold == LabelData(ranks=[1, 2])

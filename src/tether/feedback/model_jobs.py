@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from tether.errors import TetherError
+from tether.feedback.campaign_file import parse_campaign_text
 from tether.feedback.service import sample_items
 from tether.feedback.tasks import expand_items, item_problem
 from tether.feedback.jobs import Handler, JobContext
@@ -25,7 +26,8 @@ SAMPLE_CHUNK = 16  # prompts per sampling call: progress is reported after each
 def sample_campaign(ctx: JobContext) -> dict[str, Any]:
     """Samples `k` completions for each of `prompts` with `model_path`, then creates the campaign.
 
-    Params: name, kind, labelers_per_item, guidelines, model_path, prompts (list), k.
+    Params: name, kind, labelers_per_item, guidelines, model_path, prompts (list), k; and optionally gold_text
+    (a gold file, checked by the form), gold_rate and members (labeler names).
 
     Returns:
         {"campaign_id", "campaign", "n_items"}.
@@ -45,9 +47,11 @@ def sample_campaign(ctx: JobContext) -> dict[str, Any]:
         problem = item_problem(kind, item)
         if problem:
             raise TetherError(f"prompt {number}: {problem}")
+    if p.get("gold_text"):
+        items += parse_campaign_text(p["gold_text"], kind, source="gold file", gold=True)
     ctx.progress(1.0, "creating the campaign")
-    campaign = ctx.store.create_campaign(p["name"], kind, expand_items(kind, items), p.get("guidelines", ""),
-                                         int(p.get("labelers_per_item", 1)), model_path)
+    campaign = ctx.store.create_campaign(p["name"], kind, expand_items(kind, items), p.get("guidelines", ""), int(p.get("labelers_per_item", 1)),
+                                         model_path, gold_rate=float(p.get("gold_rate", 0.1)), members=list(p.get("members", [])))
     return {"campaign_id": campaign.id, "campaign": campaign.name, "n_items": campaign.n_items}
 
 
