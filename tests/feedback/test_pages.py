@@ -150,8 +150,11 @@ def test_redteam_generate_uses_the_campaign_model(client, admin, store, monkeypa
     """The answer comes from a worker (a `respond` job); the request waits for it."""
     import threading
 
+    import time
+
     import tether.feedback.service as service
     from tether.feedback.worker import run_worker
+    from tether.storage import JobQueue
 
     monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
     campaign = make_campaign(client, admin, kind="redteam", items=[], model_path="runs/policy")
@@ -160,6 +163,8 @@ def test_redteam_generate_uses_the_campaign_model(client, admin, store, monkeypa
     worker = threading.Thread(target=run_worker, args=(store, "w1"), kwargs={"poll_s": 0.05, "stop": stop})
     worker.start()
     try:
+        while not JobQueue(store).worker_seen_within(60):  # the worker's first round
+            time.sleep(0.02)
         response = client.post(f"/api/campaigns/{campaign['id']}/generate", json={"prompt": "attack"}, headers=labeler)
     finally:
         stop.set()
@@ -169,14 +174,20 @@ def test_redteam_generate_uses_the_campaign_model(client, admin, store, monkeypa
     assert (job["kind"], job["status"], job["claimed_by"]) == ("respond", "done", "w1")
 
 
-def test_redteam_generate_without_a_worker_says_so(client, admin, monkeypatch):
+def test_redteam_generate_without_a_worker_says_so(client, admin, store, monkeypatch):
     import tether.feedback.service as service
+    from tether.storage import JobQueue
 
-    monkeypatch.setattr(service, "GENERATE_WAIT_S", 0.3)
     campaign = make_campaign(client, admin, kind="redteam", items=[], model_path="runs/policy")
     labeler = make_labeler(client, admin, "ann")
-    response = client.post(f"/api/campaigns/{campaign['id']}/generate", json={"prompt": "attack"}, headers=labeler)
-    assert response.status_code == 400 and "tether label worker" in response.json()["detail"]
+    url = f"/api/campaigns/{campaign['id']}/generate"
+    none = client.post(url, json={"prompt": "attack"}, headers=labeler)
+    assert none.status_code == 400 and "no worker is running" in none.json()["detail"]
+    assert client.get("/api/jobs", headers=admin).json() == []  # nothing queued that nobody would run
+    JobQueue(store).mark_alive("busy-worker")  # a worker runs, but never takes the job
+    monkeypatch.setattr(service, "GENERATE_WAIT_S", 0.3)
+    late = client.post(url, json={"prompt": "attack"}, headers=labeler)
+    assert late.status_code == 400 and "no worker answered within 0.3 s" in late.json()["detail"]
     [job] = client.get("/api/jobs", headers=admin).json()
     assert job["status"] == "failed" and "nobody waited" in job["error"]  # no worker will answer it later
 

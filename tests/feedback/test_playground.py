@@ -114,6 +114,7 @@ def test_playground_answers_scores_and_thumbs(store, admin, playground, tiny_mod
         ann = make_labeler(client, admin, "ann")
         page = client.get("/playground", headers=ann)
         assert page.status_code == 200 and 'data-slot="first"' in page.text and 'data-slot="last"' in page.text
+        assert 'id="no-worker"' in page.text  # no worker has run yet
         assert client.post("/api/playground/generate", json={"prompt": "   "}, headers=ann).status_code == 422
         job = client.post("/api/playground/generate", json={"prompt": "Say <b>hello</b>."}, headers=ann)
         assert job.status_code == 202 and job.json()["status"] == "queued"
@@ -121,6 +122,7 @@ def test_playground_answers_scores_and_thumbs(store, admin, playground, tiny_mod
         assert client.post("/api/playground/thumbs", json={"job_id": job_id, "model": "ppo: final", "thumb": 1}, headers=ann).status_code == 409
 
         assert run_worker(store, "w1", once=True) == 1
+        assert 'id="no-worker"' not in client.get("/playground", headers=ann).text
         done = client.get(f"/api/jobs/{job_id}", headers=ann).json()
         assert done["status"] == "done", done["error"]
         answers = done["result"]["answers"]

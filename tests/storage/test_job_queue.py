@@ -116,3 +116,12 @@ def test_cancel_fails_only_a_job_nobody_took(store):
     assert queue.get(waiting.id).status == JobStatus.FAILED and queue.get(waiting.id).error == "nobody waited"
     assert queue.get(taken.id).status == JobStatus.RUNNING
     assert queue.wait(waiting.id, timeout_s=1).status == JobStatus.FAILED
+
+
+def test_workers_say_they_are_alive(store):
+    queue = JobQueue(store)
+    assert not queue.worker_seen_within(60)
+    queue.mark_alive("w1")
+    assert queue.worker_seen_within(60)
+    time.sleep(0.05)
+    assert not queue.worker_seen_within(0.01)

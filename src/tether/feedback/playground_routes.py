@@ -15,6 +15,7 @@ from fastapi.responses import Response
 from tether.feedback.auth import Principal, admin_only, get_store, signed_in
 from tether.feedback.playground import PlaygroundConfig
 from tether.feedback.schemas import JobOut, PlaygroundIn, RowId, ThumbAck, ThumbIn
+from tether.feedback.service import WORKER_SEEN_S
 from tether.feedback.templating import render
 from tether.storage import FeedbackStore, Job, JobQueue, JobStatus, Labeler, NewItem, NotFound
 
@@ -131,7 +132,7 @@ def post_playground_thumb(
 
 
 @pages_router.get("/playground")
-def playground_page(request: Request, principal: Principal = Depends(signed_in)) -> Response:
+def playground_page(request: Request, principal: Principal = Depends(signed_in), store: FeedbackStore = Depends(get_store)) -> Response:
     """Type a prompt; see the SFT model, the aligned policy and the checkpoints between them answer it."""
     playground = getattr(request.app.state, "playground", None)
     if playground is None:
@@ -141,4 +142,6 @@ def playground_page(request: Request, principal: Principal = Depends(signed_in))
     by_kl = sorted(range(len(models)), key=lambda i: (models[i].kl if models[i].kl is not None else float("inf"), i))
     slider = [models[i] for i in by_kl]
     slider_json = json.dumps([{"name": m.name, "kl": m.kl} for m in slider])  # escaped by the template, read by playground.js
-    return render(request, "playground.html", principal=principal, playground=playground, models=models, slider=slider, slider_json=slider_json)
+    worker_running = JobQueue(store).worker_seen_within(WORKER_SEEN_S)
+    return render(request, "playground.html", principal=principal, playground=playground, models=models, slider=slider, slider_json=slider_json,
+                  worker_running=worker_running)

@@ -28,6 +28,7 @@ from tether.feedback.tasks import LabelError, check_label, expand_items
 from tether.storage import Campaign, FeedbackStore, JobQueue, JobStatus, Label, LabelData, Labeler, NewItem, TaskKind
 
 GENERATE_WAIT_S = 120.0  # how long a red-team prompt waits for the worker's answer
+WORKER_SEEN_S = 60.0  # a worker seen this recently is running (workers say so every 30 s at least)
 
 
 class SamplingUnavailable(TetherError):
@@ -214,13 +215,15 @@ def generate_response(store: FeedbackStore, model_path: str | None, prompt: str,
     process queues a `respond` job and waits for it.
 
     Raises:
-        SamplingUnavailable: no model configured, the job failed, or no worker answered within `timeout_s`
-            (default GENERATE_WAIT_S; the job is then cancelled).
+        SamplingUnavailable: no model configured, no worker seen in the last WORKER_SEEN_S, the job failed,
+            or no worker answered within `timeout_s` (default GENERATE_WAIT_S; the job is then cancelled).
     """
     if not model_path:
         raise SamplingUnavailable("this campaign has no model; paste the answer instead")
     timeout_s = GENERATE_WAIT_S if timeout_s is None else timeout_s
     queue = JobQueue(store)
+    if not queue.worker_seen_within(WORKER_SEEN_S):
+        raise SamplingUnavailable("no worker is running to answer: start `tether label worker` (or serve --with-worker), or paste the answer")
     job = queue.wait(queue.submit("respond", {"model_path": model_path, "prompt": prompt}, submitted_by="red-team").id, timeout_s)
     if job.status == JobStatus.DONE:
         return str(job.result["response"])

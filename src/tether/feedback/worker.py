@@ -44,6 +44,7 @@ def run_job(queue: JobQueue, job: Job, worker: str, kinds: dict[str, Handler], h
     def beat() -> None:
         while not done.wait(heartbeat_s):
             try:
+                queue.mark_alive(worker)
                 if not queue.heartbeat(job.id, worker):
                     return
             except Exception:  # a database hiccup: the next beat tries again
@@ -103,8 +104,9 @@ def run_worker(
     next_sweep = 0.0
     while not stop.is_set():
         if time.monotonic() >= next_sweep:  # a few times per timeout is enough to notice dead workers
+            queue.mark_alive(name)
             queue.requeue_stale(stale_s)
-            next_sweep = time.monotonic() + stale_s / 4
+            next_sweep = time.monotonic() + min(stale_s, STALE_S) / 4
         job = queue.claim(name, sorted(kinds)) if queue.has_queued(sorted(kinds)) else None
         if job is None:
             if once:

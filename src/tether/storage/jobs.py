@@ -23,10 +23,11 @@ from typing import Any
 from sqlalchemy import select, update
 
 from tether.storage.records import NotFound
-from tether.storage.schema import JobRow, utcnow
+from tether.storage.schema import JobRow, SettingRow, utcnow
 from tether.storage.store import FeedbackStore
 
 MAX_ATTEMPTS = 3
+WORKER_SEEN_KEY = "worker_seen"  # settings row: the last worker that said it was alive, and when
 MAX_LIST = 200
 
 
@@ -200,6 +201,20 @@ class JobQueue:
             if job.status in (JobStatus.DONE, JobStatus.FAILED) or time.monotonic() > deadline:
                 return job
             time.sleep(poll_s)
+
+    def mark_alive(self, worker: str) -> None:
+        """Records that a worker runs (workers call it as they poll and while they work)."""
+        with self.store._tx(write=True) as s:
+            s.merge(SettingRow(key=WORKER_SEEN_KEY, value=json.dumps({"worker": worker, "at": utcnow().isoformat()})))
+
+    def worker_seen_within(self, seconds: float) -> bool:
+        """True when some worker said it was alive in the last `seconds`."""
+        with self.store._tx() as s:
+            row = s.get(SettingRow, WORKER_SEEN_KEY)
+        if row is None:
+            return False
+        seen = datetime.fromisoformat(json.loads(row.value)["at"])
+        return utcnow() - seen <= timedelta(seconds=seconds)
 
     def _update_own(self, job_id: int, worker: str, values: dict[str, Any]) -> bool:
         with self.store._tx(write=True) as s:
