@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ADMIN_TOKEN, make_campaign, make_labeler
+from conftest import ADMIN_TOKEN, make_campaign, make_labeler, sign_in
 
 ITEMS = {
     "rank": [{"prompt": "p", "completions": ["a", "b", "c"]}],
@@ -18,7 +18,7 @@ MARKERS = {"rank": "rank-btn", "pair": 'data-side="tie"', "thumbs": 'data-thumb=
 
 
 def _as(client, headers):
-    client.cookies.set("tether_token", headers["Authorization"].split()[1])
+    sign_in(client, headers["Authorization"].split()[1])
 
 
 @pytest.mark.parametrize("kind", sorted(ITEMS))
@@ -42,7 +42,7 @@ def test_finished_queue_says_so(client, admin):
 
 
 def test_admin_creates_campaign_from_upload(client):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     rows = "\n".join(json.dumps({"prompt": f"p{i}", "completions": ["a", "b"]}) for i in range(4))
     form = {"name": "up", "kind": "pair", "labelers_per_item": "2", "guidelines": "g"}
     response = client.post("/admin/campaigns", data=form, files={"file": ("c.jsonl", rows, "application/json")}, follow_redirects=False)
@@ -52,7 +52,7 @@ def test_admin_creates_campaign_from_upload(client):
 
 
 def test_admin_creates_redteam_campaign_from_pasted_prompts(client):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     form = {"name": "rt", "kind": "redteam", "prompts": "attack one\n\nattack two\n"}
     response = client.post("/admin/campaigns", data=form, follow_redirects=False)
     assert response.status_code == 303
@@ -60,7 +60,7 @@ def test_admin_creates_redteam_campaign_from_pasted_prompts(client):
 
 
 def test_admin_form_errors_are_shown(client):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     bad = client.post("/admin/campaigns", data={"name": "x", "kind": "rank"}, files={"file": ("c.jsonl", "{not json", "text/plain")})
     assert bad.status_code == 400 and "uploaded file:1: not valid JSON" in bad.text
     no_model = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello"})
@@ -75,7 +75,7 @@ def test_admin_samples_completions_for_pasted_prompts(client, admin, monkeypatch
     import tether.feedback.service as service
 
     monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     form = {"name": "sampled", "kind": "rank", "prompts": "one\ntwo", "model_path": "runs/sft", "k": "3"}
     response = client.post("/admin/campaigns", data=form, follow_redirects=False)
     assert response.status_code == 303
@@ -93,7 +93,7 @@ def test_sampling_failures_are_shown_not_raised(client, admin, monkeypatch):
         raise OSError("no such model")
 
     monkeypatch.setattr(service, "_sampler", lambda: broken)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     response = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"})
     assert response.status_code == 400 and "no such model" in response.text
 
@@ -110,7 +110,7 @@ def test_redteam_generate_uses_the_campaign_model(client, admin, monkeypatch):
 
 def test_admin_manages_labelers_and_campaign(client, admin):
     campaign = make_campaign(client, admin)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     page = client.post("/admin/labelers", data={"name": "ann"})
     assert page.status_code == 200 and 'id="token-value"' in page.text
     assert client.post("/admin/labelers", data={"name": "ann"}).status_code == 409

@@ -31,6 +31,7 @@ from tether.feedback.schemas import (
     MyCampaignOut,
     ProgressOut,
     RowId,
+    SessionsEnded,
     TaskOut,
 )
 from tether.feedback.service import (
@@ -179,6 +180,12 @@ def post_labeler_token(labeler_id: RowId, _: Principal = Depends(admin_only), st
     if labeler is None:
         raise NotFound(f"labeler {labeler_id} not found")
     return _labeler_created(labeler, token)
+
+
+@router.delete("/labelers/{labeler_id}/sessions", response_model=SessionsEnded, tags=["admin"])
+def delete_labeler_sessions(labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> SessionsEnded:
+    """Signs a labeler out of every browser (their token still signs in)."""
+    return SessionsEnded(ended=store.end_sessions(labeler_id))
 
 
 # ---- labelers: the queue -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from tether.errors import TetherError
-from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, request_token, resolve_token
+from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, resolve_request, resolve_token
 from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
 from tether.feedback.export import ALLOWED, AUTO_KIND
 from tether.feedback.schemas import RowId
@@ -14,9 +14,9 @@ from tether.feedback.service import agreement_out, current_task, progress_out, s
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
 from tether.feedback.templating import render
 from tether.storage import Conflict, FeedbackStore, Labeler, NewItem, TaskKind
+from tether.storage.store import SESSION_MAX_AGE_S
 
 router = APIRouter(include_in_schema=False)
-COOKIE_MAX_AGE = 30 * 24 * 3600
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -26,7 +26,7 @@ def _redirect(url: str) -> RedirectResponse:
 @router.get("/")
 def home(request: Request, store: FeedbackStore = Depends(get_store)) -> Response:
     """Sends the admin to /admin, a labeler to /queue, anyone else to /login."""
-    principal = resolve_token(store, request_token(request))
+    principal = resolve_request(store, request)
     if principal is None:
         return _redirect("/login")
     return _redirect("/admin" if principal.role == "admin" else "/queue")
@@ -38,22 +38,32 @@ def login_page(request: Request) -> Response:
     return render(request, "login.html", error=None)
 
 
+def secure_cookies(request: Request) -> bool:
+    """Whether the sign-in cookie gets `Secure`: the request came over HTTPS (directly, or through a
+    trusted proxy's X-Forwarded-Proto, which uvicorn applies), or the app was told to always set it."""
+    return request.url.scheme == "https" or bool(getattr(request.app.state, "secure_cookies", False))
+
+
 @router.post("/login")
 def login(request: Request, token: str = Form(..., max_length=200), store: FeedbackStore = Depends(get_store)) -> Response:
-    """Checks a token and keeps it in an HTTP-only, same-site cookie."""
-    token = token.strip()
-    if resolve_token(store, token) is None:
+    """Checks a token and starts a session, whose id goes in an HTTP-only, same-site cookie."""
+    principal = resolve_token(store, token.strip())
+    if principal is None:
         return render(request, "login.html", status_code=401, error="unknown or disabled token")
+    session_id = store.create_session(principal.labeler.id if principal.labeler is not None else None)
     response = _redirect("/")
-    response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, session_id, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict", secure=secure_cookies(request))
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
-    """Forgets the sign-in cookie."""
+def logout(request: Request, store: FeedbackStore = Depends(get_store)) -> Response:
+    """Ends the session on the server (the cookie stops working, even a copy of it) and forgets the cookie."""
+    session_id = request.cookies.get(COOKIE)
+    if session_id:
+        store.end_session(session_id)
     response = _redirect("/login")
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=secure_cookies(request))
     return response
 
 
@@ -115,6 +125,13 @@ def admin_rotate_token(labeler_id: RowId, request: Request, _: Principal = Depen
     token = store.rotate_token(labeler_id)
     name = next(lab.name for lab in store.list_labelers() if lab.id == labeler_id)
     return _admin_page(request, store, new_token=(name, token))
+
+
+@router.post("/admin/labelers/{labeler_id}/sessions")
+def admin_end_sessions(labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Signs a labeler out of every browser (their token still signs in)."""
+    store.end_sessions(labeler_id)
+    return _redirect("/admin")
 
 
 @router.post("/admin/labelers/{labeler_id}/active")

@@ -1,4 +1,8 @@
-"""Request and response bodies of the JSON API (pydantic; sizes bounded)."""
+"""Request and response bodies of the JSON API (pydantic; sizes bounded).
+
+Numbers and booleans in requests are strict: `"1"`, `true` or `1.5` is not a rank, and `"yes"` is
+not a boolean. A body that does not fit is answered 422 with the field named.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from tether.storage import PairChoice, TaskKind
 
@@ -23,7 +27,7 @@ class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field("", max_length=MAX_TEXT)
     completions: list[str] = Field(default_factory=list, max_length=64)
-    id: str | int | None = None
+    id: StrictStr | StrictInt | None = None
     model: str | None = Field(None, max_length=1000)
     meta: dict[str, object] | None = None
 
@@ -35,7 +39,7 @@ class CampaignIn(BaseModel):
     name: str = Name
     kind: TaskKind
     guidelines: str = Field("", max_length=MAX_TEXT)
-    labelers_per_item: int = Field(1, ge=1, le=100)
+    labelers_per_item: StrictInt = Field(1, ge=1, le=100)
     model_path: str | None = Field(None, max_length=1000, description="model answering red-team prompts")
     items: list[ItemIn] = Field(default_factory=list, max_length=200_000)
 
@@ -96,7 +100,7 @@ class LabelerPatch(BaseModel):
     """Enable or disable a labeler."""
 
     model_config = ConfigDict(extra="forbid")
-    active: bool
+    active: StrictBool
 
 
 class CompletionOut(BaseModel):
@@ -128,16 +132,22 @@ class LabelIn(BaseModel):
     """
 
     model_config = ConfigDict(extra="forbid")
-    ranks: list[int] | None = Field(None, max_length=64)
-    unusable: list[bool] | None = Field(None, max_length=64)
+    ranks: list[StrictInt] | None = Field(None, max_length=64)
+    unusable: list[StrictBool] | None = Field(None, max_length=64)
     choice: PairChoice | None = None
-    thumb: Literal[0, 1] | None = None
-    harm: int | None = Field(None, ge=0, le=4)
+    thumb: StrictInt | None = Field(None, ge=0, le=1)
+    harm: StrictInt | None = Field(None, ge=0, le=4)
     prompt: str | None = Field(None, max_length=MAX_TEXT)
     response: str | None = Field(None, max_length=MAX_TEXT)
     better_response: str | None = Field(None, max_length=MAX_TEXT)
     note: str = Field("", max_length=MAX_NOTE)
-    duration_ms: int | None = Field(None, ge=0, le=86_400_000)
+    duration_ms: StrictInt | None = Field(None, ge=0, le=86_400_000)
+
+
+class SessionsEnded(BaseModel):
+    """How many browser sessions of a labeler were ended."""
+
+    ended: int
 
 
 class LabelAck(BaseModel):

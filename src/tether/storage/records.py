@@ -88,6 +88,14 @@ class NewLabeler:
 
 
 @dataclass(frozen=True)
+class SignedIn:
+    """Who a sign-in session belongs to: the admin (`labeler` None) or an active labeler."""
+
+    session_id: str
+    labeler: Labeler | None
+
+
+@dataclass(frozen=True)
 class Task:
     """An item handed to a labeler; display_order[i] is the completion shown in position i."""
 
@@ -163,6 +171,11 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The request conflicts with the stored state (duplicate name, closed campaign)."""
+
+
+class InvalidValue(StoreError):
+    """The database refused a value (longer than its column, a NUL character on PostgreSQL, a number
+    out of range): nothing was stored."""
 
 
 class Unavailable(StoreError):

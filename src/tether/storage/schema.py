@@ -23,7 +23,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -96,7 +96,11 @@ class LabelerRow(Base):
 
 
 class AssignmentRow(Base):
-    """An item handed to a labeler: open, done or skipped; display_order is a JSON permutation."""
+    """An item handed to a labeler: open, done, skipped or expired; display_order is a JSON permutation.
+
+    An open assignment older than the store's assignment timeout expires: its place on the item
+    goes back to the pool (created_at is when it was handed out, or handed out again).
+    """
 
     __tablename__ = "assignments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -106,7 +110,11 @@ class AssignmentRow(Base):
     display_order: Mapped[str] = mapped_column(Text, default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),)
+    __table_args__ = (
+        UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),
+        # added in schema version 3: finds the open assignments past their time without a scan
+        Index("ix_assignments_status_created", "status", "created_at"),
+    )
 
 
 class LabelRow(Base):
@@ -132,3 +140,14 @@ class LabelRow(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_label"),)
+
+
+class SessionRow(Base):
+    """A browser signed in with a token (added in schema version 3): the cookie holds the session id,
+    of which only the SHA-256 is stored. Signing out deletes the row; labeler_id is None for the admin."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labeler_id: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -8,30 +8,42 @@ Concurrency rules, in one place:
 - Every method is one transaction, committed before it returns: a label the app acknowledged is
   on disk.
 - A write the database cannot take now (locked by another process past the busy timeout, disk
-  full, I/O error) is rolled back and raises `Unavailable`: nothing is half stored, and the same
-  request succeeds once the fault clears.
+  full, I/O error, connection lost) is rolled back and raises `Unavailable`: nothing is half
+  stored, and the same request succeeds once the fault clears. A transaction that deadlocked or
+  failed to serialize with a concurrent one (PostgreSQL) is run again a few times first.
+- On PostgreSQL, rows whose state a transaction reads and then changes are locked first
+  (`SELECT ... FOR UPDATE`: the labeler handing out a task, the assignment being answered or
+  skipped), so concurrent requests of one labeler take turns as SQLite's single writer makes them.
+- An open assignment expires after `assignment_timeout_s`: the next task handed out (to anyone)
+  gives its place on the item back to the pool. The labeler who comes back late gets the item
+  again if nobody took its place, and their answer is stored if the item still has a free place;
+  otherwise `Conflict` says what happened.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.orm import Session
 
-from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, transient_fault
+from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, should_retry, transient_fault
 from tether.storage.records import (
     Campaign,
     Conflict,
+    InvalidValue,
     Item,
     Label,
     LabelData,
@@ -42,6 +54,7 @@ from tether.storage.records import (
     NotFound,
     PairChoice,
     Progress,
+    SignedIn,
     Task,
     TaskKind,
     Unavailable,
@@ -52,13 +65,44 @@ from tether.storage.schema import (
     ItemRow,
     LabelerRow,
     LabelRow,
+    SessionRow,
     SettingRow,
     utcnow,
 )
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
+ASSIGNMENT_TIMEOUT_S = 30 * 60  # an item nobody answers goes back to the pool after this long
+SESSION_MAX_AGE_S = 30 * 24 * 3600  # a sign-in lasts this long at most (the cookie's max age too)
+RETRIES = 5  # runs of a transaction that conflicted with a concurrent one, before `Unavailable`
 RecordT = TypeVar("RecordT")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _RunAgain(Exception):
+    """The transaction lost a conflict with a concurrent one (deadlock, serialization failure) and was rolled back."""
+
+
+def _retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Runs a store method (one transaction) again when it lost a conflict with a concurrent transaction.
+
+    Raises:
+        Unavailable: it lost RETRIES times in a row.
+    """
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(RETRIES):
+            try:
+                return method(*args, **kwargs)
+            except _RunAgain as exc:
+                if attempt == RETRIES - 1:
+                    raise Unavailable(f"{exc}; nothing was stored, try again") from exc
+                time.sleep(random.uniform(0, 0.01 * 2**attempt))  # let the winner finish
+        raise AssertionError("unreachable")
+
+    return run
 
 
 def hash_token(token: str) -> str:
@@ -75,17 +119,28 @@ class FeedbackStore:
     """Campaigns, items, labelers, assignments and labels in one SQL database.
 
     Args:
-        url: SQLAlchemy database URL (`sqlite:///feedback.db`, `postgresql://...`).
-        busy_timeout_ms: SQLite only: how long a write waits for another process's write lock
-            before it fails with `Unavailable`.
+        url: SQLAlchemy database URL (`sqlite:///feedback.db`, `postgresql+psycopg://...`).
+        busy_timeout_ms: how long a write waits for another connection's lock before it fails
+            with `Unavailable` (SQLite's busy timeout, PostgreSQL's lock_timeout).
+        assignment_timeout_s: an open assignment older than this expires and its item goes back
+            to the pool; None or 0: assignments never expire.
+        clock: returns the current time (timezone-aware UTC); tests pass one they control.
 
     Raises:
         ConfigError: the database cannot be opened or is newer than this code.
     """
 
-    def __init__(self, url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        url: str,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        assignment_timeout_s: float | None = ASSIGNMENT_TIMEOUT_S,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.url = url
         self.busy_timeout_ms = busy_timeout_ms
+        self.assignment_timeout_s = assignment_timeout_s or None
+        self.clock = clock
         self.engine = make_engine(url, busy_timeout_ms)
         self.previous_schema_version = ensure_schema(self.engine)
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
@@ -103,6 +158,7 @@ class FeedbackStore:
 
         Raises:
             Unavailable: the database cannot take the transaction now (see `transient_fault`).
+            InvalidValue: the database refused a value.
         """
         try:
             if write and self._write_lock is not None:
@@ -112,11 +168,22 @@ class FeedbackStore:
                 return
             with Session(self._writer if write else self.engine, expire_on_commit=False) as session, session.begin():
                 yield session
-        except OperationalError as exc:
+        except IntegrityError:
+            raise  # a unique key: the methods answer Conflict or run again
+        except DataError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "invalid value"
+            raise InvalidValue(f"the database cannot store a value of this request ({reason}); nothing was stored") from exc
+        except DBAPIError as exc:
             fault = transient_fault(exc, self.engine.dialect.name)
             if fault is None:
                 raise
+            if write and should_retry(exc):
+                raise _RunAgain(fault) from exc  # every write method is `_retried`
             raise Unavailable(f"{fault}; nothing was stored, try again") from exc
+
+    def _expiry_cutoff(self) -> datetime | None:
+        """Open assignments handed out before this time have expired (None: they never do)."""
+        return None if self.assignment_timeout_s is None else self.clock() - timedelta(seconds=self.assignment_timeout_s)
 
     # ---- admin token -------------------------------------------------------------------------
 
@@ -125,10 +192,16 @@ class FeedbackStore:
         with self._tx() as s:
             return s.get(SettingRow, ADMIN_TOKEN_KEY) is not None
 
+    @_retried
     def set_admin_token(self, token: str) -> None:
-        """Stores (the hash of) the admin token, replacing any previous one."""
+        """Stores (the hash of) the admin token, replacing any previous one; a new token signs out
+        the admin's sessions."""
         with self._tx(write=True) as s:
+            old = s.get(SettingRow, ADMIN_TOKEN_KEY)
+            if old is not None and old.value == hash_token(token):
+                return  # the same token again (every start with --admin-token): sessions stay
             s.merge(SettingRow(key=ADMIN_TOKEN_KEY, value=hash_token(token)))
+            s.execute(delete(SessionRow).where(SessionRow.labeler_id.is_(None)))
 
     def is_admin_token(self, token: str) -> bool:
         """Returns True when `token` is the admin token."""
@@ -138,6 +211,7 @@ class FeedbackStore:
 
     # ---- labelers ----------------------------------------------------------------------------
 
+    @_retried
     def add_labeler(self, name: str) -> NewLabeler:
         """Creates a labeler and its sign-in token.
 
@@ -155,8 +229,9 @@ class FeedbackStore:
             raise Conflict(f"labeler {name!r} already exists") from None
         return NewLabeler(labeler=labeler, token=token)
 
+    @_retried
     def rotate_token(self, labeler_id: int) -> str:
-        """Gives a labeler a new token (the old one stops working) and returns it.
+        """Gives a labeler a new token (the old one, and every session signed in with it, stop working).
 
         Raises:
             NotFound: no such labeler.
@@ -167,10 +242,12 @@ class FeedbackStore:
             if row is None:
                 raise NotFound(f"labeler {labeler_id} not found")
             row.token_hash = hash_token(token)
+            s.execute(delete(SessionRow).where(SessionRow.labeler_id == labeler_id))
         return token
 
+    @_retried
     def set_labeler_active(self, labeler_id: int, active: bool) -> Labeler:
-        """Enables or disables a labeler's sign-in.
+        """Enables or disables a labeler's sign-in (disabling signs out their sessions).
 
         Raises:
             NotFound: no such labeler.
@@ -180,6 +257,8 @@ class FeedbackStore:
             if row is None:
                 raise NotFound(f"labeler {labeler_id} not found")
             row.active = active
+            if not active:
+                s.execute(delete(SessionRow).where(SessionRow.labeler_id == labeler_id))
             return _labeler(row)
 
     def list_labelers(self) -> list[Labeler]:
@@ -199,8 +278,57 @@ class FeedbackStore:
             row = s.scalars(select(LabelerRow).where(LabelerRow.name == name)).first()
             return _labeler(row) if row is not None else None
 
+    # ---- sign-in sessions --------------------------------------------------------------------
+
+    @_retried
+    def create_session(self, labeler_id: int | None) -> str:
+        """Starts a sign-in session (the browser keeps its id in a cookie) and returns the id.
+
+        Args:
+            labeler_id: the labeler who signed in, or None for the admin.
+        """
+        session_id = new_token()
+        now = self.clock()
+        with self._tx(write=True) as s:
+            s.execute(delete(SessionRow).where(SessionRow.created_at < now - timedelta(seconds=SESSION_MAX_AGE_S)))
+            s.add(SessionRow(id_hash=hash_token(session_id), labeler_id=labeler_id, created_at=now))
+        return session_id
+
+    def signed_in(self, session_id: str) -> SignedIn | None:
+        """Returns who a session belongs to, or None for an unknown, ended or too old session, or a
+        disabled labeler's."""
+        oldest = self.clock() - timedelta(seconds=SESSION_MAX_AGE_S)
+        with self._tx() as s:
+            query = select(SessionRow).where(SessionRow.id_hash == hash_token(session_id), SessionRow.created_at >= oldest)
+            row = s.scalars(query).first()
+            if row is None:
+                return None
+            if row.labeler_id is None:
+                return SignedIn(session_id=session_id, labeler=None)
+            labeler = s.get(LabelerRow, row.labeler_id)
+            return SignedIn(session_id=session_id, labeler=_labeler(labeler)) if labeler is not None and labeler.active else None
+
+    @_retried
+    def end_session(self, session_id: str) -> None:
+        """Ends one session (signing out); an unknown id is ignored."""
+        with self._tx(write=True) as s:
+            s.execute(delete(SessionRow).where(SessionRow.id_hash == hash_token(session_id)))
+
+    @_retried
+    def end_sessions(self, labeler_id: int) -> int:
+        """Signs a labeler out everywhere (their token still signs in) and returns how many sessions ended.
+
+        Raises:
+            NotFound: no such labeler.
+        """
+        with self._tx(write=True) as s:
+            if s.get(LabelerRow, labeler_id) is None:
+                raise NotFound(f"labeler {labeler_id} not found")
+            return s.execute(delete(SessionRow).where(SessionRow.labeler_id == labeler_id)).rowcount
+
     # ---- campaigns and items -----------------------------------------------------------------
 
+    @_retried
     def create_campaign(
         self,
         name: str,
@@ -233,6 +361,7 @@ class FeedbackStore:
         except IntegrityError:
             raise Conflict(f"campaign {name!r} already exists") from None
 
+    @_retried
     def add_items(self, campaign_id: int, items: Sequence[NewItem]) -> int:
         """Appends items to a campaign and returns how many it now has.
 
@@ -245,6 +374,7 @@ class FeedbackStore:
             _insert_items(s, campaign_id, items, start=start or 0)
             return _count_items(s, campaign_id)
 
+    @_retried
     def update_campaign(
         self,
         campaign_id: int,
@@ -307,26 +437,38 @@ class FeedbackStore:
 
     # ---- queue ---------------------------------------------------------------------------------
 
+    @_retried
     def next_task(self, campaign_id: int, labeler_id: int, rng: random.Random | None = None) -> Task | None:
         """Returns the labeler's open task in a campaign, or hands out a new item, or None when done.
 
-        Items that already have labelers come first, so items reach their consensus count early.
+        Expired assignments (of anyone) give their places back first. A labeler whose own
+        assignment expired gets that item again if nobody took its place. Then items that already
+        have labelers come first, so items reach their consensus count early.
 
         Raises:
             NotFound: no such campaign.
         """
         rng = rng or random.Random()
+        now = self.clock()
         with self._tx(write=True) as s:
             campaign = _campaign_row(s, campaign_id)
+            s.execute(select(LabelerRow.id).where(LabelerRow.id == labeler_id).with_for_update())  # one hand-out at a time per labeler
+            cutoff = self._expiry_cutoff()
+            if cutoff is not None:
+                _expire_assignments(s, cutoff)
             open_task = _open_task(s, campaign_id, labeler_id)
             if open_task is not None or campaign.status != "active":
                 return open_task
+            task = _reopen_expired(s, campaign_id, labeler_id, campaign.labelers_per_item, now)
+            if task is not None:
+                return task
             for item in _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item):
-                task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng)
+                task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng, now)
                 if task is not None:
                     return task
             return None
 
+    @_retried
     def skip(self, assignment_id: int, labeler_id: int) -> None:
         """Gives an open item back to the pool; the labeler will not get it again.
 
@@ -335,12 +477,12 @@ class FeedbackStore:
             Conflict: the item was already labeled.
         """
         with self._tx(write=True) as s:
-            row = _assignment_row(s, assignment_id, labeler_id)
+            row = _assignment_row(s, assignment_id, labeler_id, lock=True)
             if row.status == "done":
                 raise Conflict("item already labeled; it cannot be skipped")
             if row.status == "open":
-                row.status = "skipped"
                 s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
+            row.status = "skipped"  # an expired one gave its place back already
 
     def count_available(self, campaign_id: int, labeler_id: int) -> int:
         """Returns how many items the labeler could still get in a campaign (open one included)."""
@@ -350,11 +492,12 @@ class FeedbackStore:
             free = s.scalar(
                 select(func.count()).select_from(ItemRow).where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)
             )
-            mine_free = s.scalar(
+            mine_free = s.scalar(  # items with a free place that the labeler had (an expired one they can get again)
                 select(func.count())
                 .select_from(AssignmentRow)
                 .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
                 .where(AssignmentRow.labeler_id == labeler_id, ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)
+                .where(AssignmentRow.status != "expired")
             )
             return (free or 0) - (mine_free or 0) + (1 if _open_task(s, campaign_id, labeler_id) else 0)
 
@@ -371,23 +514,30 @@ class FeedbackStore:
 
     # ---- labels --------------------------------------------------------------------------------
 
+    @_retried
     def submit_label(self, assignment_id: int, labeler_id: int, data: LabelData) -> Label:
         """Stores the labeler's answer to an assigned item (a resubmission replaces the answer).
 
+        An answer to an expired assignment is stored when the item still has a free place (it
+        takes that place again).
+
         Raises:
             NotFound: no such assignment for this labeler.
-            Conflict: the item was skipped, or the campaign is closed.
+            Conflict: the item was skipped, the campaign is closed, or the assignment expired and
+                its place went to another labeler.
         """
         for attempt in range(2):
             try:
                 with self._tx(write=True) as s:
-                    row = _assignment_row(s, assignment_id, labeler_id)
+                    row = _assignment_row(s, assignment_id, labeler_id, lock=True)
                     item = s.get(ItemRow, row.item_id)
                     campaign = _campaign_row(s, item.campaign_id)
                     if row.status == "skipped":
                         raise Conflict("item was skipped; it cannot be labeled")
                     if campaign.status != "active":
                         raise Conflict(f"campaign {campaign.name!r} is closed")
+                    if row.status == "expired" and not _claim_place(s, item.id, campaign.labelers_per_item):
+                        raise Conflict(self._expired_message())
                     row.status = "done"
                     return _upsert_label(s, item, labeler_id, data)
             except IntegrityError:
@@ -395,6 +545,14 @@ class FeedbackStore:
                     raise
         raise AssertionError("unreachable")
 
+    def _expired_message(self) -> str:
+        minutes = f"{self.assignment_timeout_s / 60:g} minutes" if self.assignment_timeout_s else "its time"
+        return (
+            f"this item was held for you for {minutes} without an answer, then given to another labeler, "
+            "and it needs no more labels: your answer was not stored. Go on with the next item."
+        )
+
+    @_retried
     def add_free_label(self, campaign_id: int, labeler_id: int, data: LabelData) -> Label:
         """Stores a red-team finding the labeler wrote from scratch: a new item and its label.
 
@@ -418,7 +576,7 @@ class FeedbackStore:
             )
             s.add(item)
             s.flush()
-            s.add(AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="done", display_order="[]", created_at=utcnow()))
+            s.add(AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="done", display_order="[]", created_at=self.clock()))
             return _upsert_label(s, item, labeler_id, data)
 
     def list_labels(self, campaign_id: int, labeler_id: int | None = None) -> list[Label]:
@@ -488,8 +646,9 @@ def _campaign_row(s: Session, campaign_id: int) -> CampaignRow:
     return row
 
 
-def _assignment_row(s: Session, assignment_id: int, labeler_id: int) -> AssignmentRow:
-    row = s.get(AssignmentRow, assignment_id)
+def _assignment_row(s: Session, assignment_id: int, labeler_id: int, lock: bool = False) -> AssignmentRow:
+    """The labeler's assignment; `lock` for one whose status the transaction changes (PostgreSQL: FOR UPDATE)."""
+    row = s.get(AssignmentRow, assignment_id, with_for_update=lock)
     if row is None or row.labeler_id != labeler_id:
         raise NotFound(f"assignment {assignment_id} not found")
     return row
@@ -511,6 +670,56 @@ def _open_task(s: Session, campaign_id: int, labeler_id: int) -> Task | None:
     return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
 
 
+def _claim_place(s: Session, item_id: int, per_item: int) -> bool:
+    """Takes one of the item's places if one is free (the conditional increment); False when all are taken."""
+    claimed = s.execute(
+        update(ItemRow)
+        .where(ItemRow.id == item_id, ItemRow.n_assigned < per_item)
+        .values(n_assigned=ItemRow.n_assigned + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.rowcount == 1
+
+
+def _expire_assignments(s: Session, cutoff: datetime) -> None:
+    """Marks open assignments handed out before `cutoff` expired and gives their places back."""
+    found = s.execute(
+        select(AssignmentRow.id, AssignmentRow.item_id).where(AssignmentRow.status == "open", AssignmentRow.created_at < cutoff).limit(1000)
+    ).all()
+    for assignment_id, item_id in found:
+        # conditional, so that two requests expiring the same assignment give its place back once
+        expired = s.execute(
+            update(AssignmentRow)
+            .where(AssignmentRow.id == assignment_id, AssignmentRow.status == "open")
+            .values(status="expired")
+            .execution_options(synchronize_session=False)
+        )
+        if expired.rowcount == 1:
+            s.execute(
+                update(ItemRow).where(ItemRow.id == item_id).values(n_assigned=ItemRow.n_assigned - 1).execution_options(synchronize_session=False)
+            )
+
+
+def _reopen_expired(s: Session, campaign_id: int, labeler_id: int, per_item: int, now: datetime) -> Task | None:
+    """Hands the labeler back an item whose assignment of theirs expired, if it still has a free place."""
+    query = (
+        select(AssignmentRow, ItemRow)
+        .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+        .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id, AssignmentRow.status == "expired")
+        .where(ItemRow.n_assigned < per_item)
+        .order_by(AssignmentRow.id)
+        .limit(CANDIDATES_PER_TRY)
+    )
+    for assignment, item in s.execute(query).all():
+        if _claim_place(s, item.id, per_item):
+            assignment.status = "open"
+            assignment.created_at = now
+            s.flush()
+            s.refresh(item)
+            return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
+    return None
+
+
 def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) -> list[ItemRow]:
     """Items the labeler may take, fullest first (one indexed range per fill level), in file order."""
     mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
@@ -528,21 +737,15 @@ def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) ->
     return found
 
 
-def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random) -> Task | None:
+def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random, now: datetime) -> Task | None:
     """Claims one slot of `item` for the labeler; None when another request took the last slot."""
-    claimed = s.execute(
-        update(ItemRow)
-        .where(ItemRow.id == item.id, ItemRow.n_assigned < per_item)
-        .values(n_assigned=ItemRow.n_assigned + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
+    if not _claim_place(s, item.id, per_item):
         return None
     order = list(range(len(json.loads(item.completions))))
     rng.shuffle(order)  # position bias: every labeler sees the completions in a different order
     try:
         with s.begin_nested():
-            row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=utcnow())
+            row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=now)
             s.add(row)
     except IntegrityError:  # the same labeler got this item in a parallel request
         s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
