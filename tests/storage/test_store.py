@@ -9,11 +9,12 @@ from sqlalchemy import text
 
 from tether.storage import Campaign, Conflict, FeedbackStore, Item, Label, LabelData, Labeler, NewItem, NotFound, PairChoice, TaskKind
 from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow
+from db_backends import db_url, is_sqlite  # noqa: F401  (db_url: every test on SQLite and PostgreSQL)
 
 
 @pytest.fixture
-def store(tmp_path):
-    s = FeedbackStore(f"sqlite:///{tmp_path / 'fb.db'}")
+def store(db_url):
+    s = FeedbackStore(db_url)
     yield s
     s.close()
 
@@ -22,11 +23,15 @@ def _items(n: int, k: int = 3) -> list[NewItem]:
     return [NewItem(prompt=f"p{i}", completions=[f"c{i}.{j}" for j in range(k)], external_id=f"id{i}") for i in range(n)]
 
 
-def test_sqlite_runs_in_wal_mode_with_full_sync(store):
+def test_database_settings(store, db_url):
+    """SQLite: WAL, synchronous=FULL, a busy timeout. PostgreSQL: a lock timeout as long as that busy timeout."""
     with store.engine.connect() as conn:
-        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
-        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
-        assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
+        if is_sqlite(db_url):
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 2  # FULL
+            assert conn.execute(text("PRAGMA busy_timeout")).scalar() >= 1000
+        else:
+            assert conn.execute(text("SHOW lock_timeout")).scalar() == "30s"
 
 
 def test_each_item_gets_at_most_labelers_per_item(store):

@@ -218,5 +218,7 @@ def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES, secur
 
 
 def app_from_env() -> FastAPI:
-    """App factory for `uvicorn --factory tether.feedback.app:app_from_env` (database from TETHER_DB)."""
-    return create_app(FeedbackStore(os.environ.get("TETHER_DB", "sqlite:///feedback.db")))
+    """App factory for `uvicorn --factory tether.feedback.app:app_from_env`: the database from TETHER_DB,
+    the assignment timeout in minutes from TETHER_ASSIGNMENT_TIMEOUT (default 30)."""
+    minutes = float(os.environ.get("TETHER_ASSIGNMENT_TIMEOUT", "30"))
+    return create_app(FeedbackStore(os.environ.get("TETHER_DB", "sqlite:///feedback.db"), assignment_timeout_s=minutes * 60))
