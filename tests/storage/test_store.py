@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text
 
-from tether.storage import Campaign, Conflict, FeedbackStore, Item, Label, LabelData, Labeler, NewItem, NotFound, PairChoice, TaskKind
+from tether.storage import Campaign, Conflict, FeedbackStore, InvalidValue, Item, Label, LabelData, Labeler, NewItem, NotFound, PairChoice, TaskKind
 from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow
 from db_backends import db_url, is_sqlite  # noqa: F401  (db_url: every test on SQLite and PostgreSQL)
 
@@ -156,3 +157,146 @@ def test_records_come_back_as_stored(store):
     label = store.submit_label(task.assignment_id, labeler.id, data)
     assert [_untimed(lab) for lab in store.list_labels(campaign.id)] == [_untimed(label)]
     assert (label.data, label.item_id, label.labeler_id, label.labeler_name) == (data, item.id, labeler.id, "ann")
+
+
+class Clock:
+    """A clock the test moves by hand (the store asks it for the time)."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, minutes: float) -> None:
+        self.now += timedelta(minutes=minutes)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def timed_store(db_url, clock):
+    """A store whose assignments expire after 30 minutes of the test's clock."""
+    s = FeedbackStore(db_url, assignment_timeout_s=30 * 60, clock=clock)
+    yield s
+    s.close()
+
+
+def test_unanswered_assignment_expires_and_goes_to_someone_else(timed_store, clock):
+    store = timed_store
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1), labelers_per_item=1)
+    a, b = store.add_labeler("a").labeler, store.add_labeler("b").labeler
+    task = store.next_task(campaign.id, a.id)
+    clock.advance(29)
+    assert store.next_task(campaign.id, b.id) is None  # still a's
+    clock.advance(2)
+    given = store.next_task(campaign.id, b.id)
+    assert given is not None and given.item.id == task.item.id
+    # a comes back: the item's only place is b's now
+    with pytest.raises(Conflict, match="30 minutes.*another labeler.*not stored"):
+        store.submit_label(task.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
+    assert store.next_task(campaign.id, a.id) is None
+    store.submit_label(given.assignment_id, b.id, LabelData(ranks=[3, 2, 1]))
+    assert [(lab.labeler_name, lab.data.ranks) for lab in store.list_labels(campaign.id)] == [("b", [3, 2, 1])]
+
+
+def test_late_answer_is_stored_while_the_item_needs_labels(timed_store, clock):
+    store = timed_store
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1), labelers_per_item=2)
+    a, b, c = (store.add_labeler(n).labeler for n in "abc")
+    late = store.next_task(campaign.id, a.id)
+    clock.advance(31)
+    assert store.next_task(campaign.id, b.id) is not None  # expires a's, takes one of the two places
+    store.submit_label(late.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))  # a takes the other place
+    assert store.next_task(campaign.id, c.id) is None  # two places, two labelers: full
+    progress = store.progress(campaign.id)
+    assert (progress.n_labels, sorted((p.labeler_name, p.n_labels, p.n_open) for p in progress.per_labeler)) == (
+        1,
+        [("a", 1, 0), ("b", 0, 1)],
+    )
+
+
+def test_returning_labeler_gets_their_expired_item_back(timed_store, clock):
+    store = timed_store
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(2), labelers_per_item=1)
+    a = store.add_labeler("a").labeler
+    first = store.next_task(campaign.id, a.id)
+    clock.advance(45)
+    again = store.next_task(campaign.id, a.id)
+    assert (again.assignment_id, again.item.id, again.display_order) == (first.assignment_id, first.item.id, first.display_order)
+    clock.advance(29)  # handed out again 29 minutes ago: not expired
+    b = store.add_labeler("b").labeler
+    assert store.next_task(campaign.id, b.id).item.id != first.item.id
+
+
+def test_skipping_an_expired_assignment_frees_no_second_place(timed_store, clock):
+    store = timed_store
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1), labelers_per_item=1)
+    a, b, c = (store.add_labeler(n).labeler for n in "abc")
+    task = store.next_task(campaign.id, a.id)
+    clock.advance(31)
+    assert store.next_task(campaign.id, b.id) is not None
+    store.skip(task.assignment_id, a.id)
+    assert store.next_task(campaign.id, c.id) is None  # b still holds the only place
+
+
+def test_assignments_do_not_expire_without_a_timeout(db_url, clock):
+    store = FeedbackStore(db_url, assignment_timeout_s=None, clock=clock)
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1), labelers_per_item=1)
+    a, b = store.add_labeler("a").labeler, store.add_labeler("b").labeler
+    task = store.next_task(campaign.id, a.id)
+    clock.advance(60 * 24 * 30)
+    assert store.next_task(campaign.id, b.id) is None
+    store.submit_label(task.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
+    store.close()
+
+
+def test_sessions_end_on_sign_out_new_token_and_disabling(store):
+    ann = store.add_labeler("ann").labeler
+    first, second = store.create_session(ann.id), store.create_session(ann.id)
+    admin = store.create_session(None)
+    assert store.signed_in(first).labeler.name == "ann" and store.signed_in(admin).labeler is None
+    store.end_session(first)
+    assert store.signed_in(first) is None and store.signed_in(second) is not None
+    assert store.end_sessions(ann.id) == 1 and store.signed_in(second) is None
+    third = store.create_session(ann.id)
+    store.rotate_token(ann.id)
+    assert store.signed_in(third) is None
+    fourth = store.create_session(ann.id)
+    store.set_labeler_active(ann.id, False)
+    assert store.signed_in(fourth) is None
+    assert store.signed_in(admin) is not None
+    store.set_admin_token("first")
+    admin = store.create_session(None)
+    store.set_admin_token("first")  # the same token again (a restart with --admin-token): still signed in
+    assert store.signed_in(admin) is not None
+    store.set_admin_token("second")
+    assert store.signed_in(admin) is None
+    with store.engine.connect() as conn:  # only hashes are stored
+        assert fourth not in str(conn.execute(text("SELECT id_hash FROM sessions")).all())
+
+
+def test_sessions_expire_after_their_max_age(db_url, clock):
+    store = FeedbackStore(db_url, clock=clock)
+    ann = store.add_labeler("ann").labeler
+    session = store.create_session(ann.id)
+    clock.advance(29 * 24 * 60)
+    assert store.signed_in(session) is not None
+    clock.advance(2 * 24 * 60)
+    assert store.signed_in(session) is None
+    store.close()
+
+
+def test_values_the_database_refuses_are_invalid_not_errors(store, db_url):
+    """PostgreSQL enforces column lengths and refuses NUL characters: InvalidValue, nothing stored (SQLite stores both)."""
+    items = [NewItem(prompt="p", completions=["a", "b"], external_id="x" * 300), NewItem(prompt="with \x00 inside", completions=["a", "b"])]
+    for number, item in enumerate(items):
+        if is_sqlite(db_url):
+            store.create_campaign(f"c{number}", TaskKind.RANK, [item])
+        else:
+            with pytest.raises(InvalidValue, match="nothing was stored"):
+                store.create_campaign(f"c{number}", TaskKind.RANK, [item])
+    assert len(store.list_campaigns()) == (2 if is_sqlite(db_url) else 0)

@@ -9,6 +9,9 @@ from tether.errors import DataError
 from tether.feedback.tasks import item_problem
 from tether.storage import NewItem, TaskKind
 
+# item ids are stored in 200 characters; splitting an item into pairs appends ":i-j" to its id
+MAX_ID_CHARS = 180
+
 
 def parse_item(obj: object, kind: TaskKind) -> NewItem:
     """Turns one decoded JSON line into an item.
@@ -34,6 +37,8 @@ def parse_item(obj: object, kind: TaskKind) -> NewItem:
     if kind == TaskKind.REDTEAM and "response" in obj and not completions:
         completions = [str(obj["response"])]
     external = obj.get("id")
+    if external is not None and len(str(external)) > MAX_ID_CHARS:
+        raise ValueError(f'"id": at most {MAX_ID_CHARS} characters')
     meta = obj.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise ValueError('"meta": must be an object')
