@@ -74,6 +74,7 @@ ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
 ASSIGNMENT_TIMEOUT_S = 30 * 60  # an item nobody answers goes back to the pool after this long
 SESSION_MAX_AGE_S = 30 * 24 * 3600  # a sign-in lasts this long at most (the cookie's max age too)
+SWEEP_EVERY_S = 30  # how often next_task looks for expired assignments (one indexed query)
 RETRIES = 5  # runs of a transaction that conflicted with a concurrent one, before `Unavailable`
 RecordT = TypeVar("RecordT")
 P = ParamSpec("P")
@@ -141,6 +142,7 @@ class FeedbackStore:
         self.busy_timeout_ms = busy_timeout_ms
         self.assignment_timeout_s = assignment_timeout_s or None
         self.clock = clock
+        self._next_sweep = clock()  # when next_task next looks for expired assignments
         self.engine = make_engine(url, busy_timeout_ms)
         self.previous_schema_version = ensure_schema(self.engine)
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
@@ -181,9 +183,13 @@ class FeedbackStore:
                 raise _RunAgain(fault) from exc  # every write method is `_retried`
             raise Unavailable(f"{fault}; nothing was stored, try again") from exc
 
-    def _expiry_cutoff(self) -> datetime | None:
-        """Open assignments handed out before this time have expired (None: they never do)."""
-        return None if self.assignment_timeout_s is None else self.clock() - timedelta(seconds=self.assignment_timeout_s)
+    def _sweep_cutoff(self, now: datetime) -> datetime | None:
+        """The time before which open assignments have expired, when it is time to look for them again
+        (at most every SWEEP_EVERY_S, a tenth of the timeout when that is shorter); else None."""
+        if self.assignment_timeout_s is None or now < self._next_sweep:
+            return None
+        self._next_sweep = now + timedelta(seconds=min(SWEEP_EVERY_S, self.assignment_timeout_s / 10))
+        return now - timedelta(seconds=self.assignment_timeout_s)
 
     # ---- admin token -------------------------------------------------------------------------
 
@@ -452,16 +458,14 @@ class FeedbackStore:
         now = self.clock()
         with self._tx(write=True) as s:
             campaign = _campaign_row(s, campaign_id)
-            s.execute(select(LabelerRow.id).where(LabelerRow.id == labeler_id).with_for_update())  # one hand-out at a time per labeler
-            cutoff = self._expiry_cutoff()
+            if self._write_lock is None:  # PostgreSQL: one hand-out at a time per labeler (SQLite: one writer at all)
+                s.execute(select(LabelerRow.id).where(LabelerRow.id == labeler_id).with_for_update())
+            cutoff = self._sweep_cutoff(now)
             if cutoff is not None:
                 _expire_assignments(s, cutoff)
-            open_task = _open_task(s, campaign_id, labeler_id)
-            if open_task is not None or campaign.status != "active":
-                return open_task
-            task = _reopen_expired(s, campaign_id, labeler_id, campaign.labelers_per_item, now)
-            if task is not None:
-                return task
+            mine = _own_task(s, campaign_id, labeler_id, campaign.labelers_per_item, now, reopen=campaign.status == "active")
+            if mine is not None or campaign.status != "active":
+                return mine
             for item in _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item):
                 task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng, now)
                 if task is not None:
@@ -700,24 +704,29 @@ def _expire_assignments(s: Session, cutoff: datetime) -> None:
             )
 
 
-def _reopen_expired(s: Session, campaign_id: int, labeler_id: int, per_item: int, now: datetime) -> Task | None:
-    """Hands the labeler back an item whose assignment of theirs expired, if it still has a free place."""
+def _own_task(s: Session, campaign_id: int, labeler_id: int, per_item: int, now: datetime, reopen: bool) -> Task | None:
+    """The labeler's open task; else, when `reopen`, an item of theirs whose assignment expired and
+    that still has a free place, handed to them again (one query either way)."""
     query = (
         select(AssignmentRow, ItemRow)
         .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
-        .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id, AssignmentRow.status == "expired")
-        .where(ItemRow.n_assigned < per_item)
-        .order_by(AssignmentRow.id)
-        .limit(CANDIDATES_PER_TRY)
+        .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id)
+        .where((AssignmentRow.status == "open") | ((AssignmentRow.status == "expired") & (ItemRow.n_assigned < per_item)))
+        .order_by((AssignmentRow.status == "open").desc(), AssignmentRow.id)
+        .limit(1)
     )
-    for assignment, item in s.execute(query).all():
-        if _claim_place(s, item.id, per_item):
-            assignment.status = "open"
-            assignment.created_at = now
-            s.flush()
-            s.refresh(item)
-            return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
-    return None
+    found = s.execute(query).first()
+    if found is None:
+        return None
+    assignment, item = found
+    if assignment.status == "expired":
+        if not reopen or not _claim_place(s, item.id, per_item):
+            return None
+        assignment.status = "open"
+        assignment.created_at = now
+        s.flush()
+        s.refresh(item)
+    return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
 
 
 def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) -> list[ItemRow]:
