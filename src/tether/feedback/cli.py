@@ -157,6 +157,8 @@ def _serve(args: argparse.Namespace) -> int:
         store.set_admin_token(token)
     elif not store.has_admin_token():
         _new_admin_token(store, Path(args.admin_token_file) if args.admin_token_file else default_token_file(args.db))
+    else:
+        print("admin token: set earlier (`tether label admin-token --admin-token-file FILE` makes a new one)", flush=True)
     print(f"tether feedback: http://{args.host}:{args.port}/  database {args.db}", flush=True)
     app = create_app(store, max_body_bytes=int(args.max_body_mb * 1024 * 1024), secure_cookies=args.secure_cookies)
     uvicorn.Server(server_config(app, args)).run()
