@@ -6,7 +6,7 @@ from dataclasses import fields, replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import text, update
 
 from tether.storage import Campaign, Conflict, FeedbackStore, InvalidValue, Item, Label, LabelData, Labeler, NewItem, NotFound, PairChoice, TaskKind
 from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow
@@ -300,3 +300,26 @@ def test_values_the_database_refuses_are_invalid_not_errors(store, db_url):
             with pytest.raises(InvalidValue, match="nothing was stored"):
                 store.create_campaign(f"c{number}", TaskKind.RANK, [item])
     assert len(store.list_campaigns()) == (2 if is_sqlite(db_url) else 0)
+
+
+def test_candidates_taken_meanwhile_are_looked_up_again(store, monkeypatch):
+    """On PostgreSQL concurrent requests can claim every candidate a request found before it claims one:
+    the request looks again instead of answering "nothing left" (as it did under 50 clients)."""
+    import tether.storage.store as store_module
+
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(store_module.CANDIDATES_PER_TRY + 5), labelers_per_item=1)
+    lab = store.add_labeler("a").labeler
+    real = store_module._candidates
+    taken: list[int] = []
+
+    def raced(s, campaign_id, labeler_id, per_item):
+        found = real(s, campaign_id, labeler_id, per_item)
+        if not taken:  # the first look: other requests take all of them before this one claims
+            taken.extend(item.id for item in found)
+            s.execute(update(ItemRow).where(ItemRow.id.in_(taken)).values(n_assigned=1))
+        return found
+
+    monkeypatch.setattr(store_module, "_candidates", raced)
+    task = store.next_task(campaign.id, lab.id)
+    assert len(taken) == store_module.CANDIDATES_PER_TRY
+    assert task is not None and task.item.id not in taken

@@ -72,6 +72,7 @@ from tether.storage.schema import (
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
+CANDIDATE_ROUNDS = 50  # rounds of candidates next_task tries while concurrent requests take them all
 ASSIGNMENT_TIMEOUT_S = 30 * 60  # an item nobody answers goes back to the pool after this long
 SESSION_MAX_AGE_S = 30 * 24 * 3600  # a sign-in lasts this long at most (the cookie's max age too)
 SWEEP_EVERY_S = 30  # how often next_task looks for expired assignments (one indexed query)
@@ -466,11 +467,17 @@ class FeedbackStore:
             mine = _own_task(s, campaign_id, labeler_id, campaign.labelers_per_item, now, reopen=campaign.status == "active")
             if mine is not None or campaign.status != "active":
                 return mine
-            for item in _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item):
-                task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng, now)
-                if task is not None:
-                    return task
-            return None
+            # On PostgreSQL concurrent requests may take every candidate between the query and the claims:
+            # look again (each statement sees the claims committed meanwhile) until none is left.
+            for _ in range(CANDIDATE_ROUNDS):
+                candidates = _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item)
+                if not candidates:
+                    return None
+                for item in candidates:
+                    task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng, now)
+                    if task is not None:
+                        return task
+            raise Unavailable("too many labelers asked for items at once; nothing was stored, try again")
 
     @_retried
     def skip(self, assignment_id: int, labeler_id: int) -> None:
