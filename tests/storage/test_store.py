@@ -312,8 +312,8 @@ def test_candidates_taken_meanwhile_are_looked_up_again(store, monkeypatch):
     real = store_module._candidates
     taken: list[int] = []
 
-    def raced(s, campaign_id, labeler_id, per_item):
-        found = real(s, campaign_id, labeler_id, per_item)
+    def raced(s, campaign_id, labeler_id, per_item, **kwargs):
+        found = real(s, campaign_id, labeler_id, per_item, **kwargs)
         if not taken:  # the first look: other requests take all of them before this one claims
             taken.extend(item.id for item in found)
             s.execute(update(ItemRow).where(ItemRow.id.in_(taken)).values(n_assigned=1))
@@ -323,3 +323,33 @@ def test_candidates_taken_meanwhile_are_looked_up_again(store, monkeypatch):
     task = store.next_task(campaign.id, lab.id)
     assert len(taken) == store_module.CANDIDATES_PER_TRY
     assert task is not None and task.item.id not in taken
+
+
+def test_items_locked_by_another_transaction_are_waited_for_not_reported_gone(store, db_url):
+    """PostgreSQL: the first look passes over items other transactions hold (SKIP LOCKED); when that leaves
+    nothing, the request looks again and waits for them, instead of answering "nothing left"."""
+    if is_sqlite(db_url):
+        pytest.skip("SQLite has one writer: no rows are held by another transaction")
+    import threading
+
+    from sqlalchemy import create_engine
+
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(3), labelers_per_item=1)
+    lab = store.add_labeler("a").labeler
+    other = create_engine(db_url)
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_every_item() -> None:
+        with other.connect() as conn, conn.begin():
+            conn.execute(text("SELECT id FROM items FOR UPDATE"))
+            locked.set()
+            release.wait(timeout=10)
+
+    holder = threading.Thread(target=hold_every_item)
+    holder.start()
+    assert locked.wait(timeout=10)
+    threading.Timer(0.3, release.set).start()
+    task = store.next_task(campaign.id, lab.id)
+    holder.join(timeout=10)
+    other.dispose()
+    assert task is not None and release.is_set()

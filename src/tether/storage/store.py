@@ -469,9 +469,14 @@ class FeedbackStore:
                 return mine
             # On PostgreSQL concurrent requests may take every candidate between the query and the claims:
             # look again (each statement sees the claims committed meanwhile) until none is left.
-            for _ in range(CANDIDATE_ROUNDS):
-                candidates = _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item)
+            for round_ in range(CANDIDATE_ROUNDS):
+                # PostgreSQL, first round: lock the candidates, passing over those other requests hold, so that
+                # concurrent labelers do not queue on the same item; later rounds see every item again
+                skip_locked = round_ == 0 and self._write_lock is None
+                candidates = _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item, skip_locked=skip_locked)
                 if not candidates:
+                    if skip_locked:
+                        continue
                     return None
                 for item in candidates:
                     task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng, now)
@@ -736,8 +741,9 @@ def _own_task(s: Session, campaign_id: int, labeler_id: int, per_item: int, now:
     return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
 
 
-def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) -> list[ItemRow]:
-    """Items the labeler may take, fullest first (one indexed range per fill level), in file order."""
+def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int, skip_locked: bool = False) -> list[ItemRow]:
+    """Items the labeler may take, fullest first (one indexed range per fill level), in file order;
+    `skip_locked` (PostgreSQL): locked for this transaction, leaving out items other transactions hold."""
     mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
     found: list[ItemRow] = []
     for level in range(per_item - 1, -1, -1):
@@ -747,6 +753,8 @@ def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) ->
             .order_by(ItemRow.position)
             .limit(CANDIDATES_PER_TRY - len(found))
         )
+        if skip_locked:
+            query = query.with_for_update(skip_locked=True)
         found.extend(s.scalars(query))
         if len(found) >= CANDIDATES_PER_TRY:
             break
