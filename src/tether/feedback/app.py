@@ -41,7 +41,8 @@ SECURITY_HEADERS = {
 }
 # errors answered with a status and their own message (the most specific class of an error wins)
 ERROR_STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, LabelError: 422, InvalidValue: 422, TetherError: 400}
-# Swagger UI's files, from a package that ships them (the CSP allows no CDN)
+# Swagger UI's files, from a package that ships them (the CSP allows no CDN): fastapi-offline has Swagger UI 5,
+# which renders the OpenAPI 3.1 that FastAPI writes (swagger-ui-bundle's Swagger UI 4 shows "Unable to render")
 SWAGGER_UI_FILES = resources.files("fastapi_offline") / "static"
 INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
