@@ -23,6 +23,7 @@ from tether.errors import ConfigError
 from tether.storage.schema import SCHEMA_VERSION, Base, SchemaVersionRow, SessionRow
 
 BUSY_TIMEOUT_MS = 30_000
+POOL_SIZE = 20  # database servers: connections kept open, and as many more under load
 WRITE_OPTION = "tether_write"
 
 
@@ -45,7 +46,8 @@ def make_engine(url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> Engine:
         raise ConfigError(f"--db: cannot parse database URL {url!r}: {exc}") from None
     if parsed.get_backend_name() != "sqlite":
         try:
-            engine = create_engine(url, pool_pre_ping=True)
+            # as many connections as the app's request threads (40): a request never waits for a connection
+            engine = create_engine(url, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_SIZE)
         except NoSuchModuleError:
             raise ConfigError(f"--db: unknown database type {parsed.drivername!r} in {url!r}") from None
         except ImportError as exc:

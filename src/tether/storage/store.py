@@ -37,6 +37,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
 from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, should_retry, transient_fault
@@ -173,6 +174,8 @@ class FeedbackStore:
                 yield session
         except IntegrityError:
             raise  # a unique key: the methods answer Conflict or run again
+        except PoolTimeout as exc:
+            raise Unavailable("no database connection was free in time; nothing was stored, try again") from exc
         except DataError as exc:
             reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "invalid value"
             raise InvalidValue(f"the database cannot store a value of this request ({reason}); nothing was stored") from exc
