@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import create_engine, inspect, text
 
 from tether.errors import ConfigError
-from tether.storage import FeedbackStore, LabelData, TaskKind
+from tether.storage import FeedbackStore, LabelData, NewItem, TaskKind
 from tether.storage.schema import SCHEMA_VERSION
 from db_backends import db_url, is_sqlite  # noqa: F401  (db_url: every test on SQLite and PostgreSQL)
 
@@ -38,15 +38,6 @@ INSERT INTO items VALUES (2, 1, 1, 'b', 'prompt 2', '["d0", "d1"]', NULL, NULL, 
 INSERT INTO assignments VALUES (1, 1, 1, 'done', '[1, 0]', '2024-01-01 00:00:00');
 INSERT INTO labels VALUES (1, 1, 1, 1, '[2, 1]', '[false, false]', NULL, NULL, NULL, NULL, NULL, NULL, 'fine',
   '2024-01-01 00:00:00', '2024-01-01 00:00:00');
-"""
-
-
-# What the version 1 to 2 upgrade added: a version 2 database is a version 1 database with these.
-SCHEMA_V2_FROM_V1 = """
-ALTER TABLE campaigns ADD COLUMN model_path TEXT;
-ALTER TABLE labels ADD COLUMN duration_ms INTEGER;
-DELETE FROM schema_version;
-INSERT INTO schema_version VALUES (2);
 """
 
 
@@ -102,17 +93,17 @@ def test_version_1_database_is_upgraded_keeping_its_data(db_url):
     reopened.close()
 
 
-def test_version_2_database_gets_sessions_and_expiring_assignments(db_url):
-    """Version 3 added the sessions table and the index of open assignments by age: the upgrade keeps
+def test_version_3_database_gets_sessions_and_expiring_assignments(db_url):
+    """Version 4 added the sessions table and the index of open assignments by age: the upgrade keeps
     every row, and an assignment left open since before the upgrade expires and frees its item."""
-    _run_sql(db_url, SCHEMA_V1 + SCHEMA_V2_FROM_V1 + """
+    _run_sql(db_url, SCHEMA_V2 + SCHEMA_V3_FROM_V2 + """
 INSERT INTO labelers VALUES (2, 'bob', 'y', TRUE, '2024-01-01 00:00:00');
 INSERT INTO assignments VALUES (2, 2, 1, 'open', '[0, 1]', '2024-01-01 00:00:00');
 UPDATE items SET n_assigned = 1 WHERE id = 2;
 """)
     now = datetime(2024, 1, 1, 1, 0, tzinfo=timezone.utc)  # an hour after ann opened item 2: past 30 minutes
     store = FeedbackStore(db_url, clock=lambda: now)
-    assert store.previous_schema_version == 2
+    assert store.previous_schema_version == 3
     engine = create_engine(db_url)
     indexes = {ix["name"] for ix in inspect(engine).get_indexes("assignments")}
     engine.dispose()
@@ -144,3 +135,48 @@ def test_foreign_database_is_refused(db_url):
 def test_bad_url_is_a_config_error():
     with pytest.raises(ConfigError, match="--db"):
         FeedbackStore("not a url")
+
+
+# The tables as schema version 2 created them: version 1 plus campaigns.model_path and labels.duration_ms.
+SCHEMA_V2 = (
+    SCHEMA_V1.replace("INSERT INTO schema_version VALUES (1);", "INSERT INTO schema_version VALUES (2);")
+    .replace("status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL);", "status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL, model_path TEXT);")
+    .replace("created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, CONSTRAINT uq_label", "created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, duration_ms INTEGER, CONSTRAINT uq_label")
+    .replace("INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00');",
+             "INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00', 'models/sft');")
+    .replace("'2024-01-01 00:00:00', '2024-01-01 00:00:00');\n", "'2024-01-01 00:00:00', '2024-01-01 00:00:00', 4200);\n")
+)
+
+
+# What the version 2 to 3 upgrade added: gold items, the fast-answer threshold, campaign members.
+SCHEMA_V3_FROM_V2 = """
+ALTER TABLE campaigns ADD COLUMN gold_rate FLOAT NOT NULL DEFAULT 0.1;
+ALTER TABLE campaigns ADD COLUMN fast_ms INTEGER;
+ALTER TABLE items ADD COLUMN gold TEXT;
+CREATE TABLE campaign_members (campaign_id INTEGER NOT NULL REFERENCES campaigns (id),
+  labeler_id INTEGER NOT NULL REFERENCES labelers (id), PRIMARY KEY (campaign_id, labeler_id));
+DELETE FROM schema_version;
+INSERT INTO schema_version VALUES (3);
+"""
+
+
+def test_version_2_database_gets_members_and_gold_keeping_its_data(db_url):
+    _run_sql(db_url, SCHEMA_V2)
+    store = FeedbackStore(db_url)
+    assert store.previous_schema_version == 2
+    campaign = store.campaign_by_name("old")
+    assert campaign.model_path == "models/sft" and campaign.gold_rate == 0.1 and campaign.fast_ms is None
+    assert [item.gold for item in store.list_items(campaign.id)] == [None, None]
+    [label] = store.list_labels(campaign.id)
+    assert label.data.ranks == [2, 1] and label.data.duration_ms == 4200
+    # the existing campaign stays open to every labeler, and takes members and gold items now
+    assert store.list_members(campaign.id) == [] and store.can_label(campaign.id, 1)
+    assert [c.name for c in store.list_campaigns(labeler_id=1)] == ["old"]
+    store.add_members(campaign.id, ["ann"])
+    store.add_items(campaign.id, [NewItem(prompt="g", completions=["x", "y"], gold=LabelData(ranks=[1, 2]))])
+    store.close()
+    reopened = FeedbackStore(db_url)
+    assert reopened.previous_schema_version == SCHEMA_VERSION
+    assert [m.name for m in reopened.list_members(campaign.id)] == ["ann"]
+    assert reopened.list_items(campaign.id)[-1].gold == LabelData(ranks=[1, 2])
+    reopened.close()

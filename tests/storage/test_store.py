@@ -353,3 +353,18 @@ def test_items_locked_by_another_transaction_are_waited_for_not_reported_gone(st
     holder.join(timeout=10)
     other.dispose()
     assert task is not None and release.is_set()
+
+
+def test_gold_assignments_do_not_expire(timed_store, clock):
+    """A gold item has no places to give back (every labeler may get it): its open assignment stays open."""
+    store = timed_store
+    gold = NewItem(prompt="g", completions=["x", "y", "z"], gold=LabelData(ranks=[1, 2, 3]))
+    campaign = store.create_campaign("c", TaskKind.RANK, [*_items(2), gold], labelers_per_item=1, gold_rate=1.0)
+    a, b = store.add_labeler("a").labeler, store.add_labeler("b").labeler
+    task = store.next_task(campaign.id, a.id)
+    assert task.item.gold is not None
+    clock.advance(31)
+    assert store.next_task(campaign.id, b.id).item.gold is not None  # b gets the gold item too
+    assert store.next_task(campaign.id, a.id).assignment_id == task.assignment_id  # still a's open task
+    store.submit_label(task.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
+    assert store.next_task(campaign.id, a.id).item.gold is None

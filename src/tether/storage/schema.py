@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -63,6 +64,18 @@ class CampaignRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # added in schema version 2: model that answers red-team prompts in the app
     model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # added in schema version 3: share of a labeler's tasks drawn from the gold items, and the time
+    # below which an answer counts as implausibly fast (None: derived from the item's text length)
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.1)
+    fast_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class CampaignMemberRow(Base):
+    """A labeler allowed on a campaign; a campaign without members is open to every labeler."""
+
+    __tablename__ = "campaign_members"
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), primary_key=True, index=True)
 
 
 class ItemRow(Base):
@@ -78,8 +91,12 @@ class ItemRow(Base):
     model: Mapped[str | None] = mapped_column(Text, nullable=True)
     meta: Mapped[str | None] = mapped_column(Text, nullable=True)
     # number of live (open or done) assignments; bounded by the campaign's labelers_per_item
+    # (a gold item, which every labeler may get, holds store.GOLD_LEVEL instead: out of the queue's way)
     n_assigned: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True)
+    # added in schema version 3: the known answer of a gold item (JSON of its LabelData fields);
+    # None for an ordinary item. Gold items measure labelers and are never exported.
+    gold: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_items_queue", "campaign_id", "n_assigned", "position"),)
 
@@ -112,7 +129,7 @@ class AssignmentRow(Base):
 
     __table_args__ = (
         UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),
-        # added in schema version 3: finds the open assignments past their time without a scan
+        # added in schema version 4: finds the open assignments past their time without a scan
         Index("ix_assignments_status_created", "status", "created_at"),
     )
 
@@ -143,7 +160,7 @@ class LabelRow(Base):
 
 
 class SessionRow(Base):
-    """A browser signed in with a token (added in schema version 3): the cookie holds the session id,
+    """A browser signed in with a token (added in schema version 4): the cookie holds the session id,
     of which only the SHA-256 is stored. Signing out deletes the row; labeler_id is None for the admin."""
 
     __tablename__ = "sessions"
