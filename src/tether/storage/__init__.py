@@ -1,6 +1,7 @@
 """The feedback database: campaigns, items, labelers, assignments and labels (SQLAlchemy, no torch)."""
 
 from tether.storage.records import (
+    Answered,
     Campaign,
     Conflict,
     Item,
@@ -8,6 +9,7 @@ from tether.storage.records import (
     LabelData,
     Labeler,
     LabelerProgress,
+    LabelVersion,
     NewItem,
     NewLabeler,
     NotFound,
@@ -21,6 +23,7 @@ from tether.storage.records import (
 from tether.storage.store import FeedbackStore
 
 __all__ = [
+    "Answered",
     "Campaign",
     "Conflict",
     "FeedbackStore",
@@ -29,6 +32,7 @@ __all__ = [
     "LabelData",
     "Labeler",
     "LabelerProgress",
+    "LabelVersion",
     "NewItem",
     "NewLabeler",
     "NotFound",

@@ -17,7 +17,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 from sqlalchemy.pool import StaticPool
 
 from tether.errors import ConfigError
-from tether.storage.schema import SCHEMA_VERSION, Base, SchemaVersionRow
+from tether.storage.schema import SCHEMA_VERSION, Base, LabelVersionRow, SchemaVersionRow
 
 BUSY_TIMEOUT_MS = 30_000
 WRITE_OPTION = "tether_write"
@@ -105,8 +105,13 @@ def _migrate_1_to_2(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE labels ADD COLUMN duration_ms INTEGER"))
 
 
+def _migrate_2_to_3(conn: Connection) -> None:
+    """Version 3 added the label history: earlier versions of revised labels."""
+    LabelVersionRow.__table__.create(conn)
+
+
 # MIGRATIONS[v] upgrades a database from version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 
 
 def read_schema_version(conn: Connection) -> int | None:

@@ -1,7 +1,8 @@
 """Tables of the feedback database (SQLAlchemy ORM) and the schema version they describe.
 
 Campaigns hold items (a prompt and its completions); labelers get items through assignments,
-one per (item, labeler), and answer them with labels, also one per (item, labeler). Both unique
+one per (item, labeler), and answer them with labels, also one per (item, labeler); a revised
+label keeps each earlier version in the label history. Both unique
 constraints are what makes concurrent labeling safe: a labeler can never hold or answer the same
 item twice, whatever the timing of requests.
 """
@@ -23,7 +24,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def utcnow() -> datetime:
@@ -132,3 +133,24 @@ class LabelRow(Base):
     duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
     __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_label"),)
+
+
+class LabelVersionRow(Base):
+    """An earlier version of a label, kept when the labeler revises it (the label row holds the latest)."""
+
+    __tablename__ = "label_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"), index=True)
+    ranks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    unusable: Mapped[str | None] = mapped_column(Text, nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    thumb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    harm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    better_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # when this version was given (the label's updated_at then) and when a revision replaced it
+    given_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
