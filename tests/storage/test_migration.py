@@ -87,3 +87,33 @@ def test_foreign_database_is_refused(tmp_path):
 def test_bad_url_is_a_config_error():
     with pytest.raises(ConfigError, match="--db"):
         FeedbackStore("not a url")
+
+
+# Version 2: version 1 plus campaigns.model_path and labels.duration_ms (no label history yet).
+SCHEMA_V2 = (
+    SCHEMA_V1.replace("INSERT INTO schema_version VALUES (1);", "INSERT INTO schema_version VALUES (2);")
+    + "ALTER TABLE campaigns ADD COLUMN model_path TEXT;\nALTER TABLE labels ADD COLUMN duration_ms INTEGER;\n"
+    + "UPDATE labels SET duration_ms = 900;\n"
+)
+
+
+def test_version_2_database_gets_the_label_history_keeping_its_labels(tmp_path):
+    path = tmp_path / "v2.db"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(SCHEMA_V2)
+    store = FeedbackStore(f"sqlite:///{path}")
+    assert store.previous_schema_version == 2
+    campaign = store.campaign_by_name("old")
+    [label] = store.list_labels(campaign.id)
+    assert (label.data.ranks, label.data.duration_ms, label.data.note) == ([2, 1], 900, "fine")
+    assert store.label_history(label.id) == []
+    # revising the old label moves its answer into the new table
+    store.submit_label(1, 1, LabelData(ranks=[1, 2], note="changed my mind"))
+    [version] = store.label_history(label.id)
+    assert (version.data.ranks, version.data.note, version.data.duration_ms) == ([2, 1], "fine", 900)
+    assert [lab.data.ranks for lab in store.list_labels(campaign.id)] == [[1, 2]]
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT COUNT(*) FROM items").fetchone() == (2,)
+        assert conn.execute("SELECT COUNT(*) FROM assignments").fetchone() == (1,)
