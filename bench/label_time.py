@@ -38,7 +38,10 @@ from pathlib import Path
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-smooth-scrolling", "--disable-background-networking", "--no-first-run"]
 DEVICES = {"desktop": ({"width": 1280, "height": 800}, 100), "phone": ({"width": 390, "height": 844}, 400)}
+# layouts: "default" as the page opens; "stacked" switches side-by-side columns off first where the page has them
+LAYOUTS = ("default", "stacked")
 SIZES = (50_000, 8_000, 4_000, 2_000)
+MAX_RUNS = 8  # device x reading mode x layout: each run is its own labeler, so each sees every item
 
 # sums |delta| of every scroll (the page and any scroll box) since the page loaded
 SCROLL_METER = """
@@ -106,8 +109,8 @@ def serve(repo: Path, db: str, n_items: int) -> tuple[str, str, object]:
         raise SystemExit(f"imported {loaded}, not the checkout {repo}: run with a Python whose tether is not installed elsewhere, or put {repo / 'src'} first")
     store = FeedbackStore(db)
     items = [NewItem(prompt=f"How long do I boil an egg? (item {i})", completions=[long_text(n, i * 10 + j) for j, n in enumerate(SIZES)]) for i in range(n_items)]
-    store.create_campaign("bench", TaskKind.RANK, items, guidelines="Rank by correctness, then helpfulness.", labelers_per_item=len(DEVICES) * 2)
-    tokens = [store.add_labeler(f"labeler{i}").token for i in range(len(DEVICES) * 2)]
+    store.create_campaign("bench", TaskKind.RANK, items, guidelines="Rank by correctness, then helpfulness.", labelers_per_item=MAX_RUNS)
+    tokens = [store.add_labeler(f"labeler{i}").token for i in range(MAX_RUNS)]
     import socket
 
     with socket.socket() as s:
@@ -187,7 +190,7 @@ class Labeler:
         self.actions += 1
 
 
-def measure(browser, url: str, token: str, device: str, read: str, n_items: int) -> list[dict]:
+def measure(browser, url: str, token: str, device: str, read: str, n_items: int, layout: str = "default") -> list[dict]:
     """Runs the items and reads each item's scroll distance just before Submit navigates away."""
     viewport, step = DEVICES[device]
     context = browser.new_context(viewport=viewport)
@@ -199,6 +202,9 @@ def measure(browser, url: str, token: str, device: str, read: str, n_items: int)
     with page.expect_navigation():
         page.click("button[type=submit]")
     page.goto(url + page.locator("a.button.primary").first.get_attribute("href"))
+    if layout == "stacked" and page.locator("#toggle-columns[aria-pressed=true]").is_visible():
+        page.click("#toggle-columns")  # remembered for the next items
+        page.reload()
     rows = []
     for _ in range(n_items):
         if page.locator("li.completion").count() == 0:
@@ -228,6 +234,8 @@ def main() -> None:
     parser.add_argument("--repo", type=Path, default=Path(__file__).resolve().parents[1], help="the tether checkout to measure")
     parser.add_argument("--items", type=int, default=5, help="items per device and reading mode")
     parser.add_argument("--read", nargs="+", default=["glance", "all"], choices=["glance", "all"])
+    parser.add_argument("--layout", nargs="+", default=["default"], choices=LAYOUTS, help="stacked: side by side off (where the page has it)")
+    parser.add_argument("--devices", nargs="+", default=list(DEVICES), choices=list(DEVICES))
     parser.add_argument("--out", type=Path, default=None, help="JSON with every item's numbers")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -239,19 +247,21 @@ def main() -> None:
         results = []
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-            runs = [(d, r) for d in DEVICES for r in args.read]
-            for (device, read), token in zip(runs, tokens):
-                rows = measure(browser, url, token, device, read, args.items)
-                results.append({"device": device, "read": read, "items": rows})
+            runs = [(d, r, lay) for d in args.devices for r in args.read for lay in args.layout]
+            if len(runs) > MAX_RUNS:
+                raise SystemExit(f"at most {MAX_RUNS} runs (devices x read x layout)")
+            for (device, read, layout), token in zip(runs, tokens):
+                rows = measure(browser, url, token, device, read, args.items, layout)
+                results.append({"device": device, "read": read, "layout": layout, "items": rows})
             browser.close()
         server.should_exit = True
     cpu = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
     print(f"checkout {repo} ({commit}); CPU {cpu}; {args.items} items of K={len(SIZES)} ({' + '.join(f'{n // 1000} KB' for n in SIZES)})")
-    print("| device | read | page height px | s / item | scroll px / item | actions / item |\n|---|---|---|---|---|---|")
+    print("| device | layout | read | page height px | s / item | scroll px / item | actions / item |\n|---|---|---|---|---|---|---|")
     for r in results:
         items = r["items"]
         med = {key: statistics.median(row[key] for row in items) for key in ("page_height_px", "seconds", "scroll_px", "actions")}
-        print(f"| {r['device']} | {r['read']} | {med['page_height_px']:,.0f} | {med['seconds']:.2f} | {med['scroll_px']:,.0f} | {med['actions']:.0f} |")
+        print(f"| {r['device']} | {r['layout']} | {r['read']} | {med['page_height_px']:,.0f} | {med['seconds']:.2f} | {med['scroll_px']:,.0f} | {med['actions']:.0f} |")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"repo": str(repo), "commit": commit, "cpu": cpu, "results": results}, indent=2))

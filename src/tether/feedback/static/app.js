@@ -26,8 +26,9 @@
   }
 
   function typing(event) {
-    const tag = event.target.tagName;
-    return tag === "TEXTAREA" || tag === "INPUT" || tag === "SELECT";
+    const target = event.target;
+    if (target.tagName === "INPUT") return target.type !== "checkbox" && target.type !== "radio"; // keys still work after ticking a box
+    return target.tagName === "TEXTAREA" || target.tagName === "SELECT";
   }
 
   function stored(key) {
