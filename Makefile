@@ -55,7 +55,7 @@ test-latest:
 	.venv-latest/bin/python -m pytest -q tests
 
 demo: install
-	$(BIN)/tether run configs/quickstart.yaml
+	$(BIN)/tether run configs/quickstart_loop.yaml
 
 test: install
 	$(BIN)/python -m pytest -q tests

@@ -57,6 +57,8 @@ def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_d
     assert 0.0 <= summary["rounds"][1]["judge_lc_win_rate"] <= 1.0
     # the judge is the labeller's model here, so it agrees with (almost) every pair it labelled
     assert summary["rounds"][1]["judge_agreement"] >= 0.9 and len(summary["rounds"][1]["judge_agreement_ci"]) == 2
+    assert summary["judge"]["path"] == tiny_models["rm"] and summary["judge"]["independent"] is False
+    assert "not independent" in (out / "report.html").read_text()
     assert "RLHF loop" in (out / "report.html").read_text()
 
     # run again: every step is done, nothing is trained or written again
@@ -170,6 +172,7 @@ def test_with_people_the_loop_creates_the_campaign_waits_and_trains_on_exactly_t
     assert str(out / "round-01" / "pairs.jsonl") in (out / "round-01" / "rm" / "config.yaml").read_text()
     row = json.loads((out / "loop.json").read_text())["rounds"][0]
     assert row["pairs"] == len(expected)
+    assert json.loads((out / "loop.json").read_text())["judge"]["independent"] is True  # people label, a model judges
     assert 0.0 <= row["judge_agreement_ci"][0] <= row["judge_agreement"] <= row["judge_agreement_ci"][1] <= 1.0  # judge vs people
 
 
@@ -206,3 +209,36 @@ def test_ai_feedback_labels_a_round_with_a_judge_model_under_the_constitution(ti
     assert json.loads((out / "loop.json").read_text())["rounds"][0]["pairs"] == len(pairs)
     with pytest.raises(ValueError, match="labeler.kind=ai needs labeler.constitution"):
         LoopLabeler(kind="ai", path=tiny_models["llama"])
+
+
+@pytest.mark.slow
+def test_a_reward_model_ensemble_warm_starts_member_by_member_and_ppo_optimises_its_conservative_score(tiny_data, tiny_models,
+                                                                                                       tmp_path):
+    """reward_model.ensemble_size=2 with the conservative combination (Coste et al. 2023): round 2's member i starts
+    from round 1's member i, PPO scores with the ensemble, and the row's accuracy is the members' mean."""
+    base = loop_config(tiny_data, tiny_models, tmp_path / "unused")
+    rm = {**base.reward_model, "ensemble_size": 2, "ensemble_combine": "conservative", "ensemble_k": 1.0,
+          "data": {"max_length": 64, "holdout_fraction": 0.3}}
+    out = run_loop(loop_config(tiny_data, tiny_models, tmp_path / "loop", reward_model=rm))
+    r1, r2 = out / "round-01", out / "round-02"
+    manifest = json.loads((r2 / "rm" / "tether_ensemble.json").read_text())
+    assert manifest["members"] == ["member-0", "member-1"] and manifest["combine"] == "conservative"
+    for i in range(2):
+        member = yaml.safe_load((r2 / "rm" / f"member-{i}" / "config.yaml").read_text())
+        assert member["model"]["name_or_path"] == str(r1 / "rm" / f"member-{i}")
+    assert yaml.safe_load((r2 / "ppo" / "config.yaml").read_text())["reward_model"]["path"] == str(r2 / "rm")
+    accuracies = [json.loads((r2 / "rm" / f"member-{i}" / "DONE").read_text())["eval/accuracy"] for i in range(2)]
+    row = json.loads((out / "loop.json").read_text())["rounds"][1]
+    assert row["rm_eval_accuracy"] == pytest.approx(sum(accuracies) / 2)
+
+
+def test_an_ensemble_cannot_warm_start_an_ensemble_of_another_size(tiny_models, tiny_data, tmp_path):
+    from tether.config import RewardConfig
+    from tether.models.reward import write_ensemble_manifest
+    from tether.trainers.reward import train_reward
+
+    write_ensemble_manifest(tmp_path / "ens", [tiny_models["rm"]] * 3)
+    cfg = validate(RewardConfig, {"model": {"name_or_path": str(tmp_path / "ens")}, "data": {"train": str(tiny_data["prefs"])},
+                                  "ensemble_size": 2, "output_dir": str(tmp_path / "rm")})
+    with pytest.raises(ConfigError, match=r"ensemble of 3, but ensemble_size=2"):
+        train_reward(cfg)

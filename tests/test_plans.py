@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -137,3 +138,40 @@ def test_a_missing_data_folder_fails_before_the_measurement(monkeypatch, tmp_pat
     monkeypatch.setattr(pipeline, "probe_step_seconds", lambda: pytest.fail("measured before checking the data"))
     with pytest.raises(DataError, match="TETHER_DATA_DIR"):
         run_pipeline("configs/quickstart.yaml", [f"data_dir={tmp_path / 'none'}", f"output_root={tmp_path}"], {})
+
+
+SHARED_HH = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "hh_harmless_base" / "train.jsonl.gz"
+
+
+def test_the_demo_loop_validates_and_its_gold_judge_and_prompts_share_no_data(tmp_path):
+    """configs/quickstart_loop.yaml (`make demo`): every stage validates, the judge is its own reward model, and the
+    gold model's pairs, the judge's pairs, the loop's training prompts and its held-out prompts are disjoint."""
+    from tether.config import validate
+    from tether.data.sources import load_preferences, load_prompts, select
+    from tether.stages import schema
+
+    _, stages = load_pipeline("configs/quickstart_loop.yaml", [])
+    cfgs = {}
+    for s in stages:
+        raw_cfg = json.loads(json.dumps(s.raw).replace("${data_dir}", str(SHARED_HH.parent.parent)))
+        raw_cfg = json.loads(re.sub(r"\$\{(\w+)\.output_dir\}", lambda m: str(tmp_path / m.group(1)), json.dumps(raw_cfg)))
+        cfgs[s.name] = validate(schema(s.command), {**raw_cfg, "output_dir": str(tmp_path / s.name)})
+    assert [s.name for s in stages] == ["gold", "judge", "loop"]
+    loop = cfgs["loop"]
+    assert loop.labeler.path == str(tmp_path / "gold") and loop.eval.judge == str(tmp_path / "judge")
+    if not SHARED_HH.is_file():
+        pytest.skip(f"{SHARED_HH} not found: the data slices cannot be checked")
+    slices = {}
+    for name in ("gold", "judge"):
+        d = cfgs[name].data
+        slices[name] = {e.prompt for e in select(load_preferences(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples,
+                                                  d.skip_samples)}
+    d = loop.data
+    slices["loop"] = {e.prompt for e in select(load_prompts(d.train, d.on_invalid), "train", d.holdout_fraction, d.max_samples,
+                                               d.skip_samples)}
+    slices["held out"] = {e.prompt for e in select(load_prompts(d.train, d.on_invalid), "holdout", d.holdout_fraction, None)}
+    assert len(slices["loop"]) >= loop.rounds * loop.prompts_per_round and len(slices["held out"]) >= loop.eval.max_prompts
+    names = list(slices)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            assert not slices[a] & slices[b], f"{a} and {b} share prompts"

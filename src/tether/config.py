@@ -64,6 +64,10 @@ class _DataBase(Strict):
         0.0, ge=0.0, lt=1.0, description="fraction of prompts held out (split by a hash of the prompt, so every stage agrees)"
     )
     max_samples: int | None = Field(None, gt=0, description="use at most this many rows (after the split)")
+    skip_samples: int = Field(
+        0, ge=0, description="drop the first this many rows of the split (before max_samples): disjoint slices of one "
+        "file, e.g. a judge that shares no training data with the labeller it checks",
+    )
     on_invalid: Literal["error", "skip"] = Field(
         "error",
         description="a row with empty text, identical chosen/rejected replies or a duplicate pair: stop (error) "

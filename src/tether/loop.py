@@ -52,7 +52,8 @@ def round_prompts(cfg: LoopConfig) -> tuple[list[list[str]], list[str]]:
         ConfigError: a pool too small for `rounds` x `prompts_per_round`.
     """
     d = cfg.data
-    pool = list(dict.fromkeys(e.prompt for e in select(load_prompts(d.train, d.on_invalid), "train", d.holdout_fraction, None)))  # distinct
+    pool = list(dict.fromkeys(e.prompt for e in select(load_prompts(d.train, d.on_invalid), "train", d.holdout_fraction, d.max_samples,
+                                                        d.skip_samples)))  # distinct
     held_out = [e.prompt for e in select(load_prompts(d.eval or d.train, d.on_invalid), "holdout" if not d.eval else "all",
                                          d.holdout_fraction, cfg.eval.max_prompts)]
     need = cfg.rounds * cfg.prompts_per_round
@@ -316,7 +317,7 @@ def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, r
     proxy, judge = result["reward_models"][0], result["reward_models"][-1]
     return {
         "round": r, "policy": str(ppo_out), "pairs": n_pairs, "pairs_total": n_total,
-        "rm_eval_accuracy": rm_done.get("eval/accuracy"), "ppo_steps": ppo_done.get("steps"), "ppo_stop_reason": ppo_done.get("stop_reason"),
+        "rm_eval_accuracy": heldout_accuracy(rm_out, rm_done), "ppo_steps": ppo_done.get("steps"), "ppo_stop_reason": ppo_done.get("stop_reason"),
         "ppo_kl": ppo_done.get("objective/kl"),
         "kl_to_sft": result["kl"], "sqrt_kl_to_sft": math.sqrt(max(result["kl"], 0.0)),
         "proxy_win_rate": proxy["win_rate"], "proxy_lc_win_rate": proxy.get("lc_win_rate"), "proxy_score_diff": proxy["score_diff"],
@@ -326,6 +327,14 @@ def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, r
         "sft_length": result["baseline"]["mean_length"], "policy_length": result["policy"]["mean_length"],
         **(_attack_rates(redteam) if redteam is not None else {}),
     }
+
+
+def heldout_accuracy(rm_out: Path, rm_done: dict) -> float | None:
+    """The round's reward model's held-out accuracy; for an ensemble, its members' mean."""
+    if "members" not in rm_done:
+        return rm_done.get("eval/accuracy")
+    accuracies = [json.loads((rm_out / m / DONE_FILE).read_text()).get("eval/accuracy") for m in rm_done["members"]]
+    return None if None in accuracies else sum(accuracies) / len(accuracies)
 
 
 def _attack_rates(redteam: dict) -> dict:
@@ -444,7 +453,8 @@ def write_summary(out: Path, cfg: LoopConfig, rows: list[dict], stop_reason: str
     """loop.json (every round's row) and report.html (a table and the overoptimisation curves)."""
     from tether.html import figure_data_uri, new_figure, render_report
 
-    (out / SUMMARY_FILE).write_text(json.dumps({"rounds": rows, "stop_reason": stop_reason}, indent=2) + "\n")
+    judge = judge_info(cfg)
+    (out / SUMMARY_FILE).write_text(json.dumps({"rounds": rows, "stop_reason": stop_reason, "judge": judge}, indent=2) + "\n")
     fig = new_figure(6.0, 3.5)
     ax = fig.add_subplot()
     x = [r["sqrt_kl_to_sft"] for r in rows]
@@ -458,4 +468,15 @@ def write_summary(out: Path, cfg: LoopConfig, rows: list[dict], stop_reason: str
               r["judge_win_rate"], r["judge_lc_win_rate"], r["judge_agreement"], r["sft_length"], r["policy_length"],
               r.get("sft_attack_success"), r.get("policy_attack_success"), r.get("sft_over_refusal"), r.get("policy_over_refusal")] for r in rows]
     render_report("loop.html", out / REPORT_FILE, title="RLHF loop", rows=table, curve=figure_data_uri(fig), stop_reason=stop_reason,
-                  labeler=cfg.labeler.path, judge=cfg.eval.judge or cfg.labeler.path, sft=cfg.policy)
+                  labeler=cfg.labeler.path, judge=judge, sft=cfg.policy)
+
+
+def judge_info(cfg: LoopConfig) -> dict:
+    """Which model judges, whether it is independent of the labeller (a model of its own, not the one whose labels
+    the training reward model learns), and its held-out accuracy on its own training run's held-out pairs (the
+    `eval/accuracy` its `tether rm` run recorded; None for a model trained elsewhere)."""
+    path = cfg.eval.judge or cfg.labeler.path
+    done = Path(path) / DONE_FILE if path else None
+    accuracy = json.loads(done.read_text()).get("eval/accuracy") if done is not None and done.is_file() else None
+    return {"path": path, "independent": cfg.eval.judge is not None and cfg.eval.judge != cfg.labeler.path,
+            "heldout_accuracy": accuracy}

@@ -245,3 +245,14 @@ def test_max_samples_and_empty_split():
     assert len(select(_examples(30), "train", 0.0, 5)) == 5
     with pytest.raises(DataError, match="holdout"):
         select(_examples(30), "holdout", 0.0, None)
+
+
+def test_skip_samples_cuts_disjoint_slices_of_the_split():
+    examples = _examples(60)
+    train = select(examples, "train", 0.2, None)
+    first = select(examples, "train", 0.2, 10)
+    second = select(examples, "train", 0.2, 10, skip_samples=10)
+    assert first == train[:10] and second == train[10:20]
+    assert not {e.prompt for e in first} & {e.prompt for e in second}
+    with pytest.raises(DataError, match=f"after skipping 1000 of its {len(train)} rows"):
+        select(examples, "train", 0.2, None, skip_samples=1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
@@ -133,3 +134,10 @@ def test_export_reads_back_with_the_training_loader(tmp_path):
     write_jsonl(export_records(_campaign(TaskKind.RANK), [_item(["x", "y", "z"])], labels, mode=ExportMode.ALL), path)
     examples = sources.load_preferences(str(path))
     assert len(examples) == 6 and examples[0].chosen == "x"
+
+
+def test_gold_items_are_never_exported():
+    gold = replace(_item(["x", "y"], item_id=2), gold=LabelData(ranks=[1, 2]))
+    labels = [_label("a", item_id=1, ranks=[1, 2]), _label("a", item_id=2, ranks=[1, 2])]
+    rows = list(export_records(_campaign(TaskKind.RANK), [_item(["x", "y"]), gold], labels, mode=ExportMode.ALL))
+    assert [r.item_id for r in rows] == ["x1"]

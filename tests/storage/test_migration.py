@@ -7,7 +7,7 @@ import sqlite3
 import pytest
 
 from tether.errors import ConfigError
-from tether.storage import FeedbackStore, LabelData, TaskKind
+from tether.storage import FeedbackStore, LabelData, NewItem, TaskKind
 from tether.storage.schema import SCHEMA_VERSION
 
 # The tables as schema version 1 created them (before campaigns.model_path and labels.duration_ms).
@@ -89,26 +89,57 @@ def test_bad_url_is_a_config_error():
         FeedbackStore("not a url")
 
 
-# Version 2: version 1 plus campaigns.model_path and labels.duration_ms (no label history yet).
+# The tables as schema version 2 created them: version 1 plus campaigns.model_path and labels.duration_ms.
 SCHEMA_V2 = (
     SCHEMA_V1.replace("INSERT INTO schema_version VALUES (1);", "INSERT INTO schema_version VALUES (2);")
-    + "ALTER TABLE campaigns ADD COLUMN model_path TEXT;\nALTER TABLE labels ADD COLUMN duration_ms INTEGER;\n"
-    + "UPDATE labels SET duration_ms = 900;\n"
+    .replace("status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL);", "status VARCHAR(16) NOT NULL, created_at DATETIME NOT NULL, model_path TEXT);")
+    .replace("created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, CONSTRAINT uq_label", "created_at DATETIME NOT NULL, updated_at DATETIME NOT NULL, duration_ms INTEGER, CONSTRAINT uq_label")
+    .replace("INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00');",
+             "INSERT INTO campaigns VALUES (1, 'old', 'rank', 'be kind', 1, 'active', '2024-01-01 00:00:00', 'models/sft');")
+    .replace("'2024-01-01 00:00:00', '2024-01-01 00:00:00');\n", "'2024-01-01 00:00:00', '2024-01-01 00:00:00', 4200);\n")
 )
 
 
-def test_version_2_database_gets_the_label_history_keeping_its_labels(tmp_path):
+def test_version_2_database_gets_members_and_gold_keeping_its_data(tmp_path):
     path = tmp_path / "v2.db"
     with sqlite3.connect(path) as conn:
         conn.executescript(SCHEMA_V2)
     store = FeedbackStore(f"sqlite:///{path}")
     assert store.previous_schema_version == 2
     campaign = store.campaign_by_name("old")
+    assert campaign.model_path == "models/sft" and campaign.gold_rate == 0.1 and campaign.fast_ms is None
+    assert [item.gold for item in store.list_items(campaign.id)] == [None, None]
+    [label] = store.list_labels(campaign.id)
+    assert label.data.ranks == [2, 1] and label.data.duration_ms == 4200
+    # the existing campaign stays open to every labeler, and takes members and gold items now
+    assert store.list_members(campaign.id) == [] and store.can_label(campaign.id, 1)
+    assert [c.name for c in store.list_campaigns(labeler_id=1)] == ["old"]
+    store.add_members(campaign.id, ["ann"])
+    store.add_items(campaign.id, [NewItem(prompt="g", completions=["x", "y"], gold=LabelData(ranks=[1, 2]))])
+    store.close()
+    reopened = FeedbackStore(f"sqlite:///{path}")
+    assert reopened.previous_schema_version == SCHEMA_VERSION
+    assert [m.name for m in reopened.list_members(campaign.id)] == ["ann"]
+    assert reopened.list_items(campaign.id)[-1].gold == LabelData(ranks=[1, 2])
+
+
+def test_version_3_database_gets_the_label_history_keeping_its_labels(tmp_path):
+    path = tmp_path / "v3.db"
+    store = FeedbackStore(f"sqlite:///{path}")
+    campaign = store.create_campaign("old", TaskKind.RANK, [NewItem(prompt="p", completions=["a", "b"]), NewItem(prompt="q", completions=["c", "d"])])
+    ann = store.add_labeler("ann").labeler
+    task = store.next_task(campaign.id, ann.id)
+    store.submit_label(task.assignment_id, ann.id, LabelData(ranks=[2, 1], note="fine", duration_ms=900))
+    store.close()
+    with sqlite3.connect(path) as conn:  # the database as version 3 left it: no label history
+        conn.executescript("DROP TABLE label_history; UPDATE schema_version SET version = 3;")
+    store = FeedbackStore(f"sqlite:///{path}")
+    assert store.previous_schema_version == 3
     [label] = store.list_labels(campaign.id)
     assert (label.data.ranks, label.data.duration_ms, label.data.note) == ([2, 1], 900, "fine")
     assert store.label_history(label.id) == []
     # revising the old label moves its answer into the new table
-    store.submit_label(1, 1, LabelData(ranks=[1, 2], note="changed my mind"))
+    store.submit_label(task.assignment_id, ann.id, LabelData(ranks=[1, 2], note="changed my mind"))
     [version] = store.label_history(label.id)
     assert (version.data.ranks, version.data.note, version.data.duration_ms) == ([2, 1], "fine", 900)
     assert [lab.data.ranks for lab in store.list_labels(campaign.id)] == [[1, 2]]
@@ -116,4 +147,4 @@ def test_version_2_database_gets_the_label_history_keeping_its_labels(tmp_path):
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
         assert conn.execute("SELECT COUNT(*) FROM items").fetchone() == (2,)
-        assert conn.execute("SELECT COUNT(*) FROM assignments").fetchone() == (1,)
+        assert conn.execute("SELECT COUNT(*) FROM label_history").fetchone() == (1,)

@@ -291,8 +291,10 @@ def in_holdout(prompt: str, fraction: float) -> bool:
     return (h % 10_000) < fraction * 10_000
 
 
-def select(examples: list[T], split: str, holdout_fraction: float, max_samples: int | None) -> list[T]:
-    """Keep the `train` part, the `holdout` part or `all` of the examples, then at most `max_samples`.
+def select(examples: list[T], split: str, holdout_fraction: float, max_samples: int | None, skip_samples: int = 0) -> list[T]:
+    """Keep the `train` part, the `holdout` part or `all` of the examples, drop the first `skip_samples` of them,
+    then keep at most `max_samples`: disjoint slices of one file for models that must share no data (a judge and
+    the labeller it checks).
 
     Raises:
         DataError: when the selection is empty.
@@ -300,10 +302,13 @@ def select(examples: list[T], split: str, holdout_fraction: float, max_samples: 
     if split != "all":
         want = split == "holdout"
         examples = [e for e in examples if in_holdout(e.prompt, holdout_fraction) == want]  # type: ignore[attr-defined]
+    total = len(examples)
+    examples = examples[skip_samples:]
     if max_samples is not None:
         examples = examples[:max_samples]
     if not examples:
-        raise DataError(f"the '{split}' split (holdout_fraction={holdout_fraction}) is empty")
+        skipped = f" after skipping {skip_samples} of its {total} rows" if skip_samples else ""
+        raise DataError(f"the '{split}' split (holdout_fraction={holdout_fraction}) is empty{skipped}")
     return examples
 
 

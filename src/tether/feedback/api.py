@@ -12,6 +12,8 @@ from fastapi.responses import StreamingResponse
 
 from tether.feedback.auth import Principal, admin_only, get_store, labeler_only, signed_in
 from tether.feedback.export import ExportKind, ExportMode, export_records, record_json, resolve_kind
+from tether.feedback.quality import screen_labels
+from tether.feedback.review import ReviewFilters
 from tether.feedback.schemas import (
     AgreementOut,
     AnsweredOut,
@@ -28,9 +30,12 @@ from tether.feedback.schemas import (
     LabelerPatch,
     LabelIn,
     LabelOut,
+    MembersIn,
     MeOut,
     MyCampaignOut,
     ProgressOut,
+    QualityOut,
+    ReviewOut,
     RowId,
     SkippedOut,
     TaskOut,
@@ -45,6 +50,9 @@ from tether.feedback.service import (
     items_from_api,
     label_out,
     progress_out,
+    quality_out,
+    review_out,
+    review_page,
     skipped_out,
     submit_answer,
     submit_free,
@@ -137,13 +145,18 @@ def get_export(
     campaign_id: RowId,
     mode: ExportMode = Query(ExportMode.CONSENSUS),
     kind: ExportKind = Query(ExportKind.AUTO),
+    min_gold_accuracy: float | None = Query(None, ge=0, le=1, description="leave out labelers below this accuracy on gold items"),
+    exclude_fast: bool = Query(False, description="leave out implausibly fast answers"),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> StreamingResponse:
-    """The campaign as JSONL (pairs, rankings, thumbs or prompts); works while labeling goes on."""
+    """The campaign as JSONL (pairs, rankings, thumbs or prompts); works while labeling goes on.
+    Gold items are never exported."""
     campaign = store.get_campaign(campaign_id)
     chosen = resolve_kind(campaign.kind, kind)
-    records = list(export_records(campaign, store.list_items(campaign_id), store.list_labels(campaign_id), chosen, mode))
+    items = store.list_items(campaign_id)
+    screened = screen_labels(campaign, items, store.list_labels(campaign_id), min_gold_accuracy, exclude_fast)
+    records = list(export_records(campaign, items, screened.labels, chosen, mode))
 
     def lines() -> Iterator[str]:
         for record in records:
@@ -152,6 +165,51 @@ def get_export(
     filename = f"{campaign.name}.{chosen.value}.{mode.value}.jsonl"
     headers = {"Content-Disposition": attachment(filename)}
     return StreamingResponse(lines(), media_type="application/x-ndjson", headers=headers)
+
+
+@router.get("/campaigns/{campaign_id}/quality", response_model=QualityOut, tags=["admin"])
+def get_quality(campaign_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> QualityOut:
+    """Per labeler: accuracy on gold items (with a 95% interval) and implausibly fast answers."""
+    return quality_out(store, store.get_campaign(campaign_id))
+
+
+@router.get("/campaigns/{campaign_id}/review", response_model=ReviewOut, tags=["admin"])
+def get_review(
+    campaign_id: RowId,
+    labeler: str | None = Query(None, max_length=200),
+    item: str | None = Query(None, max_length=200),
+    disagreements: bool = False,
+    flagged: bool = False,
+    fast: bool = False,
+    wrong_gold: bool = False,
+    page: int = Query(1, ge=1, le=1_000_000),
+    _: Principal = Depends(admin_only),
+    store: FeedbackStore = Depends(get_store),
+) -> ReviewOut:
+    """The labels item by item, filtered (labeler, item id, disagreements, flagged, fast, wrong gold answers), 20 items a page."""
+    filters = ReviewFilters(labeler or None, item or None, disagreements, flagged, fast, wrong_gold, page)
+    return review_out(review_page(store, store.get_campaign(campaign_id), filters))
+
+
+@router.get("/campaigns/{campaign_id}/members", response_model=list[LabelerOut], tags=["admin"])
+def get_members(campaign_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelerOut]:
+    """The labelers allowed on the campaign (empty: every labeler)."""
+    return [_labeler_out(lab) for lab in store.list_members(campaign_id)]
+
+
+@router.post("/campaigns/{campaign_id}/members", response_model=list[LabelerOut], tags=["admin"])
+def post_members(campaign_id: RowId, body: MembersIn, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelerOut]:
+    """Adds labelers (by name) to the members; once it has members, only they see the campaign."""
+    return [_labeler_out(lab) for lab in store.add_members(campaign_id, body.labelers)]
+
+
+@router.delete("/campaigns/{campaign_id}/members/{labeler_id}", response_model=list[LabelerOut], tags=["admin"])
+def delete_member(campaign_id: RowId, labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> list[LabelerOut]:
+    """Takes a labeler off the members (their labels stay); no members left: open to every labeler."""
+    labeler = next((lab for lab in store.list_members(campaign_id) if lab.id == labeler_id), None)
+    if labeler is None:
+        raise NotFound(f"labeler {labeler_id} is not a member of campaign {campaign_id}")
+    return [_labeler_out(lab) for lab in store.remove_members(campaign_id, [labeler.name])]
 
 
 # ---- admin: labelers ---------------------------------------------------------------------------
@@ -191,9 +249,9 @@ def post_labeler_token(labeler_id: RowId, _: Principal = Depends(admin_only), st
 
 @router.get("/queue", response_model=list[MyCampaignOut], tags=["labeler"])
 def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> list[MyCampaignOut]:
-    """The active campaigns, with how many items the labeler has left and has done."""
+    """The active campaigns open to the labeler, with how many items they have left and have done."""
     out = []
-    for campaign in store.list_campaigns():
+    for campaign in store.list_campaigns(labeler_id=labeler.id):
         if campaign.status != "active":
             continue
         done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
@@ -202,10 +260,14 @@ def get_queue(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = D
     return out
 
 
-def _active_campaign(store: FeedbackStore, campaign_id: RowId) -> Campaign:
-    """The campaign if it is active; a closed one is not found for labelers."""
+def _active_campaign(store: FeedbackStore, campaign_id: RowId, labeler: Labeler | None = None) -> Campaign:
+    """The campaign if it is active (and, given a labeler, open to them); otherwise it is not found.
+
+    The store's own labeler methods check membership in their transaction: pass `labeler` only
+    where no such method follows (one query less on the hot path).
+    """
     campaign = store.get_campaign(campaign_id, count_items=False)
-    if campaign.status != "active":
+    if campaign.status != "active" or (labeler is not None and not store.can_label(campaign_id, labeler.id)):
         raise NotFound(f"campaign {campaign_id} not found")
     return campaign
 
@@ -213,7 +275,7 @@ def _active_campaign(store: FeedbackStore, campaign_id: RowId) -> Campaign:
 @router.get("/campaigns/{campaign_id}/next", response_model=TaskOut, responses={204: {"description": "nothing left"}}, tags=["labeler"])
 def get_next(campaign_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> TaskOut | Response:
     """The labeler's current task (the same until answered or skipped); 204 when none is left."""
-    task = current_task(store, _active_campaign(store, campaign_id), labeler)
+    task = current_task(store, _active_campaign(store, campaign_id), labeler)  # next_task checks membership
     return task if task is not None else Response(status_code=204)
 
 
@@ -241,7 +303,7 @@ def post_unskip(assignment_id: RowId, labeler: Labeler = Depends(labeler_only), 
 @router.get("/campaigns/{campaign_id}/skipped", response_model=list[SkippedOut], tags=["labeler"])
 def get_skipped(campaign_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> list[SkippedOut]:
     """The items the labeler skipped in a campaign, most recent first."""
-    return [skipped_out(t) for t in store.list_skipped(_active_campaign(store, campaign_id).id, labeler.id)]
+    return [skipped_out(t) for t in store.list_skipped(_active_campaign(store, campaign_id, labeler).id, labeler.id)]
 
 
 @router.get("/history", response_model=list[AnsweredOut], tags=["labeler"])
@@ -262,11 +324,11 @@ def get_history_item(assignment_id: RowId, labeler: Labeler = Depends(labeler_on
 @router.post("/campaigns/{campaign_id}/redteam", response_model=LabelAck, tags=["labeler"])
 def post_redteam(campaign_id: RowId, body: LabelIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> LabelAck:
     """Stores a red-team finding written from scratch (prompt, response, harm, better_response)."""
-    return submit_free(store, labeler, _active_campaign(store, campaign_id), body)
+    return submit_free(store, labeler, _active_campaign(store, campaign_id, labeler), body)
 
 
 @router.post("/campaigns/{campaign_id}/generate", response_model=GenerateOut, tags=["labeler"])
-def post_generate(campaign_id: RowId, body: GenerateIn, _: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> GenerateOut:
+def post_generate(campaign_id: RowId, body: GenerateIn, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> GenerateOut:
     """The campaign model's answer to a red-team prompt (400 when no model is available)."""
-    campaign = _active_campaign(store, campaign_id)
+    campaign = _active_campaign(store, campaign_id, labeler)
     return GenerateOut(response=generate_response(campaign.model_path, body.prompt))

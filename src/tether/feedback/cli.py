@@ -38,12 +38,23 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("--guidelines", default=None, help="text or Markdown file with the guidelines shown to labelers")
     imp.add_argument("--model", default=None, help="red-team campaigns: model that answers labelers' prompts")
     imp.add_argument("--append", action="store_true", help="add the items to the existing campaign NAME")
+    imp.add_argument("--gold", default=None, metavar="FILE", help="gold items with their known answer (JSONL), mixed into every labeler's queue")
+    imp.add_argument("--gold-rate", type=float, default=None, help="chance that a labeler's next task is a gold item (default 0.1)")
+    imp.add_argument("--fast-ms", type=int, default=None, help="answers faster than this many ms are flagged (default: from text length)")
+    imp.add_argument("--members", default=None, help="comma-separated labelers allowed on the campaign (default: every labeler)")
 
     exp = command("export", "write a campaign's labels as JSONL for `tether rm` / `tether dpo`")
     exp.add_argument("--campaign", required=True, help="campaign name")
     exp.add_argument("--out", required=True, help="output JSONL file")
     exp.add_argument("--mode", choices=["consensus", "all"], default="consensus", help="merge labelers per item (default) or every labeler's answer")
     exp.add_argument("--kind", choices=["auto", "pairs", "rankings", "thumbs", "prompts"], default="auto", help="format (default: by task kind)")
+    exp.add_argument("--min-gold-accuracy", type=float, default=None, help="leave out labelers whose accuracy on gold items is below this (0-1)")
+    exp.add_argument("--exclude-fast", action="store_true", help="leave out answers given implausibly fast")
+
+    mem = command("members", "show, add or remove the labelers allowed on a campaign (none: every labeler)")
+    mem.add_argument("campaign", help="campaign name")
+    mem.add_argument("--add", default=None, help="comma-separated labeler names to add")
+    mem.add_argument("--remove", default=None, help="comma-separated labeler names to remove")
 
     add = command("add-labeler", "add a labeler and print the sign-in token")
     add.add_argument("name", help="labeler name")
@@ -53,6 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     command("campaigns", "list campaigns with their progress")
     agr = command("agreement", "print a campaign's agreement report")
     agr.add_argument("--campaign", required=True, help="campaign name")
+    qua = command("quality", "print each labeler's accuracy on gold items and fast answers")
+    qua.add_argument("--campaign", required=True, help="campaign name")
     bench = sub.add_parser("bench", help="load test: labels per second and submission latency on a fresh SQLite database")
     bench.add_argument("--clients", type=int, default=50, help="concurrent clients (default 50)")
     bench.add_argument("--seconds", type=float, default=10.0, help="duration (default 10)")
@@ -88,35 +101,95 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _names(text: str | None) -> list[str]:
+    return [name.strip() for name in (text or "").split(",") if name.strip()]
+
+
 def _import(args: argparse.Namespace) -> int:
     from tether.feedback.campaign_file import read_campaign_file
     from tether.feedback.tasks import expand_items
 
     if args.labelers_per_item < 1:
         raise ConfigError("--labelers-per-item: must be at least 1")
+    if args.gold_rate is not None and not 0 <= args.gold_rate <= 1:
+        raise ConfigError("--gold-rate: must be between 0 and 1")
+    if args.fast_ms is not None and args.fast_ms < 1:
+        raise ConfigError("--fast-ms: must be at least 1")
     store = FeedbackStore(args.db)
-    kind = TaskKind(args.kind)
+    kind = store.campaign_by_name(args.name).kind if args.append else TaskKind(args.kind)
+    items = read_campaign_file(args.file, kind)
+    if args.gold:
+        items += read_campaign_file(args.gold, kind, gold=True)
+    items = expand_items(kind, items)
+    n_gold = sum(1 for item in items if item.gold is not None)
+    members = _names(args.members)
     if args.append:
         campaign = store.campaign_by_name(args.name)
-        items = expand_items(campaign.kind, read_campaign_file(args.file, campaign.kind))
         total = store.add_items(campaign.id, items)
-        print(f"added {len(items)} items to campaign {campaign.name!r} ({total} in all)")
+        if members:
+            store.add_members(campaign.id, members)
+        if args.gold_rate is not None or args.fast_ms is not None:
+            store.update_campaign(campaign.id, gold_rate=args.gold_rate, fast_ms=args.fast_ms)
+        print(f"added {len(items)} items ({n_gold} gold) to campaign {campaign.name!r} ({total} in all)")
         return 0
-    items = expand_items(kind, read_campaign_file(args.file, kind))
-    campaign = store.create_campaign(args.name, kind, items, _read_guidelines(args.guidelines), args.labelers_per_item, args.model)
-    print(f"created campaign {campaign.name!r}: {campaign.n_items} items, task {kind.value}, {campaign.labelers_per_item} labeler(s) per item")
+    settings = {"gold_rate": args.gold_rate} if args.gold_rate is not None else {}
+    campaign = store.create_campaign(
+        args.name, kind, items, _read_guidelines(args.guidelines), args.labelers_per_item, args.model, fast_ms=args.fast_ms, members=members, **settings
+    )
+    who = f"members {', '.join(members)}" if members else "open to every labeler"
+    print(
+        f"created campaign {campaign.name!r}: {campaign.n_items} items ({n_gold} gold), task {kind.value}, "
+        f"{campaign.labelers_per_item} labeler(s) per item, {who}"
+    )
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
     from tether.feedback.export import ExportKind, ExportMode, export_records, resolve_kind, write_jsonl
 
+    from tether.feedback.quality import screen_labels
+
+    if args.min_gold_accuracy is not None and not 0 <= args.min_gold_accuracy <= 1:
+        raise ConfigError("--min-gold-accuracy: must be between 0 and 1")
     store = FeedbackStore(args.db)
     campaign = store.campaign_by_name(args.campaign)
     kind = resolve_kind(campaign.kind, ExportKind(args.kind))
-    records = export_records(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), kind, ExportMode(args.mode))
+    items = store.list_items(campaign.id)
+    screened = screen_labels(campaign, items, store.list_labels(campaign.id), args.min_gold_accuracy, args.exclude_fast)
+    records = export_records(campaign, items, screened.labels, kind, ExportMode(args.mode))
     count = write_jsonl(records, args.out)
     print(f"wrote {count} {kind.value} ({args.mode}) to {args.out}")
+    if args.min_gold_accuracy is not None:
+        print(f"left out (gold accuracy below {args.min_gold_accuracy}): {', '.join(screened.dropped_labelers) or 'nobody'}")
+    if args.exclude_fast:
+        print(f"left out {screened.n_fast_dropped} implausibly fast answer(s)")
+    return 0
+
+
+def _members(args: argparse.Namespace) -> int:
+    store = FeedbackStore(args.db)
+    campaign = store.campaign_by_name(args.campaign)
+    members = store.list_members(campaign.id)
+    if args.add:
+        members = store.add_members(campaign.id, _names(args.add))
+    if args.remove:
+        members = store.remove_members(campaign.id, _names(args.remove))
+    names = ", ".join(lab.name for lab in members)
+    print(f"{campaign.name}: {'members ' + names if members else 'no members: open to every labeler'}")
+    return 0
+
+
+def _quality(args: argparse.Namespace) -> int:
+    from tether.feedback.quality import quality_report
+
+    store = FeedbackStore(args.db)
+    campaign = store.campaign_by_name(args.campaign)
+    report = quality_report(campaign, store.list_items(campaign.id), store.list_labels(campaign.id))
+    print(f"gold items: {report.n_gold_items}  gold rate: {report.gold_rate}  fast below: {report.fast_ms or 'from text length'} ms")
+    for row in report.labelers:
+        gold = f"{row.n_correct}/{row.n_gold} = {row.accuracy:.2f} [{row.low:.2f}, {row.high:.2f}]" if row.accuracy is not None else "n/a"
+        flags = ("  FAILS GOLD" if row.fails_gold else "") + ("  FAST" if row.fast else "")
+        print(f"  {row.name}\tgold {gold}\tfast {row.n_fast}/{row.n_timed}{flags}")
     return 0
 
 
@@ -153,11 +226,11 @@ def _campaigns(args: argparse.Namespace) -> int:
 
 
 def _agreement(args: argparse.Namespace) -> int:
-    from tether.feedback.quality import agreement_report
+    from tether.feedback.quality import agreement_report, ordinary_labels
 
     store = FeedbackStore(args.db)
     campaign = store.campaign_by_name(args.campaign)
-    report = agreement_report(campaign.kind, store.list_labels(campaign.id))
+    report = agreement_report(campaign.kind, ordinary_labels(store.list_items(campaign.id), store.list_labels(campaign.id)))
 
     def fmt(x: float | None) -> str:
         return "n/a" if x is None else f"{x:.3f}"
@@ -198,6 +271,8 @@ COMMANDS = {
     "admin-token": _admin_token,
     "campaigns": _campaigns,
     "agreement": _agreement,
+    "members": _members,
+    "quality": _quality,
     "bench": _bench,
 }
 

@@ -7,6 +7,7 @@ Formats (one JSON object per line):
 - thumbs:   {"prompt", "completion", "label", "campaign", "item_id", "labeler"?}, label 1 up / 0 down
 - prompts:  {"prompt", "response"?, "harm"?, "better_response"?, "campaign", "item_id", "labeler"}
 
+Gold items (items with a known answer, see `quality.py`) are never exported.
 Mode "consensus" merges the labelers of an item (Borda count for rankings and pair choices, a
 pair choice counting as a ranking of two; strict majority for thumbs); mode "all" writes every
 labeler's answer, with the labeler's name.
@@ -153,7 +154,7 @@ def export_records(
         by_item[label.item_id].append(label)
     for item in items:
         item_labels = by_item.get(item.id)
-        if not item_labels:
+        if not item_labels or item.gold is not None:  # gold items measure labelers; they are not data
             continue
         yield from _item_records(campaign, item, item_labels, kind, mode)
 

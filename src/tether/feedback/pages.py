@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from tether.errors import TetherError
@@ -10,13 +12,15 @@ from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, label
 from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
 from tether.feedback.export import ALLOWED, AUTO_KIND
 from tether.feedback.schemas import RowId
-from tether.feedback.service import agreement_out, answer_summary, current_task, progress_out, sample_items, task_out
+from tether.feedback.review import ReviewFilters
+from tether.feedback.service import agreement_out, answer_summary, current_task, progress_out, quality_out, review_page, sample_items, task_out
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
 from tether.feedback.templating import render
 from tether.storage import Conflict, FeedbackStore, LabelData, Labeler, NewItem, NotFound, TaskKind
 
 router = APIRouter(include_in_schema=False)
 COOKIE_MAX_AGE = 30 * 24 * 3600
+MOST_DISAGREED = 10  # items listed under the campaign's agreement, least agreed first
 
 
 def _redirect(url: str) -> RedirectResponse:
@@ -64,7 +68,7 @@ def logout() -> Response:
 def queue(request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """The labeler's campaigns with what is left to do, and the items they skipped (to take back)."""
     rows = []
-    for campaign in store.list_campaigns():
+    for campaign in store.list_campaigns(labeler_id=labeler.id):
         if campaign.status == "active":
             done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
             rows.append((campaign, store.count_available(campaign.id, labeler.id), done, store.list_skipped(campaign.id, labeler.id)))
@@ -87,6 +91,8 @@ def label_page(
 ) -> Response:
     """The labeler's current task in a campaign, with the guidelines beside it (`?skipped=ID`: offers to undo that skip)."""
     campaign = store.get_campaign(campaign_id)
+    if not store.can_label(campaign_id, labeler.id):
+        raise NotFound(f"campaign {campaign_id} not found")
     if campaign.status != "active":
         return render(request, "error.html", status_code=404, status=404, message="this campaign is closed")
     task = current_task(store, campaign, labeler)
@@ -186,9 +192,14 @@ def admin_set_active(labeler_id: RowId, active: bool = Form(...), _: Principal =
 
 
 @router.get("/admin/campaigns/new")
-def new_campaign_page(request: Request, _: Principal = Depends(admin_only)) -> Response:
+def new_campaign_page(request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
     """The form to create a campaign."""
-    return render(request, "campaign_new.html", error=None, form={}, kinds=list(TaskKind), titles=KIND_TITLES)
+    return _new_campaign_form(request, store, form={})
+
+
+def _new_campaign_form(request: Request, store: FeedbackStore, form: dict, error: str | None = None, status: int = 200) -> Response:
+    labelers = [lab.name for lab in store.list_labelers() if lab.active]
+    return render(request, "campaign_new.html", status_code=status, error=error, form=form, kinds=list(TaskKind), titles=KIND_TITLES, labelers=labelers)
 
 
 def _form_items(kind: TaskKind, upload_text: str, prompts_text: str, model_path: str, k: int) -> list[NewItem]:
@@ -224,33 +235,52 @@ async def create_campaign_page(
     model_path: str = Form("", max_length=1000),
     k: int = Form(2, ge=1, le=9),
     file: UploadFile | None = File(None),
+    gold_file: UploadFile | None = File(None),
+    gold_rate: float = Form(0.1, ge=0, le=1),
+    members: list[str] = Form([]),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
-    """Creates a campaign from the form, then shows it."""
-    form = {"name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts, "model_path": model_path, "k": k}
+    """Creates a campaign from the form (with its gold items and members), then shows it."""
+    form = {"name": name, "kind": kind.value, "labelers_per_item": labelers_per_item, "guidelines": guidelines, "prompts": prompts}
+    form |= {"model_path": model_path, "k": k, "gold_rate": gold_rate, "members": members}
     try:
         upload = (await file.read()).decode("utf-8") if file is not None and file.filename else ""
-        items = expand_items(kind, _form_items(kind, upload, prompts, model_path.strip(), k))
-        campaign = store.create_campaign(name.strip(), kind, items, guidelines, labelers_per_item, model_path.strip() or None)
+        gold_upload = (await gold_file.read()).decode("utf-8") if gold_file is not None and gold_file.filename else ""
+        items = _form_items(kind, upload, prompts, model_path.strip(), k)
+        if gold_upload.strip():
+            items += parse_campaign_text(gold_upload, kind, source="gold file", gold=True)
+        items = expand_items(kind, items)
+        campaign = store.create_campaign(
+            name.strip(), kind, items, guidelines, labelers_per_item, model_path.strip() or None, gold_rate=gold_rate, members=members
+        )
     except UnicodeDecodeError:
-        return render(request, "campaign_new.html", status_code=400, error="the file is not UTF-8 text", form=form, kinds=list(TaskKind), titles=KIND_TITLES)
-    except (TetherError, Conflict) as exc:
-        status = 409 if isinstance(exc, Conflict) else 400
-        return render(request, "campaign_new.html", status_code=status, error=str(exc), form=form, kinds=list(TaskKind), titles=KIND_TITLES)
+        return _new_campaign_form(request, store, form, error="the file is not UTF-8 text", status=400)
+    except (TetherError, Conflict, NotFound) as exc:
+        status = 409 if isinstance(exc, Conflict) else 404 if isinstance(exc, NotFound) else 400
+        return _new_campaign_form(request, store, form, error=str(exc), status=status)
     return _redirect(f"/admin/campaigns/{campaign.id}")
 
 
 @router.get("/admin/campaigns/{campaign_id}")
 def campaign_page(campaign_id: RowId, request: Request, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
-    """A campaign: progress, agreement, outliers, export links, guidelines."""
+    """A campaign: progress, agreement, outliers, quality, members, export links, guidelines."""
     campaign = store.get_campaign(campaign_id)
+    disagreed = review_page(store, campaign, ReviewFilters(disagreements=True), per_page=2**31).items
+    disagreed = [entry for entry in disagreed if entry.item.gold is None]  # gold items are judged by the known answer
+    disagreed = sorted(disagreed, key=lambda entry: entry.agreement if entry.agreement is not None else 1.0)[:MOST_DISAGREED]
+    members = store.list_members(campaign_id)
+    member_ids = {lab.id for lab in members}
     return render(
         request,
         "campaign.html",
         campaign=campaign,
         progress=progress_out(store, campaign_id),
         agreement=agreement_out(store, campaign),
+        quality=quality_out(store, campaign),
+        disagreed=disagreed,
+        members=members,
+        candidates=[lab for lab in store.list_labelers() if lab.id not in member_ids],
         export_kinds=sorted(k.value for k in ALLOWED[campaign.kind]),
         auto_kind=AUTO_KIND[campaign.kind].value,
         titles=KIND_TITLES,
@@ -263,9 +293,63 @@ def campaign_update(
     guidelines: str | None = Form(None, max_length=100_000),
     status: str | None = Form(None, pattern="^(active|closed)$"),
     model_path: str | None = Form(None, max_length=1000),
+    gold_rate: float | None = Form(None, ge=0, le=1),
+    fast_ms: int | None = Form(None, ge=0, le=86_400_000),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
-    """Saves guidelines, opens or closes the campaign."""
-    store.update_campaign(campaign_id, guidelines=guidelines, status=status, model_path=model_path)
+    """Saves guidelines, the gold rate or the fast-answer threshold; opens or closes the campaign."""
+    store.update_campaign(campaign_id, guidelines=guidelines, status=status, model_path=model_path, gold_rate=gold_rate, fast_ms=fast_ms)
     return _redirect(f"/admin/campaigns/{campaign_id}")
+
+
+@router.post("/admin/campaigns/{campaign_id}/members")
+def campaign_add_member(
+    campaign_id: RowId, labeler: str = Form(..., min_length=1, max_length=200), _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)
+) -> Response:
+    """Adds a labeler to the campaign's members."""
+    store.add_members(campaign_id, [labeler])
+    return _redirect(f"/admin/campaigns/{campaign_id}#members")
+
+
+@router.post("/admin/campaigns/{campaign_id}/members/{labeler_id}/remove")
+def campaign_remove_member(campaign_id: RowId, labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Takes a labeler off the campaign's members."""
+    labeler = next((lab for lab in store.list_members(campaign_id) if lab.id == labeler_id), None)
+    if labeler is None:
+        raise NotFound(f"labeler {labeler_id} is not a member of campaign {campaign_id}")
+    store.remove_members(campaign_id, [labeler.name])
+    return _redirect(f"/admin/campaigns/{campaign_id}#members")
+
+
+@router.get("/admin/review")
+def review_labels(
+    request: Request,
+    campaign: int = Query(..., ge=1, le=2**63 - 1),
+    labeler: str = Query("", max_length=200),
+    item: str = Query("", max_length=200),
+    disagreements: bool = False,
+    flagged: bool = False,
+    fast: bool = False,
+    wrong_gold: bool = False,
+    page: int = Query(1, ge=1, le=1_000_000),
+    _: Principal = Depends(admin_only),
+    store: FeedbackStore = Depends(get_store),
+) -> Response:
+    """The labels of a campaign item by item, with filters and pages."""
+    chosen = store.get_campaign(campaign)
+    filters = ReviewFilters(labeler.strip() or None, item.strip() or None, disagreements, flagged, fast, wrong_gold, page)
+    result = review_page(store, chosen, filters)
+    query = {"campaign": campaign, "labeler": filters.labeler or "", "item": filters.item or ""}
+    query |= {name: "true" for name in ("disagreements", "flagged", "fast", "wrong_gold") if getattr(filters, name)}
+    names = sorted({row.labeler for row in progress_out(store, campaign).labelers})
+    return render(
+        request,
+        "review.html",
+        campaign=chosen,
+        campaigns=store.list_campaigns(),
+        labeler_names=names,
+        review=result,
+        page_url=lambda n: "/admin/review?" + urlencode({**query, "page": n}),
+        titles=KIND_TITLES,
+    )

@@ -26,6 +26,9 @@ class ItemIn(BaseModel):
     id: str | int | None = None
     model: str | None = Field(None, max_length=1000)
     meta: dict[str, object] | None = None
+    gold: dict[str, object] | bool | None = Field(
+        None, description='a gold item\'s known answer: {"ranking": [...]}, {"best": i}, {"choice": ...} or {"thumb": 1|0}'
+    )
 
 
 class CampaignIn(BaseModel):
@@ -37,6 +40,9 @@ class CampaignIn(BaseModel):
     guidelines: str = Field("", max_length=MAX_TEXT)
     labelers_per_item: int = Field(1, ge=1, le=100)
     model_path: str | None = Field(None, max_length=1000, description="model answering red-team prompts")
+    gold_rate: float = Field(0.1, ge=0, le=1, description="chance that a labeler's next task is a gold item")
+    fast_ms: int | None = Field(None, ge=1, le=86_400_000, description="answers faster than this are flagged; default: from text length")
+    members: list[str] = Field(default_factory=list, max_length=10_000, description="labelers allowed on it (none: every labeler)")
     items: list[ItemIn] = Field(default_factory=list, max_length=200_000)
 
 
@@ -54,6 +60,8 @@ class CampaignPatch(BaseModel):
     guidelines: str | None = Field(None, max_length=MAX_TEXT)
     status: Literal["active", "closed"] | None = None
     model_path: str | None = Field(None, max_length=1000)
+    gold_rate: float | None = Field(None, ge=0, le=1)
+    fast_ms: int | None = Field(None, ge=0, le=86_400_000, description="0: derive the threshold from the text length again")
 
 
 class CampaignOut(BaseModel):
@@ -68,6 +76,8 @@ class CampaignOut(BaseModel):
     model_path: str | None
     n_items: int
     created_at: datetime
+    gold_rate: float
+    fast_ms: int | None
 
 
 class LabelerIn(BaseModel):
@@ -281,3 +291,66 @@ class GenerateOut(BaseModel):
     """The model's answer."""
 
     response: str
+
+
+class MembersIn(BaseModel):
+    """Labelers to add to a campaign's members, by name."""
+
+    model_config = ConfigDict(extra="forbid")
+    labelers: list[str] = Field(min_length=1, max_length=10_000)
+
+
+class LabelerScreeningOut(BaseModel):
+    """One labeler's gold accuracy (with its 95% Wilson interval) and fast answers."""
+
+    name: str
+    n_gold: int
+    n_correct: int
+    accuracy: float | None
+    low: float | None
+    high: float | None
+    n_timed: int
+    n_fast: int
+    median_ms: float | None
+    fails_gold: bool
+    fast: bool
+
+
+class QualityOut(BaseModel):
+    """A campaign's screening report."""
+
+    n_gold_items: int
+    gold_rate: float
+    fast_ms: int | None
+    labelers: list[LabelerScreeningOut]
+
+
+class ReviewLabelOut(LabelOut):
+    """A label in the review, with its flags and whether it passed the filters."""
+
+    flagged: bool
+    fast: bool
+    gold_correct: bool | None
+    match: bool
+
+
+class ReviewItemOut(BaseModel):
+    """An item in the review with all its labels."""
+
+    id: int
+    item_id: str
+    prompt: str
+    completions: list[str]
+    gold: dict[str, object] | None
+    disagreement: bool
+    agreement: float | None
+    labels: list[ReviewLabelOut]
+
+
+class ReviewOut(BaseModel):
+    """One page of the review of a campaign's labels."""
+
+    page: int
+    n_pages: int
+    n_items: int
+    items: list[ReviewItemOut]

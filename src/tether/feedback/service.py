@@ -6,7 +6,8 @@ from dataclasses import asdict
 
 from tether.errors import TetherError
 from tether.feedback.campaign_file import parse_item
-from tether.feedback.quality import agreement_report
+from tether.feedback.quality import agreement_report, ordinary_labels, quality_report
+from tether.feedback.review import PER_PAGE, Review, ReviewFilters, review
 from tether.feedback.schemas import (
     AgreementOut,
     AnsweredOut,
@@ -18,6 +19,10 @@ from tether.feedback.schemas import (
     LabelIn,
     LabelOut,
     ProgressOut,
+    QualityOut,
+    ReviewItemOut,
+    ReviewLabelOut,
+    ReviewOut,
     SkippedOut,
     TaskOut,
 )
@@ -180,9 +185,48 @@ def progress_out(store: FeedbackStore, campaign_id: int) -> ProgressOut:
 
 
 def agreement_out(store: FeedbackStore, campaign: Campaign) -> AgreementOut:
-    """API view of a campaign's agreement report (the report's fields of the same names)."""
-    report = agreement_report(campaign.kind, store.list_labels(campaign.id))
+    """API view of a campaign's agreement report (the report's fields of the same names); labels
+    on gold items are left out (they measure labelers against the known answer instead)."""
+    labels = ordinary_labels(store.list_items(campaign.id), store.list_labels(campaign.id))
+    report = agreement_report(campaign.kind, labels)
     return AgreementOut.model_validate(report, from_attributes=True)
+
+
+def quality_out(store: FeedbackStore, campaign: Campaign) -> QualityOut:
+    """API view of a campaign's screening: gold accuracy and fast answers per labeler."""
+    report = quality_report(campaign, store.list_items(campaign.id), store.list_labels(campaign.id))
+    return QualityOut.model_validate(report, from_attributes=True)
+
+
+def review_page(store: FeedbackStore, campaign: Campaign, filters: ReviewFilters, per_page: int = PER_PAGE) -> Review:
+    """One page of the review of a campaign's labels (see `tether.feedback.review`)."""
+    return review(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), filters, per_page)
+
+
+def review_out(result: Review) -> ReviewOut:
+    """API view of a review page."""
+    items = []
+    for entry in result.items:
+        labels = [
+            ReviewLabelOut.model_validate(
+                {**label_out(row.label).model_dump(), "flagged": row.flagged, "fast": row.fast, "gold_correct": row.gold_correct, "match": row.match}
+            )
+            for row in entry.labels
+        ]
+        gold = {k: v for k, v in asdict(entry.item.gold).items() if v not in (None, "")} if entry.item.gold is not None else None
+        items.append(
+            ReviewItemOut(
+                id=entry.item.id,
+                item_id=entry.item.external_id,
+                prompt=entry.item.prompt,
+                completions=list(entry.item.completions),
+                gold=gold,
+                disagreement=entry.disagreement,
+                agreement=entry.agreement,
+                labels=labels,
+            )
+        )
+    return ReviewOut(page=result.page, n_pages=result.n_pages, n_items=result.n_items, items=items)
 
 
 def _sampler():  # type: ignore[no-untyped-def]

@@ -52,7 +52,8 @@ def expand_items(kind: TaskKind, items: list[NewItem]) -> list[NewItem]:
 
     Returns:
         Items as labelers will see them; split items get ids "ID:i-j" (pair) or "ID:i" (thumbs)
-        and keep the source id in meta["source_id"].
+        and keep the source id in meta["source_id"]. A gold pair item's known ranking becomes the
+        choice of each pair it orders (pairs it leaves tied are not gold items, and are left out).
     """
     if kind not in (TaskKind.PAIR, TaskKind.THUMBS):
         return items
@@ -61,16 +62,29 @@ def expand_items(kind: TaskKind, items: list[NewItem]) -> list[NewItem]:
         source = item.external_id if item.external_id is not None else str(number)
         meta = {**(item.meta or {}), "source_id": source}
         if kind == TaskKind.PAIR and len(item.completions) == 2:
-            out.append(replace(item, completions=list(item.completions), external_id=source))
+            out.append(replace(item, completions=list(item.completions), external_id=source, gold=_pair_gold(item.gold, 0, 1, keep_tie=True)))
         elif kind == TaskKind.PAIR:
             for i, j in combinations(range(len(item.completions)), 2):
+                gold = _pair_gold(item.gold, i, j, keep_tie=False)
+                if item.gold is not None and gold is None:
+                    continue
                 pair = [item.completions[i], item.completions[j]]
-                out.append(replace(item, completions=pair, external_id=f"{source}:{i}-{j}", meta=meta))
+                out.append(replace(item, completions=pair, external_id=f"{source}:{i}-{j}", meta=meta, gold=gold))
         else:
             for i, completion in enumerate(item.completions):
                 external = source if len(item.completions) == 1 else f"{source}:{i}"
                 out.append(replace(item, completions=[completion], external_id=external, meta=meta))
     return out
+
+
+def _pair_gold(gold: LabelData | None, i: int, j: int, keep_tie: bool) -> LabelData | None:
+    """The known choice between completions i (A) and j (B) of a gold item; None if it has none."""
+    if gold is None or gold.ranks is None:
+        return gold
+    a, b = gold.ranks[i], gold.ranks[j]
+    if a == b and not keep_tie:
+        return None
+    return LabelData(choice=PairChoice.A if a < b else PairChoice.B if b < a else PairChoice.TIE)
 
 
 def check_label(kind: TaskKind, n_completions: int, data: LabelData, tie_intended: bool = False) -> LabelData:

@@ -298,6 +298,20 @@ def is_ensemble(path: str | None) -> bool:
     return path is not None and path not in TINY_NAMES and (Path(resolve_path(path)) / ENSEMBLE_FILE).is_file()
 
 
+def read_ensemble(path: str) -> tuple[dict, list[str]]:
+    """The manifest of the ensemble directory `path` and its members' directories (absolute).
+
+    Raises:
+        ModelError: an unreadable manifest.
+    """
+    root = Path(resolve_path(path))
+    try:
+        manifest = json.loads((root / ENSEMBLE_FILE).read_text(encoding="utf-8"))
+        return manifest, [str(root / m) if not Path(m).is_absolute() else m for m in manifest["members"]]
+    except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise ModelError(f"{root / ENSEMBLE_FILE}: not a valid ensemble manifest ({exc})") from None
+
+
 def write_ensemble_manifest(out_dir: str | Path, members: list[str], combine: Combine = "mean", k: float = 1.0) -> Path:
     """Write `tether_ensemble.json` so `out_dir` loads as an ensemble of `members`.
 
@@ -361,12 +375,7 @@ class EnsembleReward:
         if isinstance(path, (list, tuple)):
             dirs, default_combine, default_k = [str(p) for p in path], "mean", 1.0
         else:
-            root = Path(resolve_path(path))
-            try:
-                manifest = json.loads((root / ENSEMBLE_FILE).read_text(encoding="utf-8"))
-                dirs = [str(root / m) if not Path(m).is_absolute() else m for m in manifest["members"]]
-            except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ModelError(f"{root / ENSEMBLE_FILE}: not a valid ensemble manifest ({exc})") from None
+            manifest, dirs = read_ensemble(path)
             default_combine, default_k = manifest.get("combine", "mean"), manifest.get("k", 1.0)
         members = [RewardModel.load(d, device, dtype) for d in dirs]
         for d, m in zip(dirs, members):

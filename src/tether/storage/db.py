@@ -106,12 +106,20 @@ def _migrate_1_to_2(conn: Connection) -> None:
 
 
 def _migrate_2_to_3(conn: Connection) -> None:
-    """Version 3 added the label history: earlier versions of revised labels."""
+    """Version 3 added gold items (with the campaign's gold rate), the fast-answer threshold, and
+    campaign members (a new table, made by `create_all`; existing campaigns have none: open to all)."""
+    conn.execute(text("ALTER TABLE campaigns ADD COLUMN gold_rate FLOAT NOT NULL DEFAULT 0.1"))
+    conn.execute(text("ALTER TABLE campaigns ADD COLUMN fast_ms INTEGER"))
+    conn.execute(text("ALTER TABLE items ADD COLUMN gold TEXT"))
+
+
+def _migrate_3_to_4(conn: Connection) -> None:
+    """Version 4 added the label history: earlier versions of revised labels."""
     LabelVersionRow.__table__.create(conn)
 
 
 # MIGRATIONS[v] upgrades a database from version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
 
 
 def read_schema_version(conn: Connection) -> int | None:

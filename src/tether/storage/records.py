@@ -38,6 +38,7 @@ class NewItem:
     external_id: str | None = None
     model: str | None = None
     meta: dict[str, object] | None = None
+    gold: LabelData | None = None  # the known answer: a gold item, mixed into queues, never exported
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class Campaign:
     model_path: str | None
     created_at: datetime
     n_items: int = 0
+    gold_rate: float = 0.1  # chance that a labeler's next task is a gold item (while any is left)
+    fast_ms: int | None = None  # answers faster than this are implausibly fast; None: from text length
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,7 @@ class Item:
     completions: list[str]
     model: str | None
     meta: dict[str, object] | None
+    gold: LabelData | None = None  # the known answer of a gold item
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -24,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def utcnow() -> datetime:
@@ -64,6 +65,18 @@ class CampaignRow(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # added in schema version 2: model that answers red-team prompts in the app
     model_path: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # added in schema version 3: share of a labeler's tasks drawn from the gold items, and the time
+    # below which an answer counts as implausibly fast (None: derived from the item's text length)
+    gold_rate: Mapped[float] = mapped_column(Float, default=0.1)
+    fast_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class CampaignMemberRow(Base):
+    """A labeler allowed on a campaign; a campaign without members is open to every labeler."""
+
+    __tablename__ = "campaign_members"
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    labeler_id: Mapped[int] = mapped_column(ForeignKey("labelers.id"), primary_key=True, index=True)
 
 
 class ItemRow(Base):
@@ -79,8 +92,12 @@ class ItemRow(Base):
     model: Mapped[str | None] = mapped_column(Text, nullable=True)
     meta: Mapped[str | None] = mapped_column(Text, nullable=True)
     # number of live (open or done) assignments; bounded by the campaign's labelers_per_item
+    # (a gold item, which every labeler may get, holds store.GOLD_LEVEL instead: out of the queue's way)
     n_assigned: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True)
+    # added in schema version 3: the known answer of a gold item (JSON of its LabelData fields);
+    # None for an ordinary item. Gold items measure labelers and are never exported.
+    gold: Mapped[str | None] = mapped_column(Text, nullable=True)
 
     __table_args__ = (Index("ix_items_queue", "campaign_id", "n_assigned", "position"),)
 
@@ -136,7 +153,10 @@ class LabelRow(Base):
 
 
 class LabelVersionRow(Base):
-    """An earlier version of a label, kept when the labeler revises it (the label row holds the latest)."""
+    """An earlier version of a label, kept when the labeler revises it (the label row holds the latest).
+
+    Added in schema version 4.
+    """
 
     __tablename__ = "label_history"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

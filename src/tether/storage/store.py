@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 import secrets
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
 from sqlalchemy import func, select, update
@@ -50,6 +51,7 @@ from tether.storage.records import (
 )
 from tether.storage.schema import (
     AssignmentRow,
+    CampaignMemberRow,
     CampaignRow,
     ItemRow,
     LabelerRow,
@@ -61,6 +63,9 @@ from tether.storage.schema import (
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
+# A gold item's n_assigned: above every labelers_per_item, so the queue's ordinary lookups (a level
+# below labelers_per_item, over the queue index) never see gold items, and that index finds them.
+GOLD_LEVEL = 2**31 - 1
 RecordT = TypeVar("RecordT")
 
 
@@ -212,11 +217,18 @@ class FeedbackStore:
         guidelines: str = "",
         labelers_per_item: int = 1,
         model_path: str | None = None,
+        gold_rate: float = 0.1,
+        fast_ms: int | None = None,
+        members: Sequence[str] = (),
     ) -> Campaign:
-        """Creates a campaign with its items in one transaction.
+        """Creates a campaign with its items (and members) in one transaction.
+
+        Args:
+            members: names of the labelers allowed on it; none: open to every labeler.
 
         Raises:
             Conflict: a campaign with this name exists.
+            NotFound: a member is not a labeler (nothing is created).
         """
         try:
             with self._tx(write=True) as s:
@@ -227,11 +239,16 @@ class FeedbackStore:
                     labelers_per_item=labelers_per_item,
                     status="active",
                     model_path=model_path,
+                    gold_rate=gold_rate,
+                    fast_ms=fast_ms,
                     created_at=utcnow(),
                 )
                 s.add(row)
                 s.flush()
                 _insert_items(s, row.id, items, start=0)
+                for member in dict.fromkeys(members):  # each name once
+                    s.add(CampaignMemberRow(campaign_id=row.id, labeler_id=_labeler_row_by_name(s, member).id))
+                s.flush()
                 return _campaign(row, len(items))
         except IntegrityError:
             raise Conflict(f"campaign {name!r} already exists") from None
@@ -254,8 +271,11 @@ class FeedbackStore:
         guidelines: str | None = None,
         status: str | None = None,
         model_path: str | None = None,
+        gold_rate: float | None = None,
+        fast_ms: int | None = None,
     ) -> Campaign:
-        """Changes a campaign's guidelines, status (active/closed) or red-team model.
+        """Changes a campaign's guidelines, status (active/closed), red-team model, gold rate or
+        fast-answer threshold (`fast_ms=0`: derive it from the text length again).
 
         Raises:
             NotFound: no such campaign.
@@ -268,6 +288,10 @@ class FeedbackStore:
                 row.status = status
             if model_path is not None:
                 row.model_path = model_path or None
+            if gold_rate is not None:
+                row.gold_rate = gold_rate
+            if fast_ms is not None:
+                row.fast_ms = fast_ms or None
             return _campaign(row, _count_items(s, campaign_id))
 
     def get_campaign(self, campaign_id: int, count_items: bool = True) -> Campaign:
@@ -295,12 +319,87 @@ class FeedbackStore:
                 raise NotFound(f"campaign {name!r} not found")
             return _campaign(row, _count_items(s, row.id))
 
-    def list_campaigns(self) -> list[Campaign]:
-        """Returns every campaign, newest first."""
+    def list_campaigns(self, labeler_id: int | None = None) -> list[Campaign]:
+        """Returns every campaign, newest first; with `labeler_id`, only those open to that labeler
+        (campaigns without members, and those the labeler is a member of)."""
         with self._tx() as s:
             counts = dict(s.execute(select(ItemRow.campaign_id, func.count()).group_by(ItemRow.campaign_id)).all())
-            rows = s.scalars(select(CampaignRow).order_by(CampaignRow.id.desc()))
-            return [_campaign(r, counts.get(r.id, 0)) for r in rows]
+            query = select(CampaignRow).order_by(CampaignRow.id.desc())
+            if labeler_id is not None:
+                with_members = select(CampaignMemberRow.campaign_id)
+                mine = select(CampaignMemberRow.campaign_id).where(CampaignMemberRow.labeler_id == labeler_id)
+                query = query.where(CampaignRow.id.not_in(with_members) | CampaignRow.id.in_(mine))
+            return [_campaign(r, counts.get(r.id, 0)) for r in s.scalars(query)]
+
+    # ---- members -------------------------------------------------------------------------------
+
+    def list_members(self, campaign_id: int) -> list[Labeler]:
+        """Returns the labelers allowed on a campaign, by name (empty: open to every labeler).
+
+        Raises:
+            NotFound: no such campaign.
+        """
+        with self._tx() as s:
+            _campaign_row(s, campaign_id)
+            query = (
+                select(LabelerRow)
+                .join(CampaignMemberRow, CampaignMemberRow.labeler_id == LabelerRow.id)
+                .where(CampaignMemberRow.campaign_id == campaign_id)
+                .order_by(LabelerRow.name)
+            )
+            return [_labeler(r) for r in s.scalars(query)]
+
+    def can_label(self, campaign_id: int, labeler_id: int) -> bool:
+        """True when the campaign is open to the labeler: it has no members, or the labeler is one."""
+        with self._tx() as s:
+            try:
+                _check_member(s, campaign_id, labeler_id)
+            except NotFound:
+                return False
+            return True
+
+    def add_members(self, campaign_id: int, names: Sequence[str]) -> list[Labeler]:
+        """Allows labelers on a campaign (already members are left as they are); returns the members.
+
+        Once a campaign has members, only they get its items and may label it.
+
+        Raises:
+            NotFound: no such campaign, or a name is not a labeler (nobody is added).
+        """
+        with self._tx(write=True) as s:
+            _campaign_row(s, campaign_id)
+            present = set(s.scalars(select(CampaignMemberRow.labeler_id).where(CampaignMemberRow.campaign_id == campaign_id)))
+            for name in names:
+                labeler = _labeler_row_by_name(s, name)
+                if labeler.id not in present:
+                    s.add(CampaignMemberRow(campaign_id=campaign_id, labeler_id=labeler.id))
+                    present.add(labeler.id)
+        return self.list_members(campaign_id)
+
+    def remove_members(self, campaign_id: int, names: Sequence[str]) -> list[Labeler]:
+        """Takes labelers off a campaign; returns the members left (none left: open to all again).
+
+        Their labels stay; the tasks they held go back to the pool (as if skipped), unless the
+        campaign is left without members (then it is open to them again).
+
+        Raises:
+            NotFound: no such campaign, or a name is not a labeler (nobody is removed).
+        """
+        with self._tx(write=True) as s:
+            _campaign_row(s, campaign_id)
+            ids = [_labeler_row_by_name(s, name).id for name in names]
+            s.execute(
+                CampaignMemberRow.__table__.delete().where(
+                    CampaignMemberRow.campaign_id == campaign_id, CampaignMemberRow.labeler_id.in_(ids)
+                )
+            )
+            if s.scalar(select(func.count()).select_from(CampaignMemberRow).where(CampaignMemberRow.campaign_id == campaign_id)):
+                held = select(AssignmentRow).join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                held = held.where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id.in_(ids), AssignmentRow.status == "open")
+                for row in s.scalars(held).all():
+                    row.status = "skipped"
+                    s.execute(update(ItemRow).where(ItemRow.id == row.item_id, ItemRow.gold.is_(None)).values(n_assigned=ItemRow.n_assigned - 1))
+        return self.list_members(campaign_id)
 
     def list_items(self, campaign_id: int) -> list[Item]:
         """Returns a campaign's items in order."""
@@ -314,17 +413,28 @@ class FeedbackStore:
         """Returns the labeler's open task in a campaign, or hands out a new item, or None when done.
 
         Items that already have labelers come first, so items reach their consensus count early.
+        With chance `gold_rate`, the new item is a gold item the labeler has not seen (every
+        labeler may get every gold item); gold items are only handed out while ordinary ones last.
 
         Raises:
-            NotFound: no such campaign.
+            NotFound: no such campaign, or the labeler is not one of its members.
         """
         rng = rng or random.Random()
         with self._tx(write=True) as s:
             campaign = _campaign_row(s, campaign_id)
+            _check_member(s, campaign_id, labeler_id)
             open_task = _open_task(s, campaign_id, labeler_id)
             if open_task is not None or campaign.status != "active":
                 return open_task
-            for item in _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item):
+            candidates = _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item)
+            if candidates and rng.random() < campaign.gold_rate:
+                gold = _gold_candidates(s, campaign_id, labeler_id)
+                rng.shuffle(gold)
+                for item in gold:
+                    task = _new_assignment(s, item, labeler_id, rng)
+                    if task is not None:
+                        return task
+            for item in candidates:
                 task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng)
                 if task is not None:
                     return task
@@ -343,7 +453,7 @@ class FeedbackStore:
                 raise Conflict("item already labeled; it cannot be skipped")
             if row.status == "open":
                 row.status = "skipped"
-                s.execute(update(ItemRow).where(ItemRow.id == row.item_id).values(n_assigned=ItemRow.n_assigned - 1))
+                s.execute(update(ItemRow).where(ItemRow.id == row.item_id, ItemRow.gold.is_(None)).values(n_assigned=ItemRow.n_assigned - 1))
 
     def unskip(self, assignment_id: int, labeler_id: int) -> Task:
         """Takes a skipped item back: it is open for the labeler again (and comes before newer items).
@@ -352,7 +462,7 @@ class FeedbackStore:
         item that other labelers filled meanwhile is not over-assigned.
 
         Raises:
-            NotFound: no such assignment for this labeler.
+            NotFound: no such assignment for this labeler (or no longer a member of its campaign).
             Conflict: the item was not skipped, its campaign is closed, or other labelers took every slot.
         """
         with self._tx(write=True) as s:
@@ -361,15 +471,16 @@ class FeedbackStore:
             campaign = _campaign_row(s, item.campaign_id)
             if row.status != "skipped":
                 raise Conflict(f"item {item.external_id!r} is not skipped")
+            _check_member(s, campaign.id, labeler_id, what=f"assignment {assignment_id}")
             if campaign.status != "active":
                 raise Conflict(f"campaign {campaign.name!r} is closed")
             claimed = s.execute(
                 update(ItemRow)
-                .where(ItemRow.id == item.id, ItemRow.n_assigned < campaign.labelers_per_item)
+                .where(ItemRow.id == item.id, ItemRow.n_assigned < campaign.labelers_per_item, ItemRow.gold.is_(None))
                 .values(n_assigned=ItemRow.n_assigned + 1)
                 .execution_options(synchronize_session=False)
             )
-            if claimed.rowcount != 1:
+            if item.gold is None and claimed.rowcount != 1:  # a gold item takes no slot: every labeler may have it
                 raise Conflict(f"item {item.external_id!r} went to other labelers meanwhile; it cannot be taken back")
             row.status = "open"
             s.refresh(item)
@@ -387,18 +498,21 @@ class FeedbackStore:
             return [Task(assignment_id=a.id, item=_item(i), display_order=json.loads(a.display_order)) for a, i in s.execute(query).all()]
 
     def count_available(self, campaign_id: int, labeler_id: int) -> int:
-        """Returns how many items the labeler could still get in a campaign (open one included)."""
+        """Returns how many items the labeler could still get in a campaign (open one included).
+
+        Gold items count as many as the gold rate will likely mix in among the ordinary items
+        left, so the number falls by one per task whether a task is gold or not.
+        """
         with self._tx() as s:
             campaign = _campaign_row(s, campaign_id)
             per_item = campaign.labelers_per_item
-            free = s.scalar(
-                select(func.count()).select_from(ItemRow).where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)
-            )
+            ordinary = (ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)  # gold items sit at GOLD_LEVEL
+            free = s.scalar(select(func.count()).select_from(ItemRow).where(*ordinary))
             mine_free = s.scalar(
                 select(func.count())
                 .select_from(AssignmentRow)
                 .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
-                .where(AssignmentRow.labeler_id == labeler_id, ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)
+                .where(AssignmentRow.labeler_id == labeler_id, *ordinary)
             )
             n_open = s.scalar(
                 select(func.count())
@@ -406,7 +520,11 @@ class FeedbackStore:
                 .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
                 .where(AssignmentRow.labeler_id == labeler_id, ItemRow.campaign_id == campaign_id, AssignmentRow.status == "open")
             )
-            return (free or 0) - (mine_free or 0) + (n_open or 0)
+            left = (free or 0) - (mine_free or 0)
+            gold = len(_gold_candidates(s, campaign_id, labeler_id)) if left else 0
+            rate = campaign.gold_rate
+            expected_gold = gold if rate >= 1 else min(gold, math.ceil(left * rate / (1 - rate)))
+            return left + expected_gold + (n_open or 0)
 
     def assignment_item(self, assignment_id: int, labeler_id: int) -> tuple[Campaign, Item]:
         """Returns the campaign and item of one of the labeler's assignments.
@@ -425,7 +543,7 @@ class FeedbackStore:
         """Stores the labeler's answer to an assigned item (a resubmission replaces the answer).
 
         Raises:
-            NotFound: no such assignment for this labeler.
+            NotFound: no such assignment for this labeler, or the labeler is no longer a member.
             Conflict: the item was skipped, or the campaign is closed.
         """
         for attempt in range(2):
@@ -434,6 +552,7 @@ class FeedbackStore:
                     row = _assignment_row(s, assignment_id, labeler_id)
                     item = s.get(ItemRow, row.item_id)
                     campaign = _campaign_row(s, item.campaign_id)
+                    _check_member(s, campaign.id, labeler_id, what=f"assignment {assignment_id}")
                     if row.status == "skipped":
                         raise Conflict("item was skipped; it cannot be labeled")
                     if campaign.status != "active":
@@ -449,11 +568,12 @@ class FeedbackStore:
         """Stores a red-team finding the labeler wrote from scratch: a new item and its label.
 
         Raises:
-            NotFound: no such campaign.
+            NotFound: no such campaign, or the labeler is not one of its members.
             Conflict: the campaign is closed.
         """
         with self._tx(write=True) as s:
             campaign = _campaign_row(s, campaign_id)
+            _check_member(s, campaign_id, labeler_id)
             if campaign.status != "active":
                 raise Conflict(f"campaign {campaign.name!r} is closed")
             start = s.scalar(select(func.coalesce(func.max(ItemRow.position) + 1, 0)).where(ItemRow.campaign_id == campaign_id))
@@ -533,16 +653,19 @@ class FeedbackStore:
     def progress(self, campaign_id: int) -> Progress:
         """Returns how far a campaign is, overall and per labeler.
 
+        Gold items are left out of the item and label counts (they are not part of the data).
+
         Raises:
             NotFound: no such campaign.
         """
         with self._tx() as s:
             campaign = _campaign_row(s, campaign_id)
-            n_items = _count_items(s, campaign_id)
-            per_item = select(LabelRow.item_id, func.count().label("n")).where(LabelRow.campaign_id == campaign_id)
-            per_item = per_item.group_by(LabelRow.item_id).subquery()
+            n_items = _count_items(s, campaign_id, gold=False)
+            ordinary = select(LabelRow.item_id).join(ItemRow, ItemRow.id == LabelRow.item_id)
+            ordinary = ordinary.where(LabelRow.campaign_id == campaign_id, ItemRow.gold.is_(None)).subquery()
+            per_item = select(ordinary.c.item_id, func.count().label("n")).group_by(ordinary.c.item_id).subquery()
             n_complete = s.scalar(select(func.count()).select_from(per_item).where(per_item.c.n >= campaign.labelers_per_item))
-            n_labels = s.scalar(select(func.count()).select_from(LabelRow).where(LabelRow.campaign_id == campaign_id))
+            n_labels = s.scalar(select(func.count()).select_from(ordinary))
             return Progress(
                 n_items=n_items,
                 n_target=n_items * campaign.labelers_per_item,
@@ -567,13 +690,40 @@ def _insert_items(s: Session, campaign_id: int, items: Sequence[NewItem], start:
                 completions=json.dumps(list(new.completions)),
                 model=new.model,
                 meta=json.dumps(new.meta) if new.meta is not None else None,
-                n_assigned=0,
+                gold=_gold_json(new.gold),
+                n_assigned=GOLD_LEVEL if new.gold is not None else 0,
             )
         )
 
 
-def _count_items(s: Session, campaign_id: int) -> int:
-    return s.scalar(select(func.count()).select_from(ItemRow).where(ItemRow.campaign_id == campaign_id)) or 0
+def _count_items(s: Session, campaign_id: int, gold: bool | None = None) -> int:
+    """Counts a campaign's items: all of them, only gold ones (True) or only ordinary ones (False)."""
+    query = select(func.count()).select_from(ItemRow).where(ItemRow.campaign_id == campaign_id)
+    if gold is not None:
+        query = query.where(ItemRow.gold.is_not(None) if gold else ItemRow.gold.is_(None))
+    return s.scalar(query) or 0
+
+
+def _gold_json(gold: LabelData | None) -> str | None:
+    """The stored form of a known answer: the fields that are set, as JSON."""
+    if gold is None:
+        return None
+    return json.dumps({k: (v.value if isinstance(v, PairChoice) else v) for k, v in asdict(gold).items() if v not in (None, "")})
+
+
+def _labeler_row_by_name(s: Session, name: str) -> LabelerRow:
+    row = s.scalars(select(LabelerRow).where(LabelerRow.name == name)).first()
+    if row is None:
+        raise NotFound(f"labeler {name!r} not found")
+    return row
+
+
+def _check_member(s: Session, campaign_id: int, labeler_id: int, what: str | None = None) -> None:
+    """Raises NotFound unless the campaign is open to the labeler (no members, or a member):
+    to anyone else the campaign (or the assignment `what`) does not exist."""
+    members = set(s.scalars(select(CampaignMemberRow.labeler_id).where(CampaignMemberRow.campaign_id == campaign_id)))
+    if members and labeler_id not in members:
+        raise NotFound(f"{what or f'campaign {campaign_id}'} not found")
 
 
 def _campaign_row(s: Session, campaign_id: int) -> CampaignRow:
@@ -623,6 +773,13 @@ def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) ->
     return found
 
 
+def _gold_candidates(s: Session, campaign_id: int, labeler_id: int) -> list[ItemRow]:
+    """Gold items of the campaign the labeler has not been given yet."""
+    mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
+    query = select(ItemRow).where(ItemRow.campaign_id == campaign_id, ItemRow.n_assigned == GOLD_LEVEL, ItemRow.id.not_in(mine))
+    return list(s.scalars(query.order_by(ItemRow.position)))
+
+
 def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random) -> Task | None:
     """Claims one slot of `item` for the labeler; None when another request took the last slot."""
     claimed = s.execute(
@@ -633,14 +790,21 @@ def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: 
     )
     if claimed.rowcount != 1:
         return None
+    task = _new_assignment(s, item, labeler_id, rng)
+    if task is None:  # the same labeler got this item in a parallel request
+        s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
+    return task
+
+
+def _new_assignment(s: Session, item: ItemRow, labeler_id: int, rng: random.Random) -> Task | None:
+    """Hands `item` to the labeler (completions in a fresh random order); None when they already have it."""
     order = list(range(len(json.loads(item.completions))))
     rng.shuffle(order)  # position bias: every labeler sees the completions in a different order
     try:
         with s.begin_nested():
             row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=utcnow())
             s.add(row)
-    except IntegrityError:  # the same labeler got this item in a parallel request
-        s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
+    except IntegrityError:
         return None
     s.refresh(item)
     return Task(assignment_id=row.id, item=_item(item), display_order=order)
@@ -703,7 +867,18 @@ def _campaign(row: CampaignRow, n_items: int) -> Campaign:
 
 
 def _item(row: ItemRow) -> Item:
-    return _record(Item, row, completions=json.loads(row.completions), meta=json.loads(row.meta) if row.meta else None)
+    return _record(
+        Item, row, completions=json.loads(row.completions), meta=json.loads(row.meta) if row.meta else None, gold=_gold_data(row.gold)
+    )
+
+
+def _gold_data(text: str | None) -> LabelData | None:
+    if not text:
+        return None
+    data = json.loads(text)
+    if data.get("choice") is not None:
+        data["choice"] = PairChoice(data["choice"])
+    return LabelData(**data)
 
 
 def _labeler(row: LabelerRow) -> Labeler:

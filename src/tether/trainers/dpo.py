@@ -364,7 +364,7 @@ def load_dpo_data(cfg: DPOConfig, tokenizer) -> tuple[str, list, list]:
     kind = "kto" if cfg.dpo.loss == "kto" else "pairs"
     load = load_binary_feedback if kind == "kto" else load_preferences
     rows = load(d.train, d.on_invalid)
-    train = select(rows, d.split, d.holdout_fraction, d.max_samples)
+    train = select(rows, d.split, d.holdout_fraction, d.max_samples, d.skip_samples)
     if d.eval:
         evals = load(d.eval, d.on_invalid)
     elif d.holdout_fraction > 0 and d.split == "train":

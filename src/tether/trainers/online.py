@@ -46,7 +46,7 @@ def train_prompts(cfg: OnlineConfig) -> list[str]:
         DataError: a missing or malformed prompt file.
     """
     d = cfg.data
-    return [e.prompt for e in select(load_prompts(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples)]
+    return [e.prompt for e in select(load_prompts(d.train, d.on_invalid), d.split, d.holdout_fraction, d.max_samples, d.skip_samples)]
 
 
 @dataclass

@@ -29,7 +29,15 @@ from tether.eval.metrics import auroc, wilson_interval
 from tether.losses.classifier import classifier_loss, tied_bradley_terry_loss
 from tether.losses.reward import bradley_terry_loss
 from tether.models.load import apply_lora, check_context, count_parameters, resolve_dtype, set_attention, set_threads
-from tether.models.reward import RewardMeta, RewardModel, head_scores, load_sequence_classifier, write_ensemble_manifest
+from tether.models.reward import (
+    RewardMeta,
+    RewardModel,
+    head_scores,
+    is_ensemble,
+    load_sequence_classifier,
+    read_ensemble,
+    write_ensemble_manifest,
+)
 from tether.models.shared_prefix import grouped_sequence_logits, pair_groups
 from tether.ops import upcast
 from tether.run import RunDir, console, finished_with, fmt, progress
@@ -255,7 +263,7 @@ def load_data(cfg: RewardConfig) -> tuple[list, list]:
     else:
         load = lambda paths: load_reward_pairs(paths, d.on_invalid, cfg.ties, cfg.margin_scale)  # noqa: E731
     rows = load(d.train)
-    train = select(rows, d.split, d.holdout_fraction, d.max_samples)
+    train = select(rows, d.split, d.holdout_fraction, d.max_samples, d.skip_samples)
     if d.eval:
         evals = load(d.eval)
     elif d.holdout_fraction > 0 and d.split == "train":
@@ -307,7 +315,16 @@ def train_ensemble(cfg: RewardConfig) -> Path:
     `output_dir` load as an `EnsembleReward` (Lakshminarayanan et al. 2017; Coste et al. 2023).
 
     With `train.resume`, a finished member (same config) is kept and the others resume from their own
-    newest checkpoint."""
+    newest checkpoint. When `model.name_or_path` is itself an ensemble of `ensemble_size` (the previous round's,
+    in `tether loop`), member i starts from its member i, so the members stay as diverse as they were.
+
+    Raises:
+        ConfigError: `model.name_or_path` an ensemble of another size.
+    """
+    starts = read_ensemble(cfg.model.name_or_path)[1] if is_ensemble(cfg.model.name_or_path) else None
+    if starts is not None and len(starts) != cfg.ensemble_size:
+        raise ConfigError(f"model.name_or_path: {cfg.model.name_or_path} is an ensemble of {len(starts)}, but ensemble_size="
+                          f"{cfg.ensemble_size}; they must match for each member to start from its own")
     dist = Distributed(cfg.train, "rm", REPLICATED)
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)
     members: list[str] = []
@@ -315,6 +332,7 @@ def train_ensemble(cfg: RewardConfig) -> Path:
         member = cfg.model_copy(update={
             "ensemble_size": 1, "output_dir": str(run.path / f"member-{i}"), "overwrite": True,
             "train": cfg.train.model_copy(update={"seed": cfg.train.seed + i}),
+            "model": cfg.model.model_copy(update={"name_or_path": starts[i]}) if starts else cfg.model,
         })
         members.append(f"member-{i}")
         if cfg.train.resume and finished_with(Path(member.output_dir), member):

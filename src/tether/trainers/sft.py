@@ -79,7 +79,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     # 1. data and model (all checks before anything is written)
     d = cfg.data
     rows = load_sft(d.train, d.on_invalid)
-    examples = select(rows, d.split, d.holdout_fraction, d.max_samples)
+    examples = select(rows, d.split, d.holdout_fraction, d.max_samples, d.skip_samples)
     if d.eval:
         eval_examples = load_sft(d.eval, d.on_invalid)
     elif d.holdout_fraction > 0 and d.split == "train":  # the held-out part of data.train, as the description says

@@ -1,0 +1,69 @@
+"""`tether loop` with people, end to end in headless Chromium: the loop creates the round's ranking campaign and
+stops; the admin adds two labellers in the browser; each ranks every item in the browser (one with the mouse, one
+with the keyboard); run again, the loop trains on exactly the campaign's consensus of their labels."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from conftest import ADMIN_TOKEN
+from test_browser import CHROMIUM, _add_labeler, _rank_with_keys, _rank_with_mouse, _sign_in, browser  # noqa: F401 (fixture)
+from test_loop import loop_config
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.slow,
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"),
+]
+
+
+def _rank_every_item(page, url: str, rank) -> list[str]:
+    """Rank every item the queue offers; returns the prompts ranked, in order."""
+    page.goto(url + "/queue")
+    with page.expect_navigation():
+        page.click("a.button.primary")
+    prompts = []
+    while page.locator("#done").count() == 0:
+        prompts.append(page.inner_text("#prompt"))
+        rank(page)
+    return prompts
+
+
+def test_people_rank_the_loops_campaign_in_chromium_and_the_loop_trains_on_exactly_their_labels(
+        live_server, browser, tiny_data, tiny_models, db_url, tmp_path: Path):  # noqa: F811 (fixture)
+    from tether.feedback.export import ExportKind, ExportMode, export_records
+    from tether.loop import FeedbackPending, run_loop
+
+    cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop", rounds=1,
+                      labeler={"kind": "human", "db": db_url, "labelers_per_item": 2, "url": live_server.url},
+                      eval={"judge": tiny_models["rm"], "max_prompts": 4, "generation": {"max_new_tokens": 6}})
+    # 1. the loop samples the policy, creates the campaign and stops, saying where to label
+    with pytest.raises(FeedbackPending, match=rf"campaign 'loop-round-01' at {live_server.url} has 0 of 4 items"):
+        run_loop(cfg)
+
+    # 2. the admin adds two labellers; each ranks all four items in the browser
+    admin = _sign_in(browser, live_server.url, ADMIN_TOKEN)
+    admin.goto(live_server.url + "/admin")
+    assert "loop-round-01" in admin.inner_text("body")
+    tokens = [_add_labeler(admin, "mouse"), _add_labeler(admin, "keys")]
+    ranked = [_rank_every_item(_sign_in(browser, live_server.url, token), live_server.url, rank)
+              for token, rank in zip(tokens, (_rank_with_mouse, _rank_with_keys))]
+    assert [len(r) for r in ranked] == [4, 4] and set(ranked[0]) == set(ranked[1])
+
+    # 3. run again: the round's pairs are the consensus export of exactly those labels, and the reward model learns them
+    out = run_loop(cfg)
+    store = live_server.store
+    campaign = store.campaign_by_name("loop-round-01")
+    labels = store.list_labels(campaign.id)
+    assert sorted(label.labeler_name for label in labels) == ["keys"] * 4 + ["mouse"] * 4
+    expected = [(p.prompt, p.chosen, p.rejected) for p in export_records(
+        campaign, store.list_items(campaign.id), labels, ExportKind.PAIRS, ExportMode.CONSENSUS)]
+    pairs = [json.loads(line) for line in (out / "round-01" / "pairs.jsonl").open()]
+    assert expected and [(p["prompt"], p["chosen"], p["rejected"]) for p in pairs] == expected
+    assert {p["campaign"] for p in pairs} == {"loop-round-01"}
+    assert str(out / "round-01" / "pairs.jsonl") in (out / "round-01" / "rm" / "config.yaml").read_text()
+    assert json.loads((out / "loop.json").read_text())["rounds"][0]["pairs"] == len(expected)
