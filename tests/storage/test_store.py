@@ -152,6 +152,28 @@ def test_unskip_never_overfills_an_item(store):
     assert [i.n_assigned for i in _n_assigned(store)] == [1]
 
 
+def test_unskip_of_a_gold_item_takes_no_slot(store):
+    gold = NewItem(prompt="g", completions=["x", "y", "z"], external_id="gold", gold=LabelData(ranks=[1, 2, 3]))
+    campaign = store.create_campaign("c", TaskKind.RANK, [*_items(2), gold], labelers_per_item=1, gold_rate=1.0)
+    a = store.add_labeler("a").labeler
+    task = store.next_task(campaign.id, a.id)
+    assert task.item.external_id == "gold"
+    store.skip(task.assignment_id, a.id)
+    assert store.unskip(task.assignment_id, a.id).item.external_id == "gold"
+    assert store.next_task(campaign.id, a.id).assignment_id == task.assignment_id
+
+
+def test_unskip_needs_membership(store):
+    a = store.add_labeler("a").labeler
+    store.add_labeler("b")
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(2), members=["a", "b"])
+    task = store.next_task(campaign.id, a.id)
+    store.skip(task.assignment_id, a.id)
+    store.remove_members(campaign.id, ["a"])
+    with pytest.raises(NotFound):
+        store.unskip(task.assignment_id, a.id)
+
+
 def test_revisions_keep_every_earlier_version(store):
     campaign = store.create_campaign("c", TaskKind.RANK, _items(1))
     a = store.add_labeler("a").labeler
