@@ -163,15 +163,19 @@ def test_unskip_of_a_gold_item_takes_no_slot(store):
     assert store.next_task(campaign.id, a.id).assignment_id == task.assignment_id
 
 
-def test_unskip_needs_membership(store):
+def test_unskip_and_revising_need_membership(store):
     a = store.add_labeler("a").labeler
     store.add_labeler("b")
     campaign = store.create_campaign("c", TaskKind.RANK, _items(2), members=["a", "b"])
     task = store.next_task(campaign.id, a.id)
     store.skip(task.assignment_id, a.id)
+    other = store.next_task(campaign.id, a.id)
+    store.submit_label(other.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
+    assert [x.revisable for x in store.answered(a.id)] == [True]
     store.remove_members(campaign.id, ["a"])
     with pytest.raises(NotFound):
         store.unskip(task.assignment_id, a.id)
+    assert [x.revisable for x in store.answered(a.id)] == [False]  # shown in the history, no longer revisable
 
 
 def test_revisions_keep_every_earlier_version(store):

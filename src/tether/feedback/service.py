@@ -115,7 +115,7 @@ def answered_out(store: FeedbackStore, answered: Answered, with_versions: bool =
             "prompt": answered.task.item.prompt,
             "label": label_out(answered.label),
             "n_versions": answered.n_versions,
-            "revisable": answered.campaign_active,
+            "revisable": answered.revisable,
             "versions": versions,
         }
     )

@@ -153,7 +153,7 @@ class Answered:
     campaign_id: int
     campaign_name: str
     campaign_kind: TaskKind
-    campaign_active: bool
+    revisable: bool  # the campaign is active and open to the labeler (a member, or it has no members)
     label: Label
     n_versions: int  # earlier versions kept in the label history
 

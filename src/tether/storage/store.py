@@ -631,13 +631,15 @@ class FeedbackStore:
                 query = query.where(AssignmentRow.id == assignment_id)
             labeler = s.get(LabelerRow, labeler_id)
             name = labeler.name if labeler is not None else ""
+            with_members = set(s.scalars(select(CampaignMemberRow.campaign_id).distinct()))
+            mine = set(s.scalars(select(CampaignMemberRow.campaign_id).where(CampaignMemberRow.labeler_id == labeler_id)))
             return [
                 Answered(
                     task=Task(assignment_id=a.id, item=_item(i), display_order=json.loads(a.display_order)),
                     campaign_id=c.id,
                     campaign_name=c.name,
                     campaign_kind=TaskKind(c.kind),
-                    campaign_active=c.status == "active",
+                    revisable=c.status == "active" and (c.id not in with_members or c.id in mine),
                     label=_label(lab, name),
                     n_versions=n,
                 )
