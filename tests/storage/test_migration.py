@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from datetime import datetime, timezone
 
 import pytest
@@ -94,7 +95,7 @@ def test_version_1_database_is_upgraded_keeping_its_data(db_url):
 
 
 def test_version_3_database_gets_sessions_and_expiring_assignments(db_url):
-    """Version 4 added the sessions table and the index of open assignments by age: the upgrade keeps
+    """Version 5 added the sessions table and the index of open assignments by age: the upgrade keeps
     every row, and an assignment left open since before the upgrade expires and frees its item."""
     _run_sql(db_url, SCHEMA_V2 + SCHEMA_V3_FROM_V2 + """
 INSERT INTO labelers VALUES (2, 'bob', 'y', TRUE, '2024-01-01 00:00:00');
@@ -180,3 +181,32 @@ def test_version_2_database_gets_members_and_gold_keeping_its_data(db_url):
     assert [m.name for m in reopened.list_members(campaign.id)] == ["ann"]
     assert reopened.list_items(campaign.id)[-1].gold == LabelData(ranks=[1, 2])
     reopened.close()
+
+
+def test_version_3_database_gets_the_label_history_keeping_its_labels(tmp_path):
+    path = tmp_path / "v3.db"
+    store = FeedbackStore(f"sqlite:///{path}")
+    campaign = store.create_campaign("old", TaskKind.RANK, [NewItem(prompt="p", completions=["a", "b"]), NewItem(prompt="q", completions=["c", "d"])])
+    ann = store.add_labeler("ann").labeler
+    task = store.next_task(campaign.id, ann.id)
+    store.submit_label(task.assignment_id, ann.id, LabelData(ranks=[2, 1], note="fine", duration_ms=900))
+    store.close()
+    with sqlite3.connect(path) as conn:  # the database as version 3 left it: no label history
+        conn.executescript(  # and without what version 5 added
+            "DROP TABLE label_history; DROP TABLE sessions; DROP INDEX ix_assignments_status_created; UPDATE schema_version SET version = 3;"
+        )
+    store = FeedbackStore(f"sqlite:///{path}")
+    assert store.previous_schema_version == 3
+    [label] = store.list_labels(campaign.id)
+    assert (label.data.ranks, label.data.duration_ms, label.data.note) == ([2, 1], 900, "fine")
+    assert store.label_history(label.id) == []
+    # revising the old label moves its answer into the new table
+    store.submit_label(task.assignment_id, ann.id, LabelData(ranks=[1, 2], note="changed my mind"))
+    [version] = store.label_history(label.id)
+    assert (version.data.ranks, version.data.note, version.data.duration_ms) == ([2, 1], "fine", 900)
+    assert [lab.data.ranks for lab in store.list_labels(campaign.id)] == [[1, 2]]
+    store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+        assert conn.execute("SELECT COUNT(*) FROM items").fetchone() == (2,)
+        assert conn.execute("SELECT COUNT(*) FROM label_history").fetchone() == (1,)

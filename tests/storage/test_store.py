@@ -8,8 +8,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import text, update
 
-from tether.storage import Campaign, Conflict, FeedbackStore, InvalidValue, Item, Label, LabelData, Labeler, NewItem, NotFound, PairChoice, TaskKind
-from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow
+from tether.storage import (
+    Campaign, Conflict, FeedbackStore, InvalidValue, Item, Label, LabelData, Labeler, LabelVersion, NewItem, NotFound, PairChoice, TaskKind,
+)  # fmt: skip
+from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow, LabelVersionRow
 from db_backends import db_url, is_sqlite  # noqa: F401  (db_url: every test on SQLite and PostgreSQL)
 
 
@@ -73,7 +75,7 @@ def test_skip_frees_the_slot_for_someone_else(store):
     task = store.next_task(campaign.id, a.id)
     assert store.next_task(campaign.id, b.id) is None
     store.skip(task.assignment_id, a.id)
-    assert store.next_task(campaign.id, a.id) is None  # never again for a
+    assert store.next_task(campaign.id, a.id) is None  # not again for a, unless a takes it back
     assert store.next_task(campaign.id, b.id).item.id == task.item.id
     with pytest.raises(Conflict):
         store.submit_label(task.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
@@ -124,10 +126,87 @@ def test_free_redteam_label_creates_an_item(store):
     assert store.list_labels(campaign.id)[0].data.harm == 3
 
 
+def test_unskip_reopens_the_item_in_its_old_order(store):
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(2), labelers_per_item=1)
+    a = store.add_labeler("a").labeler
+    task = store.next_task(campaign.id, a.id)
+    store.skip(task.assignment_id, a.id)
+    assert [t.assignment_id for t in store.list_skipped(campaign.id, a.id)] == [task.assignment_id]
+    other = store.next_task(campaign.id, a.id)
+    back = store.unskip(task.assignment_id, a.id)
+    assert (back.item.id, back.display_order) == (task.item.id, task.display_order)
+    assert store.next_task(campaign.id, a.id).assignment_id == task.assignment_id  # before the newer one
+    assert store.count_available(campaign.id, a.id) == 2 and store.list_skipped(campaign.id, a.id) == []
+    assert [i.n_assigned for i in _n_assigned(store)] == [1, 1]
+    with pytest.raises(Conflict):
+        store.unskip(task.assignment_id, a.id)  # open, not skipped
+    with pytest.raises(NotFound):
+        store.unskip(other.assignment_id, store.add_labeler("b").labeler.id)
+
+
+def _n_assigned(store):
+    with store.engine.connect() as conn:
+        return conn.execute(text("SELECT n_assigned FROM items ORDER BY id")).all()
+
+
+def test_unskip_never_overfills_an_item(store):
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1), labelers_per_item=1)
+    a, b = store.add_labeler("a").labeler, store.add_labeler("b").labeler
+    task = store.next_task(campaign.id, a.id)
+    store.skip(task.assignment_id, a.id)
+    store.next_task(campaign.id, b.id)
+    with pytest.raises(Conflict, match="other labelers"):
+        store.unskip(task.assignment_id, a.id)
+    assert [i.n_assigned for i in _n_assigned(store)] == [1]
+
+
+def test_unskip_of_a_gold_item_takes_no_slot(store):
+    gold = NewItem(prompt="g", completions=["x", "y", "z"], external_id="gold", gold=LabelData(ranks=[1, 2, 3]))
+    campaign = store.create_campaign("c", TaskKind.RANK, [*_items(2), gold], labelers_per_item=1, gold_rate=1.0)
+    a = store.add_labeler("a").labeler
+    task = store.next_task(campaign.id, a.id)
+    assert task.item.external_id == "gold"
+    store.skip(task.assignment_id, a.id)
+    assert store.unskip(task.assignment_id, a.id).item.external_id == "gold"
+    assert store.next_task(campaign.id, a.id).assignment_id == task.assignment_id
+
+
+def test_unskip_and_revising_need_membership(store):
+    a = store.add_labeler("a").labeler
+    store.add_labeler("b")
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(2), members=["a", "b"])
+    task = store.next_task(campaign.id, a.id)
+    store.skip(task.assignment_id, a.id)
+    other = store.next_task(campaign.id, a.id)
+    store.submit_label(other.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
+    assert [x.revisable for x in store.answered(a.id)] == [True]
+    store.remove_members(campaign.id, ["a"])
+    with pytest.raises(NotFound):
+        store.unskip(task.assignment_id, a.id)
+    assert [x.revisable for x in store.answered(a.id)] == [False]  # shown in the history, no longer revisable
+
+
+def test_revisions_keep_every_earlier_version(store):
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1))
+    a = store.add_labeler("a").labeler
+    task = store.next_task(campaign.id, a.id)
+    answers = [LabelData(ranks=[1, 2, 3], note="one"), LabelData(ranks=[3, 2, 1], note="two"), LabelData(ranks=[2, 1, 3], note="three")]
+    for data in answers:
+        label = store.submit_label(task.assignment_id, a.id, data)
+        store.submit_label(task.assignment_id, a.id, data)  # a retry adds no version
+    assert [v.data for v in store.label_history(label.id)] == answers[:2]
+    [answered] = store.answered(a.id)
+    assert (answered.label.data, answered.n_versions, answered.task.display_order) == (answers[2], 2, task.display_order)
+    assert store.answered(a.id, assignment_id=task.assignment_id + 100) == []
+    assert [lab.data for lab in store.list_labels(campaign.id)] == [answers[2]]
+
+
 def test_records_name_their_fields_after_columns():
     """The store copies rows into records by field name: every field is a column, or one the store adds."""
     added = {Campaign: {"n_items"}, Label: {"labeler_name", "data"}}
-    for record, row in ((Campaign, CampaignRow), (Item, ItemRow), (Labeler, LabelerRow), (Label, LabelRow), (LabelData, LabelRow)):
+    added[LabelVersion] = {"data"}
+    pairs = ((Campaign, CampaignRow), (Item, ItemRow), (Labeler, LabelerRow), (Label, LabelRow), (LabelData, LabelRow), (LabelData, LabelVersionRow), (LabelVersion, LabelVersionRow))
+    for record, row in pairs:
         missing = {f.name for f in fields(record)} - set(row.__table__.columns.keys()) - added.get(record, set())
         assert not missing, f"{record.__name__} fields without a column: {missing}"
 

@@ -136,7 +136,8 @@ class TaskOut(BaseModel):
 class LabelIn(BaseModel):
     """An answer; which fields are required depends on the task kind.
 
-    rank: ranks (ranks[i] for completion index i; 1 = best, equal = tie), unusable. pair: choice
+    rank: ranks (ranks[i] for completion index i; 1 = best, equal = tie), unusable, tie_intended
+    (required true when two ranks are equal: a tie is confirmed, never assumed). pair: choice
     (A is the completion with index 0). thumbs: thumb (1 up, 0 down). redteam: prompt, response,
     harm (0 harmless .. 4 severely harmful), better_response.
     """
@@ -152,6 +153,7 @@ class LabelIn(BaseModel):
     better_response: str | None = Field(None, max_length=MAX_TEXT)
     note: str = Field("", max_length=MAX_NOTE)
     duration_ms: StrictInt | None = Field(None, ge=0, le=86_400_000)
+    tie_intended: StrictBool = Field(False, description="rank: equal ranks are meant (these completions are equally good)")
 
 
 class SessionsEnded(BaseModel):
@@ -246,6 +248,46 @@ class MyCampaignOut(BaseModel):
     kind: TaskKind
     remaining: int
     done: int
+
+
+class SkippedOut(BaseModel):
+    """An item the labeler skipped: `POST /api/assignments/{assignment_id}/unskip` takes it back."""
+
+    assignment_id: int
+    item_id: str
+    prompt: str
+
+
+class LabelVersionOut(BaseModel):
+    """An earlier version of a revised label."""
+
+    ranks: list[int] | None
+    unusable: list[bool] | None
+    choice: PairChoice | None
+    thumb: int | None
+    harm: int | None
+    prompt: str | None
+    response: str | None
+    better_response: str | None
+    note: str
+    duration_ms: int | None
+    given_at: datetime
+    replaced_at: datetime
+
+
+class AnsweredOut(BaseModel):
+    """One of the labeler's answered items: revise it by answering the assignment again."""
+
+    assignment_id: int
+    campaign_id: int
+    campaign: str
+    kind: TaskKind
+    item_id: str
+    prompt: str
+    label: LabelOut
+    n_versions: int = Field(description="earlier versions kept in the label history")
+    revisable: bool = Field(description="the campaign is active, so the answer can still be revised")
+    versions: list[LabelVersionOut] = Field(default_factory=list, description="earlier versions, oldest first (one item only)")
 
 
 class GenerateIn(BaseModel):

@@ -1,6 +1,7 @@
 """The feedback database: campaigns, items, labelers, assignments and labels (SQLAlchemy, no torch)."""
 
 from tether.storage.records import (
+    Answered,
     Campaign,
     Conflict,
     InvalidValue,
@@ -9,6 +10,7 @@ from tether.storage.records import (
     LabelData,
     Labeler,
     LabelerProgress,
+    LabelVersion,
     NewItem,
     NewLabeler,
     NotFound,
@@ -23,6 +25,7 @@ from tether.storage.records import (
 from tether.storage.store import FeedbackStore
 
 __all__ = [
+    "Answered",
     "Campaign",
     "Conflict",
     "FeedbackStore",
@@ -32,6 +35,7 @@ __all__ = [
     "LabelData",
     "Labeler",
     "LabelerProgress",
+    "LabelVersion",
     "NewItem",
     "NewLabeler",
     "NotFound",

@@ -20,7 +20,7 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.pool import StaticPool
 
 from tether.errors import ConfigError
-from tether.storage.schema import SCHEMA_VERSION, Base, SchemaVersionRow, SessionRow
+from tether.storage.schema import SCHEMA_VERSION, Base, LabelVersionRow, SchemaVersionRow, SessionRow
 
 BUSY_TIMEOUT_MS = 30_000
 POOL_SIZE = 20  # database servers: connections kept open, and as many more under load
@@ -186,17 +186,22 @@ def _migrate_2_to_3(conn: Connection) -> None:
 
 
 def _migrate_3_to_4(conn: Connection) -> None:
-    """Version 4 added sign-in sessions (a table) and the index that finds expired assignments.
+    """Version 4 added the label history: earlier versions of revised labels."""
+    LabelVersionRow.__table__.create(conn)
+
+
+def _migrate_4_to_5(conn: Connection) -> None:
+    """Version 5 added sign-in sessions (a table) and the index that finds expired assignments.
 
     Open assignments older than the assignment timeout expire on the first task handed out after
     the upgrade, and their items go back to the pool.
     """
-    conn.execute(text("CREATE INDEX ix_assignments_status_created ON assignments (status, created_at)"))
+    conn.execute(text("CREATE INDEX IF NOT EXISTS ix_assignments_status_created ON assignments (status, created_at)"))
     SessionRow.__table__.create(conn, checkfirst=True)
 
 
 # MIGRATIONS[v] upgrades a database from version v to v + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _migrate_1_to_2, 2: _migrate_2_to_3, 3: _migrate_3_to_4, 4: _migrate_4_to_5}
 
 
 def read_schema_version(conn: Connection) -> int | None:

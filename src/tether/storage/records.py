@@ -144,6 +144,29 @@ class Label:
 
 
 @dataclass(frozen=True)
+class LabelVersion:
+    """An earlier version of a revised label: the answer then, when it was given and when it was replaced."""
+
+    label_id: int
+    data: LabelData
+    given_at: datetime
+    replaced_at: datetime
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One of a labeler's answered items, for their history: the task as they saw it and their label."""
+
+    task: Task
+    campaign_id: int
+    campaign_name: str
+    campaign_kind: TaskKind
+    revisable: bool  # the campaign is active and open to the labeler (a member, or it has no members)
+    label: Label
+    n_versions: int  # earlier versions kept in the label history
+
+
+@dataclass(frozen=True)
 class LabelerProgress:
     """How much one labeler did in a campaign."""
 

@@ -1,7 +1,8 @@
 """Tables of the feedback database (SQLAlchemy ORM) and the schema version they describe.
 
 Campaigns hold items (a prompt and its completions); labelers get items through assignments,
-one per (item, labeler), and answer them with labels, also one per (item, labeler). Both unique
+one per (item, labeler), and answer them with labels, also one per (item, labeler); a revised
+label keeps each earlier version in the label history. Both unique
 constraints are what makes concurrent labeling safe: a labeler can never hold or answer the same
 item twice, whatever the timing of requests.
 """
@@ -24,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def utcnow() -> datetime:
@@ -129,7 +130,7 @@ class AssignmentRow(Base):
 
     __table_args__ = (
         UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),
-        # added in schema version 4: finds the open assignments past their time without a scan
+        # added in schema version 5: finds the open assignments past their time without a scan
         Index("ix_assignments_status_created", "status", "created_at"),
     )
 
@@ -159,8 +160,32 @@ class LabelRow(Base):
     __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_label"),)
 
 
+class LabelVersionRow(Base):
+    """An earlier version of a label, kept when the labeler revises it (the label row holds the latest).
+
+    Added in schema version 4.
+    """
+
+    __tablename__ = "label_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"), index=True)
+    ranks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    unusable: Mapped[str | None] = mapped_column(Text, nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    thumb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    harm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    better_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # when this version was given (the label's updated_at then) and when a revision replaced it
+    given_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class SessionRow(Base):
-    """A browser signed in with a token (added in schema version 4): the cookie holds the session id,
+    """A browser signed in with a token (added in schema version 5): the cookie holds the session id,
     of which only the SHA-256 is stored. Signing out deletes the row; labeler_id is None for the admin."""
 
     __tablename__ = "sessions"

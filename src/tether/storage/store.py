@@ -43,6 +43,7 @@ from sqlalchemy.orm import Session
 
 from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, should_retry, transient_fault
 from tether.storage.records import (
+    Answered,
     Campaign,
     Conflict,
     InvalidValue,
@@ -51,6 +52,7 @@ from tether.storage.records import (
     LabelData,
     Labeler,
     LabelerProgress,
+    LabelVersion,
     NewItem,
     NewLabeler,
     NotFound,
@@ -68,6 +70,7 @@ from tether.storage.schema import (
     ItemRow,
     LabelerRow,
     LabelRow,
+    LabelVersionRow,
     SessionRow,
     SettingRow,
     utcnow,
@@ -603,7 +606,7 @@ class FeedbackStore:
 
     @_retried
     def skip(self, assignment_id: int, labeler_id: int) -> None:
-        """Gives an open item back to the pool; the labeler will not get it again.
+        """Gives an open item back to the pool; the labeler gets it again only by `unskip`.
 
         Raises:
             NotFound: no such assignment for this labeler.
@@ -616,6 +619,50 @@ class FeedbackStore:
             if row.status == "open":
                 s.execute(update(ItemRow).where(ItemRow.id == row.item_id, ItemRow.gold.is_(None)).values(n_assigned=ItemRow.n_assigned - 1))
             row.status = "skipped"  # an expired one gave its place back already
+
+    @_retried
+    def unskip(self, assignment_id: int, labeler_id: int) -> Task:
+        """Takes a skipped item back: it is open for the labeler again (and comes before newer items).
+
+        The item's slot is claimed with the same conditional increment as when handing it out, so an
+        item that other labelers filled meanwhile is not over-assigned.
+
+        Raises:
+            NotFound: no such assignment for this labeler (or no longer a member of its campaign).
+            Conflict: the item was not skipped, its campaign is closed, or other labelers took every slot.
+        """
+        with self._tx(write=True) as s:
+            row = _assignment_row(s, assignment_id, labeler_id, lock=True)
+            item = s.get(ItemRow, row.item_id)
+            campaign = _campaign_row(s, item.campaign_id)
+            if row.status != "skipped":
+                raise Conflict(f"item {item.external_id!r} is not skipped")
+            _check_member(s, campaign.id, labeler_id, what=f"assignment {assignment_id}")
+            if campaign.status != "active":
+                raise Conflict(f"campaign {campaign.name!r} is closed")
+            claimed = s.execute(
+                update(ItemRow)
+                .where(ItemRow.id == item.id, ItemRow.n_assigned < campaign.labelers_per_item, ItemRow.gold.is_(None))
+                .values(n_assigned=ItemRow.n_assigned + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if item.gold is None and claimed.rowcount != 1:  # a gold item takes no slot: every labeler may have it
+                raise Conflict(f"item {item.external_id!r} went to other labelers meanwhile; it cannot be taken back")
+            row.status = "open"
+            row.created_at = self.clock()  # held afresh: the assignment timeout counts from now
+            s.refresh(item)
+            return Task(assignment_id=row.id, item=_item(item), display_order=json.loads(row.display_order))
+
+    def list_skipped(self, campaign_id: int, labeler_id: int) -> list[Task]:
+        """Returns the items the labeler skipped in a campaign, most recently handed out first."""
+        with self._tx() as s:
+            query = (
+                select(AssignmentRow, ItemRow)
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id, AssignmentRow.status == "skipped")
+                .order_by(AssignmentRow.id.desc())
+            )
+            return [Task(assignment_id=a.id, item=_item(i), display_order=json.loads(a.display_order)) for a, i in s.execute(query).all()]
 
     def count_available(self, campaign_id: int, labeler_id: int) -> int:
         """Returns how many items the labeler could still get in a campaign (open one included).
@@ -634,11 +681,17 @@ class FeedbackStore:
                 .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
                 .where(AssignmentRow.labeler_id == labeler_id, AssignmentRow.status != "expired", *ordinary)
             )
+            n_open = s.scalar(
+                select(func.count())
+                .select_from(AssignmentRow)
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .where(AssignmentRow.labeler_id == labeler_id, ItemRow.campaign_id == campaign_id, AssignmentRow.status == "open")
+            )
             left = (free or 0) - (mine_free or 0)
             gold = len(_gold_candidates(s, campaign_id, labeler_id)) if left else 0
             rate = campaign.gold_rate
             expected_gold = gold if rate >= 1 else min(gold, math.ceil(left * rate / (1 - rate)))
-            return left + expected_gold + (1 if _open_task(s, campaign_id, labeler_id) else 0)
+            return left + expected_gold + (n_open or 0)
 
     def assignment_item(self, assignment_id: int, labeler_id: int) -> tuple[Campaign, Item]:
         """Returns the campaign and item of one of the labeler's assignments.
@@ -733,6 +786,53 @@ class FeedbackStore:
             if labeler_id is not None:
                 query = query.where(LabelRow.labeler_id == labeler_id)
             return [_label(row, name) for row, name in s.execute(query).all()]
+
+    def answered(self, labeler_id: int, assignment_id: int | None = None, limit: int = 500) -> list[Answered]:
+        """Returns the labeler's answered items, most recently answered first (or one by assignment).
+
+        Args:
+            labeler_id: whose answers.
+            assignment_id: only this assignment (empty when it is not the labeler's or not answered).
+            limit: at most this many.
+        """
+        with self._tx() as s:
+            n_versions = (
+                select(LabelVersionRow.label_id, func.count().label("n")).group_by(LabelVersionRow.label_id).subquery()
+            )
+            query = (
+                select(AssignmentRow, ItemRow, CampaignRow, LabelRow, func.coalesce(n_versions.c.n, 0))
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .join(CampaignRow, CampaignRow.id == ItemRow.campaign_id)
+                .join(LabelRow, (LabelRow.item_id == AssignmentRow.item_id) & (LabelRow.labeler_id == AssignmentRow.labeler_id))
+                .outerjoin(n_versions, n_versions.c.label_id == LabelRow.id)
+                .where(AssignmentRow.labeler_id == labeler_id, AssignmentRow.status == "done")
+                .order_by(LabelRow.updated_at.desc(), LabelRow.id.desc())
+                .limit(limit)
+            )
+            if assignment_id is not None:
+                query = query.where(AssignmentRow.id == assignment_id)
+            labeler = s.get(LabelerRow, labeler_id)
+            name = labeler.name if labeler is not None else ""
+            with_members = set(s.scalars(select(CampaignMemberRow.campaign_id).distinct()))
+            mine = set(s.scalars(select(CampaignMemberRow.campaign_id).where(CampaignMemberRow.labeler_id == labeler_id)))
+            return [
+                Answered(
+                    task=Task(assignment_id=a.id, item=_item(i), display_order=json.loads(a.display_order)),
+                    campaign_id=c.id,
+                    campaign_name=c.name,
+                    campaign_kind=TaskKind(c.kind),
+                    revisable=c.status == "active" and (c.id not in with_members or c.id in mine),
+                    label=_label(lab, name),
+                    n_versions=n,
+                )
+                for a, i, c, lab, n in s.execute(query).all()
+            ]
+
+    def label_history(self, label_id: int) -> list[LabelVersion]:
+        """Returns the earlier versions of a label, oldest first (empty when it was never revised)."""
+        with self._tx() as s:
+            rows = s.scalars(select(LabelVersionRow).where(LabelVersionRow.label_id == label_id).order_by(LabelVersionRow.id))
+            return [_label_version(r) for r in rows]
 
     def progress(self, campaign_id: int) -> Progress:
         """Returns how far a campaign is, overall and per labeler.
@@ -956,6 +1056,10 @@ def _upsert_label(s: Session, item: ItemRow, labeler_id: int, data: LabelData) -
     if row is None:
         row = LabelRow(campaign_id=item.campaign_id, item_id=item.id, labeler_id=labeler_id, created_at=now)
         s.add(row)
+    elif _label_data(row) != data:
+        # a revision: the answer it replaces goes to the label history, so nothing given is lost
+        # (a retried identical submission is not a revision)
+        s.add(LabelVersionRow(label_id=row.id, **_columns(row, LABEL_DATA_COLUMNS), given_at=row.updated_at, replaced_at=now))
     _fill_row(
         row,
         data,
@@ -1021,8 +1125,15 @@ def _labeler(row: LabelerRow) -> Labeler:
     return _record(Labeler, row)
 
 
-def _label(row: LabelRow, labeler_name: str) -> Label:
-    data = _record(
+LABEL_DATA_COLUMNS = tuple(f.name for f in fields(LabelData))
+
+
+def _columns(row: object, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
+def _label_data(row: LabelRow | LabelVersionRow) -> LabelData:
+    return _record(
         LabelData,
         row,
         ranks=json.loads(row.ranks) if row.ranks else None,
@@ -1030,4 +1141,11 @@ def _label(row: LabelRow, labeler_name: str) -> Label:
         choice=PairChoice(row.choice) if row.choice else None,
         note=row.note or "",
     )
-    return _record(Label, row, labeler_name=labeler_name, data=data)
+
+
+def _label(row: LabelRow, labeler_name: str) -> Label:
+    return _record(Label, row, labeler_name=labeler_name, data=_label_data(row))
+
+
+def _label_version(row: LabelVersionRow) -> LabelVersion:
+    return _record(LabelVersion, row, data=_label_data(row))
