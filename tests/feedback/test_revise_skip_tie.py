@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import make_campaign, make_labeler
+from conftest import make_campaign, make_labeler, sign_in
 
 ITEMS = [{"prompt": f"p{i}", "completions": [f"c{i}.{j}" for j in range(4)], "id": f"i{i}"} for i in range(3)]
 
@@ -121,7 +121,7 @@ def test_history_and_queue_pages(client, admin):
     _label(client, ann, first["assignment_id"], ranks=[2, 1, 3, 4])
     second = _next(client, ann, campaign["id"])
     client.post(f"/api/assignments/{second['assignment_id']}/skip", headers=ann)
-    client.cookies.set("tether_token", ann["Authorization"].split()[1])
+    sign_in(client, ann["Authorization"].split()[1])
 
     queue = client.get("/queue").text
     assert f'action="/queue/unskip/{second["assignment_id"]}"' in queue and second["item_id"] in queue

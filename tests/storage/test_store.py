@@ -447,3 +447,16 @@ def test_gold_assignments_do_not_expire(timed_store, clock):
     assert store.next_task(campaign.id, a.id).assignment_id == task.assignment_id  # still a's open task
     store.submit_label(task.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
     assert store.next_task(campaign.id, a.id).item.gold is None
+
+
+def test_an_item_taken_back_from_the_skipped_is_held_afresh(timed_store, clock):
+    store = timed_store
+    campaign = store.create_campaign("c", TaskKind.RANK, _items(1), labelers_per_item=1)
+    a, b = store.add_labeler("a").labeler, store.add_labeler("b").labeler
+    task = store.next_task(campaign.id, a.id)
+    clock.advance(40)
+    store.skip(task.assignment_id, a.id)
+    store.unskip(task.assignment_id, a.id)  # handed out 40 minutes ago, taken back now
+    clock.advance(5)
+    assert store.next_task(campaign.id, b.id) is None  # still a's: the timeout counts from the unskip
+    store.submit_label(task.assignment_id, a.id, LabelData(ranks=[1, 2, 3]))
