@@ -49,6 +49,13 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+def sign_in(client: TestClient, token: str) -> None:
+    """Signs the client's cookie jar in with a token, as the login form does (a session cookie)."""
+    client.cookies.clear()
+    response = client.post("/login", data={"token": token}, follow_redirects=False)
+    assert response.status_code == 303, response.text
+
+
 def make_campaign(client: TestClient, admin: dict[str, str], name: str = "c", kind: str = "rank", items: list | None = None, **extra) -> dict:
     if items is None:
         items = [{"prompt": f"prompt {i}", "completions": [f"answer {i}.{j}" for j in range(3)], "id": f"i{i}"} for i in range(3)]

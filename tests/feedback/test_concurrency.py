@@ -1,4 +1,4 @@
-"""Many clients on loopback at once: no label lost, none duplicated, no item over-assigned."""
+"""Many clients on loopback at once: no label lost, none duplicated, no item over-assigned (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from collections import Counter
 import httpx
 
 from conftest import ADMIN_TOKEN, bearer
+from db_backends import db_url  # noqa: F401  (the live server on SQLite and on PostgreSQL)
 
 
 def _setup(url: str, n_items: int, per_item: int, n_labelers: int) -> tuple[int, list[dict[str, str]]]:

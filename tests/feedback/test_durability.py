@@ -1,4 +1,4 @@
-"""kill -9 the server under load: every acknowledged label is in the database afterwards."""
+"""kill -9 the server under load: every acknowledged label is in the database afterwards (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pytest
 
 import tether
 from conftest import bearer, free_port
+from db_backends import db_url  # noqa: F401  (the server on SQLite and on PostgreSQL)
 from tether.storage import FeedbackStore
 
 ADMIN = "durability-admin-token"
@@ -54,8 +55,7 @@ def _label_forever(url: str, headers: dict[str, str], campaign_id: int, acked: l
 
 
 @pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs SIGKILL")
-def test_acknowledged_labels_survive_kill_9(tmp_path):
-    db_url = f"sqlite:///{tmp_path / 'durable.db'}"
+def test_acknowledged_labels_survive_kill_9(tmp_path, db_url):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = _start_server(db_url, port, tmp_path / "server.log")
@@ -84,4 +84,5 @@ def test_acknowledged_labels_survive_kill_9(tmp_path):
     assert len(acked) >= 100
     store = FeedbackStore(db_url)  # reopening recovers the WAL
     stored = {label.id for label in store.list_labels(campaign["id"])}
+    store.close()
     assert set(acked) <= stored, f"{len(set(acked) - stored)} acknowledged labels lost"

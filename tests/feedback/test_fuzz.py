@@ -24,6 +24,7 @@ from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
 from conftest import ADMIN_TOKEN, bearer  # noqa: E402
+from db_backends import db_url  # noqa: E402, F401
 from tether.feedback.app import create_app  # noqa: E402
 from tether.storage import FeedbackStore, NewItem, TaskKind  # noqa: E402
 
@@ -32,9 +33,9 @@ FOLD_IDS = 6  # ids 1..5 exist in the seeded database
 
 
 @pytest.fixture
-def seeded(tmp_path) -> Iterator[tuple[FeedbackStore, int]]:
+def seeded(db_url) -> Iterator[tuple[FeedbackStore, int]]:
     """A database with a campaign of each kind and a labeler with an open task in each; the labeler's id."""
-    store = FeedbackStore(f"sqlite:///{tmp_path / 'fuzz.db'}")
+    store = FeedbackStore(db_url)
     store.set_admin_token(ADMIN_TOKEN)
     labeler = store.add_labeler("fuzzer")
     for kind in TaskKind:

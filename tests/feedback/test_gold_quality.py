@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from conftest import make_campaign, make_labeler
+from conftest import make_campaign, make_labeler, sign_in
 from tether.errors import DataError
 from tether.feedback.campaign_file import parse_campaign_text, parse_item
 from tether.feedback.cli import main
@@ -214,7 +214,7 @@ def test_gold_rate_and_fast_threshold_are_settings(client, admin):
     patched = client.patch(f"/api/campaigns/{campaign['id']}", json={"gold_rate": 0.3, "fast_ms": 0}, headers=admin).json()
     assert (patched["gold_rate"], patched["fast_ms"]) == (0.3, None)
     assert client.patch(f"/api/campaigns/{campaign['id']}", json={"gold_rate": 1.5}, headers=admin).status_code == 422
-    client.cookies.set("tether_token", admin["Authorization"].split()[1])
+    sign_in(client, admin["Authorization"].split()[1])
     response = client.post(f"/admin/campaigns/{campaign['id']}", data={"gold_rate": "0.2", "fast_ms": "1200"}, follow_redirects=False)
     assert response.status_code == 303
     quality = client.get(f"/api/campaigns/{campaign['id']}/quality", headers=admin).json()

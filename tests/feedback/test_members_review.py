@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import ADMIN_TOKEN, make_campaign, make_labeler
+from conftest import ADMIN_TOKEN, make_campaign, make_labeler, sign_in
 from tether.feedback.cli import main
 from tether.storage import FeedbackStore
 
@@ -55,17 +55,17 @@ def test_members_api_errors(client, admin):
 def test_members_pages(client, admin):
     ann, bob = make_labeler(client, admin, "ann"), make_labeler(client, admin, "bob")
     campaign = make_campaign(client, admin, name="private")
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     assert "No members" in client.get(f"/admin/campaigns/{campaign['id']}").text
     assert client.post(f"/admin/campaigns/{campaign['id']}/members", data={"labeler": "ann"}, follow_redirects=False).status_code == 303
     page = client.get(f"/admin/campaigns/{campaign['id']}").text
     assert 'class="member-name">ann<' in page and "Only these labelers" in page
-    client.cookies.set("tether_token", bob["Authorization"].split()[1])
+    sign_in(client, bob["Authorization"].split()[1])
     assert "private" not in client.get("/queue").text
     assert client.get(f"/label/{campaign['id']}").status_code == 404
-    client.cookies.set("tether_token", ann["Authorization"].split()[1])
+    sign_in(client, ann["Authorization"].split()[1])
     assert "private" in client.get("/queue").text and client.get(f"/label/{campaign['id']}").status_code == 200
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     ann_id = client.get(f"/api/campaigns/{campaign['id']}/members", headers=admin).json()[0]["id"]
     assert client.post(f"/admin/campaigns/{campaign['id']}/members/{ann_id}/remove", follow_redirects=False).status_code == 303
     assert client.get(f"/api/campaigns/{campaign['id']}/members", headers=admin).json() == []
@@ -154,7 +154,7 @@ def test_review_page_and_links_from_the_campaign(client, admin):
         while (task := _next(client, labeler, campaign["id"])).status_code == 200:
             body = {"ranks": ranks, "note": "<b>why</b>", "duration_ms": 12_345}
             client.post(f"/api/assignments/{task.json()['assignment_id']}/label", json=body, headers=labeler)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     page = client.get(f"/admin/campaigns/{campaign['id']}").text
     assert f'href="/admin/review?campaign={campaign["id"]}&amp;labeler=ann"' in page
     assert f'href="/admin/review?campaign={campaign["id"]}&amp;item=i0"' in page  # the most disagreed items
@@ -166,7 +166,7 @@ def test_review_page_and_links_from_the_campaign(client, admin):
     assert review.text.count('class="match" data-labeler="cat"') == 3
     assert 'id="f-disagreements" checked' in review.text
     assert client.get("/admin/review?campaign=999").status_code == 404
-    client.cookies.set("tether_token", ann["Authorization"].split()[1])
+    sign_in(client, ann["Authorization"].split()[1])
     assert client.get(f"/admin/review?campaign={campaign['id']}").status_code == 403
     assert client.get(f"/api/campaigns/{campaign['id']}/review", headers=ann).status_code == 403
 
@@ -174,7 +174,7 @@ def test_review_page_and_links_from_the_campaign(client, admin):
 def test_new_campaign_form_takes_a_gold_file_and_members(client, admin):
     make_labeler(client, admin, "ann")
     make_labeler(client, admin, "bob")
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     assert 'name="members" value="ann"' in client.get("/admin/campaigns/new").text
     rows = "\n".join(json.dumps({"prompt": f"p{i}", "completions": ["a", "b"]}) for i in range(3))
     gold = json.dumps({"prompt": "g", "completions": ["right", "wrong"], "best": 0})

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from conftest import ADMIN_TOKEN, make_campaign, make_labeler
+from conftest import ADMIN_TOKEN, make_campaign, make_labeler, sign_in
 
 ITEMS = {
     "rank": [{"prompt": "p", "completions": ["a", "b", "c"]}],
@@ -18,7 +18,7 @@ MARKERS = {"rank": "rank-btn", "pair": 'data-side="tie"', "thumbs": 'data-thumb=
 
 
 def _as(client, headers):
-    client.cookies.set("tether_token", headers["Authorization"].split()[1])
+    sign_in(client, headers["Authorization"].split()[1])
 
 
 @pytest.mark.parametrize("kind", sorted(ITEMS))
@@ -42,7 +42,7 @@ def test_finished_queue_says_so(client, admin):
 
 
 def test_admin_creates_campaign_from_upload(client):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     rows = "\n".join(json.dumps({"prompt": f"p{i}", "completions": ["a", "b"]}) for i in range(4))
     form = {"name": "up", "kind": "pair", "labelers_per_item": "2", "guidelines": "g"}
     response = client.post("/admin/campaigns", data=form, files={"file": ("c.jsonl", rows, "application/json")}, follow_redirects=False)
@@ -52,7 +52,7 @@ def test_admin_creates_campaign_from_upload(client):
 
 
 def test_admin_creates_redteam_campaign_from_pasted_prompts(client):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     form = {"name": "rt", "kind": "redteam", "prompts": "attack one\n\nattack two\n"}
     response = client.post("/admin/campaigns", data=form, follow_redirects=False)
     assert response.status_code == 303
@@ -60,7 +60,7 @@ def test_admin_creates_redteam_campaign_from_pasted_prompts(client):
 
 
 def test_admin_form_errors_are_shown(client):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     bad = client.post("/admin/campaigns", data={"name": "x", "kind": "rank"}, files={"file": ("c.jsonl", "{not json", "text/plain")})
     assert bad.status_code == 400 and "uploaded file:1: not valid JSON" in bad.text
     no_model = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello"})
@@ -78,7 +78,7 @@ def test_admin_samples_completions_for_pasted_prompts(client, admin, store, monk
     from tether.storage import JobQueue
 
     monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     form = {"name": "sampled", "kind": "rank", "prompts": "one\ntwo", "model_path": "runs/sft", "k": "3"}
     response = client.post("/admin/campaigns", data=form, follow_redirects=False)
     assert response.status_code == 303 and response.headers["location"].startswith("/admin?job=")
@@ -107,7 +107,7 @@ def test_sampling_failures_are_shown_not_raised(client, admin, store, monkeypatc
         raise OSError("no such model")
 
     monkeypatch.setattr(service, "_sampler", lambda: broken)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     response = client.post("/admin/campaigns", data={"name": "x", "kind": "rank", "prompts": "hello", "model_path": "m"}, follow_redirects=False)
     assert response.status_code == 303
     run_worker(store, "w1", once=True)
@@ -123,7 +123,7 @@ def test_sampled_campaign_keeps_the_forms_gold_items_and_members(client, admin, 
 
     monkeypatch.setattr(service, "_sampler", lambda: _fake_sampler)
     make_labeler(client, admin, "ann")
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     form = {"name": "sampled", "kind": "rank", "prompts": "one", "model_path": "m", "k": "2", "members": ["ann"], "gold_rate": "0.3"}
     gold = ("gold.jsonl", '{"prompt": "2 + 2?", "completions": ["4", "5"], "best": 0}\n', "text/plain")
     ghost = client.post("/admin/campaigns", data={**form, "members": ["nobody"]}, files={"gold_file": gold})
@@ -137,7 +137,7 @@ def test_sampled_campaign_keeps_the_forms_gold_items_and_members(client, admin, 
 
 
 def test_sampling_form_checks_before_queueing(client, admin):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     make_campaign(client, admin, name="taken")
     taken = client.post("/admin/campaigns", data={"name": "taken", "kind": "rank", "prompts": "hello", "model_path": "m"})
     assert taken.status_code == 409 and "already exists" in taken.text
@@ -194,7 +194,7 @@ def test_redteam_generate_without_a_worker_says_so(client, admin, store, monkeyp
 
 def test_admin_manages_labelers_and_campaign(client, admin):
     campaign = make_campaign(client, admin)
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     page = client.post("/admin/labelers", data={"name": "ann"})
     assert page.status_code == 200 and 'id="token-value"' in page.text
     assert client.post("/admin/labelers", data={"name": "ann"}).status_code == 409

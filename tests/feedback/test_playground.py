@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from conftest import ADMIN_TOKEN, make_labeler
+from conftest import ADMIN_TOKEN, make_labeler, sign_in
 
 from tether.errors import ConfigError
 from tether.feedback.app import create_app
@@ -90,7 +90,7 @@ def test_bad_playground_files_name_the_problem(tmp_path):
 
 
 def test_no_playground_configured(client, admin):
-    client.cookies.set("tether_token", ADMIN_TOKEN)
+    sign_in(client, ADMIN_TOKEN)
     assert client.get("/playground").status_code == 404
     response = client.post("/api/playground/generate", json={"prompt": "hi"}, headers=admin)
     assert response.status_code == 404 and "--playground" in response.json()["detail"]
@@ -176,7 +176,7 @@ def test_the_playground_page_escapes_model_names(store, tmp_path):
     path = tmp_path / "pg.yaml"
     path.write_text('models:\n  - {name: "<script>x</script>", path: a, kl: 0}\n  - {name: mid, path: b, kl: 1}\n  - {name: end, path: c, kl: 2}\n')
     with TestClient(create_app(store, playground=load_playground(path))) as client:
-        client.cookies.set("tether_token", ADMIN_TOKEN)
+        sign_in(client, ADMIN_TOKEN)
         page = client.get("/playground").text
         assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
         assert 'id="kl-slider"' in page and 'max="2"' in page

@@ -8,7 +8,7 @@ from fastapi.routing import APIRoute
 from tether.feedback.api import router as api_router
 from tether.feedback.auth import admin_only, labeler_only, signed_in
 from tether.feedback.pages import router as pages_router
-from conftest import make_campaign, make_labeler
+from conftest import make_campaign, make_labeler, sign_in
 
 PUBLIC = {"/", "/login", "/logout", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
 
@@ -81,9 +81,9 @@ def test_model_text_is_escaped_on_every_page(client, admin):
     items = [{"prompt": XSS, "completions": [XSS + " one", XSS + " two"], "id": XSS}]
     campaign = make_campaign(client, admin, name="camp<script>", guidelines=XSS, items=items, labelers_per_item=2)
     labeler = make_labeler(client, admin, "ann<script>")
-    client.cookies.set("tether_token", labeler["Authorization"].split()[1])
+    sign_in(client, labeler["Authorization"].split()[1])
     pages = [client.get("/queue"), client.get(f"/label/{campaign['id']}")]
-    client.cookies.set("tether_token", admin["Authorization"].split()[1])
+    sign_in(client, admin["Authorization"].split()[1])
     pages += [client.get("/admin"), client.get(f"/admin/campaigns/{campaign['id']}")]
     for page in pages:
         assert page.status_code == 200

@@ -1,5 +1,5 @@
-"""The job queue: two workers never claim the same job, only the holder reports on it, and a dead worker's job
-is queued again (then failed after MAX_ATTEMPTS runs)."""
+"""The job queue, on SQLite and PostgreSQL: two workers never claim the same job, only the holder reports on it,
+and a dead worker's job is queued again (then failed after MAX_ATTEMPTS runs)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,7 @@ import pytest
 
 from tether.storage import FeedbackStore, JobQueue, JobStatus
 from tether.storage.jobs import MAX_ATTEMPTS
-
-
-@pytest.fixture
-def db_url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'feedback.db'}"
+from db_backends import db_url  # noqa: F401  (db_url: every test on SQLite and PostgreSQL)
 
 
 @pytest.fixture

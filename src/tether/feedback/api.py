@@ -16,6 +16,7 @@ from tether.feedback.quality import screen_labels
 from tether.feedback.review import ReviewFilters
 from tether.feedback.schemas import (
     AgreementOut,
+    AnsweredOut,
     CampaignIn,
     CampaignOut,
     CampaignPatch,
@@ -36,10 +37,13 @@ from tether.feedback.schemas import (
     QualityOut,
     ReviewOut,
     RowId,
+    SessionsEnded,
+    SkippedOut,
     TaskOut,
 )
 from tether.feedback.service import (
     agreement_out,
+    answered_out,
     campaign_out,
     create_campaign,
     current_task,
@@ -50,8 +54,10 @@ from tether.feedback.service import (
     quality_out,
     review_out,
     review_page,
+    skipped_out,
     submit_answer,
     submit_free,
+    task_out,
 )
 from tether.storage import Campaign, FeedbackStore, Labeler, NotFound
 
@@ -239,6 +245,12 @@ def post_labeler_token(labeler_id: RowId, _: Principal = Depends(admin_only), st
     return _labeler_created(labeler, token)
 
 
+@router.delete("/labelers/{labeler_id}/sessions", response_model=SessionsEnded, tags=["admin"])
+def delete_labeler_sessions(labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> SessionsEnded:
+    """Signs a labeler out of every browser (their token still signs in)."""
+    return SessionsEnded(ended=store.end_sessions(labeler_id))
+
+
 # ---- labelers: the queue -----------------------------------------------------------------------
 
 
@@ -282,9 +294,38 @@ def post_label(assignment_id: RowId, body: LabelIn, labeler: Labeler = Depends(l
 
 @router.post("/assignments/{assignment_id}/skip", status_code=204, tags=["labeler"])
 def post_skip(assignment_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
-    """Gives an item back; the labeler will not get it again."""
+    """Gives an item back; the labeler gets it again only by taking it back (`unskip`)."""
     store.skip(assignment_id, labeler.id)
     return Response(status_code=204)
+
+
+@router.post("/assignments/{assignment_id}/unskip", response_model=TaskOut, tags=["labeler"])
+def post_unskip(assignment_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> TaskOut:
+    """Takes a skipped item back; it is the labeler's current task again (409 when others took every slot)."""
+    task = store.unskip(assignment_id, labeler.id)
+    campaign = store.get_campaign(task.item.campaign_id, count_items=False)
+    return task_out(campaign, task, store.count_available(campaign.id, labeler.id))
+
+
+@router.get("/campaigns/{campaign_id}/skipped", response_model=list[SkippedOut], tags=["labeler"])
+def get_skipped(campaign_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> list[SkippedOut]:
+    """The items the labeler skipped in a campaign, most recent first."""
+    return [skipped_out(t) for t in store.list_skipped(_active_campaign(store, campaign_id, labeler).id, labeler.id)]
+
+
+@router.get("/history", response_model=list[AnsweredOut], tags=["labeler"])
+def get_history(labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> list[AnsweredOut]:
+    """The labeler's own answers, most recently given first (the latest version of each)."""
+    return [answered_out(store, a) for a in store.answered(labeler.id)]
+
+
+@router.get("/history/{assignment_id}", response_model=AnsweredOut, tags=["labeler"])
+def get_history_item(assignment_id: RowId, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> AnsweredOut:
+    """One of the labeler's answers with its earlier versions; revise it with `POST /api/assignments/{id}/label`."""
+    found = store.answered(labeler.id, assignment_id=assignment_id)
+    if not found:
+        raise NotFound(f"answered assignment {assignment_id} not found")
+    return answered_out(store, found[0], with_versions=True)
 
 
 @router.post("/campaigns/{campaign_id}/redteam", response_model=LabelAck, tags=["labeler"])

@@ -5,13 +5,18 @@ Run it with `tether label serve`; tests build it with `create_app(store)`.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
+import re
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -25,19 +30,24 @@ from tether.feedback.playground_routes import api_router as jobs_api_router
 from tether.feedback.playground_routes import pages_router as playground_pages_router
 from tether.feedback.tasks import LabelError
 from tether.feedback.templating import make_templates, render
-from tether.storage import Conflict, FeedbackStore, NotFound, Unavailable
+from tether.storage import Conflict, FeedbackStore, InvalidValue, NotFound, Unavailable
 
 HERE = Path(__file__).parent
 MAX_BODY_BYTES = 32 * 1024 * 1024
 RETRY_AFTER_S = 5  # what a 503 (database locked or full) asks clients to wait before sending again
+CSP = "default-src 'self'; script-src {scripts}; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'"
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'",
+    "Content-Security-Policy": CSP.format(scripts="'self'"),
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
 # errors answered with a status and their own message (the most specific class of an error wins)
-ERROR_STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, LabelError: 422, TetherError: 400}
+ERROR_STATUS: dict[type[Exception], int] = {NotFound: 404, Conflict: 409, LabelError: 422, InvalidValue: 422, TetherError: 400}
+# Swagger UI's files, from a package that ships them (the CSP allows no CDN): fastapi-offline has Swagger UI 5,
+# which renders the OpenAPI 3.1 that FastAPI writes (swagger-ui-bundle's Swagger UI 4 shows "Unable to render")
+SWAGGER_UI_FILES = resources.files("fastapi_offline") / "static"
+INLINE_SCRIPT = re.compile(rb"<script>(.*?)</script>", re.DOTALL)
 
 
 class _TooLarge(Exception):
@@ -45,7 +55,12 @@ class _TooLarge(Exception):
 
 
 class BodyLimit:
-    """ASGI middleware: answers 413 to requests whose body exceeds `max_bytes` (declared or streamed)."""
+    """ASGI middleware: answers 413 to requests whose body exceeds `max_bytes` (declared or streamed).
+
+    A streamed body (no Content-Length, e.g. chunked) is counted as it is read; the read that
+    passes the limit fails. The app answers that failure itself (FastAPI makes it a 400 "error
+    parsing the body"), so the answer it starts is replaced by the 413.
+    """
 
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
         self.app = app
@@ -60,26 +75,33 @@ class BodyLimit:
             await self._reject(send)
             return
         received = 0
-        started = False
+        too_large = started = replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
+                    too_large = True
                     raise _TooLarge()
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
+        async def guarded_send(message: Message) -> None:
+            nonlocal started, replaced
+            if replaced:
+                return  # the rest of the app's answer to a body it could not read
+            if too_large and not started:
+                replaced = True
+                await self._reject(send)
+                return
             started = started or message["type"] == "http.response.start"
             await send(message)
 
         try:
-            await self.app(scope, limited_receive, tracking_send)
+            await self.app(scope, limited_receive, guarded_send)
         except _TooLarge:
-            if not started:
+            if not started and not replaced:
                 await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
@@ -133,21 +155,57 @@ def jsonable_errors(exc: RequestValidationError) -> list[dict[str, object]]:
     return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
 
 
-def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES, playground: PlaygroundConfig | None = None) -> FastAPI:
+def with_inline_scripts_allowed(page: HTMLResponse) -> HTMLResponse:
+    """Lets exactly the page's own inline scripts run, by their SHA-256 in the Content-Security-Policy
+    (any other inline script stays blocked)."""
+    hashes = [base64.b64encode(hashlib.sha256(script).digest()).decode() for script in INLINE_SCRIPT.findall(page.body)]
+    page.headers["Content-Security-Policy"] = CSP.format(scripts=" ".join(["'self'"] + [f"'sha256-{h}'" for h in hashes]))
+    return page
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Interactive API docs at /docs: Swagger UI served from this app, not a CDN."""
+    app.mount("/static/docs", StaticFiles(directory=str(SWAGGER_UI_FILES)), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        page = get_swagger_ui_html(
+            openapi_url=app.openapi_url or "/openapi.json",
+            title=f"{app.title} - API",
+            swagger_js_url="/static/docs/swagger-ui-bundle.js",
+            swagger_css_url="/static/docs/swagger-ui.css",
+            swagger_favicon_url="/static/docs/favicon.png",
+            oauth2_redirect_url=None,
+        )
+        return with_inline_scripts_allowed(page)
+
+
+def create_app(
+    store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES, secure_cookies: bool = False, playground: PlaygroundConfig | None = None
+) -> FastAPI:
     """Builds the app around a store.
 
     Args:
         store: the feedback database (schema already created or upgraded).
         max_body_bytes: largest request body accepted (413 above).
+        secure_cookies: always mark the sign-in cookie `Secure` (behind a TLS proxy whose
+            X-Forwarded-Proto the server does not trust); it is set anyway on HTTPS requests.
         playground: the playground's models and scorers (`load_playground`); None: no playground page.
 
     Returns:
-        The FastAPI app: pages at /, JSON API at /api, OpenAPI schema at /openapi.json.
+        The FastAPI app: pages at /, JSON API at /api, OpenAPI schema at /openapi.json, docs at /docs.
     """
-    app = FastAPI(title="tether feedback", version=__version__, description="Collect human feedback on model outputs.")
+    app = FastAPI(
+        title="tether feedback",
+        version=__version__,
+        description="Collect human feedback on model outputs.",
+        docs_url=None,  # /docs is served with local files below
+        redoc_url=None,
+    )
     app.state.store = store
     app.state.playground = playground
     app.state.templates = make_templates()
+    app.state.secure_cookies = secure_cookies
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):  # type: ignore[no-untyped-def]
@@ -164,10 +222,13 @@ def create_app(store: FeedbackStore, max_body_bytes: int = MAX_BODY_BYTES, playg
     app.include_router(pages_router)
     app.include_router(jobs_api_router)
     app.include_router(playground_pages_router)
+    _install_docs(app)  # before /static, whose mount would take /static/docs too
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     return app
 
 
 def app_from_env() -> FastAPI:
-    """App factory for `uvicorn --factory tether.feedback.app:app_from_env` (database from TETHER_DB)."""
-    return create_app(FeedbackStore(os.environ.get("TETHER_DB", "sqlite:///feedback.db")))
+    """App factory for `uvicorn --factory tether.feedback.app:app_from_env`: the database from TETHER_DB,
+    the assignment timeout in minutes from TETHER_ASSIGNMENT_TIMEOUT (default 30)."""
+    minutes = float(os.environ.get("TETHER_ASSIGNMENT_TIMEOUT", "30"))
+    return create_app(FeedbackStore(os.environ.get("TETHER_DB", "sqlite:///feedback.db"), assignment_timeout_s=minutes * 60))

@@ -20,6 +20,9 @@ from tether.storage import LabelData, NewItem, PairChoice, TaskKind
 
 GOLD_KEYS = ("ranking", "best", "choice", "thumb")
 
+# item ids are stored in 200 characters; splitting an item into pairs appends ":i-j" to its id
+MAX_ID_CHARS = 180
+
 
 def parse_gold(answer: object, kind: TaskKind, n: int) -> LabelData:
     """Turns the known answer of a gold item into the answer a labeler would give.
@@ -93,6 +96,8 @@ def parse_item(obj: object, kind: TaskKind, gold: bool = False) -> NewItem:
     if kind == TaskKind.REDTEAM and "response" in obj and not completions:
         completions = [str(obj["response"])]
     external = obj.get("id")
+    if external is not None and len(str(external)) > MAX_ID_CHARS:
+        raise ValueError(f'"id": at most {MAX_ID_CHARS} characters')
     meta = obj.get("meta")
     if meta is not None and not isinstance(meta, dict):
         raise ValueError('"meta": must be an object')

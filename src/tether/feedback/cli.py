@@ -5,14 +5,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from tether.errors import ConfigError, DataError, TetherError
 from tether.storage import Conflict, FeedbackStore, NotFound, StoreError, TaskKind
 
 DEFAULT_DB = "sqlite:///feedback.db"
 ADMIN_TOKEN_ENV = "TETHER_ADMIN_TOKEN"
+ASSIGNMENT_TIMEOUT_ENV = "TETHER_ASSIGNMENT_TIMEOUT"
+TOKEN_FILE_SUFFIX = ".admin-token"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,8 +31,23 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", "run the web app")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--admin-token", default=None, help=f"admin token to use (env {ADMIN_TOKEN_ENV}); one is made and printed on first start")
+    serve.add_argument("--admin-token", default=None, help=f"admin token to use (env {ADMIN_TOKEN_ENV}); otherwise one is made on first start")
+    token_file_help = "file (mode 0600) that receives a newly made admin token (default: next to a SQLite database, DB.admin-token; else ./tether-admin-token)"
+    serve.add_argument("--admin-token-file", default=None, help=token_file_help)
     serve.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
+    serve.add_argument(
+        "--assignment-timeout",
+        type=float,
+        default=os.environ.get(ASSIGNMENT_TIMEOUT_ENV, "30"),  # argparse converts a string default with `type`
+        metavar="MIN",
+        help=f"minutes an item stays with a labeler who does not answer, before it goes back to the pool (default 30; 0 never; env {ASSIGNMENT_TIMEOUT_ENV})",
+    )
+    serve.add_argument(
+        "--forwarded-allow-ips",
+        default=os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1"),
+        help="comma-separated addresses of proxies whose X-Forwarded-Proto/-For are trusted, or '*' (default 127.0.0.1; env FORWARDED_ALLOW_IPS)",
+    )
+    serve.add_argument("--secure-cookies", action="store_true", help="always mark the sign-in cookie Secure (the site is served over HTTPS by a proxy)")
     serve.add_argument("--playground", default=None, metavar="FILE", help="YAML file of the playground's models (page /playground; see docs/feedback.md)")
     serve.add_argument("--with-worker", action="store_true", help="also start a `tether label worker` process on the same database (model jobs)")
 
@@ -72,7 +91,8 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("name", help="labeler name")
     tok = command("new-token", "give a labeler a new sign-in token (the old one stops working)")
     tok.add_argument("name", help="labeler name")
-    command("admin-token", "set a new admin token and print it")
+    adm = command("admin-token", "set a new admin token and print it (or write it to a file)")
+    adm.add_argument("--admin-token-file", default=None, help="write the token to this file (mode 0600) and print only where it is")
     command("campaigns", "list campaigns with their progress")
     agr = command("agreement", "print a campaign's agreement report")
     agr.add_argument("--campaign", required=True, help="campaign name")
@@ -94,6 +114,61 @@ def _read_guidelines(path: str | None) -> str:
         raise DataError(f"--guidelines {path}: cannot read ({exc.strerror})") from None
 
 
+def default_token_file(db_url: str) -> Path:
+    """Where a newly made admin token is written: beside a SQLite database file, else the current folder."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        url = make_url(db_url)
+    except Exception:  # the store reports a bad URL with its own message
+        return Path("tether-admin-token")
+    database = url.database or ""
+    if url.get_backend_name() == "sqlite" and database not in ("", ":memory:") and not database.startswith("file:"):
+        return Path(database + TOKEN_FILE_SUFFIX)
+    return Path("tether-admin-token")
+
+
+def write_secret(path: Path, secret: str) -> None:
+    """Writes a secret to a file only its owner can read (0600), replacing the file atomically.
+
+    Raises:
+        ConfigError: the file cannot be written.
+    """
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # created 0600
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(secret + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        raise ConfigError(f"--admin-token-file {path}: cannot write ({exc.strerror or exc})") from None
+
+
+def _new_admin_token(store: FeedbackStore, token_file: Path) -> None:
+    """Makes an admin token, writes it to `token_file` first (a token nobody can read is never set), then sets it."""
+    from tether.storage.store import new_token
+
+    token = new_token()
+    write_secret(token_file, token)
+    store.set_admin_token(token)
+    print(f"admin token written to {token_file} (readable by you only)", flush=True)
+
+
+def server_config(app: Any, args: argparse.Namespace) -> Any:
+    """The uvicorn configuration of `serve`: X-Forwarded-Proto/-For honoured from --forwarded-allow-ips only."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=args.host, port=args.port, log_level="info", proxy_headers=True, forwarded_allow_ips=args.forwarded_allow_ips
+    )
+
+
 def _serve(args: argparse.Namespace) -> int:
     import subprocess
 
@@ -101,24 +176,25 @@ def _serve(args: argparse.Namespace) -> int:
 
     from tether.feedback.app import create_app
     from tether.feedback.playground import load_playground
-    from tether.storage.store import new_token
 
+    if args.assignment_timeout < 0:
+        raise ConfigError("--assignment-timeout: must be 0 (never) or more minutes")
     playground = load_playground(args.playground) if args.playground else None
-    store = FeedbackStore(args.db)
+    store = FeedbackStore(args.db, assignment_timeout_s=args.assignment_timeout * 60)
     token = args.admin_token or os.environ.get(ADMIN_TOKEN_ENV)
     if token:
         store.set_admin_token(token)
     elif not store.has_admin_token():
-        token = new_token()
-        store.set_admin_token(token)
-        print(f"admin token (shown once, keep it): {token}", flush=True)
+        _new_admin_token(store, Path(args.admin_token_file) if args.admin_token_file else default_token_file(args.db))
+    else:
+        print("admin token: set earlier (`tether label admin-token --admin-token-file FILE` makes a new one)", flush=True)
     print(f"tether feedback: http://{args.host}:{args.port}/  database {args.db}", flush=True)
     if playground is not None:
         print(f"playground: http://{args.host}:{args.port}/playground  {len(playground.models)} models", flush=True)
     worker = subprocess.Popen([sys.executable, "-m", "tether.feedback.cli", "worker", "--db", args.db]) if args.with_worker else None
     try:
-        app = create_app(store, max_body_bytes=int(args.max_body_mb * 1024 * 1024), playground=playground)
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info")
+        app = create_app(store, max_body_bytes=int(args.max_body_mb * 1024 * 1024), secure_cookies=args.secure_cookies, playground=playground)
+        uvicorn.Server(server_config(app, args)).run()
     finally:
         if worker is not None:  # a job in progress is queued again by the next worker (no heartbeat)
             worker.kill()
@@ -277,8 +353,12 @@ def _new_token(args: argparse.Namespace) -> int:
 def _admin_token(args: argparse.Namespace) -> int:
     from tether.storage.store import new_token
 
+    store = FeedbackStore(args.db)
+    if args.admin_token_file:
+        _new_admin_token(store, Path(args.admin_token_file))
+        return 0
     token = new_token()
-    FeedbackStore(args.db).set_admin_token(token)
+    store.set_admin_token(token)
     print(f"admin token: {token}")
     return 0
 

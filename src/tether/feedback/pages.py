@@ -8,19 +8,19 @@ from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import RedirectResponse, Response
 
 from tether.errors import TetherError
-from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, request_token, resolve_token
+from tether.feedback.auth import COOKIE, Principal, admin_only, get_store, labeler_only, resolve_request, resolve_token
 from tether.feedback.campaign_file import parse_campaign_text, parse_prompt_lines
 from tether.feedback.export import ALLOWED, AUTO_KIND
 from tether.feedback.schemas import RowId
 from tether.feedback.playground_routes import job_out
 from tether.feedback.review import ReviewFilters
-from tether.feedback.service import agreement_out, current_task, progress_out, quality_out, review_page
+from tether.feedback.service import agreement_out, answer_summary, current_task, progress_out, quality_out, review_page, task_out
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
 from tether.feedback.templating import render
-from tether.storage import Conflict, FeedbackStore, JobQueue, Labeler, NewItem, NotFound, TaskKind
+from tether.storage import Conflict, FeedbackStore, JobQueue, LabelData, Labeler, NewItem, NotFound, TaskKind
+from tether.storage.store import SESSION_MAX_AGE_S
 
 router = APIRouter(include_in_schema=False)
-COOKIE_MAX_AGE = 30 * 24 * 3600
 MOST_DISAGREED = 10  # items listed under the campaign's agreement, least agreed first
 JOBS_SHOWN = 20  # newest jobs on the admin page
 
@@ -32,7 +32,7 @@ def _redirect(url: str) -> RedirectResponse:
 @router.get("/")
 def home(request: Request, store: FeedbackStore = Depends(get_store)) -> Response:
     """Sends the admin to /admin, a labeler to /queue, anyone else to /login."""
-    principal = resolve_token(store, request_token(request))
+    principal = resolve_request(store, request)
     if principal is None:
         return _redirect("/login")
     return _redirect("/admin" if principal.role == "admin" else "/queue")
@@ -44,22 +44,32 @@ def login_page(request: Request) -> Response:
     return render(request, "login.html", error=None)
 
 
+def secure_cookies(request: Request) -> bool:
+    """Whether the sign-in cookie gets `Secure`: the request came over HTTPS (directly, or through a
+    trusted proxy's X-Forwarded-Proto, which uvicorn applies), or the app was told to always set it."""
+    return request.url.scheme == "https" or bool(getattr(request.app.state, "secure_cookies", False))
+
+
 @router.post("/login")
 def login(request: Request, token: str = Form(..., max_length=200), store: FeedbackStore = Depends(get_store)) -> Response:
-    """Checks a token and keeps it in an HTTP-only, same-site cookie."""
-    token = token.strip()
-    if resolve_token(store, token) is None:
+    """Checks a token and starts a session, whose id goes in an HTTP-only, same-site cookie."""
+    principal = resolve_token(store, token.strip())
+    if principal is None:
         return render(request, "login.html", status_code=401, error="unknown or disabled token")
+    session_id = store.create_session(principal.labeler.id if principal.labeler is not None else None)
     response = _redirect("/")
-    response.set_cookie(COOKIE, token, max_age=COOKIE_MAX_AGE, httponly=True, samesite="strict", secure=request.url.scheme == "https")
+    response.set_cookie(COOKIE, session_id, max_age=SESSION_MAX_AGE_S, httponly=True, samesite="strict", secure=secure_cookies(request))
     return response
 
 
 @router.post("/logout")
-def logout() -> Response:
-    """Forgets the sign-in cookie."""
+def logout(request: Request, store: FeedbackStore = Depends(get_store)) -> Response:
+    """Ends the session on the server (the cookie stops working, even a copy of it) and forgets the cookie."""
+    session_id = request.cookies.get(COOKIE)
+    if session_id:
+        store.end_session(session_id)
     response = _redirect("/login")
-    response.delete_cookie(COOKIE)
+    response.delete_cookie(COOKIE, httponly=True, samesite="strict", secure=secure_cookies(request))
     return response
 
 
@@ -68,25 +78,86 @@ def logout() -> Response:
 
 @router.get("/queue")
 def queue(request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
-    """The labeler's campaigns with what is left to do."""
+    """The labeler's campaigns with what is left to do, and the items they skipped (to take back)."""
     rows = []
     for campaign in store.list_campaigns(labeler_id=labeler.id):
         if campaign.status == "active":
             done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
-            rows.append((campaign, store.count_available(campaign.id, labeler.id), done))
+            rows.append((campaign, store.count_available(campaign.id, labeler.id), done, store.list_skipped(campaign.id, labeler.id)))
     return render(request, "queue.html", labeler=labeler, rows=rows, titles=KIND_TITLES)
 
 
+@router.post("/queue/unskip/{assignment_id}")
+def unskip(assignment_id: RowId, request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Takes a skipped item back and opens it (it is the current task of its campaign again)."""
+    try:
+        task = store.unskip(assignment_id, labeler.id)
+    except Conflict as exc:
+        return render(request, "error.html", status_code=409, status=409, message=str(exc))
+    return _redirect(f"/label/{task.item.campaign_id}")
+
+
 @router.get("/label/{campaign_id}")
-def label_page(campaign_id: RowId, request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
-    """The labeler's current task in a campaign, with the guidelines beside it."""
+def label_page(
+    campaign_id: RowId, request: Request, skipped: RowId | None = None, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)
+) -> Response:
+    """The labeler's current task in a campaign, with the guidelines beside it (`?skipped=ID`: offers to undo that skip)."""
     campaign = store.get_campaign(campaign_id)
     if not store.can_label(campaign_id, labeler.id):
         raise NotFound(f"campaign {campaign_id} not found")
     if campaign.status != "active":
         return render(request, "error.html", status_code=404, status=404, message="this campaign is closed")
     task = current_task(store, campaign, labeler)
-    return render(request, "label.html", labeler=labeler, campaign=campaign, task=task, harm_levels=HARM_LEVELS, titles=KIND_TITLES)
+    just_skipped = next((t for t in store.list_skipped(campaign_id, labeler.id) if t.assignment_id == skipped), None) if skipped else None
+    return render(
+        request, "label.html", labeler=labeler, campaign=campaign, task=task, just_skipped=just_skipped, harm_levels=HARM_LEVELS, titles=KIND_TITLES
+    )
+
+
+@router.get("/history")
+def history(request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """The labeler's own answers, newest first, each with a link to revise it."""
+    rows = [(a, answer_summary(a.campaign_kind, a.label.data, a.task.display_order)) for a in store.answered(labeler.id)]
+    return render(request, "history.html", labeler=labeler, rows=rows, titles=KIND_TITLES)
+
+
+@router.get("/history/{assignment_id}")
+def revise_page(assignment_id: RowId, request: Request, labeler: Labeler = Depends(labeler_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """One answered item as the labeler saw it, filled in with their answer, to revise (earlier versions below)."""
+    found = store.answered(labeler.id, assignment_id=assignment_id)
+    if not found:
+        raise NotFound(f"answered item {assignment_id} not found")
+    answered = found[0]
+    campaign = store.get_campaign(answered.campaign_id, count_items=False)
+    versions = [(v, answer_summary(campaign.kind, v.data, answered.task.display_order)) for v in store.label_history(answered.label.id)]
+    return render(
+        request,
+        "label.html",
+        labeler=labeler,
+        campaign=campaign,
+        task=task_out(campaign, answered.task, 0),
+        revise=answered,
+        prefill=_prefill(answered.label.data),
+        current_summary=answer_summary(campaign.kind, answered.label.data, answered.task.display_order),
+        versions=versions,
+        harm_levels=HARM_LEVELS,
+        titles=KIND_TITLES,
+    )
+
+
+def _prefill(data: LabelData) -> dict[str, object]:
+    """The stored answer as the task page's script reads it (fields of the API body)."""
+    return {
+        "ranks": data.ranks,
+        "unusable": data.unusable,
+        "choice": data.choice.value if data.choice is not None else None,
+        "thumb": data.thumb,
+        "harm": data.harm,
+        "prompt": data.prompt,
+        "response": data.response,
+        "better_response": data.better_response,
+        "note": data.note,
+    }
 
 
 # ---- admin -------------------------------------------------------------------------------------
@@ -125,6 +196,13 @@ def admin_rotate_token(labeler_id: RowId, request: Request, _: Principal = Depen
     token = store.rotate_token(labeler_id)
     name = next(lab.name for lab in store.list_labelers() if lab.id == labeler_id)
     return _admin_page(request, store, new_token=(name, token))
+
+
+@router.post("/admin/labelers/{labeler_id}/sessions")
+def admin_end_sessions(labeler_id: RowId, _: Principal = Depends(admin_only), store: FeedbackStore = Depends(get_store)) -> Response:
+    """Signs a labeler out of every browser (their token still signs in)."""
+    store.end_sessions(labeler_id)
+    return _redirect("/admin")
 
 
 @router.post("/admin/labelers/{labeler_id}/active")

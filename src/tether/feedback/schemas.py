@@ -1,4 +1,8 @@
-"""Request and response bodies of the JSON API (pydantic; sizes bounded)."""
+"""Request and response bodies of the JSON API (pydantic; sizes bounded).
+
+Numbers and booleans in requests are strict: `"1"`, `true` or `1.5` is not a rank, and `"yes"` is
+not a boolean. A body that does not fit is answered 422 with the field named.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import Path
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from tether.storage import PairChoice, TaskKind
 
@@ -23,7 +27,7 @@ class ItemIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field("", max_length=MAX_TEXT)
     completions: list[str] = Field(default_factory=list, max_length=64)
-    id: str | int | None = None
+    id: StrictStr | StrictInt | None = None
     model: str | None = Field(None, max_length=1000)
     meta: dict[str, object] | None = None
     gold: dict[str, object] | bool | None = Field(
@@ -38,7 +42,7 @@ class CampaignIn(BaseModel):
     name: str = Name
     kind: TaskKind
     guidelines: str = Field("", max_length=MAX_TEXT)
-    labelers_per_item: int = Field(1, ge=1, le=100)
+    labelers_per_item: StrictInt = Field(1, ge=1, le=100)
     model_path: str | None = Field(None, max_length=1000, description="model answering red-team prompts")
     gold_rate: float = Field(0.1, ge=0, le=1, description="chance that a labeler's next task is a gold item")
     fast_ms: int | None = Field(None, ge=1, le=86_400_000, description="answers faster than this are flagged; default: from text length")
@@ -106,7 +110,7 @@ class LabelerPatch(BaseModel):
     """Enable or disable a labeler."""
 
     model_config = ConfigDict(extra="forbid")
-    active: bool
+    active: StrictBool
 
 
 class CompletionOut(BaseModel):
@@ -132,22 +136,30 @@ class TaskOut(BaseModel):
 class LabelIn(BaseModel):
     """An answer; which fields are required depends on the task kind.
 
-    rank: ranks (ranks[i] for completion index i; 1 = best, equal = tie), unusable. pair: choice
+    rank: ranks (ranks[i] for completion index i; 1 = best, equal = tie), unusable, tie_intended
+    (required true when two ranks are equal: a tie is confirmed, never assumed). pair: choice
     (A is the completion with index 0). thumbs: thumb (1 up, 0 down). redteam: prompt, response,
     harm (0 harmless .. 4 severely harmful), better_response.
     """
 
     model_config = ConfigDict(extra="forbid")
-    ranks: list[int] | None = Field(None, max_length=64)
-    unusable: list[bool] | None = Field(None, max_length=64)
+    ranks: list[StrictInt] | None = Field(None, max_length=64)
+    unusable: list[StrictBool] | None = Field(None, max_length=64)
     choice: PairChoice | None = None
-    thumb: Literal[0, 1] | None = None
-    harm: int | None = Field(None, ge=0, le=4)
+    thumb: StrictInt | None = Field(None, ge=0, le=1)
+    harm: StrictInt | None = Field(None, ge=0, le=4)
     prompt: str | None = Field(None, max_length=MAX_TEXT)
     response: str | None = Field(None, max_length=MAX_TEXT)
     better_response: str | None = Field(None, max_length=MAX_TEXT)
     note: str = Field("", max_length=MAX_NOTE)
-    duration_ms: int | None = Field(None, ge=0, le=86_400_000)
+    duration_ms: StrictInt | None = Field(None, ge=0, le=86_400_000)
+    tie_intended: StrictBool = Field(False, description="rank: equal ranks are meant (these completions are equally good)")
+
+
+class SessionsEnded(BaseModel):
+    """How many browser sessions of a labeler were ended."""
+
+    ended: int
 
 
 class LabelAck(BaseModel):
@@ -236,6 +248,46 @@ class MyCampaignOut(BaseModel):
     kind: TaskKind
     remaining: int
     done: int
+
+
+class SkippedOut(BaseModel):
+    """An item the labeler skipped: `POST /api/assignments/{assignment_id}/unskip` takes it back."""
+
+    assignment_id: int
+    item_id: str
+    prompt: str
+
+
+class LabelVersionOut(BaseModel):
+    """An earlier version of a revised label."""
+
+    ranks: list[int] | None
+    unusable: list[bool] | None
+    choice: PairChoice | None
+    thumb: int | None
+    harm: int | None
+    prompt: str | None
+    response: str | None
+    better_response: str | None
+    note: str
+    duration_ms: int | None
+    given_at: datetime
+    replaced_at: datetime
+
+
+class AnsweredOut(BaseModel):
+    """One of the labeler's answered items: revise it by answering the assignment again."""
+
+    assignment_id: int
+    campaign_id: int
+    campaign: str
+    kind: TaskKind
+    item_id: str
+    prompt: str
+    label: LabelOut
+    n_versions: int = Field(description="earlier versions kept in the label history")
+    revisable: bool = Field(description="the campaign is active, so the answer can still be revised")
+    versions: list[LabelVersionOut] = Field(default_factory=list, description="earlier versions, oldest first (one item only)")
 
 
 class GenerateIn(BaseModel):

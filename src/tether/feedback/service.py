@@ -10,6 +10,7 @@ from tether.feedback.quality import agreement_report, ordinary_labels, quality_r
 from tether.feedback.review import PER_PAGE, Review, ReviewFilters, review
 from tether.feedback.schemas import (
     AgreementOut,
+    AnsweredOut,
     CampaignIn,
     CampaignOut,
     CompletionOut,
@@ -22,10 +23,11 @@ from tether.feedback.schemas import (
     ReviewItemOut,
     ReviewLabelOut,
     ReviewOut,
+    SkippedOut,
     TaskOut,
 )
 from tether.feedback.tasks import LabelError, check_label, expand_items
-from tether.storage import Campaign, FeedbackStore, JobQueue, JobStatus, Label, LabelData, Labeler, NewItem, TaskKind
+from tether.storage import Answered, Campaign, FeedbackStore, JobQueue, JobStatus, Label, LabelData, Labeler, NewItem, PairChoice, Task, TaskKind
 
 GENERATE_WAIT_S = 120.0  # how long a red-team prompt waits for the worker's answer
 WORKER_SEEN_S = 60.0  # a worker seen this recently is running (workers say so every 30 s at least)
@@ -75,17 +77,7 @@ def current_task(store: FeedbackStore, campaign: Campaign, labeler: Labeler) -> 
     task = store.next_task(campaign.id, labeler.id)
     remaining = store.count_available(campaign.id, labeler.id)
     if task is not None:
-        completions = [CompletionOut(index=i, text=task.item.completions[i]) for i in task.display_order]
-        return TaskOut(
-            campaign_id=campaign.id,
-            kind=campaign.kind,
-            guidelines=campaign.guidelines,
-            assignment_id=task.assignment_id,
-            item_id=task.item.external_id,
-            prompt=task.item.prompt,
-            completions=completions,
-            remaining=remaining,
-        )
+        return task_out(campaign, task, remaining)
     if campaign.kind == TaskKind.REDTEAM and campaign.status == "active":
         return TaskOut(
             campaign_id=campaign.id, kind=campaign.kind, guidelines=campaign.guidelines, assignment_id=None, item_id=None, prompt="", completions=[], remaining=0
@@ -93,9 +85,65 @@ def current_task(store: FeedbackStore, campaign: Campaign, labeler: Labeler) -> 
     return None
 
 
+def task_out(campaign: Campaign, task: Task, remaining: int) -> TaskOut:
+    """API view of a task: the completions in the labeler's display order, each with its index."""
+    completions = [CompletionOut(index=i, text=task.item.completions[i]) for i in task.display_order]
+    return TaskOut(
+        campaign_id=campaign.id,
+        kind=campaign.kind,
+        guidelines=campaign.guidelines,
+        assignment_id=task.assignment_id,
+        item_id=task.item.external_id,
+        prompt=task.item.prompt,
+        completions=completions,
+        remaining=remaining,
+    )
+
+
+def skipped_out(task: Task) -> SkippedOut:
+    """API view of a skipped item (the assignment to take back, the item's id and prompt)."""
+    return SkippedOut(assignment_id=task.assignment_id, item_id=task.item.external_id, prompt=task.item.prompt)
+
+
+def answered_out(store: FeedbackStore, answered: Answered, with_versions: bool = False) -> AnsweredOut:
+    """API view of one of the labeler's answered items, optionally with the label's earlier versions."""
+    versions = [{**asdict(v.data), "given_at": v.given_at, "replaced_at": v.replaced_at} for v in store.label_history(answered.label.id)] if with_versions else []
+    return AnsweredOut.model_validate(
+        {
+            "assignment_id": answered.task.assignment_id,
+            "campaign_id": answered.campaign_id,
+            "campaign": answered.campaign_name,
+            "kind": answered.campaign_kind,
+            "item_id": answered.task.item.external_id,
+            "prompt": answered.task.item.prompt,
+            "label": label_out(answered.label),
+            "n_versions": answered.n_versions,
+            "revisable": answered.revisable,
+            "versions": versions,
+        }
+    )
+
+
+def answer_summary(kind: TaskKind, data: LabelData, display_order: list[int]) -> str:
+    """One line saying what the answer was, by the positions the labeler saw (#1 is the top or left one)."""
+    if kind == TaskKind.RANK and data.ranks is not None:
+        parts = [f"#{pos + 1}: {data.ranks[index]}" + (" (unusable)" if data.unusable and data.unusable[index] else "") for pos, index in enumerate(display_order)]
+        return "ranks " + ", ".join(parts)
+    if kind == TaskKind.PAIR and data.choice is not None:
+        if data.choice in (PairChoice.A, PairChoice.B):
+            better = 0 if data.choice == PairChoice.A else 1
+            return "left is better" if display_order and display_order[0] == better else "right is better"
+        return "tie" if data.choice == PairChoice.TIE else "both bad"
+    if kind == TaskKind.THUMBS and data.thumb is not None:
+        return "thumbs up" if data.thumb == 1 else "thumbs down"
+    if kind == TaskKind.REDTEAM and data.harm is not None:
+        return f"harm {data.harm}" + (", with a better answer" if data.better_response else "")
+    return ""
+
+
 def label_data(body: LabelIn) -> LabelData:
     """The storage record of an API answer (not yet checked against the task); the fields match one to one."""
-    return LabelData(**body.model_dump())
+    return LabelData(**body.model_dump(exclude={"tie_intended"}))
 
 
 def _ack(label: Label) -> LabelAck:
@@ -110,7 +158,7 @@ def submit_answer(store: FeedbackStore, labeler: Labeler, assignment_id: int, bo
         LabelError: the answer does not fit the task.
     """
     campaign, item = store.assignment_item(assignment_id, labeler.id)
-    data = check_label(campaign.kind, len(item.completions), label_data(body))
+    data = check_label(campaign.kind, len(item.completions), label_data(body), body.tie_intended)
     return _ack(store.submit_label(assignment_id, labeler.id, data))
 
 

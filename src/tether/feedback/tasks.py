@@ -87,23 +87,25 @@ def _pair_gold(gold: LabelData | None, i: int, j: int, keep_tie: bool) -> LabelD
     return LabelData(choice=PairChoice.A if a < b else PairChoice.B if b < a else PairChoice.TIE)
 
 
-def check_label(kind: TaskKind, n_completions: int, data: LabelData) -> LabelData:
+def check_label(kind: TaskKind, n_completions: int, data: LabelData, tie_intended: bool = False) -> LabelData:
     """Checks that an answer fits the task and returns it with only the fields of that kind.
 
     Args:
         kind: the campaign's task kind.
         n_completions: completions the item has.
         data: the answer as submitted.
+        tie_intended: the labeler confirmed that equal ranks are meant (a ranking with a tie is
+            refused without it: 1, 1, 1, 1 is more often a slip than a judgement).
 
     Returns:
         The answer, cleaned (fields of other kinds dropped, unusable defaulted to all False).
 
     Raises:
-        LabelError: a required field is missing or out of range.
+        LabelError: a required field is missing or out of range, or a tie was not confirmed.
     """
     common = {"note": data.note.strip(), "duration_ms": data.duration_ms}
     if kind == TaskKind.RANK:
-        return LabelData(ranks=_check_ranks(data.ranks, n_completions), unusable=_check_unusable(data.unusable, n_completions), **common)
+        return LabelData(ranks=_check_ranks(data.ranks, n_completions, tie_intended), unusable=_check_unusable(data.unusable, n_completions), **common)
     if kind == TaskKind.PAIR:
         if data.choice is None:
             raise LabelError("choice: required (A, B, tie or both_bad)")
@@ -115,11 +117,20 @@ def check_label(kind: TaskKind, n_completions: int, data: LabelData) -> LabelDat
     return _check_redteam(data, common)
 
 
-def _check_ranks(ranks: list[int] | None, n: int) -> list[int]:
+def tied_ranks(ranks: list[int]) -> list[int]:
+    """The ranks given to more than one completion, in increasing order (empty for a strict ranking)."""
+    return sorted(r for r in set(ranks) if ranks.count(r) > 1)
+
+
+def _check_ranks(ranks: list[int] | None, n: int, tie_intended: bool) -> list[int]:
     if ranks is None or len(ranks) != n:
         raise LabelError(f"ranks: required, one rank per completion ({n})")
     if any(not 1 <= r <= n for r in ranks):
         raise LabelError(f"ranks: each rank must be between 1 (best) and {n}")
+    tied = tied_ranks(ranks)
+    if tied and not tie_intended:
+        given = ", ".join(str(r) for r in tied)
+        raise LabelError(f"ranks: rank {given} is given to several completions; send tie_intended: true if they are equally good")
     return list(ranks)
 
 

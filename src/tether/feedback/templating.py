@@ -13,14 +13,19 @@ from fastapi.responses import Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from tether import __version__
+from tether.feedback.safe_markdown import render_markdown
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 
 def make_templates() -> Environment:
-    """Jinja2 environment over the package templates; autoescaping on for every template."""
+    """Jinja2 environment over the package templates; autoescaping on for every template.
+
+    The `markdown` filter renders untrusted Markdown to sanitized HTML (`safe_markdown.render_markdown`).
+    """
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True))
     env.globals["version"] = __version__
+    env.filters["markdown"] = render_markdown
     return env
 
 

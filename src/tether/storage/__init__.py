@@ -1,18 +1,22 @@
 """The feedback database: campaigns, items, labelers, assignments and labels (SQLAlchemy, no torch)."""
 
 from tether.storage.records import (
+    Answered,
     Campaign,
     Conflict,
+    InvalidValue,
     Item,
     Label,
     LabelData,
     Labeler,
     LabelerProgress,
+    LabelVersion,
     NewItem,
     NewLabeler,
     NotFound,
     PairChoice,
     Progress,
+    SignedIn,
     StoreError,
     Task,
     TaskKind,
@@ -22,9 +26,11 @@ from tether.storage.store import FeedbackStore
 from tether.storage.jobs import Job, JobQueue, JobStatus  # noqa: E402  (after the store it builds on)
 
 __all__ = [
+    "Answered",
     "Campaign",
     "Conflict",
     "FeedbackStore",
+    "InvalidValue",
     "Item",
     "Job",
     "JobQueue",
@@ -33,11 +39,13 @@ __all__ = [
     "LabelData",
     "Labeler",
     "LabelerProgress",
+    "LabelVersion",
     "NewItem",
     "NewLabeler",
     "NotFound",
     "PairChoice",
     "Progress",
+    "SignedIn",
     "StoreError",
     "Task",
     "TaskKind",

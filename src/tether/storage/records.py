@@ -92,6 +92,14 @@ class NewLabeler:
 
 
 @dataclass(frozen=True)
+class SignedIn:
+    """Who a sign-in session belongs to: the admin (`labeler` None) or an active labeler."""
+
+    session_id: str
+    labeler: Labeler | None
+
+
+@dataclass(frozen=True)
 class Task:
     """An item handed to a labeler; display_order[i] is the completion shown in position i."""
 
@@ -136,6 +144,29 @@ class Label:
 
 
 @dataclass(frozen=True)
+class LabelVersion:
+    """An earlier version of a revised label: the answer then, when it was given and when it was replaced."""
+
+    label_id: int
+    data: LabelData
+    given_at: datetime
+    replaced_at: datetime
+
+
+@dataclass(frozen=True)
+class Answered:
+    """One of a labeler's answered items, for their history: the task as they saw it and their label."""
+
+    task: Task
+    campaign_id: int
+    campaign_name: str
+    campaign_kind: TaskKind
+    revisable: bool  # the campaign is active and open to the labeler (a member, or it has no members)
+    label: Label
+    n_versions: int  # earlier versions kept in the label history
+
+
+@dataclass(frozen=True)
 class LabelerProgress:
     """How much one labeler did in a campaign."""
 
@@ -167,6 +198,11 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """The request conflicts with the stored state (duplicate name, closed campaign)."""
+
+
+class InvalidValue(StoreError):
+    """The database refused a value (longer than its column, a NUL character on PostgreSQL, a number
+    out of range): nothing was stored."""
 
 
 class Unavailable(StoreError):

@@ -1,7 +1,8 @@
 """Tables of the feedback database (SQLAlchemy ORM) and the schema version they describe.
 
 Campaigns hold items (a prompt and its completions); labelers get items through assignments,
-one per (item, labeler), and answer them with labels, also one per (item, labeler). Both unique
+one per (item, labeler), and answer them with labels, also one per (item, labeler); a revised
+label keeps each earlier version in the label history. Both unique
 constraints are what makes concurrent labeling safe: a labeler can never hold or answer the same
 item twice, whatever the timing of requests.
 """
@@ -24,7 +25,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Bump when a table changes, and add the step from the previous version to db.MIGRATIONS.
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 6
 
 
 def utcnow() -> datetime:
@@ -113,7 +114,11 @@ class LabelerRow(Base):
 
 
 class AssignmentRow(Base):
-    """An item handed to a labeler: open, done or skipped; display_order is a JSON permutation."""
+    """An item handed to a labeler: open, done, skipped or expired; display_order is a JSON permutation.
+
+    An open assignment older than the store's assignment timeout expires: its place on the item
+    goes back to the pool (created_at is when it was handed out, or handed out again).
+    """
 
     __tablename__ = "assignments"
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -123,7 +128,11 @@ class AssignmentRow(Base):
     display_order: Mapped[str] = mapped_column(Text, default="[]")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
-    __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),)
+    __table_args__ = (
+        UniqueConstraint("item_id", "labeler_id", name="uq_assignment"),
+        # added in schema version 5: finds the open assignments past their time without a scan
+        Index("ix_assignments_status_created", "status", "created_at"),
+    )
 
 
 class LabelRow(Base):
@@ -151,12 +160,47 @@ class LabelRow(Base):
     __table_args__ = (UniqueConstraint("item_id", "labeler_id", name="uq_label"),)
 
 
+class LabelVersionRow(Base):
+    """An earlier version of a label, kept when the labeler revises it (the label row holds the latest).
+
+    Added in schema version 4.
+    """
+
+    __tablename__ = "label_history"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    label_id: Mapped[int] = mapped_column(ForeignKey("labels.id"), index=True)
+    ranks: Mapped[str | None] = mapped_column(Text, nullable=True)
+    unusable: Mapped[str | None] = mapped_column(Text, nullable=True)
+    choice: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    thumb: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    harm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    prompt: Mapped[str | None] = mapped_column(Text, nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    better_response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    note: Mapped[str] = mapped_column(Text, default="")
+    duration_ms: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # when this version was given (the label's updated_at then) and when a revision replaced it
+    given_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    replaced_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SessionRow(Base):
+    """A browser signed in with a token (added in schema version 5): the cookie holds the session id,
+    of which only the SHA-256 is stored. Signing out deletes the row; labeler_id is None for the admin."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    labeler_id: Mapped[int | None] = mapped_column(ForeignKey("labelers.id"), nullable=True, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 class JobRow(Base):
     """Model work queued for a worker process (`tether label worker`): sampling a campaign, playground answers.
 
     A worker claims a queued job by a conditional update (`status = 'queued'`), so two workers never run the
     same job; it writes `heartbeat_at` while the job runs, and a running job whose heartbeat is older than the
-    timeout is queued again (its worker died). Added in schema version 4.
+    timeout is queued again (its worker died). Added in schema version 6.
     """
 
     __tablename__ = "jobs"

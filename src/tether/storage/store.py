@@ -8,41 +8,57 @@ Concurrency rules, in one place:
 - Every method is one transaction, committed before it returns: a label the app acknowledged is
   on disk.
 - A write the database cannot take now (locked by another process past the busy timeout, disk
-  full, I/O error) is rolled back and raises `Unavailable`: nothing is half stored, and the same
-  request succeeds once the fault clears.
+  full, I/O error, connection lost) is rolled back and raises `Unavailable`: nothing is half
+  stored, and the same request succeeds once the fault clears. A transaction that deadlocked or
+  failed to serialize with a concurrent one (PostgreSQL) is run again a few times first.
+- On PostgreSQL, rows whose state a transaction reads and then changes are locked first
+  (`SELECT ... FOR UPDATE`: the labeler handing out a task, the assignment being answered or
+  skipped), so concurrent requests of one labeler take turns as SQLite's single writer makes them.
+- An open assignment expires after `assignment_timeout_s`: the next task handed out (to anyone)
+  gives its place on the item back to the pool. The labeler who comes back late gets the item
+  again if nobody took its place, and their answer is stored if the item still has a free place;
+  otherwise `Conflict` says what happened.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import random
 import secrets
 import threading
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, fields
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
 
-from sqlalchemy import func, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
-from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, transient_fault
+from tether.storage.db import BUSY_TIMEOUT_MS, WRITE_OPTION, ensure_schema, make_engine, should_retry, transient_fault
 from tether.storage.records import (
+    Answered,
     Campaign,
     Conflict,
+    InvalidValue,
     Item,
     Label,
     LabelData,
     Labeler,
     LabelerProgress,
+    LabelVersion,
     NewItem,
     NewLabeler,
     NotFound,
     PairChoice,
     Progress,
+    SignedIn,
     Task,
     TaskKind,
     Unavailable,
@@ -54,16 +70,50 @@ from tether.storage.schema import (
     ItemRow,
     LabelerRow,
     LabelRow,
+    LabelVersionRow,
+    SessionRow,
     SettingRow,
     utcnow,
 )
 
 ADMIN_TOKEN_KEY = "admin_token_sha256"
 CANDIDATES_PER_TRY = 20
+CANDIDATE_ROUNDS = 50  # rounds of candidates next_task tries while concurrent requests take them all
+ASSIGNMENT_TIMEOUT_S = 30 * 60  # an item nobody answers goes back to the pool after this long
+SESSION_MAX_AGE_S = 30 * 24 * 3600  # a sign-in lasts this long at most (the cookie's max age too)
+SWEEP_EVERY_S = 30  # how often next_task looks for expired assignments (one indexed query)
+RETRIES = 5  # runs of a transaction that conflicted with a concurrent one, before `Unavailable`
 # A gold item's n_assigned: above every labelers_per_item, so the queue's ordinary lookups (a level
 # below labelers_per_item, over the queue index) never see gold items, and that index finds them.
 GOLD_LEVEL = 2**31 - 1
 RecordT = TypeVar("RecordT")
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _RunAgain(Exception):
+    """The transaction lost a conflict with a concurrent one (deadlock, serialization failure) and was rolled back."""
+
+
+def _retried(method: Callable[P, R]) -> Callable[P, R]:
+    """Runs a store method (one transaction) again when it lost a conflict with a concurrent transaction.
+
+    Raises:
+        Unavailable: it lost RETRIES times in a row.
+    """
+
+    @functools.wraps(method)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        for attempt in range(RETRIES):
+            try:
+                return method(*args, **kwargs)
+            except _RunAgain as exc:
+                if attempt == RETRIES - 1:
+                    raise Unavailable(f"{exc}; nothing was stored, try again") from exc
+                time.sleep(random.uniform(0, 0.01 * 2**attempt))  # let the winner finish
+        raise AssertionError("unreachable")
+
+    return run
 
 
 def hash_token(token: str) -> str:
@@ -80,17 +130,29 @@ class FeedbackStore:
     """Campaigns, items, labelers, assignments and labels in one SQL database.
 
     Args:
-        url: SQLAlchemy database URL (`sqlite:///feedback.db`, `postgresql://...`).
-        busy_timeout_ms: SQLite only: how long a write waits for another process's write lock
-            before it fails with `Unavailable`.
+        url: SQLAlchemy database URL (`sqlite:///feedback.db`, `postgresql+psycopg://...`).
+        busy_timeout_ms: how long a write waits for another connection's lock before it fails
+            with `Unavailable` (SQLite's busy timeout, PostgreSQL's lock_timeout).
+        assignment_timeout_s: an open assignment older than this expires and its item goes back
+            to the pool; None or 0: assignments never expire.
+        clock: returns the current time (timezone-aware UTC); tests pass one they control.
 
     Raises:
         ConfigError: the database cannot be opened or is newer than this code.
     """
 
-    def __init__(self, url: str, busy_timeout_ms: int = BUSY_TIMEOUT_MS) -> None:
+    def __init__(
+        self,
+        url: str,
+        busy_timeout_ms: int = BUSY_TIMEOUT_MS,
+        assignment_timeout_s: float | None = ASSIGNMENT_TIMEOUT_S,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
         self.url = url
         self.busy_timeout_ms = busy_timeout_ms
+        self.assignment_timeout_s = assignment_timeout_s or None
+        self.clock = clock
+        self._next_sweep = clock()  # when next_task next looks for expired assignments
         self.engine = make_engine(url, busy_timeout_ms)
         self.previous_schema_version = ensure_schema(self.engine)
         self._writer = self.engine.execution_options(**{WRITE_OPTION: True})
@@ -108,6 +170,7 @@ class FeedbackStore:
 
         Raises:
             Unavailable: the database cannot take the transaction now (see `transient_fault`).
+            InvalidValue: the database refused a value.
         """
         try:
             if write and self._write_lock is not None:
@@ -117,11 +180,28 @@ class FeedbackStore:
                 return
             with Session(self._writer if write else self.engine, expire_on_commit=False) as session, session.begin():
                 yield session
-        except OperationalError as exc:
+        except IntegrityError:
+            raise  # a unique key: the methods answer Conflict or run again
+        except PoolTimeout as exc:
+            raise Unavailable("no database connection was free in time; nothing was stored, try again") from exc
+        except DataError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig is not None else "invalid value"
+            raise InvalidValue(f"the database cannot store a value of this request ({reason}); nothing was stored") from exc
+        except DBAPIError as exc:
             fault = transient_fault(exc, self.engine.dialect.name)
             if fault is None:
                 raise
+            if write and should_retry(exc):
+                raise _RunAgain(fault) from exc  # every write method is `_retried`
             raise Unavailable(f"{fault}; nothing was stored, try again") from exc
+
+    def _sweep_cutoff(self, now: datetime) -> datetime | None:
+        """The time before which open assignments have expired, when it is time to look for them again
+        (at most every SWEEP_EVERY_S, a tenth of the timeout when that is shorter); else None."""
+        if self.assignment_timeout_s is None or now < self._next_sweep:
+            return None
+        self._next_sweep = now + timedelta(seconds=min(SWEEP_EVERY_S, self.assignment_timeout_s / 10))
+        return now - timedelta(seconds=self.assignment_timeout_s)
 
     # ---- admin token -------------------------------------------------------------------------
 
@@ -130,10 +210,16 @@ class FeedbackStore:
         with self._tx() as s:
             return s.get(SettingRow, ADMIN_TOKEN_KEY) is not None
 
+    @_retried
     def set_admin_token(self, token: str) -> None:
-        """Stores (the hash of) the admin token, replacing any previous one."""
+        """Stores (the hash of) the admin token, replacing any previous one; a new token signs out
+        the admin's sessions."""
         with self._tx(write=True) as s:
+            old = s.get(SettingRow, ADMIN_TOKEN_KEY)
+            if old is not None and old.value == hash_token(token):
+                return  # the same token again (every start with --admin-token): sessions stay
             s.merge(SettingRow(key=ADMIN_TOKEN_KEY, value=hash_token(token)))
+            s.execute(delete(SessionRow).where(SessionRow.labeler_id.is_(None)))
 
     def is_admin_token(self, token: str) -> bool:
         """Returns True when `token` is the admin token."""
@@ -143,6 +229,7 @@ class FeedbackStore:
 
     # ---- labelers ----------------------------------------------------------------------------
 
+    @_retried
     def add_labeler(self, name: str) -> NewLabeler:
         """Creates a labeler and its sign-in token.
 
@@ -160,8 +247,9 @@ class FeedbackStore:
             raise Conflict(f"labeler {name!r} already exists") from None
         return NewLabeler(labeler=labeler, token=token)
 
+    @_retried
     def rotate_token(self, labeler_id: int) -> str:
-        """Gives a labeler a new token (the old one stops working) and returns it.
+        """Gives a labeler a new token (the old one, and every session signed in with it, stop working).
 
         Raises:
             NotFound: no such labeler.
@@ -172,10 +260,12 @@ class FeedbackStore:
             if row is None:
                 raise NotFound(f"labeler {labeler_id} not found")
             row.token_hash = hash_token(token)
+            s.execute(delete(SessionRow).where(SessionRow.labeler_id == labeler_id))
         return token
 
+    @_retried
     def set_labeler_active(self, labeler_id: int, active: bool) -> Labeler:
-        """Enables or disables a labeler's sign-in.
+        """Enables or disables a labeler's sign-in (disabling signs out their sessions).
 
         Raises:
             NotFound: no such labeler.
@@ -185,6 +275,8 @@ class FeedbackStore:
             if row is None:
                 raise NotFound(f"labeler {labeler_id} not found")
             row.active = active
+            if not active:
+                s.execute(delete(SessionRow).where(SessionRow.labeler_id == labeler_id))
             return _labeler(row)
 
     def list_labelers(self) -> list[Labeler]:
@@ -204,8 +296,57 @@ class FeedbackStore:
             row = s.scalars(select(LabelerRow).where(LabelerRow.name == name)).first()
             return _labeler(row) if row is not None else None
 
+    # ---- sign-in sessions --------------------------------------------------------------------
+
+    @_retried
+    def create_session(self, labeler_id: int | None) -> str:
+        """Starts a sign-in session (the browser keeps its id in a cookie) and returns the id.
+
+        Args:
+            labeler_id: the labeler who signed in, or None for the admin.
+        """
+        session_id = new_token()
+        now = self.clock()
+        with self._tx(write=True) as s:
+            s.execute(delete(SessionRow).where(SessionRow.created_at < now - timedelta(seconds=SESSION_MAX_AGE_S)))
+            s.add(SessionRow(id_hash=hash_token(session_id), labeler_id=labeler_id, created_at=now))
+        return session_id
+
+    def signed_in(self, session_id: str) -> SignedIn | None:
+        """Returns who a session belongs to, or None for an unknown, ended or too old session, or a
+        disabled labeler's."""
+        oldest = self.clock() - timedelta(seconds=SESSION_MAX_AGE_S)
+        with self._tx() as s:
+            query = select(SessionRow).where(SessionRow.id_hash == hash_token(session_id), SessionRow.created_at >= oldest)
+            row = s.scalars(query).first()
+            if row is None:
+                return None
+            if row.labeler_id is None:
+                return SignedIn(session_id=session_id, labeler=None)
+            labeler = s.get(LabelerRow, row.labeler_id)
+            return SignedIn(session_id=session_id, labeler=_labeler(labeler)) if labeler is not None and labeler.active else None
+
+    @_retried
+    def end_session(self, session_id: str) -> None:
+        """Ends one session (signing out); an unknown id is ignored."""
+        with self._tx(write=True) as s:
+            s.execute(delete(SessionRow).where(SessionRow.id_hash == hash_token(session_id)))
+
+    @_retried
+    def end_sessions(self, labeler_id: int) -> int:
+        """Signs a labeler out everywhere (their token still signs in) and returns how many sessions ended.
+
+        Raises:
+            NotFound: no such labeler.
+        """
+        with self._tx(write=True) as s:
+            if s.get(LabelerRow, labeler_id) is None:
+                raise NotFound(f"labeler {labeler_id} not found")
+            return s.execute(delete(SessionRow).where(SessionRow.labeler_id == labeler_id)).rowcount
+
     # ---- campaigns and items -----------------------------------------------------------------
 
+    @_retried
     def create_campaign(
         self,
         name: str,
@@ -250,6 +391,7 @@ class FeedbackStore:
         except IntegrityError:
             raise Conflict(f"campaign {name!r} already exists") from None
 
+    @_retried
     def add_items(self, campaign_id: int, items: Sequence[NewItem]) -> int:
         """Appends items to a campaign and returns how many it now has.
 
@@ -262,6 +404,7 @@ class FeedbackStore:
             _insert_items(s, campaign_id, items, start=start or 0)
             return _count_items(s, campaign_id)
 
+    @_retried
     def update_campaign(
         self,
         campaign_id: int,
@@ -355,6 +498,7 @@ class FeedbackStore:
                 return False
             return True
 
+    @_retried
     def add_members(self, campaign_id: int, names: Sequence[str]) -> list[Labeler]:
         """Allows labelers on a campaign (already members are left as they are); returns the members.
 
@@ -373,6 +517,7 @@ class FeedbackStore:
                     present.add(labeler.id)
         return self.list_members(campaign_id)
 
+    @_retried
     def remove_members(self, campaign_id: int, names: Sequence[str]) -> list[Labeler]:
         """Takes labelers off a campaign; returns the members left (none left: open to all again).
 
@@ -406,51 +551,118 @@ class FeedbackStore:
 
     # ---- queue ---------------------------------------------------------------------------------
 
+    @_retried
     def next_task(self, campaign_id: int, labeler_id: int, rng: random.Random | None = None) -> Task | None:
         """Returns the labeler's open task in a campaign, or hands out a new item, or None when done.
 
-        Items that already have labelers come first, so items reach their consensus count early.
-        With chance `gold_rate`, the new item is a gold item the labeler has not seen (every
-        labeler may get every gold item); gold items are only handed out while ordinary ones last.
+        Expired assignments (of anyone) give their places back first. A labeler whose own
+        assignment expired gets that item again if nobody took its place. Then items that already
+        have labelers come first, so items reach their consensus count early. With chance
+        `gold_rate`, the new item is a gold item the labeler has not seen (every labeler may get
+        every gold item); gold items are only handed out while ordinary ones last.
 
         Raises:
             NotFound: no such campaign, or the labeler is not one of its members.
         """
         rng = rng or random.Random()
+        now = self.clock()
         with self._tx(write=True) as s:
             campaign = _campaign_row(s, campaign_id)
             _check_member(s, campaign_id, labeler_id)
-            open_task = _open_task(s, campaign_id, labeler_id)
-            if open_task is not None or campaign.status != "active":
-                return open_task
-            candidates = _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item)
-            if candidates and rng.random() < campaign.gold_rate:
-                gold = _gold_candidates(s, campaign_id, labeler_id)
-                rng.shuffle(gold)
-                for item in gold:
-                    task = _new_assignment(s, item, labeler_id, rng)
+            if self._write_lock is None:  # PostgreSQL: one hand-out at a time per labeler (SQLite: one writer at all)
+                s.execute(select(LabelerRow.id).where(LabelerRow.id == labeler_id).with_for_update())
+            cutoff = self._sweep_cutoff(now)
+            if cutoff is not None:
+                _expire_assignments(s, cutoff)
+            mine = _own_task(s, campaign_id, labeler_id, campaign.labelers_per_item, now, reopen=campaign.status == "active")
+            if mine is not None or campaign.status != "active":
+                return mine
+            gold_drawn = False
+            # On PostgreSQL concurrent requests may take every candidate between the query and the claims:
+            # look again (each statement sees the claims committed meanwhile) until none is left.
+            for round_ in range(CANDIDATE_ROUNDS):
+                # PostgreSQL, first round: lock the candidates, passing over those other requests hold, so that
+                # concurrent labelers do not queue on the same item; later rounds see every item again
+                skip_locked = round_ == 0 and self._write_lock is None
+                candidates = _candidates(s, campaign_id, labeler_id, campaign.labelers_per_item, skip_locked=skip_locked)
+                if not candidates:
+                    if skip_locked:
+                        continue
+                    return None
+                if not gold_drawn:
+                    gold_drawn = True
+                    if rng.random() < campaign.gold_rate:
+                        gold = _gold_candidates(s, campaign_id, labeler_id)
+                        rng.shuffle(gold)
+                        for item in gold:
+                            task = _new_assignment(s, item, labeler_id, rng, now)
+                            if task is not None:
+                                return task
+                for item in candidates:
+                    task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng, now)
                     if task is not None:
                         return task
-            for item in candidates:
-                task = _try_assign(s, item, labeler_id, campaign.labelers_per_item, rng)
-                if task is not None:
-                    return task
-            return None
+            raise Unavailable("too many labelers asked for items at once; nothing was stored, try again")
 
+    @_retried
     def skip(self, assignment_id: int, labeler_id: int) -> None:
-        """Gives an open item back to the pool; the labeler will not get it again.
+        """Gives an open item back to the pool; the labeler gets it again only by `unskip`.
 
         Raises:
             NotFound: no such assignment for this labeler.
             Conflict: the item was already labeled.
         """
         with self._tx(write=True) as s:
-            row = _assignment_row(s, assignment_id, labeler_id)
+            row = _assignment_row(s, assignment_id, labeler_id, lock=True)
             if row.status == "done":
                 raise Conflict("item already labeled; it cannot be skipped")
             if row.status == "open":
-                row.status = "skipped"
                 s.execute(update(ItemRow).where(ItemRow.id == row.item_id, ItemRow.gold.is_(None)).values(n_assigned=ItemRow.n_assigned - 1))
+            row.status = "skipped"  # an expired one gave its place back already
+
+    @_retried
+    def unskip(self, assignment_id: int, labeler_id: int) -> Task:
+        """Takes a skipped item back: it is open for the labeler again (and comes before newer items).
+
+        The item's slot is claimed with the same conditional increment as when handing it out, so an
+        item that other labelers filled meanwhile is not over-assigned.
+
+        Raises:
+            NotFound: no such assignment for this labeler (or no longer a member of its campaign).
+            Conflict: the item was not skipped, its campaign is closed, or other labelers took every slot.
+        """
+        with self._tx(write=True) as s:
+            row = _assignment_row(s, assignment_id, labeler_id, lock=True)
+            item = s.get(ItemRow, row.item_id)
+            campaign = _campaign_row(s, item.campaign_id)
+            if row.status != "skipped":
+                raise Conflict(f"item {item.external_id!r} is not skipped")
+            _check_member(s, campaign.id, labeler_id, what=f"assignment {assignment_id}")
+            if campaign.status != "active":
+                raise Conflict(f"campaign {campaign.name!r} is closed")
+            claimed = s.execute(
+                update(ItemRow)
+                .where(ItemRow.id == item.id, ItemRow.n_assigned < campaign.labelers_per_item, ItemRow.gold.is_(None))
+                .values(n_assigned=ItemRow.n_assigned + 1)
+                .execution_options(synchronize_session=False)
+            )
+            if item.gold is None and claimed.rowcount != 1:  # a gold item takes no slot: every labeler may have it
+                raise Conflict(f"item {item.external_id!r} went to other labelers meanwhile; it cannot be taken back")
+            row.status = "open"
+            row.created_at = self.clock()  # held afresh: the assignment timeout counts from now
+            s.refresh(item)
+            return Task(assignment_id=row.id, item=_item(item), display_order=json.loads(row.display_order))
+
+    def list_skipped(self, campaign_id: int, labeler_id: int) -> list[Task]:
+        """Returns the items the labeler skipped in a campaign, most recently handed out first."""
+        with self._tx() as s:
+            query = (
+                select(AssignmentRow, ItemRow)
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id, AssignmentRow.status == "skipped")
+                .order_by(AssignmentRow.id.desc())
+            )
+            return [Task(assignment_id=a.id, item=_item(i), display_order=json.loads(a.display_order)) for a, i in s.execute(query).all()]
 
     def count_available(self, campaign_id: int, labeler_id: int) -> int:
         """Returns how many items the labeler could still get in a campaign (open one included).
@@ -463,17 +675,23 @@ class FeedbackStore:
             per_item = campaign.labelers_per_item
             ordinary = (ItemRow.campaign_id == campaign_id, ItemRow.n_assigned < per_item)  # gold items sit at GOLD_LEVEL
             free = s.scalar(select(func.count()).select_from(ItemRow).where(*ordinary))
-            mine_free = s.scalar(
+            mine_free = s.scalar(  # items with a free place that the labeler had (an expired one they can get again)
                 select(func.count())
                 .select_from(AssignmentRow)
                 .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
-                .where(AssignmentRow.labeler_id == labeler_id, *ordinary)
+                .where(AssignmentRow.labeler_id == labeler_id, AssignmentRow.status != "expired", *ordinary)
+            )
+            n_open = s.scalar(
+                select(func.count())
+                .select_from(AssignmentRow)
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .where(AssignmentRow.labeler_id == labeler_id, ItemRow.campaign_id == campaign_id, AssignmentRow.status == "open")
             )
             left = (free or 0) - (mine_free or 0)
             gold = len(_gold_candidates(s, campaign_id, labeler_id)) if left else 0
             rate = campaign.gold_rate
             expected_gold = gold if rate >= 1 else min(gold, math.ceil(left * rate / (1 - rate)))
-            return left + expected_gold + (1 if _open_task(s, campaign_id, labeler_id) else 0)
+            return left + expected_gold + (n_open or 0)
 
     def assignment_item(self, assignment_id: int, labeler_id: int) -> tuple[Campaign, Item]:
         """Returns the campaign and item of one of the labeler's assignments.
@@ -488,17 +706,22 @@ class FeedbackStore:
 
     # ---- labels --------------------------------------------------------------------------------
 
+    @_retried
     def submit_label(self, assignment_id: int, labeler_id: int, data: LabelData) -> Label:
         """Stores the labeler's answer to an assigned item (a resubmission replaces the answer).
 
+        An answer to an expired assignment is stored when the item still has a free place (it
+        takes that place again).
+
         Raises:
             NotFound: no such assignment for this labeler, or the labeler is no longer a member.
-            Conflict: the item was skipped, or the campaign is closed.
+            Conflict: the item was skipped, the campaign is closed, or the assignment expired and
+                its place went to another labeler.
         """
         for attempt in range(2):
             try:
                 with self._tx(write=True) as s:
-                    row = _assignment_row(s, assignment_id, labeler_id)
+                    row = _assignment_row(s, assignment_id, labeler_id, lock=True)
                     item = s.get(ItemRow, row.item_id)
                     campaign = _campaign_row(s, item.campaign_id)
                     _check_member(s, campaign.id, labeler_id, what=f"assignment {assignment_id}")
@@ -506,6 +729,8 @@ class FeedbackStore:
                         raise Conflict("item was skipped; it cannot be labeled")
                     if campaign.status != "active":
                         raise Conflict(f"campaign {campaign.name!r} is closed")
+                    if row.status == "expired" and not _claim_place(s, item.id, campaign.labelers_per_item):
+                        raise Conflict(self._expired_message())
                     row.status = "done"
                     return _upsert_label(s, item, labeler_id, data)
             except IntegrityError:
@@ -513,6 +738,14 @@ class FeedbackStore:
                     raise
         raise AssertionError("unreachable")
 
+    def _expired_message(self) -> str:
+        minutes = f"{self.assignment_timeout_s / 60:g} minutes" if self.assignment_timeout_s else "its time"
+        return (
+            f"this item was held for you for {minutes} without an answer, then given to another labeler, "
+            "and it needs no more labels: your answer was not stored. Go on with the next item."
+        )
+
+    @_retried
     def add_free_label(self, campaign_id: int, labeler_id: int, data: LabelData) -> Label:
         """Stores a red-team finding the labeler wrote from scratch: a new item and its label.
 
@@ -537,7 +770,7 @@ class FeedbackStore:
             )
             s.add(item)
             s.flush()
-            s.add(AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="done", display_order="[]", created_at=utcnow()))
+            s.add(AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="done", display_order="[]", created_at=self.clock()))
             return _upsert_label(s, item, labeler_id, data)
 
     def add_thumb(self, campaign_name: str, item: NewItem, labeler_id: int, thumb: int, guidelines: str = "") -> Label:
@@ -594,6 +827,53 @@ class FeedbackStore:
             if labeler_id is not None:
                 query = query.where(LabelRow.labeler_id == labeler_id)
             return [_label(row, name) for row, name in s.execute(query).all()]
+
+    def answered(self, labeler_id: int, assignment_id: int | None = None, limit: int = 500) -> list[Answered]:
+        """Returns the labeler's answered items, most recently answered first (or one by assignment).
+
+        Args:
+            labeler_id: whose answers.
+            assignment_id: only this assignment (empty when it is not the labeler's or not answered).
+            limit: at most this many.
+        """
+        with self._tx() as s:
+            n_versions = (
+                select(LabelVersionRow.label_id, func.count().label("n")).group_by(LabelVersionRow.label_id).subquery()
+            )
+            query = (
+                select(AssignmentRow, ItemRow, CampaignRow, LabelRow, func.coalesce(n_versions.c.n, 0))
+                .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+                .join(CampaignRow, CampaignRow.id == ItemRow.campaign_id)
+                .join(LabelRow, (LabelRow.item_id == AssignmentRow.item_id) & (LabelRow.labeler_id == AssignmentRow.labeler_id))
+                .outerjoin(n_versions, n_versions.c.label_id == LabelRow.id)
+                .where(AssignmentRow.labeler_id == labeler_id, AssignmentRow.status == "done")
+                .order_by(LabelRow.updated_at.desc(), LabelRow.id.desc())
+                .limit(limit)
+            )
+            if assignment_id is not None:
+                query = query.where(AssignmentRow.id == assignment_id)
+            labeler = s.get(LabelerRow, labeler_id)
+            name = labeler.name if labeler is not None else ""
+            with_members = set(s.scalars(select(CampaignMemberRow.campaign_id).distinct()))
+            mine = set(s.scalars(select(CampaignMemberRow.campaign_id).where(CampaignMemberRow.labeler_id == labeler_id)))
+            return [
+                Answered(
+                    task=Task(assignment_id=a.id, item=_item(i), display_order=json.loads(a.display_order)),
+                    campaign_id=c.id,
+                    campaign_name=c.name,
+                    campaign_kind=TaskKind(c.kind),
+                    revisable=c.status == "active" and (c.id not in with_members or c.id in mine),
+                    label=_label(lab, name),
+                    n_versions=n,
+                )
+                for a, i, c, lab, n in s.execute(query).all()
+            ]
+
+    def label_history(self, label_id: int) -> list[LabelVersion]:
+        """Returns the earlier versions of a label, oldest first (empty when it was never revised)."""
+        with self._tx() as s:
+            rows = s.scalars(select(LabelVersionRow).where(LabelVersionRow.label_id == label_id).order_by(LabelVersionRow.id))
+            return [_label_version(r) for r in rows]
 
     def progress(self, campaign_id: int) -> Progress:
         """Returns how far a campaign is, overall and per labeler.
@@ -678,8 +958,9 @@ def _campaign_row(s: Session, campaign_id: int) -> CampaignRow:
     return row
 
 
-def _assignment_row(s: Session, assignment_id: int, labeler_id: int) -> AssignmentRow:
-    row = s.get(AssignmentRow, assignment_id)
+def _assignment_row(s: Session, assignment_id: int, labeler_id: int, lock: bool = False) -> AssignmentRow:
+    """The labeler's assignment; `lock` for one whose status the transaction changes (PostgreSQL: FOR UPDATE)."""
+    row = s.get(AssignmentRow, assignment_id, with_for_update=lock)
     if row is None or row.labeler_id != labeler_id:
         raise NotFound(f"assignment {assignment_id} not found")
     return row
@@ -701,8 +982,67 @@ def _open_task(s: Session, campaign_id: int, labeler_id: int) -> Task | None:
     return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
 
 
-def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) -> list[ItemRow]:
-    """Items the labeler may take, fullest first (one indexed range per fill level), in file order."""
+def _claim_place(s: Session, item_id: int, per_item: int) -> bool:
+    """Takes one of the item's places if one is free (the conditional increment); False when all are taken."""
+    claimed = s.execute(
+        update(ItemRow)
+        .where(ItemRow.id == item_id, ItemRow.n_assigned < per_item)
+        .values(n_assigned=ItemRow.n_assigned + 1)
+        .execution_options(synchronize_session=False)
+    )
+    return claimed.rowcount == 1
+
+
+def _expire_assignments(s: Session, cutoff: datetime) -> None:
+    """Marks open assignments handed out before `cutoff` expired and gives their places back."""
+    found = s.execute(  # a gold item has no places to give back: its assignments stay open
+        select(AssignmentRow.id, AssignmentRow.item_id)
+        .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+        .where(AssignmentRow.status == "open", AssignmentRow.created_at < cutoff, ItemRow.gold.is_(None))
+        .limit(1000)
+    ).all()
+    for assignment_id, item_id in found:
+        # conditional, so that two requests expiring the same assignment give its place back once
+        expired = s.execute(
+            update(AssignmentRow)
+            .where(AssignmentRow.id == assignment_id, AssignmentRow.status == "open")
+            .values(status="expired")
+            .execution_options(synchronize_session=False)
+        )
+        if expired.rowcount == 1:
+            s.execute(
+                update(ItemRow).where(ItemRow.id == item_id).values(n_assigned=ItemRow.n_assigned - 1).execution_options(synchronize_session=False)
+            )
+
+
+def _own_task(s: Session, campaign_id: int, labeler_id: int, per_item: int, now: datetime, reopen: bool) -> Task | None:
+    """The labeler's open task; else, when `reopen`, an item of theirs whose assignment expired and
+    that still has a free place, handed to them again (one query either way)."""
+    query = (
+        select(AssignmentRow, ItemRow)
+        .join(ItemRow, ItemRow.id == AssignmentRow.item_id)
+        .where(ItemRow.campaign_id == campaign_id, AssignmentRow.labeler_id == labeler_id)
+        .where((AssignmentRow.status == "open") | ((AssignmentRow.status == "expired") & (ItemRow.n_assigned < per_item)))
+        .order_by((AssignmentRow.status == "open").desc(), AssignmentRow.id)
+        .limit(1)
+    )
+    found = s.execute(query).first()
+    if found is None:
+        return None
+    assignment, item = found
+    if assignment.status == "expired":
+        if not reopen or not _claim_place(s, item.id, per_item):
+            return None
+        assignment.status = "open"
+        assignment.created_at = now
+        s.flush()
+        s.refresh(item)
+    return Task(assignment_id=assignment.id, item=_item(item), display_order=json.loads(assignment.display_order))
+
+
+def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int, skip_locked: bool = False) -> list[ItemRow]:
+    """Items the labeler may take, fullest first (one indexed range per fill level), in file order;
+    `skip_locked` (PostgreSQL): locked for this transaction, leaving out items other transactions hold."""
     mine = select(AssignmentRow.item_id).where(AssignmentRow.labeler_id == labeler_id)
     found: list[ItemRow] = []
     for level in range(per_item - 1, -1, -1):
@@ -712,6 +1052,8 @@ def _candidates(s: Session, campaign_id: int, labeler_id: int, per_item: int) ->
             .order_by(ItemRow.position)
             .limit(CANDIDATES_PER_TRY - len(found))
         )
+        if skip_locked:
+            query = query.with_for_update(skip_locked=True)
         found.extend(s.scalars(query))
         if len(found) >= CANDIDATES_PER_TRY:
             break
@@ -725,29 +1067,23 @@ def _gold_candidates(s: Session, campaign_id: int, labeler_id: int) -> list[Item
     return list(s.scalars(query.order_by(ItemRow.position)))
 
 
-def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random) -> Task | None:
+def _try_assign(s: Session, item: ItemRow, labeler_id: int, per_item: int, rng: random.Random, now: datetime) -> Task | None:
     """Claims one slot of `item` for the labeler; None when another request took the last slot."""
-    claimed = s.execute(
-        update(ItemRow)
-        .where(ItemRow.id == item.id, ItemRow.n_assigned < per_item)
-        .values(n_assigned=ItemRow.n_assigned + 1)
-        .execution_options(synchronize_session=False)
-    )
-    if claimed.rowcount != 1:
+    if not _claim_place(s, item.id, per_item):
         return None
-    task = _new_assignment(s, item, labeler_id, rng)
+    task = _new_assignment(s, item, labeler_id, rng, now)
     if task is None:  # the same labeler got this item in a parallel request
         s.execute(update(ItemRow).where(ItemRow.id == item.id).values(n_assigned=ItemRow.n_assigned - 1))
     return task
 
 
-def _new_assignment(s: Session, item: ItemRow, labeler_id: int, rng: random.Random) -> Task | None:
+def _new_assignment(s: Session, item: ItemRow, labeler_id: int, rng: random.Random, now: datetime) -> Task | None:
     """Hands `item` to the labeler (completions in a fresh random order); None when they already have it."""
     order = list(range(len(json.loads(item.completions))))
     rng.shuffle(order)  # position bias: every labeler sees the completions in a different order
     try:
         with s.begin_nested():
-            row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=utcnow())
+            row = AssignmentRow(item_id=item.id, labeler_id=labeler_id, status="open", display_order=json.dumps(order), created_at=now)
             s.add(row)
     except IntegrityError:
         return None
@@ -761,6 +1097,10 @@ def _upsert_label(s: Session, item: ItemRow, labeler_id: int, data: LabelData) -
     if row is None:
         row = LabelRow(campaign_id=item.campaign_id, item_id=item.id, labeler_id=labeler_id, created_at=now)
         s.add(row)
+    elif _label_data(row) != data:
+        # a revision: the answer it replaces goes to the label history, so nothing given is lost
+        # (a retried identical submission is not a revision)
+        s.add(LabelVersionRow(label_id=row.id, **_columns(row, LABEL_DATA_COLUMNS), given_at=row.updated_at, replaced_at=now))
     _fill_row(
         row,
         data,
@@ -826,8 +1166,15 @@ def _labeler(row: LabelerRow) -> Labeler:
     return _record(Labeler, row)
 
 
-def _label(row: LabelRow, labeler_name: str) -> Label:
-    data = _record(
+LABEL_DATA_COLUMNS = tuple(f.name for f in fields(LabelData))
+
+
+def _columns(row: object, names: Sequence[str]) -> dict[str, Any]:
+    return {name: getattr(row, name) for name in names}
+
+
+def _label_data(row: LabelRow | LabelVersionRow) -> LabelData:
+    return _record(
         LabelData,
         row,
         ranks=json.loads(row.ranks) if row.ranks else None,
@@ -835,4 +1182,11 @@ def _label(row: LabelRow, labeler_name: str) -> Label:
         choice=PairChoice(row.choice) if row.choice else None,
         note=row.note or "",
     )
-    return _record(Label, row, labeler_name=labeler_name, data=data)
+
+
+def _label(row: LabelRow, labeler_name: str) -> Label:
+    return _record(Label, row, labeler_name=labeler_name, data=_label_data(row))
+
+
+def _label_version(row: LabelVersionRow) -> LabelVersion:
+    return _record(LabelVersion, row, data=_label_data(row))

@@ -1,5 +1,6 @@
 // Task pages: collect the answer (mouse or keys), post it to the JSON API, then load the next task.
-// Model text is never inserted as HTML: the server renders it escaped, and this file only uses textContent.
+// Model text is never inserted as HTML by this file: the server renders it (escaped, or as sanitized
+// Markdown), and this file only sets textContent, classes and attributes.
 "use strict";
 
 (function () {
@@ -9,10 +10,15 @@
   const kind = task.dataset.kind;
   const campaignId = task.dataset.campaign;
   const assignmentId = task.dataset.assignment;
+  const after = task.dataset.after;
   const started = Date.now();
   const statusEl = document.getElementById("status");
+  const reasonEl = document.getElementById("submit-reason");
   const submitBtn = document.getElementById("submit");
+  const submitAllowed = !submitBtn.disabled; // a closed campaign's answer cannot be revised
+  const layout = document.getElementById("task-layout");
   const state = { ranks: {}, unusable: {}, choice: null, thumb: null };
+  let busy = false; // a request is on its way
 
   function setStatus(text, isError) {
     statusEl.textContent = text;
@@ -20,8 +26,17 @@
   }
 
   function typing(event) {
-    const tag = event.target.tagName;
-    return tag === "TEXTAREA" || tag === "INPUT" || tag === "SELECT";
+    const target = event.target;
+    if (target.tagName === "INPUT") return target.type !== "checkbox" && target.type !== "radio"; // keys still work after ticking a box
+    return target.tagName === "TEXTAREA" || target.tagName === "SELECT";
+  }
+
+  function stored(key) {
+    try { return window.localStorage.getItem(key); } catch (e) { return null; }
+  }
+
+  function store(key, value) {
+    try { window.localStorage.setItem(key, value); } catch (e) { /* private mode: not remembered */ }
   }
 
   async function post(url, body) {
@@ -42,20 +57,73 @@
     return response.status === 204 ? null : response.json();
   }
 
+  // ---- reading: raw text, side by side, long completions, guidelines drawer -----------------------
+  const rawBtn = document.getElementById("toggle-raw");
+  function setRaw(on) {
+    document.body.classList.toggle("show-raw", on);
+    if (rawBtn) rawBtn.setAttribute("aria-pressed", String(on));
+    store("tether.raw", on ? "1" : "0");
+    measureLong();
+  }
+  if (rawBtn) rawBtn.addEventListener("click", () => setRaw(!document.body.classList.contains("show-raw")));
+
+  const columnsBtn = document.getElementById("toggle-columns");
+  const wide = window.matchMedia("(min-width: 901px)");
+  function setColumns(on, remember) {
+    layout.classList.toggle("compare", on);
+    if (columnsBtn) columnsBtn.setAttribute("aria-pressed", String(on));
+    if (remember) store("tether.columns", on ? "1" : "0");
+    measureLong();
+  }
+  if (columnsBtn) columnsBtn.addEventListener("click", () => setColumns(!layout.classList.contains("compare"), true));
+
+  function measureLong() {
+    document.querySelectorAll(".completion").forEach((card) => {
+      const body = card.querySelector(".body");
+      const button = card.querySelector(".expand");
+      if (!body || !button) return;
+      const expanded = body.classList.contains("expanded");
+      button.hidden = !expanded && body.scrollHeight <= body.clientHeight + 2;
+      button.textContent = expanded ? "Collapse" : "Show all";
+    });
+  }
+  document.querySelectorAll(".completion .expand").forEach((button) => {
+    button.addEventListener("click", () => {
+      button.closest(".completion").querySelector(".body").classList.toggle("expanded");
+      measureLong();
+    });
+  });
+
+  const panel = document.getElementById("guidelines-panel");
+  const guideBtn = document.getElementById("show-guidelines");
+  function setGuidelines(open) {
+    panel.classList.toggle("open", open);
+    guideBtn.setAttribute("aria-expanded", String(open));
+    if (open) panel.scrollIntoView({ block: "nearest" });
+  }
+  guideBtn.addEventListener("click", () => setGuidelines(!panel.classList.contains("open")));
+  document.getElementById("close-guidelines").addEventListener("click", () => setGuidelines(false));
+
   // ---- rank ------------------------------------------------------------------------------------
   const cards = Array.from(document.querySelectorAll("li.completion"));
+  const barRanks = Array.from(document.querySelectorAll(".bar-rank"));
+  const tieBox = document.getElementById("tie-ok");
+  const tieLabel = document.getElementById("tie-confirm");
   let focusIndex = 0;
 
   function focusCard(i) {
     if (!cards.length) return;
     focusIndex = (i + cards.length) % cards.length;
     cards.forEach((c, j) => c.classList.toggle("focused", j === focusIndex));
-    cards[focusIndex].focus();
+    cards[focusIndex].focus({ preventScroll: true });
+    cards[focusIndex].scrollIntoView({ block: "nearest" });
   }
 
-  function setRank(card, rank) {
+  function setRank(position, rank) {
+    const card = cards[position];
     state.ranks[card.dataset.index] = rank;
     card.querySelectorAll(".rank-btn").forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.rank) === rank)));
+    barRanks[position].querySelectorAll(".bar-rank-btn").forEach((b) => b.setAttribute("aria-pressed", String(Number(b.dataset.rank) === rank)));
     refresh();
   }
 
@@ -71,34 +139,60 @@
   }
 
   cards.forEach((card, i) => {
-    card.querySelectorAll(".rank-btn").forEach((b) => b.addEventListener("click", () => { focusCard(i); setRank(card, Number(b.dataset.rank)); }));
+    card.querySelectorAll(".rank-btn").forEach((b) => b.addEventListener("click", () => { focusCard(i); setRank(i, Number(b.dataset.rank)); }));
     const box = card.querySelector(".unusable");
     box.addEventListener("change", () => onUnusable(card, box));
     card.addEventListener("focus", () => { focusIndex = i; cards.forEach((c, j) => c.classList.toggle("focused", j === i)); });
   });
+  barRanks.forEach((group, i) => {
+    group.querySelectorAll(".bar-rank-btn").forEach((b) => b.addEventListener("click", () => setRank(i, Number(b.dataset.rank))));
+  });
+  if (tieBox) tieBox.addEventListener("change", refresh);
 
   function rankKeys(event) {
     if (event.key === "j" || event.key === "ArrowDown") { focusCard(focusIndex + 1); return true; }
     if (event.key === "k" || event.key === "ArrowUp") { focusCard(focusIndex - 1); return true; }
     if (event.key === "x") { toggleUnusable(cards[focusIndex]); return true; }
+    if (event.key === "e" && tieBox && !tieLabel.hidden) { tieBox.checked = !tieBox.checked; refresh(); return true; }
     const n = Number(event.key);
     if (Number.isInteger(n) && n >= 1 && n <= cards.length) {
-      setRank(cards[focusIndex], n);
+      setRank(focusIndex, n);
       if (focusIndex < cards.length - 1) focusCard(focusIndex + 1);
       return true;
     }
     return false;
   }
 
+  function tiedRanks() {
+    const seen = {}, tied = [];
+    Object.values(state.ranks).forEach((r) => { seen[r] = (seen[r] || 0) + 1; });
+    Object.keys(seen).forEach((r) => { if (seen[r] > 1) tied.push(Number(r)); });
+    return tied.sort((a, b) => a - b);
+  }
+
+  // what keeps the ranking from being sent, in words ("" when it can be sent)
+  function rankProblem() {
+    const missing = [];
+    cards.forEach((card, i) => {
+      const has = String(card.dataset.index) in state.ranks;
+      barRanks[i].classList.toggle("missing", !has);
+      if (!has) missing.push("#" + (i + 1));
+    });
+    const tied = tiedRanks();
+    tieLabel.hidden = tied.length === 0;
+    if (!tied.length) tieBox.checked = false;
+    if (missing.length) return "give a rank to " + missing.join(", ");
+    if (tied.length && !tieBox.checked) return "rank " + tied.join(", ") + " is given more than once: tick “equally good” or change a rank";
+    return "";
+  }
+
   function rankAnswer() {
-    const size = cards.length;
     const ranks = [], unusable = [];
-    for (let i = 0; i < size; i++) {
-      if (!(String(i) in state.ranks)) return null;
+    for (let i = 0; i < cards.length; i++) {
       ranks.push(state.ranks[String(i)]);
       unusable.push(!!state.unusable[String(i)]);
     }
-    return { ranks: ranks, unusable: unusable };
+    return { ranks: ranks, unusable: unusable, tie_intended: tiedRanks().length > 0 && tieBox.checked };
   }
 
   // ---- pair --------------------------------------------------------------------------------------
@@ -160,21 +254,38 @@
   }
 
   // ---- submit ------------------------------------------------------------------------------------
+  function problem() {
+    if (kind === "rank") return rankProblem();
+    if (kind === "pair") return state.choice ? "" : "choose left, right, tie or both bad";
+    if (kind === "thumbs") return state.thumb === null ? "give a thumb up or down" : "";
+    return "";
+  }
+
   function answer() {
     if (kind === "rank") return rankAnswer();
-    if (kind === "pair") return state.choice ? { choice: state.choice } : null;
-    if (kind === "thumbs") return state.thumb === null ? null : { thumb: state.thumb };
+    if (kind === "pair") return { choice: state.choice };
+    if (kind === "thumbs") return { thumb: state.thumb };
     return redteamAnswer();
   }
 
   function refresh() {
-    if (kind !== "redteam") submitBtn.disabled = answer() === null;
+    const why = problem();
+    reasonEl.textContent = why ? "To submit: " + why + "." : "";
+    submitBtn.disabled = !submitAllowed || why !== "" || busy;
   }
 
-  let busy = false;
   async function submit() {
+    const why = problem();
+    if (why || busy || !submitAllowed) {
+      if (why) {
+        setStatus("");
+        reasonEl.textContent = "To submit: " + why + ".";
+        const first = cards.findIndex((c) => !(String(c.dataset.index) in state.ranks));
+        if (kind === "rank" && first >= 0) focusCard(first);
+      }
+      return;
+    }
     const body = answer();
-    if (body === null || busy) { if (body === null) setStatus("answer first", true); return; }
     body.note = document.getElementById("note").value;
     body.duration_ms = Date.now() - started;
     busy = true;
@@ -184,20 +295,20 @@
     try {
       await post(url, body);
       setStatus("saved");
-      window.location.reload();
+      window.location.replace(after || "/label/" + campaignId);
     } catch (e) {
       busy = false;
-      submitBtn.disabled = false;
+      refresh();
       setStatus(e.message, true);
     }
   }
 
   async function skip() {
-    if (!assignmentId || busy) return;
+    if (!assignmentId || busy || !document.getElementById("skip")) return;
     busy = true;
     try {
       await post("/api/assignments/" + assignmentId + "/skip");
-      window.location.reload();
+      window.location.replace("/label/" + campaignId + "?skipped=" + assignmentId);
     } catch (e) { busy = false; setStatus(e.message, true); }
   }
 
@@ -205,7 +316,32 @@
   const skipBtn = document.getElementById("skip");
   if (skipBtn) skipBtn.addEventListener("click", skip);
 
+  // ---- an earlier answer being revised ------------------------------------------------------------
+  function prefill(data) {
+    if (data.note) document.getElementById("note").value = data.note;
+    if (kind === "rank" && data.ranks) {
+      cards.forEach((card, i) => {
+        const index = Number(card.dataset.index);
+        setRank(i, data.ranks[index]);
+        if (data.unusable && data.unusable[index]) toggleUnusable(card);
+      });
+      if (tiedRanks().length) tieBox.checked = true; // it was confirmed when it was given
+    } else if (kind === "pair" && data.choice) {
+      if (data.choice === "tie" || data.choice === "both_bad") choose(data.choice);
+      else choose(Object.keys(sides).find((s) => sides[s].dataset.index === (data.choice === "A" ? "0" : "1")));
+    } else if (kind === "thumbs" && data.thumb !== null) {
+      thumb(data.thumb);
+    } else if (kind === "redteam") {
+      document.getElementById("rt-prompt").value = data.prompt || "";
+      document.getElementById("rt-response").value = data.response || "";
+      document.getElementById("rt-better").value = data.better_response || "";
+      const harm = document.querySelector("input[name=harm][value='" + data.harm + "']");
+      if (harm) harm.checked = true;
+    }
+  }
+
   document.addEventListener("keydown", (event) => {
+    if (event.key === "Escape" && panel.classList.contains("open")) { setGuidelines(false); return; }
     if (event.ctrlKey && event.key === "Enter") { event.preventDefault(); submit(); return; }
     if (kind === "redteam") {
       if (event.ctrlKey && event.key === "g") { event.preventDefault(); generate(); return; }
@@ -216,16 +352,28 @@
       return;
     }
     if (typing(event) || event.ctrlKey || event.metaKey || event.altKey) return;
-    let handled = false;
-    if (event.key === "Enter") { submit(); handled = true; }
-    else if (event.key === "s") { skip(); handled = true; }
-    else if (event.key === "?") { const d = document.querySelector("details.help"); d.open = !d.open; handled = true; }
+    let handled = true;
+    const undo = document.getElementById("undo-skip");
+    if (event.key === "Enter") submit();
+    else if (event.key === "s") skip();
+    else if (event.key === "z" && undo) undo.click();
+    else if (event.key === "r" && rawBtn) rawBtn.click();
+    else if (event.key === "c" && columnsBtn) columnsBtn.click();
+    else if (event.key === "g") guideBtn.click();
+    else if (event.key === "?") { const d = document.querySelector("details.help"); d.open = !d.open; }
     else if (kind === "rank") handled = rankKeys(event);
     else if (kind === "pair") handled = pairKeys(event);
     else if (kind === "thumbs") handled = thumbKeys(event);
+    else handled = false;
     if (handled) event.preventDefault();
   });
 
-  if (kind === "rank") focusCard(0);
+  if (stored("tether.raw") === "1") setRaw(true);
+  const columnsPref = stored("tether.columns");
+  if (columnsBtn) setColumns(columnsPref === null ? wide.matches : columnsPref === "1", false);
+  if (task.dataset.prefill) prefill(JSON.parse(task.dataset.prefill));
+  if (kind === "rank") { focusIndex = 0; cards.forEach((c, j) => c.classList.toggle("focused", j === 0)); if (cards.length) cards[0].focus({ preventScroll: true }); }
   refresh();
+  measureLong();
+  window.addEventListener("resize", measureLong);
 })();
