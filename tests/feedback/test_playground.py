@@ -90,6 +90,7 @@ def test_bad_playground_files_name_the_problem(tmp_path):
 
 
 def test_no_playground_configured(client, admin):
+    assert 'href="/playground"' not in client.get("/queue", headers=make_labeler(client, admin, "ann")).text
     sign_in(client, ADMIN_TOKEN)
     assert client.get("/playground").status_code == 404
     response = client.post("/api/playground/generate", json={"prompt": "hi"}, headers=admin)
@@ -115,6 +116,7 @@ def test_playground_answers_scores_and_thumbs(store, admin, playground, tiny_mod
         page = client.get("/playground", headers=ann)
         assert page.status_code == 200 and 'data-slot="first"' in page.text and 'data-slot="last"' in page.text
         assert 'id="no-worker"' in page.text  # no worker has run yet
+        assert 'href="/playground"' in client.get("/queue", headers=ann).text  # labellers find it from their queue
         assert client.post("/api/playground/generate", json={"prompt": "   "}, headers=ann).status_code == 422
         job = client.post("/api/playground/generate", json={"prompt": "Say <b>hello</b>."}, headers=ann)
         assert job.status_code == 202 and job.json()["status"] == "queued"
