@@ -10,7 +10,7 @@ import yaml
 
 from tether.config import LoopConfig, validate
 from tether.errors import ConfigError
-from tether.loop import run_loop, stop_on_judge
+from tether.loop import best_round, run_loop, stop_on_judge
 
 SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 
@@ -59,6 +59,9 @@ def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_d
     assert summary["rounds"][1]["judge_agreement"] >= 0.9 and len(summary["rounds"][1]["judge_agreement_ci"]) == 2
     assert summary["judge"]["path"] == tiny_models["rm"] and summary["judge"]["independent"] is False
     assert "not independent" in (out / "report.html").read_text()
+    done = json.loads((out / "DONE").read_text())
+    best = max(summary["rounds"], key=lambda row: (row["judge_win_rate"], -row["round"]))
+    assert done["policy"] == best["policy"] and done["best_round"] == best["round"] and done["last_policy"] == str(r2 / "ppo")
     assert "RLHF loop" in (out / "report.html").read_text()
 
     # run again: every step is done, nothing is trained or written again
@@ -93,6 +96,12 @@ def test_the_judge_rule_stops_when_the_judge_no_longer_improves():
     assert "not improved on 0.620 for 1 round" in stop_on_judge(rows, patience=1)
     assert stop_on_judge(rows, patience=2) is None  # 0.62 was an improvement within the last two
     assert stop_on_judge(rows[:1], patience=1) is None  # nothing to compare with
+
+
+def test_the_loop_hands_on_the_judges_best_round_not_the_last():
+    rows = [{"round": r, "policy": f"round-{r}", "judge_win_rate": w} for r, w in ((1, 0.55), (2, 0.62), (3, 0.60), (4, 0.62))]
+    assert best_round(rows)["policy"] == "round-2"  # the best, and of two equals the earlier
+    assert best_round(rows[:1])["policy"] == "round-1"
 
 
 @pytest.mark.slow

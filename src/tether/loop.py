@@ -431,9 +431,19 @@ def run_loop(cfg: LoopConfig) -> Path:
             stop_reason = reason
             break
     write_summary(out, cfg, rows, stop_reason)
-    (out / DONE_FILE).write_text(json.dumps({"rounds": len(rows), "stop_reason": stop_reason, "policy": policy}, indent=2))
-    console.print(f"loop: stopped after {len(rows)} round(s) ({stop_reason}); policy {policy}; report {out / REPORT_FILE}")
+    best = best_round(rows)
+    (out / DONE_FILE).write_text(json.dumps({"rounds": len(rows), "stop_reason": stop_reason, "policy": best["policy"],
+                                             "best_round": best["round"], "last_policy": policy}, indent=2))
+    console.print(f"loop: stopped after {len(rows)} round(s) ({stop_reason}); the judge's best is round {best['round']}: "
+                  f"policy {best['policy']}; report {out / REPORT_FILE}")
     return out
+
+
+def best_round(rows: list[dict]) -> dict:
+    """The round whose policy the loop hands on: the judge's best win rate (the earliest of equals), not the last
+    round's, since a round after the judge's best is what the stopping rule exists to undo. The judge chose it on
+    the held-out prompts, so its win rate there is an optimistic estimate."""
+    return max(rows, key=lambda r: (r["judge_win_rate"], -r["round"]))
 
 
 def _with_stopping_of(saved: Path, cfg: LoopConfig) -> str:
