@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import fields, replace
-from datetime import datetime, timedelta, timezone
 
 import pytest
 from sqlalchemy import text, update
@@ -12,6 +11,7 @@ from tether.storage import (
     Campaign, Conflict, FeedbackStore, InvalidValue, Item, Label, LabelData, Labeler, LabelVersion, NewItem, NotFound, PairChoice, TaskKind,
 )  # fmt: skip
 from tether.storage.schema import CampaignRow, ItemRow, LabelerRow, LabelRow, LabelVersionRow
+from clock import clock  # noqa: F401 (fixture)
 from db_backends import db_url, is_sqlite  # noqa: F401  (db_url: every test on SQLite and PostgreSQL)
 
 
@@ -236,24 +236,6 @@ def test_records_come_back_as_stored(store):
     label = store.submit_label(task.assignment_id, labeler.id, data)
     assert [_untimed(lab) for lab in store.list_labels(campaign.id)] == [_untimed(label)]
     assert (label.data, label.item_id, label.labeler_id, label.labeler_name) == (data, item.id, labeler.id, "ann")
-
-
-class Clock:
-    """A clock the test moves by hand (the store asks it for the time)."""
-
-    def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, minutes: float) -> None:
-        self.now += timedelta(minutes=minutes)
-
-
-@pytest.fixture
-def clock():
-    return Clock()
 
 
 @pytest.fixture
