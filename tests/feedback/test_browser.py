@@ -7,42 +7,16 @@ labeler ranks with the mouse, the other with the keyboard; the admin sees agreem
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import httpx
-import pytest
 
+from browser_kit import BROWSER_MARKS, browser, sign_in  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN, bearer
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 XSS = "<script>window.__pwned = 1</script>"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
-def _sign_in(browser, url: str, token: str):
-    context = browser.new_context()
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    page.goto(url + "/login")
-    page.fill("#token", token)
-    with page.expect_navigation():
-        page.click("button[type=submit]")
-    return page
+pytestmark = BROWSER_MARKS
 
 
 def _add_labeler(page, name: str) -> str:
@@ -87,7 +61,7 @@ def test_admin_and_two_labelers_in_chromium(live_server, browser, tmp_path: Path
     campaign_file = tmp_path / "campaign.jsonl"
     campaign_file.write_text("\n".join(json.dumps(r) for r in rows), encoding="utf-8")
 
-    admin = _sign_in(browser, url, ADMIN_TOKEN)
+    admin = sign_in(browser, url, ADMIN_TOKEN)
     admin.click("text=New campaign")
     admin.fill("#name", "browser")
     admin.select_option("#kind", "rank")
@@ -100,9 +74,9 @@ def test_admin_and_two_labelers_in_chromium(live_server, browser, tmp_path: Path
     admin.goto(url + "/admin")
     tokens = [_add_labeler(admin, "mouse"), _add_labeler(admin, "keys")]
 
-    mouse = _sign_in(browser, url, tokens[0])
+    mouse = sign_in(browser, url, tokens[0])
     assert _label_all(mouse, url, _rank_with_mouse) == 2
-    keys = _sign_in(browser, url, tokens[1])
+    keys = sign_in(browser, url, tokens[1])
     assert _label_all(keys, url, _rank_with_keys) == 2
     assert keys.locator("#guidelines").inner_text() == "Rank by helpfulness."
 

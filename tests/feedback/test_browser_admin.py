@@ -8,34 +8,19 @@ the other labelers then no longer see. No admin page is ever wider than the wind
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 
 import httpx
 import pytest
 
+from browser_kit import BROWSER_MARKS, VIEWPORTS, browser, sign_in  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN, bearer
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 TEAM = ["ann", "bob", "cat", "dan"]
 LONG = "a long completion that goes on " * 12
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture(scope="module")
@@ -70,17 +55,6 @@ def _team_campaign(url: str) -> tuple[int, dict[str, dict[str, str]]]:
     return campaign["id"], tokens
 
 
-def _page(browser, url: str, token: str, viewport: dict[str, int]):
-    context = browser.new_context(viewport=viewport)
-    page = context.new_page()
-    page.set_default_timeout(10_000)
-    page.goto(url + "/login")
-    page.fill("#token", token)
-    with page.expect_navigation():
-        page.click("button[type=submit]")
-    return page
-
-
 def _fits(page) -> None:
     width = page.evaluate("[document.documentElement.scrollWidth, window.innerWidth]")
     assert width[0] <= width[1], f"{page.url} is {width[0]} px wide in a {width[1]} px window"
@@ -93,7 +67,7 @@ def test_admin_quality_review_and_members(live_server, browser, shots, size):
     private = httpx.post(
         f"{url}/api/campaigns", headers=bearer(ADMIN_TOKEN), json={"name": "private", "kind": "pair", "items": [{"prompt": "p", "completions": ["x", "y"]}]}
     ).json()
-    admin = _page(browser, url, ADMIN_TOKEN, VIEWPORTS[size])
+    admin = sign_in(browser, url, ADMIN_TOKEN, VIEWPORTS[size])
 
     # the quality table names the labeler who failed the gold items (and answered too fast)
     admin.goto(f"{url}/admin/campaigns/{campaign_id}")
@@ -134,7 +108,7 @@ def test_admin_quality_review_and_members(live_server, browser, shots, size):
     admin.screenshot(path=str(shots / f"review-disagreements-{size}.png"), full_page=True)
 
     # members: the private campaign is only for ann; cat no longer sees it
-    cat = _page(browser, url, tokens["cat"]["Authorization"].split()[1], VIEWPORTS[size])
+    cat = sign_in(browser, url, tokens["cat"]["Authorization"].split()[1], VIEWPORTS[size])
     cat.goto(url + "/queue")
     assert "private" in cat.inner_text("main")
     admin.goto(f"{url}/admin/campaigns/{private['id']}")
@@ -147,7 +121,7 @@ def test_admin_quality_review_and_members(live_server, browser, shots, size):
     cat.goto(url + "/queue")
     assert "private" not in cat.inner_text("main")
     assert cat.goto(f"{url}/label/{private['id']}").status == 404
-    ann = _page(browser, url, tokens["ann"]["Authorization"].split()[1], VIEWPORTS[size])
+    ann = sign_in(browser, url, tokens["ann"]["Authorization"].split()[1], VIEWPORTS[size])
     ann.goto(url + "/queue")
     assert "private" in ann.inner_text("main")
 

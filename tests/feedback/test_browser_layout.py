@@ -8,23 +8,16 @@ Markdown shows formatted (or raw on request) without running anything. Screensho
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
+from browser_kit import BROWSER_MARKS, VIEWPORTS, browser  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN
 from tether.storage import NewItem, TaskKind
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 XSS = "<script>window.__pwned = 1</script><img src=x onerror='window.__pwned = 2'>[click](javascript:window.__pwned=3)"
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = BROWSER_MARKS
 
 
 def long_completion(n_bytes: int = 50_000) -> str:
@@ -35,14 +28,6 @@ def long_completion(n_bytes: int = 50_000) -> str:
         text += part.replace("{i}", str(i))
         i += 1
     return text
-
-
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture

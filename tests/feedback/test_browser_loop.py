@@ -5,20 +5,16 @@ with the keyboard); run again, the loop trains on exactly the campaign's consens
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
+from browser_kit import BROWSER_MARKS, browser, sign_in  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN
-from test_browser import CHROMIUM, _add_labeler, _rank_with_keys, _rank_with_mouse, _sign_in, browser  # noqa: F401 (fixture)
+from test_browser import _add_labeler, _rank_with_keys, _rank_with_mouse
 from test_loop import loop_config
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"),
-]
+pytestmark = [*BROWSER_MARKS, pytest.mark.slow]
 
 
 def _rank_every_item(page, url: str, rank) -> list[str]:
@@ -46,11 +42,11 @@ def test_people_rank_the_loops_campaign_in_chromium_and_the_loop_trains_on_exact
         run_loop(cfg)
 
     # 2. the admin adds two labellers; each ranks all four items in the browser
-    admin = _sign_in(browser, live_server.url, ADMIN_TOKEN)
+    admin = sign_in(browser, live_server.url, ADMIN_TOKEN)
     admin.goto(live_server.url + "/admin")
     assert "loop-round-01" in admin.inner_text("body")
     tokens = [_add_labeler(admin, "mouse"), _add_labeler(admin, "keys")]
-    ranked = [_rank_every_item(_sign_in(browser, live_server.url, token), live_server.url, rank)
+    ranked = [_rank_every_item(sign_in(browser, live_server.url, token), live_server.url, rank)
               for token, rank in zip(tokens, (_rank_with_mouse, _rank_with_keys))]
     assert [len(r) for r in ranked] == [4, 4] and set(ranked[0]) == set(ranked[1])
 

@@ -15,22 +15,16 @@ from pathlib import Path
 
 import pytest
 
+from browser_kit import BROWSER_MARKS, VIEWPORTS, browser, sign_in, sync_api  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN, free_port
 from test_playground import fake_ppo_run
 
 from tether.feedback.app import create_app
 from tether.feedback.playground import load_playground
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 XSS = "<script>window.__pwned = 1</script>"
-VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed (apt-get install -y chromium)"),
-]
-sync_api = pytest.importorskip("playwright.sync_api")
+pytestmark = BROWSER_MARKS
 
 
 @pytest.fixture
@@ -67,14 +61,6 @@ def playground_server(store, db_url, tmp_path, tiny_models) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-@pytest.fixture
-def browser():
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
-        yield b
-        b.close()
-
-
 def _no_sideways_scroll(page) -> None:
     width = page.evaluate("document.documentElement.scrollWidth")
     inner = page.evaluate("window.innerWidth")
@@ -84,13 +70,7 @@ def _no_sideways_scroll(page) -> None:
 @pytest.mark.parametrize("screen", sorted(VIEWPORTS))
 def test_playground_in_chromium(playground_server, browser, store, screen: str, tmp_path: Path):
     url = playground_server
-    context = browser.new_context(viewport=VIEWPORTS[screen])
-    page = context.new_page()
-    page.set_default_timeout(20_000)
-    page.goto(url + "/login")
-    page.fill("#token", ADMIN_TOKEN)
-    with page.expect_navigation():
-        page.click("button[type=submit]")
+    page = sign_in(browser, url, ADMIN_TOKEN, VIEWPORTS[screen], timeout_ms=20_000)
     page.goto(url + "/playground")
     _no_sideways_scroll(page)
     assert page.locator(".answer").count() == 3  # reference, the slider over the checkpoints, the final policy
@@ -133,4 +113,4 @@ def test_playground_in_chromium(playground_server, browser, store, screen: str, 
     assert "done" in page.inner_text("#jobs-table")
     assert "playground: Say hello" in page.inner_text("#jobs-table")
     page.screenshot(path=str(tmp_path / f"admin-jobs-{screen}.png"), full_page=True)
-    context.close()
+    page.context.close()
