@@ -53,6 +53,7 @@ from tether.feedback.service import (
     progress_out,
     quality_out,
     review_out,
+    review_filters,
     review_page,
     skipped_out,
     submit_answer,
@@ -177,18 +178,11 @@ def get_quality(campaign_id: RowId, _: Principal = Depends(admin_only), store: F
 @router.get("/campaigns/{campaign_id}/review", response_model=ReviewOut, tags=["admin"])
 def get_review(
     campaign_id: RowId,
-    labeler: str | None = Query(None, max_length=200),
-    item: str | None = Query(None, max_length=200),
-    disagreements: bool = False,
-    flagged: bool = False,
-    fast: bool = False,
-    wrong_gold: bool = False,
-    page: int = Query(1, ge=1, le=1_000_000),
+    filters: ReviewFilters = Depends(review_filters),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> ReviewOut:
     """The labels item by item, filtered (labeler, item id, disagreements, flagged, fast, wrong gold answers), 20 items a page."""
-    filters = ReviewFilters(labeler or None, item or None, disagreements, flagged, fast, wrong_gold, page)
     return review_out(review_page(store, store.get_campaign(campaign_id), filters))
 
 

@@ -14,7 +14,7 @@ from tether.feedback.export import ALLOWED, AUTO_KIND
 from tether.feedback.schemas import RowId
 from tether.feedback.playground_routes import job_out
 from tether.feedback.review import ReviewFilters
-from tether.feedback.service import agreement_out, answer_summary, current_task, progress_out, quality_out, review_page, task_out
+from tether.feedback.service import agreement_out, answer_summary, current_task, progress_out, quality_out, review_filters, review_page, task_out
 from tether.feedback.tasks import HARM_LEVELS, KIND_TITLES, item_problem, expand_items
 from tether.feedback.templating import render
 from tether.storage import Conflict, FeedbackStore, JobQueue, LabelData, Labeler, NewItem, NotFound, TaskKind
@@ -371,19 +371,12 @@ def campaign_remove_member(campaign_id: RowId, labeler_id: RowId, _: Principal =
 def review_labels(
     request: Request,
     campaign: int = Query(..., ge=1, le=2**63 - 1),
-    labeler: str = Query("", max_length=200),
-    item: str = Query("", max_length=200),
-    disagreements: bool = False,
-    flagged: bool = False,
-    fast: bool = False,
-    wrong_gold: bool = False,
-    page: int = Query(1, ge=1, le=1_000_000),
+    filters: ReviewFilters = Depends(review_filters),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> Response:
     """The labels of a campaign item by item, with filters and pages."""
     chosen = store.get_campaign(campaign)
-    filters = ReviewFilters(labeler.strip() or None, item.strip() or None, disagreements, flagged, fast, wrong_gold, page)
     result = review_page(store, chosen, filters)
     query = {"campaign": campaign, "labeler": filters.labeler or "", "item": filters.item or ""}
     query |= {name: "true" for name in ("disagreements", "flagged", "fast", "wrong_gold") if getattr(filters, name)}

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from fastapi import Query
+
 from tether.errors import TetherError
 from tether.feedback.campaign_file import parse_item
 from tether.feedback.quality import agreement_report, ordinary_labels, quality_report
@@ -283,3 +285,17 @@ def generate_response(store: FeedbackStore, model_path: str | None, prompt: str,
     if job.status == JobStatus.DONE:
         return str(job.result["response"])
     raise SamplingUnavailable(f"the model did not answer in time ({job.error or job.message}); paste the answer instead")
+
+
+def review_filters(
+    labeler: str = Query("", max_length=200),
+    item: str = Query("", max_length=200),
+    disagreements: bool = False,
+    flagged: bool = False,
+    fast: bool = False,
+    wrong_gold: bool = False,
+    page: int = Query(1, ge=1, le=1_000_000),
+) -> ReviewFilters:
+    """The review filters of a request's query (a FastAPI dependency of the review page and its API): labeler and item
+    ids trimmed, empty meaning not filtered."""
+    return ReviewFilters(labeler.strip() or None, item.strip() or None, disagreements, flagged, fast, wrong_gold, page)
