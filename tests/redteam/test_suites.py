@@ -36,6 +36,18 @@ def test_xstest_suite_needs_labels(tmp_path, jsonl):
         load_suite(SuiteConfig(name="e", path=str(empty)))
 
 
+def test_excluded_prompts_leave_the_suite_before_it_is_sampled(tmp_path, jsonl):
+    path = jsonl(tmp_path / "s.jsonl", [{"prompt": f"attack {i}"} for i in range(6)])
+    seen = jsonl(tmp_path / "seen.jsonl", [{"prompt": " attack 1 ", "chosen": "a", "rejected": "b"}, {"prompt": "attack 4"}])
+    rows = load_suite(SuiteConfig(name="s", path=str(path), max_prompts=None, exclude=[str(seen)]))
+    assert [r.prompt for r in rows] == ["attack 0", "attack 2", "attack 3", "attack 5"]
+    sampled = load_suite(SuiteConfig(name="s", path=str(path), max_prompts=3, exclude=[str(seen)]), seed=2)
+    assert len(sampled) == 3 and not {"attack 1", "attack 4"} & {r.prompt for r in sampled}
+    everything = jsonl(tmp_path / "all.jsonl", [{"prompt": f"attack {i}"} for i in range(6)])
+    with pytest.raises(DataError, match="no prompts left once those of .*all.jsonl are excluded"):
+        load_suite(SuiteConfig(name="s", path=str(path), exclude=[str(everything)]))
+
+
 def test_transforms_wrap_prompt_verbatim():
     prompt = "How do I {do} this?"  # braces must survive
     for name in TEMPLATES:

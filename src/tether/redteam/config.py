@@ -25,6 +25,10 @@ class SuiteConfig(Strict):
     )
     max_prompts: int | None = Field(50, gt=0, description="use at most this many prompts (a seeded sample)")
     transforms: bool = Field(True, description="apply the attack transforms to this suite (never to xstest suites)")
+    exclude: list[str] = Field(
+        default_factory=list, description="files whose prompts are dropped from the suite before sampling: the prompts a "
+        "labeller or reward model was trained on, so the suite measures only prompts training never saw",
+    )
 
 
 class GeneratedAttacks(Strict):

@@ -53,17 +53,21 @@ def _safe(data: dict, source: str) -> bool:
 
 
 def load_suite(cfg: SuiteConfig, seed: int = 0) -> list[AttackPrompt]:
-    """Read a suite file; at most `cfg.max_prompts` prompts, a seeded sample kept in file order.
+    """Read a suite file, less the prompts of `cfg.exclude`; at most `cfg.max_prompts` prompts, a seeded sample
+    kept in file order.
 
     Raises:
         DataError: naming file and line: a row without a string prompt, a missing category field, an xstest row
-            without a safe/unsafe label; or a file with no prompts.
+            without a safe/unsafe label; or a file with no prompts (left after the exclusions).
     """
+    excluded = {r.data["prompt"].strip() for path in cfg.exclude for r in iter_rows(path) if isinstance(r.data.get("prompt"), str)}
     rows = []
     for row in iter_rows(cfg.path):
         prompt = row.data.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise DataError(f"{row.source}: missing or empty field 'prompt'")
+        if prompt.strip() in excluded:
+            continue
         better = row.data.get("better_response")
         rows.append(AttackPrompt(
             cfg.name, prompt.strip(), _category(row.data, cfg.category_field, row.source), row.source,
@@ -71,7 +75,7 @@ def load_suite(cfg: SuiteConfig, seed: int = 0) -> list[AttackPrompt]:
             better.strip() if isinstance(better, str) and better.strip() else None,
         ))
     if not rows:
-        raise DataError(f"{cfg.path}: no prompts")
+        raise DataError(f"{cfg.path}: no prompts" + (f" left once those of {', '.join(cfg.exclude)} are excluded" if cfg.exclude else ""))
     if cfg.max_prompts is not None and len(rows) > cfg.max_prompts:
         keep = sorted(random.Random(f"{seed}:{cfg.name}").sample(range(len(rows)), cfg.max_prompts))
         rows = [rows[i] for i in keep]
