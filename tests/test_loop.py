@@ -202,6 +202,9 @@ def test_red_teaming_each_round_feeds_its_findings_into_the_next_rounds_prompts(
     round2 = [json.loads(line)["prompt"] for line in (out / "round-02" / "prompts.jsonl").open()]
     assert found and round2[4:] == [p for p in found if p not in round2[:4]]  # 4 new pool prompts, then the findings
     assert {json.loads(line)["prompt"] for line in (out / "round-02" / "samples.jsonl").open()} == set(round2)
+    # round 2's red teaming measures neither model on a prompt PPO trained on: the findings are out of its suites
+    attacked = {json.loads(line)["base_prompt"] for line in (out / "round-02" / "redteam" / "results.jsonl").open()}
+    assert attacked and not attacked & set(round2)
 
 
 @pytest.mark.slow

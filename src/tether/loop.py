@@ -262,15 +262,19 @@ def eval_round(cfg: LoopConfig, policy: str, rm: Path, held_out: Path, out: Path
     return json.loads(done.read_text())
 
 
-def redteam_round(cfg: LoopConfig, policy: str, out: Path) -> dict | None:
+def redteam_round(cfg: LoopConfig, policy: str, out: Path, trained_on: list[Path]) -> dict | None:
     """Phase 5 (red teaming, when `redteam` is set): the round's policy and the SFT policy under the same attacks
-    (skipped when done with the same config). Returns redteam.json, or None."""
+    (skipped when done with the same config). The prompts of `trained_on` (every round's prompts so far, earlier
+    findings among them) are left out of every suite, so attack success is measured on prompts PPO never saw.
+    Returns redteam.json, or None."""
     if cfg.redteam is None:
         return None
     from tether.redteam.config import RedteamConfig
     from tether.redteam.run import run_redteam
 
     raw = {**copy.deepcopy(cfg.redteam), "baseline": cfg.policy, "aligned": policy, "output_dir": str(out), "overwrite": True}
+    raw["suites"] = [{**s, "exclude": [*s.get("exclude", []), *map(str, trained_on)]} if isinstance(s, dict) else s
+                     for s in raw.get("suites", [])]
     raw["findings"] = {**raw.get("findings", {}), "export": True}
     rcfg = validate(RedteamConfig, raw, origin=f"{cfg.output_dir}: redteam")
     done = out / "redteam.json"
@@ -416,7 +420,7 @@ def run_loop(cfg: LoopConfig) -> Path:
         ppo = _stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
         # 5. evaluation against the SFT policy
         result = eval_round(cfg, str(ppo), rm, held_file, rd / "eval")
-        redteam = redteam_round(cfg, str(ppo), rd / "redteam")
+        redteam = redteam_round(cfg, str(ppo), rd / "redteam", [round_dir(out, i) / "prompts.jsonl" for i in range(1, r + 1)])
         agreement = judge_agreement(cfg, pairs, rd / "judge_agreement.json")
         rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result, redteam, agreement))
         write_summary(out, cfg, rows, None)
