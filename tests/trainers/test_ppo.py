@@ -146,6 +146,16 @@ def test_stop_on_reward_threshold(tiny_data, tmp_path, tiny_models):
     load_causal_lm(ModelConfig(name_or_path=str(out)), CPU)  # the final policy is still written
 
 
+@pytest.mark.parametrize("penalty", [-1.0, None])
+def test_a_first_rollout_that_never_ends_says_the_reward_model_is_not_heard(penalty, tiny_data, tmp_path, tiny_models, capsys):
+    out = tmp_path / "ppo"  # a random tiny policy emits EOS with p ~ 1/vocab: none of 4 x 4 tokens ends
+    train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"], generation={"max_new_tokens": 4, "batch_size": 8},
+                         rollout={"missing_eos_penalty": penalty}, train={"max_steps": 1}))
+    assert _metrics(out)[0]["rollout/eos_fraction"] == 0.0
+    said = " ".join(capsys.readouterr().err.split())
+    assert ("every score is rollout.missing_eos_penalty=-1.0" in said) == (penalty is not None)
+
+
 def test_stop_on_kl_budget(tiny_data, tmp_path, tiny_models):
     out = tmp_path / "ppo"
     train_ppo(ppo_config(tiny_data["prompts"], out, reward_model=tiny_models["rm"],

@@ -184,6 +184,11 @@ def train_ppo(cfg: PPOConfig) -> Path:
                     **diag, **update,
                 }
                 run.log(step, metrics)
+                if step == start and ro.missing_eos_penalty is not None and metrics["rollout/eos_fraction"] == 0.0:
+                    console.print(f"[yellow]ppo: no response of the first rollout ended within generation.max_new_tokens="
+                                  f"{cfg.generation.max_new_tokens}, so every score is rollout.missing_eos_penalty="
+                                  f"{ro.missing_eos_penalty} and the reward model teaches nothing; raise max_new_tokens or set "
+                                  "rollout.missing_eos_penalty: null[/yellow]")
                 bar.update(task, advance=1, info=fmt(metrics, ["objective/scores", "objective/kl", "objective/kl_coef"]))
                 reason = control.after(step, metrics, r.raw_scores)  # guards, stopping, judge, checkpoints
                 if reason:
