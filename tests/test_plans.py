@@ -171,6 +171,11 @@ def test_the_demo_loop_validates_and_its_gold_judge_and_prompts_share_no_data(tm
                                                d.skip_samples)}
     slices["held out"] = {e.prompt for e in select(load_prompts(d.train, d.on_invalid), "holdout", d.holdout_fraction, None)}
     assert len(slices["loop"]) >= loop.rounds * loop.prompts_per_round and len(slices["held out"]) >= loop.eval.max_prompts
+    from tether.redteam.config import SuiteConfig
+    from tether.redteam.suites import load_suite
+
+    for suite in loop.redteam["suites"]:  # attacks and over-refusal are measured on prompts no model trained on
+        slices[f"red-team suite {suite['name']}"] = {p.prompt for p in load_suite(SuiteConfig(**suite), loop.seed)}
     names = list(slices)
     for i, a in enumerate(names):
         for b in names[i + 1:]:
