@@ -11,10 +11,36 @@ import pytest
 
 from browser_kit import BROWSER_MARKS, browser, sign_in  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN
-from test_browser import _add_labeler, _rank_with_keys, _rank_with_mouse
+from test_browser import _add_labeler
 from test_loop import loop_config
 
 pytestmark = [*BROWSER_MARKS, pytest.mark.slow]
+
+
+def _ranks_by_sample_order(page) -> list[int]:
+    """The rank each card gets (in the order shown) from a preference both people share: the completion sampled
+    first is best. The app shows each person the completions in an order of its own, so two people who ranked by
+    position would agree only by chance, and their consensus could tie on every pair."""
+    indices = [int(i) for i in page.locator("li.completion").evaluate_all("cards => cards.map(c => c.dataset.index)")]
+    order = sorted(indices)
+    return [order.index(i) + 1 for i in indices]
+
+
+def _rank_with_mouse(page) -> None:
+    cards = page.locator("li.completion")
+    for position, rank in enumerate(_ranks_by_sample_order(page)):
+        cards.nth(position).locator(f".rank-btn[data-rank='{rank}']").click()
+    with page.expect_navigation():
+        page.click("#submit")
+
+
+def _rank_with_keys(page) -> None:
+    ranks = _ranks_by_sample_order(page)
+    page.locator("li.completion").first.focus()
+    for rank in ranks:  # each rank key ranks the focused card and moves the focus to the next
+        page.keyboard.press(str(rank))
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
 
 
 def _rank_every_item(page, url: str, rank) -> list[str]:
@@ -49,6 +75,11 @@ def test_people_rank_the_loops_campaign_in_chromium_and_the_loop_trains_on_exact
     ranked = [_rank_every_item(sign_in(browser, live_server.url, token), live_server.url, rank)
               for token, rank in zip(tokens, (_rank_with_mouse, _rank_with_keys))]
     assert [len(r) for r in ranked] == [4, 4] and set(ranked[0]) == set(ranked[1])
+    labels = live_server.store.list_labels(live_server.store.campaign_by_name("loop-round-01").id)
+    by_item: dict = {}
+    for label in labels:
+        by_item.setdefault(label.item_id, []).append(label.data.ranks)
+    assert all(a == b == [1, 2, 3] for a, b in by_item.values())  # both ranked as they meant to, in either order shown
 
     # 3. run again: the round's pairs are the consensus export of exactly those labels, and the reward model learns them
     out = run_loop(cfg)
