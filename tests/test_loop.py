@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from tether.config import LoopConfig, validate
@@ -254,3 +255,35 @@ def test_an_ensemble_cannot_warm_start_an_ensemble_of_another_size(tiny_models, 
                                   "ensemble_size": 2, "output_dir": str(tmp_path / "rm")})
     with pytest.raises(ConfigError, match=r"ensemble of 3, but ensemble_size=2"):
         train_reward(cfg)
+
+
+DPO = {"data": {"max_length": 64}, "dpo": {"beta": 0.5}, "train": {"max_steps": 2, "batch_size": 2, "learning_rate": 1e-3, "device": "cpu"}}
+
+
+@pytest.mark.slow
+def test_with_trainer_dpo_each_round_trains_dpo_on_its_own_pairs_from_the_current_policy(tiny_data, tiny_models, tmp_path):
+    """Iterative, on-policy DPO: round r's DPO starts from round r-1's policy (also its reference) and learns the pairs
+    of the answers that policy gave, not earlier rounds' pairs; round 2 samples from round 1's DPO policy."""
+    from safetensors.torch import load_file
+
+    out = run_loop(loop_config(tiny_data, tiny_models, tmp_path / "loop", trainer="dpo", ppo={}, dpo=DPO, kl_to="round"))
+    r1, r2 = out / "round-01", out / "round-02"
+    assert not (r1 / "ppo").exists()
+    dpo1, dpo2 = (yaml.safe_load((r / "dpo" / "config.yaml").read_text()) for r in (r1, r2))
+    assert dpo1["model"]["name_or_path"] == tiny_models["llama"] and dpo2["model"]["name_or_path"] == str(r1 / "dpo")
+    assert dpo1["data"]["train"] == str(r1 / "pairs.jsonl") and dpo2["data"]["train"] == str(r2 / "pairs.jsonl")
+    assert dpo2["dpo"]["beta"] == 0.5 and dpo2["data"]["prompt_template"] == dpo1["data"]["prompt_template"]
+    assert {json.loads(line)["model"] for line in (r2 / "samples.jsonl").open()} == {str(r1 / "dpo")}
+    before, after = load_file(Path(tiny_models["llama"]) / "model.safetensors"), load_file(r1 / "dpo" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before if k in after)  # DPO changed the policy
+    rows = json.loads((out / "loop.json").read_text())["rounds"]
+    assert [(r["trainer"], r["policy_steps"], r["policy"]) for r in rows] == [("dpo", 2, str(r1 / "dpo")), ("dpo", 2, str(r2 / "dpo"))]
+    assert json.loads((out / "DONE").read_text())["policy"] in {str(r1 / "dpo"), str(r2 / "dpo")}
+
+
+@pytest.mark.parametrize("top, key", [({"trainer": "dpo", "dpo": DPO, "kl_to": "round"}, "ppo: is not read with trainer=dpo"),
+                                      ({"dpo": DPO}, "dpo: is not read with trainer=ppo"),
+                                      ({"trainer": "dpo", "ppo": {}, "dpo": DPO}, "set kl_to=round")])
+def test_a_trainer_reads_only_its_own_section(tiny_data, tiny_models, tmp_path, top, key):
+    with pytest.raises(ConfigError, match=key):
+        loop_config(tiny_data, tiny_models, tmp_path / "loop", **top)

@@ -643,9 +643,17 @@ class LoopConfig(Strict):
         default_factory=dict, description="keys of the `tether rm` config for each round's reward model (model, train, ...); "
         "data and output_dir are the loop's; from round 2 it starts from the previous round's weights",
     )
+    trainer: Literal["ppo", "dpo"] = Field(
+        "ppo", description="how each round trains the policy: ppo, against the round's reward model; dpo, directly on the "
+        "round's pairs (iterative, on-policy DPO: Xiong et al. 2024), its reference the round's starting policy",
+    )
     ppo: dict[str, Any] = Field(
         default_factory=dict, description="keys of the `tether ppo` config (rollout, ppo, train, generation, guards, judge); "
         "model, reward_model, data and output_dir are the loop's",
+    )
+    dpo: dict[str, Any] = Field(
+        default_factory=dict, description="with trainer=dpo: keys of the `tether dpo` config (dpo, train, model.lora, "
+        "data.max_length ...); model.name_or_path, data.train and output_dir are the loop's",
     )
     eval: LoopEval = Field(default_factory=LoopEval)
     kl_to: Literal["sft", "round"] = Field(
@@ -667,6 +675,16 @@ class LoopConfig(Strict):
     def _a_judge(self):
         if self.eval.judge is None and self.labeler.kind != "model":
             raise ValueError(f"eval.judge is needed: with labeler.kind={self.labeler.kind} there is no labelling reward model to judge with")
+        return self
+
+    @model_validator(mode="after")
+    def _one_trainer(self):
+        unread = "dpo" if self.trainer == "ppo" else "ppo"
+        if getattr(self, unread):
+            raise ValueError(f"{unread}: is not read with trainer={self.trainer}; move its keys to {self.trainer}: or set trainer={unread}")
+        if self.trainer == "dpo" and self.kl_to != "round":
+            raise ValueError("trainer=dpo: DPO's reference is the policy it starts from, so each round's KL is to the round's "
+                             "starting policy; set kl_to=round")
         return self
 
 

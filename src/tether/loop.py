@@ -7,7 +7,8 @@ Every round, in its own directory `round-NN/`:
                    tagged with the round and the policy that wrote it
     3. reward      a reward model trained on the pairs of every round so far, from the previous round's weights
     4. policy      PPO from the current policy against that reward model, its KL penalty to the SFT policy
-                   (`kl_to: sft`) or to the round's starting policy (`kl_to: round`)
+                   (`kl_to: sft`) or to the round's starting policy (`kl_to: round`); or (`trainer: dpo`) DPO
+                   on the round's pairs, its reference the round's starting policy
     5. evaluate    the new policy against the starting (SFT) policy on held-out prompts: the training reward
                    model, the judge (an independent reward model; by default the labeller's), raw and
                    length-controlled win rates, KL to the SFT policy, answer lengths; with `redteam`, attack
@@ -30,7 +31,7 @@ import random
 from pathlib import Path
 from typing import Callable
 
-from tether.config import EvalConfig, LoopConfig, PPOConfig, RewardConfig, dump_config, validate
+from tether.config import DPOConfig, EvalConfig, LoopConfig, PPOConfig, RewardConfig, dump_config, validate
 from tether.data.sources import load_prompts, select, write_jsonl
 from tether.errors import ConfigError, StageFailed, TetherError
 from tether.run import DONE_FILE, console, finished_with, same_config
@@ -247,6 +248,19 @@ def ppo_config(cfg: LoopConfig, policy: str, rm: Path, prompts: Path, out: Path)
     return {**raw, "output_dir": str(out), "overwrite": True}
 
 
+def dpo_config(cfg: LoopConfig, policy: str, pairs: Path, out: Path) -> dict:
+    """The round's `tether dpo` config (trainer=dpo): the loop's keys, then its policy (also DPO's reference: the
+    round's starting policy), the round's own pairs (on-policy: the answers this policy gave, as in iterative DPO,
+    Xiong et al. 2024) and output."""
+    raw = copy.deepcopy(cfg.dpo)
+    raw["model"] = {**raw.get("model", {}), "name_or_path": policy}
+    # an empty answer (a policy may end at once) is skipped, not an error: the labeller's other pairs still teach
+    raw["data"] = {"on_invalid": "skip", **raw.get("data", {}), "train": str(pairs), "max_prompt_length": cfg.data.max_prompt_length,
+                   "prompt_template": cfg.data.prompt_template}
+    raw["train"] = {**raw.get("train", {}), "resume": True}
+    return {**raw, "output_dir": str(out), "overwrite": True}
+
+
 def eval_round(cfg: LoopConfig, policy: str, rm: Path, held_out: Path, out: Path) -> dict:
     """Phase 5: `tether eval` of the round's policy against the SFT policy (skipped when done with the same config).
     Returns eval.json."""
@@ -314,15 +328,16 @@ def judge_agreement(cfg: LoopConfig, pairs: Path, out: Path) -> dict:
     return result
 
 
-def summarise(r: int, n_pairs: int, n_total: int, rm_out: Path, ppo_out: Path, result: dict, redteam: dict | None,
+def summarise(cfg: LoopConfig, r: int, n_pairs: int, n_total: int, rm_out: Path, policy_out: Path, result: dict, redteam: dict | None,
               agreement: dict) -> dict:
-    """One row of loop.json: what the round's reward model, PPO, evaluation and red teaming measured."""
-    rm_done, ppo_done = json.loads((rm_out / DONE_FILE).read_text()), json.loads((ppo_out / DONE_FILE).read_text())
+    """One row of loop.json: what the round's reward model, policy training (PPO or DPO), evaluation and red teaming
+    measured."""
+    rm_done, trained = json.loads((rm_out / DONE_FILE).read_text()), json.loads((policy_out / DONE_FILE).read_text())
     proxy, judge = result["reward_models"][0], result["reward_models"][-1]
     return {
-        "round": r, "policy": str(ppo_out), "pairs": n_pairs, "pairs_total": n_total,
-        "rm_eval_accuracy": heldout_accuracy(rm_out, rm_done), "ppo_steps": ppo_done.get("steps"), "ppo_stop_reason": ppo_done.get("stop_reason"),
-        "ppo_kl": ppo_done.get("objective/kl"),
+        "round": r, "policy": str(policy_out), "trainer": cfg.trainer, "pairs": n_pairs, "pairs_total": n_total,
+        "rm_eval_accuracy": heldout_accuracy(rm_out, rm_done), "policy_steps": trained.get("steps"),
+        "policy_stop_reason": trained.get("stop_reason"), "ppo_kl": trained.get("objective/kl"),
         "kl_to_sft": result["kl"], "sqrt_kl_to_sft": math.sqrt(max(result["kl"], 0.0)),
         "proxy_win_rate": proxy["win_rate"], "proxy_lc_win_rate": proxy.get("lc_win_rate"), "proxy_score_diff": proxy["score_diff"],
         "judge_win_rate": judge["win_rate"], "judge_win_rate_ci": judge["win_rate_ci"], "judge_lc_win_rate": judge.get("lc_win_rate"),
@@ -375,6 +390,7 @@ def run_loop(cfg: LoopConfig) -> Path:
             small, no held-out prompts, or a stage's config that does not validate (naming the stage's key).
         StageFailed, TrainingError, DataError, ModelError: from a round's stage; what is done stays done.
     """
+    from tether.trainers.dpo import train_dpo
     from tether.trainers.ppo import train_ppo
     from tether.trainers.reward import train_reward
 
@@ -416,19 +432,22 @@ def run_loop(cfg: LoopConfig) -> Path:
         pair_files.append(pairs)
         # 3. the reward model on every pair so far, from the last round's weights
         rm = _stage("rm", RewardConfig, reward_config(cfg, pair_files, previous_rm, rd / "rm"), train_reward, str(out))
-        # 4. PPO from the current policy
-        ppo = _stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
+        # 4. the policy from the current one: PPO against the reward model, or DPO on the round's pairs
+        if cfg.trainer == "ppo":
+            trained = _stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
+        else:
+            trained = _stage("dpo", DPOConfig, dpo_config(cfg, policy, pairs, rd / "dpo"), train_dpo, str(out))
         # 5. evaluation against the SFT policy
-        result = eval_round(cfg, str(ppo), rm, held_file, rd / "eval")
-        redteam = redteam_round(cfg, str(ppo), rd / "redteam", [round_dir(out, i) / "prompts.jsonl" for i in range(1, r + 1)])
+        result = eval_round(cfg, str(trained), rm, held_file, rd / "eval")
+        redteam = redteam_round(cfg, str(trained), rd / "redteam", [round_dir(out, i) / "prompts.jsonl" for i in range(1, r + 1)])
         agreement = judge_agreement(cfg, pairs, rd / "judge_agreement.json")
-        rows.append(summarise(r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, ppo, result, redteam, agreement))
+        rows.append(summarise(cfg, r, n_pairs, sum(1 for f in pair_files for _ in f.open(encoding="utf-8")), rm, trained, result, redteam, agreement))
         write_summary(out, cfg, rows, None)
         console.print(
             f"loop: round {r}: judge win rate {rows[-1]['judge_win_rate']:.3f} (length-controlled {rows[-1]['judge_lc_win_rate']:.3f}), "
             f"proxy {rows[-1]['proxy_win_rate']:.3f}, KL to SFT {rows[-1]['kl_to_sft']:.3g}"
         )
-        policy, previous_rm = str(ppo), rm
+        policy, previous_rm = str(trained), rm
         # 6. the stopping rule, on the judge
         reason = stop_on_judge(rows, cfg.eval.patience)
         if reason:
@@ -478,7 +497,7 @@ def write_summary(out: Path, cfg: LoopConfig, rows: list[dict], stop_reason: str
     ax.set_xlabel("sqrt(KL to the SFT policy)")
     ax.set_ylabel("win rate over SFT")
     ax.legend()
-    table = [[r["round"], r["pairs"], r["pairs_total"], r["rm_eval_accuracy"], r["ppo_steps"], r["kl_to_sft"], r["proxy_win_rate"],
+    table = [[r["round"], r["pairs"], r["pairs_total"], r["rm_eval_accuracy"], r["policy_steps"], r["kl_to_sft"], r["proxy_win_rate"],
               r["judge_win_rate"], r["judge_lc_win_rate"], r["judge_agreement"], r["sft_length"], r["policy_length"],
               r.get("sft_attack_success"), r.get("policy_attack_success"), r.get("sft_over_refusal"), r.get("policy_over_refusal")] for r in rows]
     render_report("loop.html", out / REPORT_FILE, title="RLHF loop", rows=table, curve=figure_data_uri(fig), stop_reason=stop_reason,
