@@ -193,7 +193,7 @@ def test_red_teaming_each_round_feeds_its_findings_into_the_next_rounds_prompts(
     suites = [{"name": "advbench", "path": str(tiny_data["prompts"]), "max_prompts": 3},
               {"name": "xstest", "path": str(SHARED / "xstest_prompts" / "data.jsonl.gz"), "kind": "xstest", "max_prompts": 4}]
     cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop", findings_per_round=2,
-                      redteam={"suites": suites, "generation": {"max_new_tokens": 4}})
+                      redteam={"suites": suites, "generation": {"max_new_tokens": 4, "do_sample": False}})
     out = run_loop(cfg)
     rows = json.loads((out / "loop.json").read_text())["rounds"]
     for row in rows:  # both policies under the same attacks, with intervals
@@ -206,6 +206,14 @@ def test_red_teaming_each_round_feeds_its_findings_into_the_next_rounds_prompts(
     # round 2's red teaming measures neither model on a prompt PPO trained on: the findings are out of its suites
     attacked = {json.loads(line)["base_prompt"] for line in (out / "round-02" / "redteam" / "results.jsonl").open()}
     assert attacked and not attacked & set(round2)
+    # the SFT policy answered each prompt once for both rounds: its round-2 answers are the cached round-1 ones
+    cached = [json.loads(line) for line in (out / "redteam_answers.jsonl").open()]
+    sft_prompts = [c["prompt"] for c in cached if c["model"] == cfg.policy]
+    assert len(sft_prompts) == len(set(sft_prompts))
+    results = [[json.loads(line) for line in (out / f"round-0{r}" / "redteam" / "results.jsonl").open()] for r in (1, 2)]
+    answers = [{o["prompt"]: o["response"] for o in rs if o["model"] == "baseline"} for rs in results]
+    assert set(answers[0]) & set(answers[1]) and set(answers[0]) | set(answers[1]) == set(sft_prompts)
+    assert all(answers[0][p] == answers[1][p] for p in set(answers[0]) & set(answers[1]))
 
 
 @pytest.mark.slow

@@ -280,6 +280,7 @@ def redteam_round(cfg: LoopConfig, policy: str, out: Path, trained_on: list[Path
     """Phase 5 (red teaming, when `redteam` is set): the round's policy and the SFT policy under the same attacks
     (skipped when done with the same config). The prompts of `trained_on` (every round's prompts so far, earlier
     findings among them) are left out of every suite, so attack success is measured on prompts PPO never saw.
+    Greedy answers go through one `answer_cache` for the whole loop, so the SFT policy answers a prompt only once.
     Returns redteam.json, or None."""
     if cfg.redteam is None:
         return None
@@ -291,6 +292,8 @@ def redteam_round(cfg: LoopConfig, policy: str, out: Path, trained_on: list[Path
                      for s in raw.get("suites", [])]
     raw["findings"] = {**raw.get("findings", {}), "export": True}
     rcfg = validate(RedteamConfig, raw, origin=f"{cfg.output_dir}: redteam")
+    if rcfg.answer_cache is None and not rcfg.generation.do_sample:  # the SFT model answers each prompt once for every round
+        rcfg = rcfg.model_copy(update={"answer_cache": str(Path(cfg.output_dir) / "redteam_answers.jsonl")})
     done = out / "redteam.json"
     if not (done.is_file() and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == dump_config(rcfg)):
         run_redteam(rcfg)

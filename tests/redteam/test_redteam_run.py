@@ -2,6 +2,8 @@
 a harm model, baseline vs aligned, report and findings."""
 
 import json
+import os
+import shutil
 
 import pytest
 
@@ -83,3 +85,39 @@ def test_tiny_redteam_end_to_end(tmp_path, jsonl, tiny_models, refusal_classifie
 def test_shipped_tiny_config_validates():
     cfg = load_config(RedteamConfig, "configs/redteam_tiny.yaml", ["transforms=[none]"])
     assert cfg.transforms == ["none"] and cfg.aligned == "tiny-gpt2"
+
+
+def test_an_answer_cache_answers_each_prompt_once_and_a_rewritten_model_misses_it(tmp_path, jsonl, tiny_models, monkeypatch):
+    """answer_cache: the second run generates nothing and judges the same answers; a model written again under the
+    same path (other weights) is answered afresh; a line torn by a crash is skipped and does not swallow the next."""
+    import tether.redteam.run as run_module
+
+    attacks = jsonl(tmp_path / "attacks.jsonl", [{"prompt": f"Attack number {i}", "category": "cyber"} for i in range(4)])
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["llama"], model)
+    generated: list[int] = []
+    real_answer = run_module.answer
+    monkeypatch.setattr(run_module, "answer", lambda path, cases, cfg, device: generated.append(len(cases)) or real_answer(path, cases, cfg, device))
+
+    def run(name: str):
+        cfg = RedteamConfig(baseline=str(model), suites=[{"name": "mine", "path": str(attacks)}], transforms=["none", "prefix_injection"],
+                            generation={"max_new_tokens": 6, "do_sample": False}, max_prompt_length=128, num_threads=1,
+                            answer_cache=str(tmp_path / "cache.jsonl"), output_dir=str(tmp_path / name), device="cpu")
+        return [json.loads(line)["response"] for line in (run_redteam(cfg) / "results.jsonl").open()]
+
+    first = run("a")
+    assert generated == [8] and len((tmp_path / "cache.jsonl").read_text().splitlines()) == 8
+    assert run("b") == first and generated == [8]  # every answer from the cache
+
+    with (tmp_path / "cache.jsonl").open("a") as f:
+        f.write('{"key": "torn')  # a crash in the middle of a line
+    weights = model / "model.safetensors"
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))  # the model written again
+    assert run("c") == first and generated == [8, 8]  # the model was written again: answered afresh
+    assert run("d") == first and generated == [8, 8]  # ... and those answers were kept, after the torn line
+
+
+def test_an_answer_cache_of_sampled_answers_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="answer_cache: a sampled answer depends on the batch"):
+        RedteamConfig(baseline="m", suites=[{"name": "s", "path": "p"}], generation={"do_sample": True},
+                      answer_cache=str(tmp_path / "c.jsonl"), output_dir=str(tmp_path / "o"))

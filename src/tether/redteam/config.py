@@ -99,8 +99,19 @@ class RedteamConfig(Strict):
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0)
+    answer_cache: str | None = Field(
+        None, description="a JSONL file of greedy answers kept across runs: an answer of the same model (path), prompt and "
+        "generation settings is read from it, not generated again, and new answers are added to it; for models whose "
+        "weights do not change under their path (the SFT model of every loop round). Needs generation.do_sample=false",
+    )
     output_dir: str
     overwrite: bool = True
+
+    @model_validator(mode="after")
+    def _greedy_cache(self):
+        if self.answer_cache is not None and self.generation.do_sample:
+            raise ValueError("answer_cache: a sampled answer depends on the batch it was drawn in; set generation.do_sample=false")
+        return self
 
     @model_validator(mode="after")
     def _unique_suites(self):

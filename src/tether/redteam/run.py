@@ -15,6 +15,7 @@ Phases:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from dataclasses import asdict, dataclass
@@ -141,6 +142,56 @@ def answer(path: str, cases: list[Case], cfg: RedteamConfig, device: torch.devic
     ids = tokenize_prompts([c.prompt for c in cases], tokenizer, cfg.prompt_template, cfg.max_prompt_length)
     out = generate(model, tokenizer, ids, cfg.generation, device)
     return model, tokenizer, decode_responses(tokenizer, out.responses, out.response_mask)
+
+
+def weights_stamp(path: str) -> list:
+    """The name, size and modification time of a model directory's weight files ([] for a hub id or an alias):
+    a model written again under the same path gets other cache keys."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return []
+    files = sorted(f for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def cache_key(path: str, stamp: list, prompt: str, cfg: RedteamConfig) -> str:
+    """What a greedy answer depends on: the model (its path and `weights_stamp`), the prompt and how it is shown, the
+    generation settings (not the batch size)."""
+    settings = cfg.generation.model_dump(exclude={"batch_size"})
+    text = json.dumps([path, stamp, prompt, cfg.prompt_template, cfg.max_prompt_length, settings], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def cached_answers(path: str, cases: list[Case], cfg: RedteamConfig, device: torch.device, need_model: bool):
+    """`answer` through `cfg.answer_cache`: only the cases not in the file are generated (the model is not loaded
+    when none is missing and `need_model` is False), and their answers are appended to it. A line cut short by a
+    crash is ignored. Returns (model or None, tokenizer or None, answers)."""
+    cache_file = Path(cfg.answer_cache)
+    cache: dict[str, str] = {}
+    if cache_file.is_file():
+        for line in cache_file.open(encoding="utf-8"):
+            try:
+                row = json.loads(line)
+                cache[row["key"]] = row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    stamp = weights_stamp(path)
+    keys = [cache_key(path, stamp, c.prompt, cfg) for c in cases]
+    missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in cache))
+    console.print(f"redteam: {len(cases) - len(missing)} of {len(cases)} answers from {cache_file}")
+    model = tokenizer = None
+    if missing or need_model:
+        model, tokenizer, new = answer(path, [cases[i] for i in missing], cfg, device) if missing else (
+            *load_causal_lm(ModelConfig(name_or_path=path), device, seed=cfg.seed), [])
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        torn = cache_file.is_file() and cache_file.stat().st_size > 0 and not cache_file.read_bytes().endswith(b"\n")
+        with cache_file.open("a", encoding="utf-8") as f:
+            if torn:  # a line cut short by a crash stays alone on its line
+                f.write("\n")
+            for i, text in zip(missing, new):
+                cache[keys[i]] = text
+                f.write(json.dumps({"key": keys[i], "model": path, "prompt": cases[i].prompt, "answer": text}) + "\n")
+    return model, tokenizer, [cache[k] for k in keys]
 
 
 def judge_answers(label: str, cases: list[Case], responses: list[str], detector, harm_scorer, cfg: RedteamConfig) -> list[Outcome]:
@@ -295,7 +346,10 @@ def run_redteam(cfg: RedteamConfig) -> Path:
     findings_dir = out / "findings"
     for label, path in models.items():
         console.print(f"redteam: {label} ({path}) answering {len(cases)} cases")
-        model, tokenizer, responses = answer(path, cases, cfg, device)
+        if cfg.answer_cache:
+            model, tokenizer, responses = cached_answers(path, cases, cfg, device, cfg.findings.export and cfg.findings.revise)
+        else:
+            model, tokenizer, responses = answer(path, cases, cfg, device)
         outcomes = judge_answers(label, cases, responses, detector, harm_scorer, cfg)
         summary["models"][label] = {"path": path, **summarize(outcomes)}
         if cfg.findings.export:
