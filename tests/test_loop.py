@@ -295,3 +295,11 @@ def test_with_trainer_dpo_each_round_trains_dpo_on_its_own_pairs_from_the_curren
 def test_a_trainer_reads_only_its_own_section(tiny_data, tiny_models, tmp_path, top, key):
     with pytest.raises(ConfigError, match=key):
         loop_config(tiny_data, tiny_models, tmp_path / "loop", **top)
+
+
+@pytest.mark.parametrize("name, trainer", [("loop_tiny.yaml", "ppo"), ("loop_dpo_tiny.yaml", "dpo")])
+def test_the_shipped_tiny_loops_are_valid(name, trainer):
+    from tether.config import load_config
+
+    cfg = load_config(LoopConfig, str(Path(__file__).resolve().parent.parent / "configs" / name))
+    assert cfg.trainer == trainer and cfg.output_dir.startswith("runs/tiny/")
