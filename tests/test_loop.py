@@ -47,6 +47,10 @@ def test_two_rounds_with_the_model_labeller_then_a_rerun_skips_everything(tiny_d
     assert pairs2 and {p["round"] for p in pairs2} == {2} and all(p["margin"] > 0 for p in pairs2)
     rm2 = (r2 / "rm" / "config.yaml").read_text()
     assert str(r1 / "pairs.jsonl") in rm2 and str(r2 / "pairs.jsonl") in rm2 and str(r1 / "rm") in rm2
+    # both rounds' evaluations compare with the same SFT answers, sampled once
+    assert len(list((out / "sft_answers").iterdir())) == 1
+    sft = [[json.loads(line)["baseline"] for line in (r / "eval" / "samples.jsonl").open()] for r in (r1, r2)]
+    assert sft[0] and sft[0] == sft[1]
     assert summary["rounds"][1]["pairs_total"] == summary["rounds"][0]["pairs"] + summary["rounds"][1]["pairs"]
     # round 2's PPO starts from round 1's policy and is held to the SFT policy (kl_to: sft)
     ppo2 = yaml.safe_load((r2 / "ppo" / "config.yaml").read_text())

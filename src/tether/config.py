@@ -577,6 +577,10 @@ class EvalConfig(Strict):
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(temperature=0.7))
     train_metrics: str | None = Field(None, description="metrics.jsonl of the PPO run for the curves")
     kl_budget: float | None = Field(None, gt=0.0, description="KL budget of the run; the report says whether KL is within it")
+    baseline_cache: str | None = Field(
+        None, description="a directory where the baseline's answers are kept: an evaluation of the same baseline (path and "
+        "weight files), prompts, generation settings and seed reads them instead of generating them again (a loop's rounds)",
+    )
     seed: int = 0
     device: Literal["auto", "cpu", "cuda"] = "auto"
     overwrite: bool = True

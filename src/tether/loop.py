@@ -263,13 +263,15 @@ def dpo_config(cfg: LoopConfig, policy: str, pairs: Path, out: Path) -> dict:
 
 def eval_round(cfg: LoopConfig, policy: str, rm: Path, held_out: Path, out: Path) -> dict:
     """Phase 5: `tether eval` of the round's policy against the SFT policy (skipped when done with the same config).
-    Returns eval.json."""
+    The SFT policy's answers are the same every round (same prompts, settings and seed): they are generated once
+    (`baseline_cache`). Returns eval.json."""
     from tether.eval.policy import evaluate_policies
 
     judge = cfg.eval.judge or cfg.labeler.path
     ecfg = EvalConfig(baseline=cfg.policy, policy=policy, prompts=str(held_out), reward_models=[str(rm), judge], output_dir=str(out),
                       split="all", max_prompts=cfg.eval.max_prompts, prompt_template=cfg.data.prompt_template,
-                      max_prompt_length=cfg.data.max_prompt_length, generation=cfg.eval.generation, seed=cfg.seed)
+                      max_prompt_length=cfg.data.max_prompt_length, generation=cfg.eval.generation, seed=cfg.seed,
+                      baseline_cache=str(Path(cfg.output_dir) / "sft_answers"))
     done = out / "eval.json"
     if not (done.is_file() and (out / "config.yaml").is_file() and (out / "config.yaml").read_text() == dump_config(ecfg)):
         evaluate_policies(ecfg)

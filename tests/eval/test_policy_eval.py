@@ -107,3 +107,33 @@ def test_the_readme_command_line_runs_with_its_defaults(models, tmp_path):
     assert cli_main(args + ["holdout_fraction=0.5", "overwrite=true"]) == 0
     result = json.loads((out / "eval.json").read_text())
     assert result["split"] == "holdout" and 0 < result["n_prompts"] < len(PROMPTS)
+
+
+def test_a_baseline_cache_generates_the_baselines_answers_once_and_changes_nothing(models, tmp_path, monkeypatch):
+    """baseline_cache: a second evaluation of the same baseline (another policy, as in a loop's next round) reads the
+    baseline's answers instead of sampling them; every result is what sampling would have given. Other generation
+    settings, or a torn file, sample again."""
+    import tether.eval.policy as policy_module
+
+    calls: list[int] = []
+    real = policy_module.sample_answers
+    monkeypatch.setattr(policy_module, "sample_answers", lambda *a, **k: calls.append(1) or real(*a, **k))
+
+    def run(name: str, cache: bool, **gen):
+        cfg = make_cfg(models, tmp_path / name, policy=models["lm_other"])
+        cfg = cfg.model_copy(update={"baseline_cache": str(tmp_path / "cache") if cache else None,
+                                     "generation": cfg.generation.model_copy(update=gen)})
+        return json.loads(json.dumps(evaluate_policies(cfg).to_json()))
+
+    fresh = run("fresh", cache=False)
+    assert len(calls) == 2
+    first = run("first", cache=True)
+    (cached,) = (tmp_path / "cache").iterdir()
+    second = run("second", cache=True)
+    assert len(calls) == 2 + 2 + 1  # the second evaluation sampled the policy only
+    for result in (first, second):
+        assert {k: v for k, v in result.items() if k != "output_dir"} == {k: v for k, v in fresh.items() if k != "output_dir"}
+    run("hotter", cache=True, temperature=1.0)
+    assert len(calls) == 7  # other settings: sampled again
+    cached.write_bytes(cached.read_bytes()[:20])  # torn
+    assert run("torn", cache=True) == run("torn", cache=True) and len(calls) == 7 + 2 + 1

@@ -88,6 +88,40 @@ def policy_kl(policy: nn.Module, baseline: nn.Module, gen: Generation, temperatu
     return torch.cat(out)
 
 
+CACHED_FIELDS = ("prompts", "prompt_mask", "responses", "response_mask", "ended")
+
+
+def cached_answers(cfg: EvalConfig, prompt_ids: list[list[int]], device: torch.device, make) -> Generation:
+    """The baseline's answers from `cfg.baseline_cache` when an evaluation of the same baseline (path and weight
+    files), prompt tokens, generation settings and seed wrote them; otherwise `make()`, then kept there. A file that
+    cannot be read is generated again."""
+    if cfg.baseline_cache is None:
+        return make()
+    import hashlib
+    import os
+
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, save_file
+
+    from tether.models.load import weights_stamp
+
+    key = json.dumps([cfg.baseline, weights_stamp(cfg.baseline), prompt_ids, cfg.generation.model_dump(), cfg.seed], sort_keys=True)
+    path = Path(cfg.baseline_cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
+    if path.is_file():
+        try:
+            saved = load_file(path)
+            console.print(f"eval: the baseline's answers from {path}")
+            return Generation(**{f: saved[f].to(device) for f in CACHED_FIELDS})
+        except (SafetensorError, OSError, KeyError):
+            pass
+    gen = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({f: getattr(gen, f).detach().cpu().contiguous() for f in CACHED_FIELDS}, str(tmp))
+    os.replace(tmp, path)
+    return gen
+
+
 def answer_lengths(gen: Generation) -> torch.Tensor:
     """(B,) response tokens before EOS (EOS itself not counted)."""
     return gen.response_mask.sum(-1) - gen.ended.long()
@@ -189,7 +223,7 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     check_same_tokenizer(tokenizer, policy_tokenizer, cfg.baseline, cfg.policy)
     prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.prompt_template, cfg.max_prompt_length)
     console.print("eval: generating")
-    baseline_gen = sample_answers(baseline, tokenizer, prompt_ids, gen_cfg, device, cfg.seed)
+    baseline_gen = cached_answers(cfg, prompt_ids, device, lambda: sample_answers(baseline, tokenizer, prompt_ids, gen_cfg, device, cfg.seed))
     policy_gen = sample_answers(policy, tokenizer, prompt_ids, gen_cfg, device, cfg.seed)
     baseline_texts = decode_responses(tokenizer, baseline_gen.responses, baseline_gen.response_mask)
     policy_texts = decode_responses(tokenizer, policy_gen.responses, policy_gen.response_mask)

@@ -74,6 +74,16 @@ def check_model_path(path: str) -> None:
         raise ModelError(f"{path}: has a config.json but no weights (*.safetensors or *.bin)")
 
 
+def weights_stamp(path: str) -> list:
+    """The name, size and modification time of a model directory's weight files ([] for a hub id or an alias): part
+    of a cache key, so that a model written again under the same path is not taken for the old one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        return []
+    files = sorted(f for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))
+    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
 def load_tokenizer(path: str):
     """Load a tokenizer and make sure it has a pad token distinct from EOS.
 

@@ -27,7 +27,7 @@ from tether.config import ModelConfig
 from tether.data.sources import load_prompts, write_jsonl
 from tether.data.tokenize import tokenize_prompts
 from tether.eval.metrics import wilson_interval
-from tether.models.load import load_causal_lm, release_memory, resolve_device, set_threads
+from tether.models.load import load_causal_lm, release_memory, resolve_device, set_threads, weights_stamp
 from tether.redteam.config import RedteamConfig
 from tether.redteam.harm import HarmScorer
 from tether.redteam.refusal import META_FILE, StringMatchDetector, is_refusal_text, load_detector, train_refusal_classifier
@@ -142,16 +142,6 @@ def answer(path: str, cases: list[Case], cfg: RedteamConfig, device: torch.devic
     ids = tokenize_prompts([c.prompt for c in cases], tokenizer, cfg.prompt_template, cfg.max_prompt_length)
     out = generate(model, tokenizer, ids, cfg.generation, device)
     return model, tokenizer, decode_responses(tokenizer, out.responses, out.response_mask)
-
-
-def weights_stamp(path: str) -> list:
-    """The name, size and modification time of a model directory's weight files ([] for a hub id or an alias):
-    a model written again under the same path gets other cache keys."""
-    folder = Path(path)
-    if not folder.is_dir():
-        return []
-    files = sorted(f for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))
-    return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
 def cache_key(path: str, stamp: list, prompt: str, cfg: RedteamConfig) -> str:
