@@ -307,3 +307,17 @@ def test_the_shipped_tiny_loops_are_valid(name, trainer):
 
     cfg = load_config(LoopConfig, str(Path(__file__).resolve().parent.parent / "configs" / name))
     assert cfg.trainer == trainer and cfg.output_dir.startswith("runs/tiny/")
+
+
+def test_a_policy_that_repeats_an_answer_makes_each_pair_once(tiny_data, tiny_models, tmp_path):
+    """Two equal completions of a prompt (common at low temperature) must not make the same pair twice: the reward
+    model's data check stops on a duplicate pair."""
+    from tether.loop import label_with_model
+
+    cfg = loop_config(tiny_data, tiny_models, tmp_path / "loop")
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text(json.dumps({"id": "item-0", "prompt": "Tell me a story.", "completions": ["Once upon", "The end", "Once upon"],
+                                   "model": "m"}) + "\n")
+    n = label_with_model(cfg, samples, tmp_path / "pairs.jsonl", 1)
+    pairs = [json.loads(line) for line in (tmp_path / "pairs.jsonl").open()]
+    assert n == len(pairs) == 1 and {pairs[0]["chosen"], pairs[0]["rejected"]} == {"Once upon", "The end"}

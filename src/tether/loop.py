@@ -86,13 +86,20 @@ def sample_round(cfg: LoopConfig, policy: str, prompts: list[str], path: Path, s
     write_whole(path, [{"id": f"item-{i}", "prompt": p, "completions": c, "model": policy} for i, (p, c) in enumerate(zip(prompts, completions))])
 
 
+def distinct_completions(samples: Path) -> list[dict]:
+    """The round's items, each with its distinct completions only (first occurrence kept): a policy that gives the
+    same answer twice would otherwise make the same pair twice, which the reward model's data check refuses."""
+    items = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    return [{**it, "completions": list(dict.fromkeys(it["completions"]))} for it in items]
+
+
 def label_with_model(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
     """Phase 2 with the `model` labeller: score every completion; each two of a prompt whose scores differ by more
     than `labeler.min_margin` are a pair (the higher one chosen). Returns the number of pairs."""
     from tether.models.load import release_memory, resolve_device
     from tether.models.reward import load_reward
 
-    items = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    items = distinct_completions(samples)
     lab = cfg.labeler
     device = resolve_device("auto")
     gold = load_reward(lab.path, None, device)
@@ -107,7 +114,7 @@ def label_with_model(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
         i += len(s)
         for a in range(len(s)):
             for b in range(a + 1, len(s)):
-                if abs(s[a] - s[b]) <= lab.min_margin or it["completions"][a] == it["completions"][b]:
+                if abs(s[a] - s[b]) <= lab.min_margin:
                     continue
                 hi, lo = (a, b) if s[a] > s[b] else (b, a)
                 rows.append({"prompt": it["prompt"], "chosen": it["completions"][hi], "rejected": it["completions"][lo],
@@ -181,11 +188,11 @@ def label_with_ai(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
     from tether.models.load import load_causal_lm, release_memory, resolve_device
 
     lab = cfg.labeler
-    items = [json.loads(line) for line in samples.read_text(encoding="utf-8").splitlines()]
+    items = distinct_completions(samples)
     rng = random.Random(cfg.seed + r)
     constitution = load_constitution(lab.constitution)
     candidates = [(it, a, b) for it in items for a in range(len(it["completions"])) for b in range(a + 1, len(it["completions"]))
-                  if it["completions"][a].strip() and it["completions"][b].strip() and it["completions"][a] != it["completions"][b]]
+                  if it["completions"][a].strip() and it["completions"][b].strip()]
     principles = [constitution.sample(rng) for _ in candidates]
     rows = []
     if candidates:
