@@ -93,7 +93,7 @@ CACHED_FIELDS = ("prompts", "prompt_mask", "responses", "response_mask", "ended"
 
 def cached_answers(cfg: EvalConfig, prompt_ids: list[list[int]], device: torch.device, make) -> Generation:
     """The baseline's answers from `cfg.baseline_cache` when an evaluation of the same baseline (path and weight
-    files), prompt tokens, generation settings and seed wrote them; otherwise `make()`, then kept there. A file that
+    files), prompt tokens, generation settings, seed and kind of device wrote them; otherwise `make()`, then kept there. A file that
     cannot be read is generated again."""
     if cfg.baseline_cache is None:
         return make()
@@ -105,7 +105,7 @@ def cached_answers(cfg: EvalConfig, prompt_ids: list[list[int]], device: torch.d
 
     from tether.models.load import weights_stamp
 
-    key = json.dumps([cfg.baseline, weights_stamp(cfg.baseline), prompt_ids, cfg.generation.model_dump(), cfg.seed], sort_keys=True)
+    key = json.dumps([cfg.baseline, weights_stamp(cfg.baseline), prompt_ids, cfg.generation.model_dump(), cfg.seed, device.type], sort_keys=True)
     path = Path(cfg.baseline_cache) / f"{hashlib.sha256(key.encode()).hexdigest()[:32]}.safetensors"
     if path.is_file():
         try:

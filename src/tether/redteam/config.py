@@ -100,9 +100,9 @@ class RedteamConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     num_threads: int | None = Field(None, gt=0)
     answer_cache: str | None = Field(
-        None, description="a JSONL file of greedy answers kept across runs: an answer of the same model (path), prompt and "
-        "generation settings is read from it, not generated again, and new answers are added to it; for models whose "
-        "weights do not change under their path (the SFT model of every loop round). Needs generation.do_sample=false",
+        None, description="a JSONL file of greedy answers kept across runs: an answer of the same model (its path and the size "
+        "and time of its weight files), prompt, generation settings and kind of device is read from it, not generated again, "
+        "and new answers are added to it (the SFT model of every loop round). Needs generation.do_sample=false",
     )
     output_dir: str
     overwrite: bool = True

@@ -144,11 +144,11 @@ def answer(path: str, cases: list[Case], cfg: RedteamConfig, device: torch.devic
     return model, tokenizer, decode_responses(tokenizer, out.responses, out.response_mask)
 
 
-def cache_key(path: str, stamp: list, prompt: str, cfg: RedteamConfig) -> str:
+def cache_key(path: str, stamp: list, prompt: str, cfg: RedteamConfig, device: torch.device) -> str:
     """What a greedy answer depends on: the model (its path and `weights_stamp`), the prompt and how it is shown, the
-    generation settings (not the batch size)."""
+    generation settings (not the batch size), the kind of device (its arithmetic)."""
     settings = cfg.generation.model_dump(exclude={"batch_size"})
-    text = json.dumps([path, stamp, prompt, cfg.prompt_template, cfg.max_prompt_length, settings], sort_keys=True)
+    text = json.dumps([path, stamp, prompt, cfg.prompt_template, cfg.max_prompt_length, settings, device.type], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -166,7 +166,7 @@ def cached_answers(path: str, cases: list[Case], cfg: RedteamConfig, device: tor
             except (json.JSONDecodeError, KeyError, TypeError):
                 continue
     stamp = weights_stamp(path)
-    keys = [cache_key(path, stamp, c.prompt, cfg) for c in cases]
+    keys = [cache_key(path, stamp, c.prompt, cfg, device) for c in cases]
     missing = list(dict.fromkeys(i for i, k in enumerate(keys) if k not in cache))
     console.print(f"redteam: {len(cases) - len(missing)} of {len(cases)} answers from {cache_file}")
     model = tokenizer = None
