@@ -36,7 +36,7 @@ def main() -> None:
     from tether.redteam.refusal import is_refusal_text
     from tether.rollout.sample import sample_completions
 
-    prompts = [e.prompt for e in load_prompts(Path(args.data) / "strongreject_prompts" / "data.jsonl.gz")]
+    prompts = [e.prompt for e in load_prompts(str(Path(args.data) / "strongreject_prompts" / "data.jsonl.gz"))]
     random.Random(0).shuffle(prompts)
     prompts = prompts[: args.n]
     results = []
