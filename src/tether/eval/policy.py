@@ -91,7 +91,7 @@ def policy_kl(policy: nn.Module, baseline: nn.Module, gen: Generation, temperatu
 CACHED_FIELDS = ("prompts", "prompt_mask", "responses", "response_mask", "ended")
 
 
-def cached_answers(cfg: EvalConfig, prompt_ids: list[list[int]], device: torch.device, make) -> Generation:
+def cached_baseline_answers(cfg: EvalConfig, prompt_ids: list[list[int]], device: torch.device, make) -> Generation:
     """The baseline's answers from `cfg.baseline_cache` when an evaluation of the same baseline (path and weight
     files), prompt tokens, generation settings, seed and kind of device wrote them; otherwise `make()`, then kept there. A file that
     cannot be read is generated again."""
@@ -223,7 +223,7 @@ def evaluate_policies(cfg: EvalConfig, kl_budget: float | None = None) -> Policy
     check_same_tokenizer(tokenizer, policy_tokenizer, cfg.baseline, cfg.policy)
     prompt_ids = tokenize_prompts(prompts, tokenizer, cfg.prompt_template, cfg.max_prompt_length)
     console.print("eval: generating")
-    baseline_gen = cached_answers(cfg, prompt_ids, device, lambda: sample_answers(baseline, tokenizer, prompt_ids, gen_cfg, device, cfg.seed))
+    baseline_gen = cached_baseline_answers(cfg, prompt_ids, device, lambda: sample_answers(baseline, tokenizer, prompt_ids, gen_cfg, device, cfg.seed))
     policy_gen = sample_answers(policy, tokenizer, prompt_ids, gen_cfg, device, cfg.seed)
     baseline_texts = decode_responses(tokenizer, baseline_gen.responses, baseline_gen.response_mask)
     policy_texts = decode_responses(tokenizer, policy_gen.responses, policy_gen.response_mask)

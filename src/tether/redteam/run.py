@@ -174,7 +174,11 @@ def cached_answers(path: str, cases: list[Case], cfg: RedteamConfig, device: tor
         model, tokenizer, new = answer(path, [cases[i] for i in missing], cfg, device) if missing else (
             *load_causal_lm(ModelConfig(name_or_path=path), device, seed=cfg.seed), [])
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        torn = cache_file.is_file() and cache_file.stat().st_size > 0 and not cache_file.read_bytes().endswith(b"\n")
+        torn = False
+        if cache_file.is_file() and cache_file.stat().st_size > 0:
+            with cache_file.open("rb") as f:
+                f.seek(-1, 2)
+                torn = f.read(1) != b"\n"  # the file's last byte only, not the whole file
         with cache_file.open("a", encoding="utf-8") as f:
             if torn:  # a line cut short by a crash stays alone on its line
                 f.write("\n")
