@@ -100,3 +100,76 @@ def test_bench_runs_a_short_load_test(capsys):
     assert main(["bench", "--clients", "2", "--seconds", "0.5", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["clients"] == 2 and result["labels"] > 0 and result["errors"] == 0
+
+
+def _two_people_rank(db_url, campaign_file, thumbs_file=None):
+    """ann ranks every item good > bad > ugly, bo the other way round; returns their ids."""
+    args = ["--db", db_url]
+    assert main(["import", str(campaign_file), "--name", "demo", "--kind", "rank", "--labelers-per-item", "2", *args]) == 0
+    store = FeedbackStore(db_url)
+    campaign = store.campaign_by_name("demo")
+    for name, ranks in (("ann", [1, 2, 3]), ("bo/ø", [3, 2, 1])):
+        person = store.add_labeler(name).labeler
+        while (task := store.next_task(campaign.id, person.id)) is not None:
+            store.submit_label(task.assignment_id, person.id, LabelData(ranks=ranks))
+    return args
+
+
+def test_export_one_labelers_own_pairs(tmp_path, db_url, campaign_file, capsys):
+    args = _two_people_rank(db_url, campaign_file)
+    out = tmp_path / "bo.jsonl"
+    assert main(["export", "--campaign", "demo", "--labeler", "bo/ø", "--out", str(out), *args]) == 0
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    # 3 items x 3 pairs, every one the reverse of ann's, all tagged with bo
+    assert len(rows) == 9 and {r["labeler"] for r in rows} == {"bo/ø"}
+    assert {(r["chosen"], r["rejected"]) for r in rows} == {("ugly", "bad"), ("ugly", "good"), ("bad", "good")}
+    # the consensus of the two is a tie on every pair: nothing to export; each person's own file is not
+    assert main(["export", "--campaign", "demo", "--out", str(tmp_path / "c.jsonl"), *args]) == 0
+    assert (tmp_path / "c.jsonl").read_text() == ""
+    assert main(["export", "--campaign", "demo", "--labeler", "cy", "--out", str(out), *args]) == 1
+    assert "--labeler 'cy': no labels in this campaign (labelers with labels: ann, bo/ø)" in capsys.readouterr().err
+
+
+def test_export_by_labeler_writes_a_file_each_and_an_index(tmp_path, db_url, campaign_file, capsys):
+    args = _two_people_rank(db_url, campaign_file)
+    out = tmp_path / "people"
+    assert main(["export", "--campaign", "demo", "--by-labeler", str(out), *args]) == 0
+    index = json.loads((out / "labelers.json").read_text(encoding="utf-8"))["files"]
+    assert [(f["labeler"], f["campaign"], f["kind"], f["records"]) for f in index] == [("ann", "demo", "pairs", 9), ("bo/ø", "demo", "pairs", 9)]
+    assert index[0]["path"] == "demo/ann.jsonl" and index[1]["path"].startswith("demo/bo__-")  # unsafe name: cleaned + hash
+    ann = [json.loads(line) for line in (out / index[0]["path"]).read_text().splitlines()]
+    assert {(r["chosen"], r["rejected"]) for r in ann} == {("good", "bad"), ("good", "ugly"), ("bad", "ugly")}
+    # a thumbs campaign exported into the same directory is added; exporting demo again replaces only demo's entries
+    thumbs = tmp_path / "thumbs.jsonl"
+    thumbs.write_text(json.dumps({"prompt": "p", "completions": ["a"]}) + "\n", encoding="utf-8")
+    assert main(["import", str(thumbs), "--name", "t", "--kind", "thumbs", *args]) == 0
+    store = FeedbackStore(db_url)
+    ann_id = store.labeler_by_name("ann").id
+    task = store.next_task(store.campaign_by_name("t").id, ann_id)
+    store.submit_label(task.assignment_id, ann_id, LabelData(thumb=1))
+    assert main(["export", "--campaign", "t", "--by-labeler", str(out), *args]) == 0
+    assert main(["export", "--campaign", "demo", "--by-labeler", str(out), *args]) == 0
+    index = json.loads((out / "labelers.json").read_text(encoding="utf-8"))["files"]
+    assert sorted((f["labeler"], f["campaign"], f["kind"]) for f in index) == [("ann", "demo", "pairs"), ("ann", "t", "thumbs"), ("bo/ø", "demo", "pairs")]
+    assert json.loads((out / "t" / "ann.jsonl").read_text())["label"] == 1
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "give one of --out FILE and --by-labeler DIR"),
+        (["--out", "x.jsonl", "--by-labeler", "d"], "give one of --out FILE and --by-labeler DIR"),
+        (["--by-labeler", "d", "--labeler", "ann"], "--labeler and --by-labeler: give one"),
+    ],
+)
+def test_export_by_labeler_argument_errors(db_url, campaign_file, extra, message, capsys):
+    assert main(["export", "--campaign", "demo", *extra, "--db", db_url]) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_export_by_labeler_into_a_file_is_refused(tmp_path, db_url, campaign_file, capsys):
+    args = _two_people_rank(db_url, campaign_file)
+    target = tmp_path / "file"
+    target.write_text("keep me")
+    assert main(["export", "--campaign", "demo", "--by-labeler", str(target), *args]) == 1
+    assert f"--by-labeler {target}: is a file, not a directory" in capsys.readouterr().err and target.read_text() == "keep me"

@@ -76,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
 
     exp = command("export", "write a campaign's labels as JSONL for `tether rm` / `tether dpo`")
     exp.add_argument("--campaign", required=True, help="campaign name")
-    exp.add_argument("--out", required=True, help="output JSONL file")
+    exp.add_argument("--out", default=None, help="output JSONL file")
+    exp.add_argument("--labeler", default=None, help="only this person's own labels (their pairs, rankings or thumbs)")
+    exp.add_argument("--by-labeler", default=None, metavar="DIR", help="instead of --out: one file per labeler in DIR, listed in DIR/labelers.json")
     exp.add_argument("--mode", choices=["consensus", "all"], default="consensus", help="merge labelers per item (default) or every labeler's answer")
     exp.add_argument("--kind", choices=["auto", "pairs", "rankings", "thumbs", "prompts"], default="auto", help="format (default: by task kind)")
     exp.add_argument("--min-gold-accuracy", type=float, default=None, help="leave out labelers whose accuracy on gold items is below this (0-1)")
@@ -287,20 +289,33 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from tether.feedback.export import ExportKind, ExportMode, export_records, resolve_kind, write_jsonl
+    from tether.feedback.export import ExportKind, ExportMode, export_by_labeler, export_records, labels_of, resolve_kind, write_jsonl
 
     from tether.feedback.quality import screen_labels
 
     if args.min_gold_accuracy is not None and not 0 <= args.min_gold_accuracy <= 1:
         raise ConfigError("--min-gold-accuracy: must be between 0 and 1")
+    if (args.out is None) == (args.by_labeler is None):
+        raise ConfigError("give one of --out FILE and --by-labeler DIR")
+    if args.by_labeler is not None and args.labeler is not None:
+        raise ConfigError("--labeler and --by-labeler: give one (--by-labeler writes every labeler's file)")
     store = FeedbackStore(args.db)
     campaign = store.campaign_by_name(args.campaign)
     kind = resolve_kind(campaign.kind, ExportKind(args.kind))
     items = store.list_items(campaign.id)
     screened = screen_labels(campaign, items, store.list_labels(campaign.id), args.min_gold_accuracy, args.exclude_fast)
-    records = export_records(campaign, items, screened.labels, kind, ExportMode(args.mode))
-    count = write_jsonl(records, args.out)
-    print(f"wrote {count} {kind.value} ({args.mode}) to {args.out}")
+    if args.by_labeler is not None:
+        counts = export_by_labeler(campaign, items, screened.labels, kind, args.by_labeler)
+        for name, count in counts.items():
+            print(f"{name}: {count} {kind.value}")
+        print(f"wrote {len(counts)} labelers' files to {args.by_labeler} (index: labelers.json)")
+    elif args.labeler is not None:
+        count = write_jsonl(export_records(campaign, items, labels_of(screened.labels, args.labeler), kind, ExportMode.ALL), args.out)
+        print(f"wrote {count} {kind.value} of {args.labeler} to {args.out}")
+    else:
+        records = export_records(campaign, items, screened.labels, kind, ExportMode(args.mode))
+        count = write_jsonl(records, args.out)
+        print(f"wrote {count} {kind.value} ({args.mode}) to {args.out}")
     if args.min_gold_accuracy is not None:
         print(f"left out (gold accuracy below {args.min_gold_accuracy}): {', '.join(screened.dropped_labelers) or 'nobody'}")
     if args.exclude_fast:

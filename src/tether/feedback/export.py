@@ -11,11 +11,18 @@ Gold items (items with a known answer, see `quality.py`) are never exported.
 Mode "consensus" merges the labelers of an item (Borda count for rankings and pair choices, a
 pair choice counting as a ranking of two; strict majority for thumbs); mode "all" writes every
 labeler's answer, with the labeler's name.
+
+A person's own data (`tether label export --labeler NAME`, or `--by-labeler DIR` for everyone) is mode "all"
+restricted to that person's labels: their rankings, pair choices and thumbs, and their own "unusable" flags.
+`--by-labeler DIR` writes `DIR/<campaign>/<labeler>.jsonl` per person and records every file in
+`DIR/labelers.json` (`tether personalize` reads it); exporting more campaigns into the same DIR adds to it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -276,3 +283,76 @@ def write_jsonl(records: Iterable[ExportRecord], path: str | Path) -> int:
     except OSError as exc:
         raise ConfigError(f"--out {path}: cannot write ({exc.strerror})") from None
     return count
+
+
+LABELERS_INDEX = "labelers.json"  # tether.trainers.personalize reads it
+
+
+def labels_of(labels: list[Label], labeler: str) -> list[Label]:
+    """The labels one person gave.
+
+    Raises:
+        ConfigError: the person gave none in this snapshot.
+    """
+    own = [lab for lab in labels if lab.labeler_name == labeler]
+    if not own:
+        names = sorted({lab.labeler_name for lab in labels})
+        raise ConfigError(f"--labeler {labeler!r}: no labels in this campaign (labelers with labels: {', '.join(names) or 'none'})")
+    return own
+
+
+def file_stem(name: str) -> str:
+    """A file name for a labeler or campaign name: the name itself when it is safe, else a cleaned form plus a
+    hash of the name, so two names never share a file."""
+    clean = re.sub(r"[^A-Za-z0-9._-]", "_", name).lstrip(".") or "_"
+    return clean if clean == name else f"{clean}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def export_by_labeler(
+    campaign: Campaign, items: list[Item], labels: list[Label], kind: ExportKind, out_dir: str | Path
+) -> dict[str, int]:
+    """Write each labeler's own records to `out_dir/<campaign>/<labeler>.jsonl` and list them in the index.
+
+    The index (`labelers.json`: {"files": [{"labeler", "campaign", "kind", "path", "records"}]}) keeps the files of
+    other campaigns exported into the same directory and replaces this campaign's.
+
+    Returns:
+        Records written per labeler (labelers whose labels give no record, e.g. only ties, have an empty file).
+
+    Raises:
+        ConfigError: `out_dir` is a file, cannot be written, or its index is not one this function wrote.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--by-labeler {out}: is a file, not a directory")
+    index_path = out / LABELERS_INDEX
+    files = _read_index(index_path)
+    kind = resolve_kind(campaign.kind, kind)
+    sub = out / file_stem(campaign.name)
+    try:
+        sub.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"--by-labeler {out}: cannot write ({exc.strerror})") from None
+    counts: dict[str, int] = {}
+    files = [f for f in files if f["campaign"] != campaign.name]
+    for name in sorted({lab.labeler_name for lab in labels}):
+        path = sub / f"{file_stem(name)}.jsonl"
+        own = [lab for lab in labels if lab.labeler_name == name]
+        counts[name] = write_jsonl(export_records(campaign, items, own, kind, ExportMode.ALL), path)
+        files.append({"labeler": name, "campaign": campaign.name, "kind": kind.value, "path": str(path.relative_to(out)), "records": counts[name]})
+    tmp = index_path.with_name(index_path.name + ".tmp")
+    tmp.write_text(json.dumps({"files": files}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    tmp.replace(index_path)
+    return counts
+
+
+def _read_index(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    try:
+        files = json.loads(path.read_text(encoding="utf-8"))["files"]
+        if not all({"labeler", "campaign", "kind", "path", "records"} <= set(f) for f in files):
+            raise KeyError("files")
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path}: not an index written by `tether label export --by-labeler`") from None
+    return files
