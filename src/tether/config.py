@@ -34,6 +34,10 @@ class LoRAConfig(Strict):
     alpha: int = Field(32, gt=0, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dropout on the LoRA path")
     target_modules: str | list[str] = Field("all-linear", description="modules that get adapters")
+    merge: bool = Field(
+        True, description="write the model with the adapters merged (a plain HF directory; the adapters are kept in adapter/); "
+        "false: only adapter/ and the tokenizer, a small directory that loads on top of its base model",
+    )
 
 
 class ModelConfig(Strict):

@@ -110,3 +110,37 @@ def test_plain_save_reloads_with_equal_logprobs(kind, tmp_path):
         a = response_logprobs(model, seqs, mask, T_p)
         b = response_logprobs(reloaded.eval(), seqs, mask, T_p)
     assert (a - b)[resp_mask].abs().max() < 1e-6
+
+
+def test_adapter_only_save_loads_on_its_base(tmp_path):
+    base, tok = tiny_causal_lm("llama", seed=0)
+    save_causal_lm(base, tok, tmp_path / "base")
+    model, tok = load_causal_lm(ModelConfig(name_or_path=str(tmp_path / "base")), torch.device("cpu"))
+    policy = apply_lora(model, LoRAConfig(enabled=True, r=4, alpha=8))
+    _perturb_lora(policy, seed=5)
+    policy.eval()
+    seqs, mask, T_p, resp_mask = _batch(tok, seed=4)
+    with torch.no_grad():
+        before = response_logprobs(policy, seqs, mask, T_p)
+    save_causal_lm(policy, tok, tmp_path / "person", merge=False)
+    out = tmp_path / "person"
+    assert not (out / "config.json").exists() and not list(out.glob("*.safetensors"))  # no copy of the base
+    adapter_bytes = sum(f.stat().st_size for f in (out / "adapter").iterdir())
+    base_bytes = sum(f.stat().st_size for f in (tmp_path / "base").glob("*.safetensors"))
+    assert adapter_bytes < base_bytes / 2
+    reloaded, _ = load_causal_lm(ModelConfig(name_or_path=str(out)), torch.device("cpu"))
+    assert not is_peft(reloaded)
+    with torch.no_grad():
+        after = response_logprobs(reloaded.eval(), seqs, mask, T_p)
+    assert (before - after)[resp_mask].abs().max() < 1e-5
+    assert (after - response_logprobs(base.eval(), seqs, mask, T_p))[resp_mask].abs().max() > 1e-3  # the adapter is in it
+
+
+def test_adapter_directory_with_a_missing_base_is_one_clear_error(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    (tmp_path / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "/nowhere/base"}')
+    with pytest.raises(ModelError, match="has adapter/adapter_config.json but no adapter weights"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path)), torch.device("cpu"))
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    with pytest.raises(ModelError, match="model not found: /nowhere/base"):
+        load_causal_lm(ModelConfig(name_or_path=str(tmp_path)), torch.device("cpu"))

@@ -46,9 +46,9 @@ def captured(monkeypatch):
     seen = []
     real = sft_mod.save_causal_lm
 
-    def save(model, tokenizer, out_dir):
+    def save(model, tokenizer, out_dir, merge=True):
         seen.append(model)
-        real(model, tokenizer, out_dir)
+        real(model, tokenizer, out_dir, merge)
 
     monkeypatch.setattr(sft_mod, "save_causal_lm", save)
     return seen

@@ -59,6 +59,8 @@ def resolve_path(name_or_path: str) -> str:
 def check_model_path(path: str) -> None:
     """Fail early with one clear line when a local model directory is unusable.
 
+    An adapter directory (adapter/ without config.json) is checked with its base model.
+
     Raises:
         ModelError: a directory without config.json or without weights.
     """
@@ -67,11 +69,35 @@ def check_model_path(path: str) -> None:
         if p.is_absolute() or path.startswith((".", "runs")) or path.count("/") != 1:
             raise ModelError(f"model not found: {path} (a local directory, a hub id like org/name, or tiny-llama)")
         return  # a hub id: transformers will try (and fail clearly offline)
+    base = adapter_base(path)
+    if base is not None:  # an adapter directory: its weights are adapter/, the rest is its base's
+        if not list((p / ADAPTER_DIR).glob("adapter_model.*")):
+            raise ModelError(f"{path}: has {ADAPTER_DIR}/adapter_config.json but no adapter weights")
+        check_model_path(base)
+        return
     if not (p / "config.json").is_file():
         raise ModelError(f"{path}: no config.json; is this a model directory written by save_pretrained?")
     weights = list(p.glob("*.safetensors")) + list(p.glob("*.bin")) + list(p.glob("*.safetensors.index.json"))
     if not weights:
         raise ModelError(f"{path}: has a config.json but no weights (*.safetensors or *.bin)")
+
+
+ADAPTER_DIR = "adapter"
+
+
+def adapter_base(path: str | Path) -> str | None:
+    """The base model of an adapter directory (`save_causal_lm(..., merge=False)`: adapter/ and no config.json),
+    else None."""
+    p = Path(path)
+    config = p / ADAPTER_DIR / "adapter_config.json"
+    if (p / "config.json").is_file() or not config.is_file():
+        return None
+    import json
+
+    try:
+        return json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
+    except (ValueError, KeyError) as exc:
+        raise ModelError(f"{config}: not a LoRA adapter config ({exc})") from None
 
 
 def weights_stamp(path: str) -> list:
@@ -80,7 +106,7 @@ def weights_stamp(path: str) -> list:
     folder = Path(path)
     if not folder.is_dir():
         return []
-    files = sorted(f for pattern in ("*.safetensors", "*.bin", "*.gguf") for f in folder.glob(pattern))
+    files = sorted(f for pattern in ("*.safetensors", "*.bin", "*.gguf", f"{ADAPTER_DIR}/*.safetensors") for f in folder.glob(pattern))
     return [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
 
 
@@ -127,10 +153,15 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
         path = resolve_path(cfg.name_or_path)
         check_model_path(path)
         tokenizer = load_tokenizer(cfg.tokenizer or path)
+        base = adapter_base(path)
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype)
         except (OSError, ValueError) as exc:
-            raise ModelError(f"cannot load a causal LM from {path}: {str(exc).splitlines()[0]}") from None
+            raise ModelError(f"cannot load a causal LM from {base or path}: {str(exc).splitlines()[0]}") from None
+        if base is not None:  # an adapter directory: its LoRA weights merged into its base
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(Path(path) / ADAPTER_DIR)).merge_and_unload()
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -205,14 +236,18 @@ def reference_context(policy: nn.Module, ref_policy: nn.Module | None):
     return contextlib.nullcontext()
 
 
-def save_causal_lm(model: nn.Module, tokenizer, out_dir: str | Path) -> None:
-    """Write a plain Hugging Face model directory (LoRA adapters merged; adapters also kept in adapter/)."""
+def save_causal_lm(model: nn.Module, tokenizer, out_dir: str | Path, merge: bool = True) -> None:
+    """Write a plain Hugging Face model directory (LoRA adapters merged; adapters also kept in adapter/).
+
+    With `merge=False` and a LoRA model only adapter/ and the tokenizer are written: an adapter directory, which
+    `load_causal_lm` loads on top of the base model its adapter_config.json names.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_peft(model):
         model.save_pretrained(out / "adapter")
-        # merge into a copy so the caller's model keeps its adapters (training may go on)
-        copy.deepcopy(model).merge_and_unload().save_pretrained(out)
+        if merge:  # merge into a copy so the caller's model keeps its adapters (training may go on)
+            copy.deepcopy(model).merge_and_unload().save_pretrained(out)
     else:
         model.save_pretrained(out)
     tokenizer.save_pretrained(out)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import random
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -462,7 +463,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         rng.setstate(state["order_rng"])
 
     def save(path: Path) -> None:
-        save_causal_lm(dist.unwrap(policy), tokenizer, path)
+        save_causal_lm(dist.unwrap(policy), tokenizer, path, merge=cfg.model.lora.merge)
         save_state(path, step=step, policy=trainable_state_dict(dist.unwrap(policy)), optimizer=optimizer.state_dict(),
                    scheduler=scheduler.state_dict(), order=order, order_rng=rng.getstate())
 
@@ -517,7 +518,7 @@ def train_dpo(cfg: DPOConfig) -> Path:
         if dist.is_main:
             policy.save_pretrained(run.path / "adapter")
         policy = policy.merge_and_unload()
-    dist.save_model(policy, tokenizer, run.path, save_causal_lm)
+    dist.save_model(policy, tokenizer, run.path, partial(save_causal_lm, merge=cfg.model.lora.merge))
     if dist.is_main:
         DPOMeta(
             reference=cfg.model.name_or_path, beta=params.beta, loss=params.loss, label_smoothing=params.label_smoothing,

@@ -25,6 +25,7 @@ One iteration:
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -174,7 +175,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     stop_reason, metrics, step = "max_steps", {}, start - 1
 
     def save(path: Path) -> None:
-        save_causal_lm(m.policy, m.tokenizer, path)
+        save_causal_lm(m.policy, m.tokenizer, path, merge=cfg.model.lora.merge)
         save_state(path, step=step, policy=trainable_state_dict(m.policy), optimizer=optimizer.state_dict(),
                    score_shift=list(shift), order=order, order_rng=rng.getstate(), judge_history=judge.history if judge else [])
 
@@ -220,7 +221,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
                     break
 
     # 6. final policy
-    dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
+    dist.save_model(m.policy, m.tokenizer, run.path, partial(save_causal_lm, merge=cfg.model.lora.merge))
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"{cfg.grpo.algorithm}: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -136,7 +137,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
 
     def save(path: Path) -> None:
         """Policy in HF format for any tool, plus everything needed to continue exactly."""
-        save_causal_lm(m.policy, m.tokenizer, path)
+        save_causal_lm(m.policy, m.tokenizer, path, merge=cfg.model.lora.merge)
         save_state(
             path, step=step, policy=trainable_state_dict(m.policy), value_model=m.value_model.state_dict(),
             optimizer=optimizer.state_dict(), kl_controller=kl_ctl.state_dict(), score_shift=list(shift),
@@ -196,7 +197,7 @@ def train_ppo(cfg: PPOConfig) -> Path:
                     break
 
     # 6. final policy in Hugging Face format
-    dist.save_model(m.policy, m.tokenizer, run.path, save_causal_lm)
+    dist.save_model(m.policy, m.tokenizer, run.path, partial(save_causal_lm, merge=cfg.model.lora.merge))
     run.finish({"steps": step, "stop_reason": stop_reason, **metrics})
     console.print(f"ppo: stopped after {step} steps ({stop_reason}); policy in {run.path}")
     return run.path

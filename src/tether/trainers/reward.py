@@ -376,6 +376,8 @@ def train_one(cfg: RewardConfig) -> Path:
     set_attention(model, cfg.model.attn_implementation, device, cfg.train.precision, d.max_length)
     freeze_lower_layers(model, cfg.freeze_layers)
     if cfg.model.lora.enabled:
+        if not cfg.model.lora.merge:
+            raise ConfigError("model.lora.merge=false: a reward model is always written with its adapters merged")
         model = apply_lora(model, cfg.model.lora, task_type="SEQ_CLS")
     model.to(device)
     run = RunDir(cfg.output_dir, cfg, cfg.overwrite, dist)

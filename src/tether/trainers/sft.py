@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -114,7 +115,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         step, epoch, start_i = state["step"], state["epoch"], state["next_batch"]
 
     def save(path: Path) -> None:
-        save_causal_lm(dist.unwrap(model), tokenizer, path)
+        save_causal_lm(dist.unwrap(model), tokenizer, path, merge=cfg.model.lora.merge)
         save_state(
             path, step=step, epoch=epoch, next_batch=i + accum, model=trainable_state_dict(dist.unwrap(model)),
             optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
@@ -162,7 +163,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     if eval_items:
         metrics.update(evaluate_sft(model, eval_items, tokenizer.pad_token_id, cfg.train.batch_size, device, dist))
         run.log(step, metrics)
-    dist.save_model(model, tokenizer, run.path, save_causal_lm)
+    dist.save_model(model, tokenizer, run.path, partial(save_causal_lm, merge=cfg.model.lora.merge))
     run.finish({"steps": step, **metrics})
     console.print(f"sft: done, model in {run.path}")
     return run.path
