@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--max-new-tokens", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
 
-    for name in ("redteam", "cai", "loop"):
+    for name in ("redteam", "cai", "loop", "personalize"):
         _stage_parser(sub, name).add_argument("--json", action="store_true", help="print the summary as JSON")
 
     sub.add_parser("label", help="the human feedback app: serve, import, export (see `tether label --help`)", add_help=False)
@@ -159,7 +159,7 @@ def dispatch(args, argv: list[str]) -> int:
         return 0
     if args.command == "sample":
         return _sample(args)
-    if args.command in ("redteam", "cai", "loop"):
+    if args.command in ("redteam", "cai", "loop", "personalize"):
         return _extra_stage(args)
     raise TetherError(f"unknown command {args.command}")
 

@@ -699,6 +699,34 @@ class LoopConfig(Strict):
 # --------------------------------------------------------------------------- loading
 
 
+class PersonalizeConfig(Strict):
+    """`tether personalize`: a LoRA adapter per person, trained on that person's own feedback from the shared policy,
+    which is also the adapter's reference (DPO for pairs, KTO for thumbs), so a person with little data stays close to
+    it. The adapters are small files beside one base model."""
+
+    policy: str = Field(..., description="the shared policy every adapter starts from and is held to (a model directory)")
+    feedback: str = Field(..., description="a directory written by `tether label export --by-labeler DIR` (its labelers.json)")
+    people: list[str] | None = Field(None, description="the labelers to personalise for (default: everyone in the index)")
+    min_examples: int = Field(
+        16, ge=1, description="a person with fewer training examples (pairs, or thumbs) gets no adapter and is served the shared policy",
+    )
+    holdout_fraction: float = Field(
+        0.2, ge=0.0, lt=1.0, description="of every person's examples, held out by a hash of the prompt (the same prompts for "
+        "everyone): the adapters are measured on them",
+    )
+    pooled: bool = Field(
+        True, description="also train one adapter on everyone's training examples together (the crowd's model): the "
+        "baseline each person's adapter is measured against",
+    )
+    dpo: dict[str, Any] = Field(
+        default_factory=dict, description="keys of the `tether dpo` config (dpo, train, data.max_length, model.lora ...); the "
+        "policy, the data files, the reference (the shared policy) and adapter-only saving are set per person",
+    )
+    batch_size: int = Field(16, gt=0, description="pairs per forward pass when the adapters are measured")
+    output_dir: str
+    overwrite: bool = Field(False, description="allow writing into an output_dir that holds a different run")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into (["a", "b", "c"], parsed value).
 

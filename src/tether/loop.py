@@ -29,12 +29,11 @@ import math
 import os
 import random
 from pathlib import Path
-from typing import Callable
 
 from tether.config import DPOConfig, EvalConfig, LoopConfig, PPOConfig, RewardConfig, dump_config, validate
 from tether.data.sources import load_prompts, select, write_jsonl
 from tether.errors import ConfigError, StageFailed, TetherError
-from tether.run import DONE_FILE, console, finished_with, same_config
+from tether.run import DONE_FILE, console, run_stage, same_config
 
 SUMMARY_FILE = "loop.json"
 REPORT_FILE = "report.html"
@@ -215,17 +214,6 @@ def label_with_ai(cfg: LoopConfig, samples: Path, path: Path, r: int) -> int:
 
 
 LABELERS = {"model": label_with_model, "human": label_with_people, "ai": label_with_ai}  # labeler.kind -> (cfg, samples file, pairs file, round) -> number of pairs
-
-
-def _stage(name: str, schema, raw: dict, runner: Callable, where: str) -> Path:
-    """Run a stage of the round unless its output directory holds a finished run of the same config; a killed run
-    continues from its newest checkpoint (train.resume)."""
-    cfg = validate(schema, raw, origin=f"{where}: {name}")
-    out = Path(cfg.output_dir)
-    if finished_with(out, cfg):
-        console.print(f"loop: {name} in {out} is done; skipped")
-        return out
-    return Path(runner(cfg))
 
 
 def reward_config(cfg: LoopConfig, pair_files: list[Path], previous_rm: Path | None, out: Path) -> dict:
@@ -443,12 +431,12 @@ def run_loop(cfg: LoopConfig) -> Path:
                               f"(every two scored within labeler.min_margin={cfg.labeler.min_margin}); the policy's answers do not differ")
         pair_files.append(pairs)
         # 3. the reward model on every pair so far, from the last round's weights
-        rm = _stage("rm", RewardConfig, reward_config(cfg, pair_files, previous_rm, rd / "rm"), train_reward, str(out))
+        rm = run_stage("rm", RewardConfig, reward_config(cfg, pair_files, previous_rm, rd / "rm"), train_reward, str(out))
         # 4. the policy from the current one: PPO against the reward model, or DPO on the round's pairs
         if cfg.trainer == "ppo":
-            trained = _stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
+            trained = run_stage("ppo", PPOConfig, ppo_config(cfg, policy, rm, prompts_file, rd / "ppo"), train_ppo, str(out))
         else:
-            trained = _stage("dpo", DPOConfig, dpo_config(cfg, policy, pairs, rd / "dpo"), train_dpo, str(out))
+            trained = run_stage("dpo", DPOConfig, dpo_config(cfg, policy, pairs, rd / "dpo"), train_dpo, str(out))
         # 5. evaluation against the SFT policy
         result = eval_round(cfg, str(trained), rm, held_file, rd / "eval")
         redteam = redteam_round(cfg, str(trained), rd / "redteam", [round_dir(out, i) / "prompts.jsonl" for i in range(1, r + 1)])

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from tether.config import Strict, dump_config
+from tether.config import Strict, dump_config, validate
 from tether.errors import ConfigError, TrainingError
 from tether.tracking import open_sinks
 
@@ -146,6 +146,21 @@ def finished_with(out: Path, cfg: Strict) -> bool:
     """True when `out` holds a finished run of the same config (see `same_config`)."""
     saved = out / "config.yaml"
     return is_done(out) and saved.is_file() and same_config(saved.read_text(), cfg)
+
+
+def run_stage(name: str, schema: type[Strict], raw: dict, runner: Callable, where: str) -> Path:
+    """Run a stage inside a bigger job (a loop's round, a person's adapter) unless its output directory holds a
+    finished run of the same config; a killed run continues from its newest checkpoint (train.resume).
+
+    Raises:
+        ConfigError: `raw` does not validate against `schema` (naming `where` and the stage).
+    """
+    cfg = validate(schema, raw, origin=f"{where}: {name}")
+    out = Path(cfg.output_dir)
+    if finished_with(out, cfg):
+        console.print(f"{name} in {out} is done; skipped")
+        return out
+    return Path(runner(cfg))
 
 
 def same_config(saved_text: str, cfg: Strict) -> bool:

@@ -39,6 +39,8 @@ STAGES: dict[str, Stage] = {
                   "baseline vs policy on the same prompts; writes eval.json and report.html", "eval.json"),
     "loop": Stage("tether.config:LoopConfig", "tether.loop:run_loop",
                   "rounds of feedback on the current policy: sample, label, refresh the reward model, PPO, evaluate", "loop.json"),
+    "personalize": Stage("tether.config:PersonalizeConfig", "tether.personalize:run_personalize",
+                         "a LoRA adapter per person from that person's own labels, on one shared base", "personalize.json"),
     "redteam": Stage("tether.redteam.config:RedteamConfig", "tether.redteam.run:run_redteam",
                      "attack suites against baseline and aligned models; attack success and refusal rates", "redteam.json"),
     "cai": Stage("tether.constitutional.config:CAIConfig", "tether.constitutional.run:run_cai",

@@ -52,6 +52,7 @@ def generate(
     device: torch.device,
     return_sampling_logprobs: bool = False,
     seeds: list[int] | None = None,
+    adapter_names: list[str] | None = None,
 ) -> Generation:
     """Sample one response per prompt, in chunks of `gen.batch_size`.
 
@@ -65,6 +66,8 @@ def generate(
             rollout-logprob check, docs/architecture.md 6.8).
         seeds: one seed per prompt: each response is sampled with its own generator (`rollout/seeding.py`),
             so it does not depend on batching or sharding. None: torch's global generator.
+        adapter_names: with a peft model holding several adapters, the adapter of each prompt (`models/adapters.py`;
+            `BASE` for none): one batch answers for several adapters at once. HF `generate` samples then.
 
     Returns:
         A `Generation` with all tensors on `device`.
@@ -72,7 +75,7 @@ def generate(
     pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
     ids, mask = left_pad(prompt_ids, pad)
     ids, mask = ids.to(device), mask.to(device)
-    use_loop = gen.engine == "tether" and decode.unsupported(policy) is None
+    use_loop = gen.engine == "tether" and decode.unsupported(policy) is None and adapter_names is None
     if gen.engine == "tether" and decode.TRANSFORMERS_API_MISSING is not None:
         decode.warn_fallback(decode.TRANSFORMERS_API_MISSING)
     was_training = policy.training
@@ -85,7 +88,8 @@ def generate(
         if use_loop:
             new, logprobs = decode.decode(policy, chunk_ids, chunk_mask, gen, pad, eos, sampler, return_sampling_logprobs)
         else:
-            new, logprobs = _hf_generate(policy, chunk_ids, chunk_mask, gen, pad, eos, sampler, return_sampling_logprobs)
+            names = adapter_names[i : i + gen.batch_size] if adapter_names is not None else None
+            new, logprobs = _hf_generate(policy, chunk_ids, chunk_mask, gen, pad, eos, sampler, return_sampling_logprobs, names)
         responses.append(new)
         if logprobs is not None:
             sampling.append(logprobs)
@@ -95,11 +99,13 @@ def generate(
 
 def _hf_generate(
     policy: nn.Module, ids: torch.Tensor, mask: torch.Tensor, gen: GenerationConfig, pad: int, eos: int,
-    sampler: SeededSampler | None, return_logprobs: bool,
+    sampler: SeededSampler | None, return_logprobs: bool, adapter_names: list[str] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One chunk with HF `generate`: (b, t) new tokens and, if asked, their (b, t) sampling logprobs."""
     sample = gen.do_sample and sampler is None
+    extra = {"adapter_names": adapter_names} if adapter_names is not None else {}
     out = policy.generate(
+        **extra,
         input_ids=ids,
         attention_mask=mask,
         do_sample=sample,

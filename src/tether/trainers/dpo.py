@@ -509,11 +509,12 @@ def train_dpo(cfg: DPOConfig) -> Path:
         ref_policy = None
         release_memory()
 
-    # 5. save: merged model, and what `tether dpo eval` needs to find the reference. Training is over, so
-    # the reference and optimizer state go first and LoRA is merged in place (no second copy at the end)
+    # 5. save: merged model (or with model.lora.merge=false the adapter alone), and what `tether dpo eval` needs to
+    # find the reference. Training is over, so the reference and optimizer state go first and LoRA is merged in
+    # place (no second copy at the end)
     ref_policy = optimizer = scheduler = cache = None
     release_memory()
-    if is_peft(dist.unwrap(policy)):
+    if is_peft(dist.unwrap(policy)) and cfg.model.lora.merge:
         policy = dist.unwrap(policy)
         if dist.is_main:
             policy.save_pretrained(run.path / "adapter")

@@ -1,0 +1,127 @@
+"""`tether personalize` on a tiny model: two people who disagree, one with too little data, thumbs through KTO."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tether.config import PersonalizeConfig, validate
+from tether.errors import ConfigError
+from tether.feedback.export import ExportKind, export_by_labeler
+from tether.models.load import save_causal_lm
+from tether.models.tiny import tiny_causal_lm
+from tether.personalize import POOLED, SHARED, run_personalize
+from tether.storage import FeedbackStore, LabelData, NewItem, TaskKind
+
+N_PROMPTS = 48
+
+
+def _label_all(store, campaign, name: str, answer) -> None:
+    person = store.add_labeler(name).labeler
+    while (task := store.next_task(campaign.id, person.id)) is not None:
+        store.submit_label(task.assignment_id, person.id, answer(task.item))
+
+
+@pytest.fixture(scope="module")
+def people_feedback(tmp_path_factory):
+    """A saved tiny base, and a rank campaign of 48 prompts x 2 answers ('yes ...' and 'no ...') labelled by ann (yes
+    first), bo (no first) and cy (3 items only), exported by labeller."""
+    root = tmp_path_factory.mktemp("people")
+    model, tok = tiny_causal_lm("llama", seed=0)
+    save_causal_lm(model, tok, root / "base")
+    store = FeedbackStore(f"sqlite:///{root / 'feedback.db'}")
+    items = [NewItem(f"question {i}: {'abc'[i % 3] * (1 + i % 5)}?", [f"yes {i % 7}", f"no {i % 7}"]) for i in range(N_PROMPTS)]
+    campaign = store.create_campaign("prefs", TaskKind.RANK, items, labelers_per_item=3)
+    _label_all(store, campaign, "ann", lambda item: LabelData(ranks=[1, 2]))
+    _label_all(store, campaign, "bo", lambda item: LabelData(ranks=[2, 1]))
+    cy = store.add_labeler("cy").labeler
+    for _ in range(3):
+        task = store.next_task(campaign.id, cy.id)
+        store.submit_label(task.assignment_id, cy.id, LabelData(ranks=[1, 2]))
+    export_by_labeler(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.PAIRS, root / "by-labeler")
+    return root
+
+
+def _config(root, out, **extra) -> PersonalizeConfig:
+    return validate(PersonalizeConfig, {
+        "policy": str(root / "base"), "feedback": str(root / "by-labeler"), "min_examples": 8, "holdout_fraction": 0.25,
+        "dpo": {"data": {"max_length": 64, "max_prompt_length": 32}, "dpo": {"beta": 0.5},
+                "train": {"batch_size": 8, "epochs": 3, "learning_rate": 5.0e-3, "device": "cpu"}},
+        "output_dir": str(out), **extra,
+    })
+
+
+@pytest.fixture(scope="module")
+def personalized(people_feedback, tmp_path_factory):
+    return run_personalize(_config(people_feedback, tmp_path_factory.mktemp("run") / "personal"))
+
+
+def test_each_adapter_learns_its_persons_held_out_preferences_and_the_crowds_does_not(personalized):
+    summary = json.loads((personalized / "personalize.json").read_text())
+    acc = summary["accuracy"]
+    for name in ("ann", "bo"):
+        own, pooled = acc[name][name], acc[POOLED][name]
+        assert own["n"] >= 6 and own["accuracy"] >= 0.9 and own["ci"][0] > 0.5
+        assert pooled["accuracy"] < own["accuracy"]
+    # the two adapters disagree where the two people do: each one gets the other's held-out pairs wrong
+    assert acc["ann"]["bo"]["accuracy"] <= 0.1 and acc["bo"]["ann"]["accuracy"] <= 0.1
+    # the shared policy's own choice is the same for both people's (opposite) pairs: their accuracies sum to 1
+    assert acc[SHARED]["ann"]["accuracy"] + acc[SHARED]["bo"]["accuracy"] == pytest.approx(1.0)
+
+
+def test_too_little_data_falls_back_to_the_shared_policy_and_adapters_are_small(personalized):
+    summary = json.loads((personalized / "personalize.json").read_text())
+    cy = summary["people"]["cy"]
+    assert cy["adapter"] is None and "fewer than min_examples=8: served the shared policy" in cy["reason"]
+    assert "cy" not in summary["accuracy"]
+    ann = summary["people"]["ann"]
+    assert ann["adapter"] == "people/ann" and ann["kind"] == "pairs" and ann["train_examples"] + ann["heldout_pairs"] == N_PROMPTS
+    assert (personalized / "people" / "ann" / "adapter" / "adapter_config.json").is_file()
+    assert not list((personalized / "people" / "ann").glob("*.safetensors"))  # no copy of the base
+    assert 0 < ann["adapter_bytes"] < summary["base_bytes"]
+
+
+def test_a_second_run_trains_nothing_again(personalized, people_feedback, monkeypatch):
+    import tether.trainers.dpo as dpo
+
+    monkeypatch.setattr(dpo, "train_dpo", lambda cfg: pytest.fail("trained again"))
+    before = json.loads((personalized / "personalize.json").read_text())
+    run_personalize(_config(people_feedback, personalized))
+    assert json.loads((personalized / "personalize.json").read_text()) == before
+
+
+def test_thumbs_train_with_kto(people_feedback, tmp_path):
+    store = FeedbackStore(f"sqlite:///{people_feedback / 'feedback.db'}")
+    items = [NewItem(f"thumbs {i}?", [f"{'yes' if i % 2 else 'no'} {i}"]) for i in range(24)]
+    campaign = store.create_campaign(f"thumbs-{tmp_path.name}", TaskKind.THUMBS, items)
+    dee = store.add_labeler(f"dee-{tmp_path.name}").labeler
+    while (task := store.next_task(campaign.id, dee.id)) is not None:
+        store.submit_label(task.assignment_id, dee.id, LabelData(thumb=int(task.item.completions[0].startswith("yes"))))
+    feedback = tmp_path / "by-labeler"
+    export_by_labeler(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.THUMBS, feedback)
+    cfg = _config(people_feedback, tmp_path / "out", feedback=str(feedback), pooled=False)
+    summary = json.loads((run_personalize(cfg) / "personalize.json").read_text())
+    person = summary["people"][f"dee-{tmp_path.name}"]
+    assert person["kind"] == "kto" and person["adapter"] is not None and person["heldout_pairs"] == 0
+    assert "loss: kto" in (tmp_path / "out" / person["adapter"] / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"people": ["ann", "zed"]}, "people: zed not in"),
+        ({"policy": "tiny-llama"}, "is built at random on each load"),
+        ({"dpo": {"dpo": {"loss": "kto"}}}, "a person's pairs train with DPO"),
+        ({"dpo": {"train": {"nope": 1}}}, "unknown config key 'train.nope'"),
+    ],
+)
+def test_config_errors_before_any_training(people_feedback, tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        run_personalize(_config(people_feedback, tmp_path / "out", **extra))
+    assert not (tmp_path / "out" / "people").exists()
+
+
+def test_a_missing_index_says_how_to_write_one(people_feedback, tmp_path):
+    with pytest.raises(ConfigError, match="labelers.json not found .*--by-labeler"):
+        run_personalize(_config(people_feedback, tmp_path / "out", feedback=str(tmp_path)))
