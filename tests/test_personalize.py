@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tether.config import PersonalizeConfig, validate
 from tether.errors import ConfigError
@@ -125,3 +126,51 @@ def test_config_errors_before_any_training(people_feedback, tmp_path, extra, mes
 def test_a_missing_index_says_how_to_write_one(people_feedback, tmp_path):
     with pytest.raises(ConfigError, match="labelers.json not found .*--by-labeler"):
         run_personalize(_config(people_feedback, tmp_path / "out", feedback=str(tmp_path)))
+
+
+def test_one_mixed_batch_answers_as_each_adapter_alone(personalized):
+    from tether.config import GenerationConfig, ModelConfig
+    from tether.models.load import load_causal_lm
+    from tether.rollout.generate import decode_responses, generate
+    from tether.data.tokenize import tokenize_prompts
+    from tether.rollout.personal import PersonalPolicies
+
+    policies = PersonalPolicies(personalized, device="cpu")
+    gen = GenerationConfig(do_sample=False, max_new_tokens=8, batch_size=8)
+    prompts = ["question 1: a?", "question 12: cc?", "hello there"]
+    people = ["ann", "bo", "cy", None]  # cy has no adapter: the shared policy answers, as for None
+    requests = [(person, prompt) for prompt in prompts for person in people]
+    mixed = policies.answer(requests, gen)
+    for person in people:
+        alone = policies.answer([(person, prompt) for prompt in prompts], gen)
+        assert alone == [mixed[i * len(people) + people.index(person)] for i in range(len(prompts))]
+    # the shared policy's answers are the base model's own
+    base, tok = load_causal_lm(ModelConfig(name_or_path=policies.policy), torch.device("cpu"))
+    out = generate(base, tok, tokenize_prompts(prompts, tok, policies.template, policies.max_prompt_length), gen, torch.device("cpu"))
+    assert decode_responses(tok, out.responses, out.response_mask) == [mixed[i * len(people) + 3] for i in range(len(prompts))]
+    # in one forward pass, each row gets its own adapter's logits, and the two people's adapters differ
+    ids = torch.tensor(tokenize_prompts(["question 1: a?"] * 2, tok, policies.template, 32))
+    with torch.no_grad():
+        logits = policies.model(input_ids=ids, adapter_names=["ann", "bo"]).logits[:, -1]  # (2, V)
+        for row, name in enumerate(["ann", "bo"]):
+            policies.model.set_adapter(name)
+            assert torch.allclose(logits[row], policies.model(input_ids=ids[:1]).logits[0, -1], atol=1e-5)
+    assert (logits[0] - logits[1]).abs().max() > 1e-3
+    with pytest.raises(ConfigError, match="no person 'zed' in this run"):
+        policies.answer([("zed", "hi")], gen)
+    assert policies.answer([("zed", "hi")], gen, strict=False) == policies.answer([(None, "hi")], gen)
+
+
+def test_generate_command_answers_for_each_person(personalized, capsys):
+    from tether.cli import main
+
+    argv = ["generate", "--model", str(personalized), "--prompt", "question 1: a?", "--max-new-tokens", "4", "--json"]
+    assert main([*argv, "--adapter", "ann", "--adapter", "cy"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["person"] for r in rows] == ["ann", "cy"] and all(r["prompt"] == "question 1: a?" for r in rows)
+    assert "cy has no adapter (too little data): the shared policy answers" in captured.err
+    assert main([*argv, "--adapter", "zed"]) == 1
+    assert "no person 'zed' in this run" in capsys.readouterr().err
+    assert main(["generate", "--model", str(personalized.parent), "--prompt", "x"]) == 1
+    assert "no personalize.json" in capsys.readouterr().err

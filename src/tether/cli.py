@@ -73,6 +73,18 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--max-new-tokens", type=int, default=64)
     sample.add_argument("--seed", type=int, default=0)
 
+    gen = sub.add_parser("generate", help="answer prompts with the shared policy or a person's adapter of a `tether personalize` run")
+    gen.add_argument("--model", required=True, help="the output directory of `tether personalize` (holding personalize.json)")
+    gen.add_argument("--adapter", action="append", default=None, metavar="NAME",
+                     help="the person whose adapter answers (default: the shared policy); give it several times to answer "
+                     "every prompt for each of them, in one batch")
+    gen.add_argument("--prompt", action="append", default=None, help="a prompt (may be given several times)")
+    gen.add_argument("--prompts", default=None, help="a JSONL file of {\"prompt\"} rows")
+    gen.add_argument("--max-new-tokens", type=int, default=64)
+    gen.add_argument("--temperature", type=float, default=None, help="sample at this temperature (default: greedy)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--json", action="store_true", help="print one JSON object per answer")
+
     for name in ("redteam", "cai", "loop", "personalize"):
         _stage_parser(sub, name).add_argument("--json", action="store_true", help="print the summary as JSON")
 
@@ -134,6 +146,34 @@ def _sample(args) -> int:
     return 0
 
 
+def _generate(args) -> int:
+    import torch
+
+    from tether.data.sources import load_prompts
+    from tether.rollout.personal import PersonalPolicies
+
+    prompts = list(args.prompt or [])
+    if args.prompts:
+        prompts += [p.prompt for p in load_prompts(args.prompts)]
+    if not prompts:
+        raise TetherError("tether generate needs --prompt TEXT or --prompts FILE")
+    policies = PersonalPolicies(args.model)
+    people = args.adapter or [None]
+    for person in people:
+        policies.adapter_of(person)  # an unknown name stops here, before any generation
+        if person is not None and policies.people[person] is None:
+            print(f"{person} has no adapter (too little data): the shared policy answers", file=sys.stderr)
+    torch.manual_seed(args.seed)
+    gen = GenerationConfig(max_new_tokens=args.max_new_tokens, do_sample=args.temperature is not None, temperature=args.temperature or 1.0)
+    requests = [(person, prompt) for person in people for prompt in prompts]
+    for (person, prompt), answer in zip(requests, policies.answer(requests, gen)):
+        if args.json:
+            print(json.dumps({"person": person, "prompt": prompt, "answer": answer}, ensure_ascii=False))
+        else:
+            print(f"[{person or 'shared'}] {answer}")
+    return 0
+
+
 def dispatch(args, argv: list[str]) -> int:
     if args.command == "run":
         from tether.pipeline import run_pipeline
@@ -159,6 +199,8 @@ def dispatch(args, argv: list[str]) -> int:
         return 0
     if args.command == "sample":
         return _sample(args)
+    if args.command == "generate":
+        return _generate(args)
     if args.command in ("redteam", "cai", "loop", "personalize"):
         return _extra_stage(args)
     raise TetherError(f"unknown command {args.command}")

@@ -182,7 +182,7 @@ def train_adapters(cfg: PersonalizeConfig, people: dict[str, Person], out: Path)
 
 
 @torch.no_grad()
-def measure(cfg: PersonalizeConfig, people: dict[str, Person], adapters: dict[str, str]) -> dict:
+def measure(cfg: PersonalizeConfig, dcfg: DPOConfig, people: dict[str, Person], adapters: dict[str, str]) -> dict:
     """Implicit-reward accuracy of every adapter on every person's held-out pairs, and the shared policy's own choice.
 
     Returns:
@@ -193,7 +193,6 @@ def measure(cfg: PersonalizeConfig, people: dict[str, Person], adapters: dict[st
     from tether.eval.metrics import wilson_interval
     from tether.models.adapters import load_with_adapters
 
-    dcfg = validate(DPOConfig, dpo_config(cfg, [], "pairs", Path(cfg.output_dir) / "_"), origin=f"{cfg.output_dir}: dpo")
     device = resolve_device(dcfg.train.device)
     model, tokenizer = load_with_adapters(cfg.policy, adapters, device)
     d, bs, pad = dcfg.data, cfg.batch_size, tokenizer.pad_token_id
@@ -251,7 +250,7 @@ def run_personalize(cfg: PersonalizeConfig) -> Path:
     saved = out / "config.yaml"
     if not cfg.overwrite and saved.is_file() and not same_config(saved.read_text(), cfg):
         raise ConfigError(f"output_dir {out} holds a different run (its config.yaml differs); choose another output_dir or set overwrite=true")
-    validate(DPOConfig, dpo_config(cfg, [], "pairs", out / "_"), origin=f"{out}: dpo")  # a bad key fails before any training
+    dcfg = validate(DPOConfig, dpo_config(cfg, [], "pairs", out / "_"), origin=f"{out}: dpo")  # a bad key fails before any training
 
     # 1. data
     people = read_people(cfg)
@@ -265,9 +264,11 @@ def run_personalize(cfg: PersonalizeConfig) -> Path:
     runs = train_adapters(cfg, people, out)
 
     # 4. measure
-    table = measure(cfg, people, runs) if runs else {}
+    table = measure(cfg, dcfg, people, runs) if runs else {}
     summary = {
         "policy": cfg.policy,
+        "prompt_template": dcfg.data.prompt_template,
+        "max_prompt_length": dcfg.data.max_prompt_length,
         "people": {
             p.name: {"adapter": p.adapter, "reason": p.reason, "kind": p.kind, "train_examples": p.n_train,
                      "heldout_pairs": p.n_heldout_pairs, "adapter_bytes": adapter_bytes(runs[p.name]) if p.name in runs else 0}
