@@ -218,3 +218,17 @@ def test_export_of_a_campaign_with_a_non_latin_name(client, admin):
     fallback, encoded = disposition.split('filename="')[1].split('"; filename*=UTF-8\'\'')
     assert fallback == "__ ___ _ campaign.pairs.consensus.jsonl"
     assert unquote(encoded) == '日本 "€" \\ campaign.pairs.consensus.jsonl'
+
+
+def test_export_of_one_labelers_own_answers(client, admin):
+    campaign = make_campaign(client, admin, labelers_per_item=2)
+    for name, ranks in (("ann", [1, 2, 3]), ("bob", [3, 2, 1])):
+        labeler = make_labeler(client, admin, name)
+        while (task := _next(client, labeler, campaign["id"])) is not None:
+            assert _label(client, labeler, task, ranks=ranks).status_code == 200
+    url = f"/api/campaigns/{campaign['id']}/export"
+    rows = [json.loads(line) for line in client.get(url, params={"labeler": "bob"}, headers=admin).text.splitlines()]
+    assert len(rows) == 3 * 3 and {r["labeler"] for r in rows} == {"bob"}
+    assert all(r["chosen"] > r["rejected"] for r in rows)  # bob ranks answer i.2 above i.1 above i.0
+    missing = client.get(url, params={"labeler": "zed"}, headers=admin)
+    assert missing.status_code == 400 and "no labels in this campaign" in missing.text

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import StreamingResponse
 
 from tether.feedback.auth import Principal, admin_only, get_store, labeler_only, signed_in
-from tether.feedback.export import ExportKind, ExportMode, export_records, record_json, resolve_kind
+from tether.feedback.export import ExportKind, ExportMode, export_records, labels_of, record_json, resolve_kind
 from tether.feedback.quality import screen_labels
 from tether.feedback.review import ReviewFilters
 from tether.feedback.schemas import (
@@ -149,16 +149,20 @@ def get_export(
     kind: ExportKind = Query(ExportKind.AUTO),
     min_gold_accuracy: float | None = Query(None, ge=0, le=1, description="leave out labelers below this accuracy on gold items"),
     exclude_fast: bool = Query(False, description="leave out implausibly fast answers"),
+    labeler: str | None = Query(None, max_length=200, description="only this labeler's own answers (mode all)"),
     _: Principal = Depends(admin_only),
     store: FeedbackStore = Depends(get_store),
 ) -> StreamingResponse:
     """The campaign as JSONL (pairs, rankings, thumbs or prompts); works while labeling goes on.
-    Gold items are never exported."""
+    Gold items are never exported. With `labeler`, one person's own answers (their personal data)."""
     campaign = store.get_campaign(campaign_id)
     chosen = resolve_kind(campaign.kind, kind)
     items = store.list_items(campaign_id)
     screened = screen_labels(campaign, items, store.list_labels(campaign_id), min_gold_accuracy, exclude_fast)
-    records = list(export_records(campaign, items, screened.labels, chosen, mode))
+    if labeler is not None:
+        records = list(export_records(campaign, items, labels_of(screened.labels, labeler), chosen, ExportMode.ALL))
+    else:
+        records = list(export_records(campaign, items, screened.labels, chosen, mode))
 
     def lines() -> Iterator[str]:
         for record in records:
