@@ -112,6 +112,18 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
                 json.loads(loop_config(data, models, tmp / "loop_ai", rounds=1, eval={"judge": models["rm"]}, labeler={
                     "kind": "ai", "path": models["llama"], "constitution": str(REPO / "configs" / "constitution.yaml"), "min_confidence": 0.5,
                 }).model_dump_json())]
+    if stage == "personalize":
+        feedback = tmp / "people"
+        files = []
+        for name, first in (("ann", True), ("bo", False)):
+            rows = [{"prompt": f"Question {i}?", "chosen": f"Yes {i}." if first else "No.", "rejected": "No." if first else f"Yes {i}.",
+                     "labeler": name} for i in range(12)]
+            jsonl(feedback / "c" / f"{name}.jsonl", rows)
+            files.append({"labeler": name, "campaign": "c", "kind": "pairs", "path": f"c/{name}.jsonl", "records": 12})
+        (feedback / "labelers.json").write_text(json.dumps({"files": files}))
+        dpo = {"data": {"max_length": 64}, "train": {**quick, "batch_size": 2}}
+        return [{"policy": models["llama"], "feedback": str(feedback), "people": ["ann", "bo"], "min_examples": 4, "holdout_fraction": 0.3,
+                 "pooled": True, "dpo": dpo, "batch_size": 4, "output_dir": str(tmp / "personal"), "overwrite": False}]
     if stage == "eval":
         metrics = jsonl(tmp / "metrics.jsonl", [{"step": 1, "objective/kl": 0.5, "objective/scores": 0.1}])
         return [{"baseline": models["llama"], "policy": models["gpt2"], "prompts": str(data["prompts"]), "reward_models": [models["rm"]],
@@ -130,7 +142,7 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval", "loop"])
+@pytest.mark.parametrize("stage", ["pretrain", "sft", "rm", "dpo", "ppo", "grpo", "eval", "loop", "personalize"])
 def test_every_key_of_a_stage_is_read(stage, tmp_path, tiny_data, tiny_models, jsonl, reads):
     for raw in _variants(stage, tmp_path, tiny_data, tiny_models, jsonl):
         _run(stage, raw)

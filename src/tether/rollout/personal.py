@@ -81,6 +81,8 @@ class PersonalPolicies:
         Returns:
             One answer per request, in order.
         """
+        if not requests:
+            return []
         gen = gen or GenerationConfig(do_sample=False, max_new_tokens=64)
         names = [self.adapter_of(person, strict) for person, _ in requests]
         ids = tokenize_prompts([prompt for _, prompt in requests], self.tokenizer, self.template, self.max_prompt_length)
