@@ -88,8 +88,11 @@ def label_through_the_app(items: list[dict], db: Path) -> None:
     store.close()
 
 
-def model_bytes(model) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
 
 
 def timed(fn, repeats: int) -> float:
@@ -175,7 +178,7 @@ def main() -> int:
     assert BASE not in names
 
     result = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "model": args.model, "prompts": len(prompts), "k": args.k, "max_new_tokens": args.max_new_tokens,
         "people": summary["people"], "accuracy": summary["accuracy"],
