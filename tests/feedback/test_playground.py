@@ -183,3 +183,66 @@ def test_the_playground_page_escapes_model_names(store, tmp_path):
         assert "<script>x</script>" not in page and "&lt;script&gt;x&lt;/script&gt;" in page
         assert 'id="kl-slider"' in page and 'max="2"' in page
         assert 'href="/playground"' in client.get("/admin").text
+
+
+def fake_personal_run(root: Path) -> Path:
+    """A `tether personalize` output as it is left: the shared base, ann's adapter (changed weights), cy without one."""
+    import torch
+
+    from tether.config import LoRAConfig, ModelConfig
+    from tether.models.load import apply_lora, load_causal_lm, save_causal_lm
+
+    base = save_tiny_policy(root / "base", seed=0)
+    model, tok = load_causal_lm(ModelConfig(name_or_path=str(base)), torch.device("cpu"))
+    policy = apply_lora(model, LoRAConfig(enabled=True, r=4, alpha=8))
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if "lora_B" in name:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    run = root / "personal"
+    save_causal_lm(policy, tok, run / "people" / "ann", merge=False)
+    people = {"ann": {"adapter": "people/ann"}, "cy": {"adapter": None, "reason": "3 training examples"}}
+    (run / "personalize.json").write_text(json.dumps({"policy": str(base), "people": people}))
+    return run
+
+
+def test_my_model_page_answers_with_the_shared_model_and_my_adapter(store, admin, tmp_path):
+    from tether.feedback.export import ExportKind, export_by_labeler
+
+    run = fake_personal_run(tmp_path)
+    path = tmp_path / "playground.yaml"
+    path.write_text(f"personal: {run.name}\ncampaign: my-thumbs\ngeneration: {{max_new_tokens: 8, temperature: 0.7}}\n")
+    playground = load_playground(path)
+    assert playground.personal == str(run) and playground.models == []
+    with TestClient(create_app(store, playground=playground)) as client:
+        ann, cy = make_labeler(client, admin, "ann"), make_labeler(client, admin, "cy")
+        page = client.get("/my-model", headers=ann)
+        assert page.status_code == 200 and "your model" in page.text and "yours (ann)" in page.text and 'data-mine="1"' in page.text
+        assert 'href="/my-model"' in client.get("/queue", headers=ann).text
+        cy_page = client.get("/my-model", headers=cy).text
+        assert 'id="no-adapter"' in cy_page and "yours (cy)" not in cy_page
+        assert client.get("/my-model", headers=admin).status_code == 404
+        assert client.post("/api/playground/generate", json={"prompt": "hi", "mine": True}, headers=admin).status_code == 422
+
+        job_id = client.post("/api/playground/generate", json={"prompt": "Say hello.", "mine": True}, headers=ann).json()["id"]
+        assert run_worker(store, "w1", once=True) == 1
+        done = client.get(f"/api/jobs/{job_id}", headers=ann).json()
+        assert done["status"] == "done", done["error"]
+        answers = {a["name"]: a["text"] for a in done["result"]["answers"]}
+        assert list(answers) == ["shared model", "yours (ann)"] and answers["shared model"] != answers["yours (ann)"]
+        for name, thumb in (("yours (ann)", 1), ("shared model", 0)):
+            assert client.post("/api/playground/thumbs", json={"job_id": job_id, "model": name, "thumb": thumb}, headers=ann).status_code == 200
+
+    # the thumbs are ann's own data: her file of the by-labeller export holds them, ready for the next `tether personalize`
+    campaign = store.campaign_by_name("my-thumbs")
+    export_by_labeler(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.THUMBS, tmp_path / "people")
+    rows = [json.loads(line) for line in (tmp_path / "people" / "my-thumbs" / "ann.jsonl").read_text().splitlines()]
+    assert sorted((r["completion"], r["label"]) for r in rows) == sorted([(answers["yours (ann)"], 1), (answers["shared model"], 0)])
+
+
+def test_a_personal_entry_must_be_a_personalize_run(tmp_path):
+    path = tmp_path / "playground.yaml"
+    (tmp_path / "empty").mkdir()
+    path.write_text("personal: empty\n")
+    with pytest.raises(ConfigError, match="personal: .*empty has no personalize.json"):
+        load_playground(path)

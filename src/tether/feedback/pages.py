@@ -84,7 +84,9 @@ def queue(request: Request, labeler: Labeler = Depends(labeler_only), store: Fee
         if campaign.status == "active":
             done = len(store.list_labels(campaign.id, labeler_id=labeler.id))
             rows.append((campaign, store.count_available(campaign.id, labeler.id), done, store.list_skipped(campaign.id, labeler.id)))
-    return render(request, "queue.html", labeler=labeler, rows=rows, titles=KIND_TITLES, playground=request.app.state.playground is not None)
+    playground = request.app.state.playground
+    return render(request, "queue.html", labeler=labeler, rows=rows, titles=KIND_TITLES, playground=playground is not None,
+                  personal=playground is not None and playground.personal is not None)
 
 
 @router.post("/queue/unskip/{assignment_id}")

@@ -11,13 +11,17 @@ reward_model: runs/rm        # scores every answer (optional)
 judge: runs/judge-rm         # a held-out reward model, scored too (optional)
 generation: {max_new_tokens: 64, temperature: 0.7}
 campaign: playground         # the thumbs campaign (created on first thumb)
+personal: runs/personal      # a `tether personalize` run: each labeller's page /my-model (optional)
 ```
 
 From a PPO run directory come its reference (the KL reference of `config.yaml`: `reference`, else the
 starting `model`) at KL 0, every checkpoint `checkpoints/step-N` with the `objective/kl` that
 `metrics.jsonl` logged at step N, and the final policy (when the run is finished) with the last logged KL.
 From a `tether loop` directory come the SFT policy (`policy` of its `config.yaml`) at KL 0 and each round's
-policy with its `kl_to_sft` from `loop.json`. Nothing here loads a model (no torch): the worker does.
+policy with its `kl_to_sft` from `loop.json`. From a `tether personalize` run (`personal`) come, on a labeller's page
+`/my-model`, the shared policy and that labeller's own adapter, side by side; their thumbs go to the thumbs campaign
+under their name, so `tether label export --by-labeler` gives them back to the next `tether personalize`.
+Nothing here loads a model (no torch): the worker does.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from tether.config import GenerationConfig
 from tether.errors import ConfigError
 
 LOOP_SUMMARY = "loop.json"  # tether.loop.SUMMARY_FILE (tether.loop imports torch)
+PERSONAL_SUMMARY = "personalize.json"  # tether.personalize.SUMMARY_FILE
+SHARED_NAME = "shared model"
 DONE_FILE = "DONE"  # tether.run.DONE_FILE
 KL_KEY = "objective/kl"
 
@@ -57,12 +63,32 @@ class PlaygroundConfig(BaseModel):
     generation: GenerationConfig = Field(default_factory=lambda: GenerationConfig(max_new_tokens=64, temperature=0.7))
     campaign: str = Field("playground", min_length=1, max_length=200, description="thumbs campaign the thumbs go to")
     seed: int = Field(0, description="sampling seed, the same for every model")
+    personal: str | None = Field(None, description="a `tether personalize` output directory: each labeller's /my-model page")
 
-    def job_params(self, prompt: str) -> dict[str, Any]:
-        """The parameters of the worker's `generate` job for one prompt."""
+    def personal_models(self, labeler: str) -> list[PlaygroundModel]:
+        """The shared policy and `labeler`'s own adapter (when they have one) of the `personal` run.
+
+        Raises:
+            ConfigError: no `personal` run, or its personalize.json is missing or unreadable.
+        """
+        if self.personal is None:
+            raise ConfigError("no personal models here: the playground file has no `personal:` run")
+        summary = Path(self.personal) / PERSONAL_SUMMARY
+        try:
+            meta = json.loads(summary.read_text(encoding="utf-8"))
+            models = [PlaygroundModel(name=SHARED_NAME, path=str(meta["policy"]), kl=0.0)]
+            adapter = (meta["people"].get(labeler) or {}).get("adapter")
+        except (OSError, ValueError, KeyError, AttributeError):
+            raise ConfigError(f"personal: {summary} is missing or not written by `tether personalize`") from None
+        if adapter:
+            models.append(PlaygroundModel(name=f"yours ({labeler})", path=str(Path(self.personal) / adapter), kl=None))
+        return models
+
+    def job_params(self, prompt: str, models: list[PlaygroundModel] | None = None) -> dict[str, Any]:
+        """The parameters of the worker's `generate` job for one prompt (by default every playground model answers)."""
         return {
             "prompt": prompt,
-            "models": [m.model_dump() for m in self.models],
+            "models": [m.model_dump() for m in (self.models if models is None else models)],
             "reward_model": self.reward_model,
             "judge": self.judge,
             "generation": self.generation.model_dump(),
@@ -101,12 +127,15 @@ def load_playground(path: str | Path) -> PlaygroundConfig:
     models = [m.model_copy(update={"path": local(m.path)}) for m in cfg.models]
     for run in cfg.runs:
         models.extend(run_models(local(run) or run))
-    if not models:
-        raise ConfigError(f"--playground {path}: no models: list some under `models`, or give `runs`")
+    if not models and cfg.personal is None:
+        raise ConfigError(f"--playground {path}: no models: list some under `models`, give `runs`, or a `personal` run")
     names = [m.name for m in models]
     if len(set(names)) != len(names):
         raise ConfigError(f"--playground {path}: model names must differ, got {sorted({n for n in names if names.count(n) > 1})} twice")
-    return cfg.model_copy(update={"models": models, "reward_model": local(cfg.reward_model), "judge": local(cfg.judge)})
+    personal = local(cfg.personal)
+    if personal is not None and not (Path(personal) / PERSONAL_SUMMARY).is_file():
+        raise ConfigError(f"--playground {path}: personal: {personal} has no {PERSONAL_SUMMARY} (not a `tether personalize` run)")
+    return cfg.model_copy(update={"models": models, "reward_model": local(cfg.reward_model), "judge": local(cfg.judge), "personal": personal})
 
 
 def run_models(run: str | Path) -> list[PlaygroundModel]:

@@ -92,10 +92,16 @@ def post_playground_generate(
     store: FeedbackStore = Depends(get_store),
     playground: PlaygroundConfig = Depends(get_playground),
 ) -> JobOut:
-    """Queues a `generate` job: every playground model answers the prompt (poll `GET /api/jobs/{id}`)."""
+    """Queues a `generate` job: every playground model answers the prompt (poll `GET /api/jobs/{id}`); with `mine`, the
+    shared policy and the labeller's own adapter of the playground's `personal` run."""
     if not body.prompt.strip():
         raise HTTPException(422, "prompt: must not be blank")
-    return job_out(JobQueue(store).submit("generate", playground.job_params(body.prompt), submitted_by=submitter(principal)))
+    models = None
+    if body.mine:
+        if principal.labeler is None:
+            raise HTTPException(422, "mine: only a labeller has a model of their own")
+        models = playground.personal_models(principal.labeler.name)
+    return job_out(JobQueue(store).submit("generate", playground.job_params(body.prompt, models), submitted_by=submitter(principal)))
 
 
 def _thumbs_labeler(store: FeedbackStore, principal: Principal) -> Labeler:
@@ -144,4 +150,19 @@ def playground_page(request: Request, principal: Principal = Depends(signed_in),
     slider_json = json.dumps([{"name": m.name, "kl": m.kl} for m in slider])  # escaped by the template, read by playground.js
     worker_running = JobQueue(store).worker_seen_within(WORKER_SEEN_S)
     return render(request, "playground.html", principal=principal, playground=playground, models=models, slider=slider, slider_json=slider_json,
-                  worker_running=worker_running)
+                  worker_running=worker_running, mine=False, roles=("SFT / reference", "aligned policy"))
+
+
+@pages_router.get("/my-model")
+def my_model_page(request: Request, principal: Principal = Depends(signed_in), store: FeedbackStore = Depends(get_store)) -> Response:
+    """A labeller's own model (their adapter of the `personal` run) beside the shared one, with thumbs on either."""
+    playground = getattr(request.app.state, "playground", None)
+    if playground is None or playground.personal is None:
+        return render(request, "error.html", status_code=404, status=404,
+                      message="no personal models here: start the server with `tether label serve --playground FILE` whose file names a `personal` run")
+    if principal.labeler is None:
+        return render(request, "error.html", status_code=404, status=404, message="the admin has no model of their own: sign in as a labeller")
+    models = playground.personal_models(principal.labeler.name)
+    worker_running = JobQueue(store).worker_seen_within(WORKER_SEEN_S)
+    return render(request, "playground.html", principal=principal, playground=playground, models=models, slider=models, slider_json="[]",
+                  worker_running=worker_running, mine=True, roles=("shared model", "your model"))

@@ -389,6 +389,7 @@ class PlaygroundIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     prompt: str = Field(min_length=1, max_length=MAX_TEXT)
+    mine: bool = Field(False, description="answer with the shared policy and the signed-in labeller's own adapter (/my-model)")
 
 
 class ThumbIn(BaseModel):

@@ -112,7 +112,7 @@
     button.disabled = true;
     setStatus("sending…");
     try {
-      const job = await call("POST", "/api/playground/generate", { prompt: prompt });
+      const job = await call("POST", "/api/playground/generate", { prompt: prompt, mine: form.dataset.mine === "1" });
       state.job = job.id;
       state.answers = {};
       state.done = false;
