@@ -17,7 +17,7 @@ import pytest
 
 from browser_kit import BROWSER_MARKS, VIEWPORTS, browser, sign_in, sync_api  # noqa: F401 (fixture)
 from conftest import ADMIN_TOKEN, free_port
-from test_playground import fake_ppo_run
+from test_playground import fake_personal_run, fake_ppo_run
 
 from tether.feedback.app import create_app
 from tether.feedback.playground import load_playground
@@ -30,11 +30,24 @@ pytestmark = BROWSER_MARKS
 @pytest.fixture
 def playground_server(store, db_url, tmp_path, tiny_models) -> Iterator[str]:
     """The app with a playground over a fake PPO run of tiny models, served on loopback, and a worker process."""
-    import uvicorn
-
     run = fake_ppo_run(tmp_path, tiny_models["llama"], {1: 0.01, 2: 0.2, 3: 0.4, 4: 0.7}, checkpoints=[2, 4])
     config = tmp_path / "playground.yaml"
     config.write_text(f"runs: [{run.name}]\nreward_model: {tiny_models['rm']}\ngeneration: {{max_new_tokens: 12}}\n")
+    yield from _serve_with_worker(store, db_url, config)
+
+
+@pytest.fixture
+def my_model_server(store, db_url, tmp_path) -> Iterator[str]:
+    """The app with a playground over a fake `tether personalize` run (ann has an adapter), and a worker process."""
+    run = fake_personal_run(tmp_path)
+    config = tmp_path / "playground.yaml"
+    config.write_text(f"personal: {run.name}\ncampaign: my-thumbs\ngeneration: {{max_new_tokens: 12}}\n")
+    yield from _serve_with_worker(store, db_url, config)
+
+
+def _serve_with_worker(store, db_url: str, config: Path) -> Iterator[str]:
+    import uvicorn
+
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(store, playground=load_playground(config)), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
@@ -113,4 +126,29 @@ def test_playground_in_chromium(playground_server, browser, store, screen: str, 
     assert "done" in page.inner_text("#jobs-table")
     assert "playground: Say hello" in page.inner_text("#jobs-table")
     page.screenshot(path=str(tmp_path / f"admin-jobs-{screen}.png"), full_page=True)
+    page.context.close()
+
+
+def test_my_model_in_chromium(my_model_server, browser, store, tmp_path: Path):
+    url = my_model_server
+    ann = store.add_labeler("ann").token
+    page = sign_in(browser, url, ann, VIEWPORTS["phone"], timeout_ms=20_000)
+    page.goto(url + "/queue")
+    page.click("a[href='/my-model']")
+    assert page.locator(".answer").count() == 2
+    assert page.locator(".answer[data-slot=first] .role").inner_text().lower() == "shared model"  # CSS capitals
+    assert page.locator(".answer[data-slot=last] .name").inner_text() == "yours (ann)"
+    page.fill("#prompt", f"Tell me a story {XSS}")
+    page.keyboard.press("Control+Enter")
+    sync_api.expect(page.locator("#pg-status")).to_have_text(re.compile("^(done|failed)"), timeout=180_000)
+    assert page.inner_text("#pg-status") == "done" and page.evaluate("window.__pwned") is None
+    mine = page.locator(".answer[data-slot=last] .text").inner_text()
+    _no_sideways_scroll(page)
+    page.screenshot(path=str(tmp_path / "my-model-phone.png"), full_page=True)
+    page.click(".answer[data-slot=last] .thumb[data-thumb='1']")
+    sync_api.expect(page.locator(".answer[data-slot=last] .thumb-status")).to_have_text(re.compile("^saved to my-thumbs"))
+    campaign = store.campaign_by_name("my-thumbs")
+    [item] = store.list_items(campaign.id)
+    [label] = store.list_labels(campaign.id)
+    assert item.model == "yours (ann)" and item.completions == [mine] and label.labeler_name == "ann" and label.data.thumb == 1
     page.context.close()
