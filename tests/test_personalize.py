@@ -174,3 +174,10 @@ def test_generate_command_answers_for_each_person(personalized, capsys):
     assert "no person 'zed' in this run" in capsys.readouterr().err
     assert main(["generate", "--model", str(personalized.parent), "--prompt", "x"]) == 1
     assert "no personalize.json" in capsys.readouterr().err
+
+
+def test_a_labeller_named_like_a_model_of_the_table_is_refused(people_feedback, tmp_path):
+    (tmp_path / "labelers.json").write_text(json.dumps({"files": [
+        {"labeler": "pooled", "campaign": "c", "kind": "pairs", "path": "c/pooled.jsonl", "records": 1}]}))
+    with pytest.raises(ConfigError, match="a labeller named 'pooled' would share a name"):
+        run_personalize(_config(people_feedback, tmp_path / "out", feedback=str(tmp_path)))

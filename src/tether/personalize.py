@@ -91,6 +91,9 @@ def read_people(cfg: PersonalizeConfig) -> dict[str, Person]:
         people = {p: people[p] for p in cfg.people}
     if not people:
         raise ConfigError(f"feedback: {index} lists no labeller")
+    clash = sorted(set(people) & {POOLED, SHARED, "__base__"})
+    if clash:
+        raise ConfigError(f"feedback: a labeller named {clash[0]!r} would share a name with a model of the table; list the others in `people`")
     return people
 
 
