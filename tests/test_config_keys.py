@@ -122,7 +122,7 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
             files.append({"labeler": name, "campaign": "c", "kind": "pairs", "path": f"c/{name}.jsonl", "records": 12})
         (feedback / "labelers.json").write_text(json.dumps({"files": files}))
         dpo = {"data": {"max_length": 64}, "train": {**quick, "batch_size": 2}}
-        return [{"policy": models["llama"], "feedback": str(feedback), "people": ["ann", "bo"], "min_examples": 4, "holdout_fraction": 0.3,
+        return [{"policy": models["llama"], "feedback": str(feedback), "people": ["ann", "bo"], "min_examples": 4, "holdout_fraction": 0.0,
                  "pooled": True, "dpo": dpo, "batch_size": 4, "output_dir": str(tmp / "personal"), "overwrite": False}]
     if stage == "eval":
         metrics = jsonl(tmp / "metrics.jsonl", [{"step": 1, "objective/kl": 0.5, "objective/scores": 0.1}])
