@@ -21,7 +21,7 @@ LAYERS = [
     {"redteam", "constitutional"},
     {"storage"},
     {"feedback"},
-    {"pipeline", "loop", "cli", "__main__"},
+    {"pipeline", "loop", "personalize", "cli", "__main__"},
 ]
 # the labelling app asks the rollout layer for samples (feedback/service.py, imported only when sampling)
 ALLOWED_UPWARD = {("feedback", "rollout")}
