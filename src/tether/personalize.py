@@ -39,6 +39,7 @@ from tether.data.tokenize import tokenize_pairs
 from tether.errors import ConfigError, DataError
 from tether.models.load import release_memory, resolve_device
 from tether.models.tiny import TINY_NAMES
+from tether.precision import resolve_precision
 from tether.run import DONE_FILE, console, run_stage, same_config
 
 SUMMARY_FILE = "personalize.json"
@@ -198,6 +199,7 @@ def measure(cfg: PersonalizeConfig, dcfg: DPOConfig, people: dict[str, Person], 
 
     device = resolve_device(dcfg.train.device)
     model, tokenizer = load_with_adapters(cfg.policy, adapters, device)
+    precision = resolve_precision(dcfg.train.precision, device)  # the adapters' own training precision (bf16 where native)
     d, bs, pad = dcfg.data, cfg.batch_size, tokenizer.pad_token_id
     table: dict[str, dict] = {name: {} for name in [*adapters, SHARED]}
     for person in people.values():
@@ -205,13 +207,14 @@ def measure(cfg: PersonalizeConfig, dcfg: DPOConfig, people: dict[str, Person], 
         items = tokenize_pairs(held, tokenizer, d.prompt_template, d.max_length, d.max_prompt_length, "drop") if held else []
         if not items:
             continue
-        with model.disable_adapter() if adapters else contextlib.nullcontext():
+        with model.disable_adapter() if adapters else contextlib.nullcontext(), precision.autocast():
             ref_chosen, ref_rejected = pair_logprobs(model, items, pad, bs, False, device)
             mean_chosen, mean_rejected = pair_logprobs(model, items, pad, bs, True, device)
         outcomes = {SHARED: mean_chosen > mean_rejected}
         for name in adapters:
             model.set_adapter(name)
-            chosen, rejected = pair_logprobs(model, items, pad, bs, False, device)
+            with precision.autocast():
+                chosen, rejected = pair_logprobs(model, items, pad, bs, False, device)
             outcomes[name] = (chosen - ref_chosen) - (rejected - ref_rejected) > 0  # implicit reward margin (beta > 0)
         for name, correct in outcomes.items():
             k, n = int(correct.sum()), len(items)
