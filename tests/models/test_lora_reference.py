@@ -144,3 +144,24 @@ def test_adapter_directory_with_a_missing_base_is_one_clear_error(tmp_path):
     (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
     with pytest.raises(ModelError, match="model not found: /nowhere/base"):
         load_causal_lm(ModelConfig(name_or_path=str(tmp_path)), torch.device("cpu"))
+
+
+def test_added_token_rows_are_the_mean_and_the_same_on_every_load(tmp_path):
+    from safetensors import safe_open
+
+    from tether.models.load import add_token_rows
+
+    grown = []
+    for seed in (1, 2):  # the global random state differs between the two loads
+        torch.manual_seed(seed)
+        model, tok = tiny_causal_lm("llama", seed=0)
+        n = model.get_input_embeddings().weight.shape[0]
+        add_token_rows(model, n + 2)
+        grown.append(model)
+    a, b = (m.get_input_embeddings().weight for m in grown)
+    assert a.shape[0] == n + 2 and torch.equal(a, b)
+    assert torch.allclose(a[n], a[:n].mean(dim=0)) and torch.equal(a[n], a[n + 1])
+    policy = apply_lora(grown[0], LoRAConfig(enabled=True, r=4, alpha=8))
+    save_causal_lm(policy, tok, tmp_path / "person", merge=False)
+    with safe_open(str(tmp_path / "person" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert all("lora_" in key for key in f.keys())  # the grown embeddings are not copied into the adapter

@@ -163,7 +163,7 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
 
             model = PeftModel.from_pretrained(model, str(Path(path) / ADAPTER_DIR)).merge_and_unload()
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
-        model.resize_token_embeddings(len(tokenizer))
+        add_token_rows(model, len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -174,6 +174,17 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
     if cfg.attn_implementation != "auto":  # `auto` is resolved by trainers that know the precision and lengths
         set_attention(model, cfg.attn_implementation, device, "fp32", 0)
     return model.to(device=device, dtype=dtype), tokenizer
+
+
+def add_token_rows(model: nn.Module, n_tokens: int) -> None:
+    """Grow the embeddings to `n_tokens` rows (the pad token `load_tokenizer` added), each new row the mean of the old
+    ones. Deterministic, unlike Hugging Face's default (rows sampled from the old rows' mean and covariance), so every
+    load of a model gives the same weights, and a LoRA adapter saved without the embeddings fits any load of its base."""
+    old = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(n_tokens, mean_resizing=False)
+    with torch.no_grad():
+        for layer in {id(m): m for m in (model.get_input_embeddings(), model.get_output_embeddings()) if m is not None}.values():
+            layer.weight[old:] = layer.weight[:old].mean(dim=0)
 
 
 EAGER_MAX_LENGTH = 512  # bf16 on a CPU: eager attention is faster up to here, sdpa beyond (docs/benchmarks.md)
@@ -245,7 +256,9 @@ def save_causal_lm(model: nn.Module, tokenizer, out_dir: str | Path, merge: bool
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if is_peft(model):
-        model.save_pretrained(out / "adapter")
+        # without merging, the adapter alone: not the embeddings (peft would add them, whole, when a pad token grew the
+        # vocabulary), which `load_causal_lm` rebuilds identically on any load of the base
+        model.save_pretrained(out / "adapter", save_embedding_layers="auto" if merge else False)
         if merge:  # merge into a copy so the caller's model keeps its adapters (training may go on)
             copy.deepcopy(model).merge_and_unload().save_pretrained(out)
     else:
