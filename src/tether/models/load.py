@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -92,8 +93,6 @@ def adapter_base(path: str | Path) -> str | None:
     config = p / ADAPTER_DIR / "adapter_config.json"
     if (p / "config.json").is_file() or not config.is_file():
         return None
-    import json
-
     try:
         return json.loads(config.read_text(encoding="utf-8"))["base_model_name_or_path"]
     except (ValueError, KeyError) as exc:
@@ -147,6 +146,7 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
     from transformers import AutoModelForCausalLM
 
     dtype = dtype or resolve_dtype(cfg.dtype, device)
+    base = None  # the base model of an adapter directory
     if cfg.name_or_path in TINY_NAMES:
         model, tokenizer = tiny_causal_lm(cfg.name_or_path.split("-", 1)[1], seed=seed)
     else:
@@ -158,12 +158,12 @@ def load_causal_lm(cfg: ModelConfig, device: torch.device, dtype: torch.dtype | 
             model = AutoModelForCausalLM.from_pretrained(base or path, dtype=dtype)
         except (OSError, ValueError) as exc:
             raise ModelError(f"cannot load a causal LM from {base or path}: {str(exc).splitlines()[0]}") from None
-        if base is not None:  # an adapter directory: its LoRA weights merged into its base
-            from peft import PeftModel
-
-            model = PeftModel.from_pretrained(model, str(Path(path) / ADAPTER_DIR)).merge_and_unload()
     if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:
         add_token_rows(model, len(tokenizer))
+    if base is not None:  # an adapter directory: its LoRA merged into its base (grown like the base it was trained on)
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(Path(path) / ADAPTER_DIR)).merge_and_unload()
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
