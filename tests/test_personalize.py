@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -100,12 +101,17 @@ def test_thumbs_train_with_kto(people_feedback, tmp_path):
     while (task := store.next_task(campaign.id, dee.id)) is not None:
         store.submit_label(task.assignment_id, dee.id, LabelData(thumb=int(task.item.completions[0].startswith("yes"))))
     feedback = tmp_path / "by-labeler"
+    shutil.copytree(people_feedback / "by-labeler", feedback)  # ann's pairs are there already
     export_by_labeler(campaign, store.list_items(campaign.id), store.list_labels(campaign.id), ExportKind.THUMBS, feedback)
-    cfg = _config(people_feedback, tmp_path / "out", feedback=str(feedback), pooled=False)
+    dee = f"dee-{tmp_path.name}"
+    cfg = _config(people_feedback, tmp_path / "out", feedback=str(feedback), people=["ann", dee])
     summary = json.loads((run_personalize(cfg) / "personalize.json").read_text())
-    person = summary["people"][f"dee-{tmp_path.name}"]
+    person = summary["people"][dee]
     assert person["kind"] == "kto" and person["adapter"] is not None and person["heldout_pairs"] == 0
     assert "loss: kto" in (tmp_path / "out" / person["adapter"] / "config.yaml").read_text()
+    # the pooled adapter learns from both as thumbs: dee's, and ann's pairs as a thumb up and a thumb down each
+    pooled = (tmp_path / "out" / "pooled" / "config.yaml").read_text()
+    assert "loss: kto" in pooled and "ann.kto.jsonl" in pooled and summary["people"]["ann"]["kind"] == "pairs"
 
 
 @pytest.mark.parametrize(

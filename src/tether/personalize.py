@@ -112,16 +112,24 @@ def prepare_data(cfg: PersonalizeConfig, person: Person, data_dir: Path) -> None
     if not thumbs:
         person.kind, person.train_files, person.n_train = "pairs", person.pairs, len(train_pairs)
         return
-    rows = [{"prompt": t.prompt, "completion": t.completion, "label": int(t.label)} for t in thumbs]
-    for p in pairs:  # a chosen answer is a thumbs-up, a rejected one a thumbs-down
+    path = thumbs_file(person, data_dir)
+    person.kind, person.train_files = "kto", [path]
+    person.n_train = len(_split(load_binary_feedback(path, on_invalid="skip"), "train", cfg.holdout_fraction))
+
+
+def thumbs_file(person: Person, data_dir: Path) -> str:
+    """Write the person's thumbs and their pairs as thumbs (a chosen answer up, a rejected one down) into one KTO
+    file; returns its path."""
+    rows = [{"prompt": t.prompt, "completion": t.completion, "label": int(t.label)}
+            for t in (load_binary_feedback(person.thumbs, on_invalid="skip") if person.thumbs else [])]
+    for p in load_preferences(person.pairs, on_invalid="skip") if person.pairs else []:
         rows += [{"prompt": p.prompt, "completion": p.chosen, "label": 1}, {"prompt": p.prompt, "completion": p.rejected, "label": 0}]
     path = data_dir / f"{_stem(person)}.kto.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
-    person.kind, person.train_files = "kto", [str(path)]
-    person.n_train = len(_split(load_binary_feedback(str(path), on_invalid="skip"), "train", cfg.holdout_fraction))
+    return str(path)
 
 
 def _split(examples: list, part: str, fraction: float) -> list:
@@ -174,9 +182,8 @@ def train_adapters(cfg: PersonalizeConfig, people: dict[str, Person], out: Path)
         person.adapter = str(run.relative_to(out))
         trained[person.name] = str(run)
     if cfg.pooled and len(trained) >= 2:
-        kinds = {people[n].kind for n in trained}
-        kind = "kto" if "kto" in kinds else "pairs"
-        files = [f for n in trained for f in (people[n].train_files if kind == people[n].kind else people[n].pairs)]
+        kind = "kto" if any(people[n].kind == "kto" for n in trained) else "pairs"  # with any thumbs, everyone's as thumbs
+        files = [f for n in trained for f in (people[n].train_files if people[n].kind == kind else [thumbs_file(people[n], out / "data")])]
         console.print(f"personalize: the pooled adapter, on {len(trained)} people's examples together")
         trained[POOLED] = str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, out / POOLED), train_dpo, str(out)))
     return trained
