@@ -216,8 +216,8 @@ def measure(cfg: PersonalizeConfig, dcfg: DPOConfig, people: dict[str, Person], 
             continue
         with model.disable_adapter() if adapters else contextlib.nullcontext(), precision.autocast():
             ref_chosen, ref_rejected = pair_logprobs(model, items, pad, bs, False, device)
-            mean_chosen, mean_rejected = pair_logprobs(model, items, pad, bs, True, device)
-        outcomes = {SHARED: mean_chosen > mean_rejected}
+        n_chosen, n_rejected = (torch.tensor([max(sum(getattr(it, side).loss_mask), 1) for it in items]) for side in ("chosen", "rejected"))
+        outcomes = {SHARED: ref_chosen / n_chosen > ref_rejected / n_rejected}  # mean log-probability per reply token
         for name in adapters:
             model.set_adapter(name)
             with precision.autocast():
