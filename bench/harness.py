@@ -188,6 +188,17 @@ class StepClock:
         return {k: 0 for k in self.counter.snapshot()} if self.counter else {}
 
 
+def timed(fn, repeats: int) -> float:
+    """Median wall time of `fn()` over `repeats` runs after one warm-up run, in seconds."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
 def versions() -> dict:
     import torch
 

@@ -23,19 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
+from pathlib import Path
 
-
-def timed(fn, repeats: int) -> float:
-    """Median wall time of `fn()` over `repeats` runs after one warm-up run, in seconds."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import timed  # noqa: E402
 
 
 def matmul_params(model) -> int:

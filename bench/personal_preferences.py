@@ -24,7 +24,6 @@ import argparse
 import json
 import platform
 import re
-import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+from harness import timed  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data"
 ADMIN = "bench-admin-token"
@@ -93,17 +94,6 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
-
-
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `repeats` calls (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> int:

@@ -37,7 +37,7 @@ from tether.config import DPOConfig, ModelConfig, PersonalizeConfig, dump_config
 from tether.data.sources import load_binary_feedback, load_preferences, select
 from tether.data.tokenize import tokenize_pairs
 from tether.errors import ConfigError, DataError
-from tether.models.load import release_memory, resolve_device
+from tether.models.load import release_memory, resolve_device, resolve_path
 from tether.models.tiny import TINY_NAMES
 from tether.precision import resolve_precision
 from tether.run import DONE_FILE, console, run_stage, same_config
@@ -106,11 +106,9 @@ def prepare_data(cfg: PersonalizeConfig, person: Person, data_dir: Path) -> None
         DataError: an unreadable file (naming it and the line).
     """
     pairs = load_preferences(person.pairs, on_invalid="skip") if person.pairs else []
-    thumbs = load_binary_feedback(person.thumbs, on_invalid="skip") if person.thumbs else []
-    train_pairs = _split(pairs, "train", cfg.holdout_fraction)
     person.n_heldout_pairs = len(_split(pairs, "holdout", cfg.holdout_fraction))
-    if not thumbs:
-        person.kind, person.train_files, person.n_train = "pairs", person.pairs, len(train_pairs)
+    if not person.thumbs:
+        person.kind, person.train_files, person.n_train = "pairs", person.pairs, len(_split(pairs, "train", cfg.holdout_fraction))
         return
     path = thumbs_file(person, data_dir)
     person.kind, person.train_files = "kto", [path]
@@ -238,8 +236,6 @@ def adapter_bytes(run_dir: str | Path) -> int:
 
 def base_bytes(policy: str) -> int:
     """Bytes of the shared policy's weight files (0 when they are not files in a directory)."""
-    from tether.models.load import resolve_path
-
     folder = Path(resolve_path(policy))
     return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern)) if folder.is_dir() else 0
 
