@@ -123,7 +123,10 @@ def _variants(stage: str, tmp, data, models, jsonl) -> list[dict]:
         (feedback / "labelers.json").write_text(json.dumps({"files": files}))
         dpo = {"data": {"max_length": 64}, "train": {**quick, "batch_size": 2}}
         return [{"policy": models["llama"], "feedback": str(feedback), "people": ["ann", "bo"], "min_examples": 4, "holdout_fraction": 0.0,
-                 "pooled": True, "dpo": dpo, "batch_size": 4, "output_dir": str(tmp / "personal"), "overwrite": False}]
+                 "pooled": True, "dpo": dpo, "batch_size": 4, "output_dir": str(tmp / "personal"), "overwrite": False},
+                {"policy": models["llama"], "feedback": str(feedback), "people": ["ann"], "min_examples": 4, "pooled": False, "dpo": dpo,
+                 "search": {"learning_rate": [1e-4, 1e-3], "beta": [0.1], "epochs": [1]}, "validation_fraction": 0.5, "refit": True,
+                 "output_dir": str(tmp / "personal_search")}]
     if stage == "eval":
         metrics = jsonl(tmp / "metrics.jsonl", [{"step": 1, "objective/kl": 0.5, "objective/scores": 0.1}])
         return [{"baseline": models["llama"], "policy": models["gpt2"], "prompts": str(data["prompts"]), "reward_models": [models["rm"]],

@@ -121,6 +121,8 @@ def test_thumbs_train_with_kto(people_feedback, tmp_path):
         ({"policy": "tiny-llama"}, "is built at random on each load"),
         ({"dpo": {"dpo": {"loss": "kto"}}}, "a person's pairs train with DPO"),
         ({"dpo": {"train": {"nope": 1}}}, "unknown config key 'train.nope'"),
+        ({"search": {"beta": [0.1, 0.0]}}, "every value must be > 0"),
+        ({"search": {"momentum": [0.9]}}, "momentum"),
     ],
 )
 def test_config_errors_before_any_training(people_feedback, tmp_path, extra, message):
@@ -187,3 +189,47 @@ def test_a_labeller_named_like_a_model_of_the_table_is_refused(people_feedback, 
         {"labeler": "pooled", "campaign": "c", "kind": "pairs", "path": "c/pooled.jsonl", "records": 1}]}))
     with pytest.raises(ConfigError, match="a labeller named 'pooled' would share a name"):
         run_personalize(_config(people_feedback, tmp_path / "out", feedback=str(tmp_path)))
+
+
+def test_search_candidates_are_every_combination_in_the_order_given():
+    from tether.config import PersonalSearch
+
+    assert PersonalSearch().candidates() == [{}]
+    assert PersonalSearch(learning_rate=[1e-4, 5e-4], epochs=[1, 2]).candidates() == [
+        {"learning_rate": 1e-4, "epochs": 1}, {"learning_rate": 1e-4, "epochs": 2},
+        {"learning_rate": 5e-4, "epochs": 1}, {"learning_rate": 5e-4, "epochs": 2}]
+
+
+def _prompts(path) -> set[str]:
+    return {json.loads(line)["prompt"] for line in path.read_text().splitlines()}
+
+
+@pytest.mark.parametrize("refit", [True, False])
+def test_the_search_chooses_on_a_validation_share_of_the_training_prompts(people_feedback, tmp_path, refit):
+    from tether.data.sources import in_holdout
+
+    # a learning rate too small to move the adapter, listed first, against one that learns
+    cfg = _config(people_feedback, tmp_path / "out", people=["ann"], pooled=False, refit=refit,
+                  search={"learning_rate": [1e-9, 5e-3]}, validation_fraction=0.3)
+    summary = json.loads((run_personalize(cfg) / "personalize.json").read_text())
+    search = summary["search"]["ann"]
+    tried = search["tried"]
+    assert [t["learning_rate"] for t in tried] == [1e-9, 5e-3] and search["chosen"] == 1
+    assert tried[1]["accuracy"] >= 0.9 and tried[0]["accuracy"] < tried[1]["accuracy"]
+    # the candidates trained on the fit share only, and were scored on the validation share: disjoint prompts, none of
+    # them held out
+    data = tmp_path / "out" / "data"
+    fit, validation = _prompts(data / "ann.fit.jsonl"), _prompts(data / "ann.validation.jsonl")
+    assert search["validation_examples"] == len(validation) >= 3 and len(fit) >= 12 and not fit & validation
+    assert not any(in_holdout(p, 0.25) for p in fit | validation)
+    candidate = (tmp_path / "out" / tried[1]["run"] / "config.yaml").read_text()
+    assert "ann.fit.jsonl" in candidate and "ann.validation.jsonl" in candidate and "learning_rate: 0.005" in candidate
+    adapter = summary["people"]["ann"]["adapter"]
+    if refit:  # the chosen value, trained again on all of ann's training prompts
+        assert adapter == "people/ann"
+        final = (tmp_path / "out" / adapter / "config.yaml").read_text()
+        assert "learning_rate: 0.005" in final and "fit.jsonl" not in final and "holdout_fraction: 0.25" in final
+    else:
+        assert adapter == tried[1]["run"] == "people/ann/search/1"
+    own = summary["accuracy"]["ann"]["ann"]
+    assert own["accuracy"] >= 0.9

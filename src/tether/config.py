@@ -699,6 +699,31 @@ class LoopConfig(Strict):
 # --------------------------------------------------------------------------- loading
 
 
+class PersonalSearch(Strict):
+    """`search` of `tether personalize`: values to try for every adapter, chosen on a validation share of each
+    person's training examples (every combination of the lists given; a list left out keeps the `dpo:` section's value)."""
+
+    learning_rate: list[float] | None = Field(None, min_length=1, description="train.learning_rate values")
+    beta: list[float] | None = Field(None, min_length=1, description="dpo.beta values")
+    epochs: list[int] | None = Field(None, min_length=1, description="train.epochs values")
+
+    @field_validator("learning_rate", "beta", "epochs")
+    @classmethod
+    def _positive(cls, v: list | None) -> list | None:
+        if v is not None and any(x <= 0 for x in v):
+            raise ValueError("every value must be > 0")
+        return v
+
+    def candidates(self) -> list[dict[str, float]]:
+        """Every combination, in the order given (the first of equally good ones wins: list the gentlest first)."""
+        out: list[dict[str, float]] = [{}]
+        for key in ("learning_rate", "beta", "epochs"):
+            values = getattr(self, key)
+            if values:
+                out = [{**c, key: v} for c in out for v in values]
+        return out
+
+
 class PersonalizeConfig(Strict):
     """`tether personalize`: a LoRA adapter per person, trained on that person's own feedback from the shared policy,
     which is also the adapter's reference (DPO for pairs, KTO for thumbs), so a person with little data stays close to
@@ -721,6 +746,18 @@ class PersonalizeConfig(Strict):
     dpo: dict[str, Any] = Field(
         default_factory=dict, description="keys of the `tether dpo` config (dpo, train, data.max_length, model.lora ...); the "
         "policy, the data files, the reference (the shared policy) and adapter-only saving are set per person",
+    )
+    search: PersonalSearch = Field(
+        default_factory=PersonalSearch, description="learning rates, betas and epochs to try for every adapter (the "
+        "pooled one too), each chosen by accuracy on a validation share of that adapter's own training examples",
+    )
+    validation_fraction: float = Field(
+        0.25, gt=0.0, lt=1.0, description="with more than one `search` candidate: of every person's training prompts, "
+        "kept out of training (by a hash of the prompt) to choose among them; never the held-out prompts",
+    )
+    refit: bool = Field(
+        True, description="after a search, train the chosen values again on all the training examples (else the "
+        "chosen candidate, trained without the validation share, is the adapter)",
     )
     batch_size: int = Field(16, gt=0, description="pairs per forward pass when the adapters are measured")
     output_dir: str

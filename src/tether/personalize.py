@@ -9,9 +9,13 @@ person, a LoRA adapter on the shared (aligned) policy:
                    read as a thumbs-up for the chosen and a thumbs-down for the rejected, KTO paper sec. 4.3)
     2. adapters    `tether dpo` from the shared policy, which is also the reference (adapters disabled), so a person
                    with little data stays close to it; only the adapter is written (`model.lora.merge: false`). A
-                   person with fewer than `min_examples` training examples gets none and is served the shared policy
+                   person with fewer than `min_examples` training examples gets none and is served the shared policy.
+                   With several `search` candidates (learning rate, beta, epochs), each trains on part of the person's
+                   training prompts and the one most accurate on the rest (the validation share, never the held-out
+                   prompts) is chosen, then trained again on all of them (`refit`)
     3. pooled      one adapter on everyone's training examples together: what a model of the crowd makes of the same
-                   labels, the baseline every person's adapter must beat on that person's held-out preferences
+                   labels, the baseline every person's adapter must beat on that person's held-out preferences; its
+                   values are searched for in the same way
     4. measure     on each person's held-out pairs, the implicit-reward accuracy (Rafailov et al. 2023, eq. 5:
                    r = beta * (log pi_adapter - log pi_shared), chosen above rejected; ties wrong) of every adapter and
                    of the pooled one, with 95% Wilson intervals; the shared policy's own choice (the higher mean
@@ -34,7 +38,7 @@ from pathlib import Path
 import torch
 
 from tether.config import DPOConfig, ModelConfig, PersonalizeConfig, dump_config, validate
-from tether.data.sources import load_binary_feedback, load_preferences, select
+from tether.data.sources import in_holdout, load_binary_feedback, load_preferences, select
 from tether.data.tokenize import tokenize_pairs
 from tether.errors import ConfigError, DataError
 from tether.models.load import release_memory, resolve_device, resolve_path
@@ -46,6 +50,7 @@ SUMMARY_FILE = "personalize.json"
 LABELERS_INDEX = "labelers.json"  # tether.feedback.export.LABELERS_INDEX (feedback never imports torch, nor we it)
 POOLED = "pooled"
 SHARED = "shared"  # the shared policy itself: its own choice between two answers
+VALIDATION_SALT = "validation\n"  # hashed before the prompt: a split of the training prompts independent of the held-out one
 
 
 @dataclass
@@ -123,11 +128,15 @@ def thumbs_file(person: Person, data_dir: Path) -> str:
     for p in load_preferences(person.pairs, on_invalid="skip") if person.pairs else []:
         rows += [{"prompt": p.prompt, "completion": p.chosen, "label": 1}, {"prompt": p.prompt, "completion": p.rejected, "label": 0}]
     path = data_dir / f"{_stem(person)}.kto.jsonl"
+    _write_jsonl(path, rows)
+    return str(path)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(path)
-    return str(path)
 
 
 def _split(examples: list, part: str, fraction: float) -> list:
@@ -148,43 +157,114 @@ def _stem(person: Person) -> str:
 # --------------------------------------------------------------------------- 2-3. adapters
 
 
-def dpo_config(cfg: PersonalizeConfig, files: list[str], kind: str, out: Path) -> dict:
+def dpo_config(cfg: PersonalizeConfig, files: list[str], kind: str, out: Path, values: dict | None = None,
+               validation: str | None = None) -> dict:
     """A person's (or the pooled) `tether dpo` config: the `dpo:` section's keys, then the shared policy as the
-    starting point and the reference (LoRA with the adapters disabled), only the adapter written, and the files."""
+    starting point and the reference (LoRA with the adapters disabled), only the adapter written, and the files.
+
+    `values` are a search candidate's (learning_rate, beta, epochs); with `validation` (a file of the validation
+    share) the files already hold only training examples, and the run is evaluated on that file."""
     raw = copy.deepcopy(cfg.dpo)
+    values = values or {}
     model = raw.get("model", {})
     raw["model"] = {**model, "name_or_path": cfg.policy, "lora": {"r": 8, "alpha": 16, **model.get("lora", {}), "enabled": True, "merge": False}}
-    raw["data"] = {"on_invalid": "skip", **raw.get("data", {}), "train": files, "holdout_fraction": cfg.holdout_fraction}
+    split = {"eval": validation, "holdout_fraction": 0.0} if validation else {"holdout_fraction": cfg.holdout_fraction}
+    raw["data"] = {"on_invalid": "skip", **raw.get("data", {}), "train": files, **split}
     params = raw.get("dpo", {})
     if kind == "kto":
         params = {**params, "loss": "kto"}
     elif params.get("loss") == "kto":
         raise ConfigError("dpo.dpo.loss=kto: a person's pairs train with DPO (sigmoid) or IPO; thumbs choose KTO by themselves")
-    raw["dpo"] = {**params, "reference": "lora"}
-    raw["train"] = {**raw.get("train", {}), "resume": True}
+    raw["dpo"] = {**params, "reference": "lora", **({"beta": values["beta"]} if "beta" in values else {})}
+    raw["train"] = {**raw.get("train", {}), "resume": True, **{k: values[k] for k in ("learning_rate", "epochs") if k in values}}
     return {**raw, "output_dir": str(out), "overwrite": True}
 
 
-def train_adapters(cfg: PersonalizeConfig, people: dict[str, Person], out: Path) -> dict[str, str]:
-    """Train every person's adapter (and the pooled one); returns name -> run directory of those trained."""
+def validation_split(files: list[str], kind: str, cfg: PersonalizeConfig, stem: Path) -> tuple[str, str] | None:
+    """Split the training part of `files` (what is not held out) by a second hash of the prompt into the examples
+    the search's candidates train on and those that choose among them; writes `stem.fit.jsonl` and
+    `stem.validation.jsonl` and returns their paths, or None when either share would be empty."""
+    train = _split(load_binary_feedback(files, on_invalid="skip") if kind == "kto" else load_preferences(files, on_invalid="skip"),
+                   "train", cfg.holdout_fraction)
+    shares: dict[str, list] = {"fit": [], "validation": []}
+    for e in train:
+        shares["validation" if in_holdout(VALIDATION_SALT + e.prompt, cfg.validation_fraction) else "fit"].append(e)
+    if not all(shares.values()):
+        return None
+    paths = []
+    for part, rows in shares.items():
+        path = stem.with_name(f"{stem.name}.{part}.jsonl")
+        _write_jsonl(path, [_row(e, kind) for e in rows])
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def _row(e, kind: str) -> dict:
+    if kind == "kto":
+        return {"prompt": e.prompt, "completion": e.completion, "label": int(e.label)}
+    return {"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected, **({"margin": e.margin} if e.margin is not None else {})}
+
+
+def train_adapter(cfg: PersonalizeConfig, name: str, files: list[str], kind: str, run_dir: Path, out: Path) -> tuple[str, dict | None]:
+    """Train one adapter (a person's or the pooled one). With several `search` candidates, each trains on the fit
+    share of the training examples and is scored by its accuracy on the validation share (DPO: the implicit reward
+    ranks the pair as the person did; KTO: its sign agrees with the thumb); the best (the first listed among equals)
+    is trained again on all the training examples (`refit`), or is itself the adapter.
+
+    Returns:
+        (run directory, the search's record or None when there was none)
+    """
     from tether.trainers.dpo import train_dpo
 
+    candidates = cfg.search.candidates()
+    shares = validation_split(files, kind, cfg, out / "data" / run_dir.name) if len(candidates) > 1 else None
+    if len(candidates) > 1 and shares is None:
+        console.print(f"personalize: {name}: too few prompts for a validation share of {cfg.validation_fraction}: no search, "
+                      f"the first candidate {candidates[0]}")
+    if shares is None:
+        return str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, run_dir, candidates[0]), train_dpo, str(out))), None
+    fit, validation = shares
+    tried = []
+    for i, values in enumerate(candidates):
+        console.print(f"personalize: {name}: candidate {i + 1}/{len(candidates)} {values}")
+        run = run_stage("dpo", DPOConfig, dpo_config(cfg, [fit], kind, run_dir / "search" / str(i), values, validation), train_dpo, str(out))
+        done = json.loads((run / DONE_FILE).read_text())
+        tried.append({**values, "accuracy": done.get("eval/accuracy"), "kl": done.get("eval/kl"), "run": str(run.relative_to(out))})
+    best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"] or 0.0, -i))
+    console.print(f"personalize: {name}: chose {candidates[best]} (validation accuracy {tried[best]['accuracy']:.2f})")
+    record = {"validation_examples": sum(1 for _ in open(validation, encoding="utf-8")), "tried": tried, "chosen": best}
+    if not cfg.refit:
+        return str(out / tried[best]["run"]), record
+    return str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, run_dir, candidates[best]), train_dpo, str(out))), record
+
+
+def train_adapters(cfg: PersonalizeConfig, people: dict[str, Person], out: Path) -> tuple[dict[str, str], dict[str, dict]]:
+    """Train every person's adapter (and the pooled one).
+
+    Returns:
+        (name -> run directory of those trained, name -> the search's record where there was one)
+    """
     trained: dict[str, str] = {}
+    searches: dict[str, dict] = {}
     for person in people.values():
         if person.n_train < cfg.min_examples:
             person.reason = f"{person.n_train} training examples, fewer than min_examples={cfg.min_examples}: served the shared policy"
             console.print(f"personalize: {person.name}: {person.reason}")
             continue
         console.print(f"personalize: {person.name}: {person.n_train} training examples ({person.kind})")
-        run = run_stage("dpo", DPOConfig, dpo_config(cfg, person.train_files, person.kind, out / "people" / _stem(person)), train_dpo, str(out))
-        person.adapter = str(run.relative_to(out))
-        trained[person.name] = str(run)
+        run, searched = train_adapter(cfg, person.name, person.train_files, person.kind, out / "people" / _stem(person), out)
+        person.adapter = str(Path(run).relative_to(out))
+        trained[person.name] = run
+        if searched:
+            searches[person.name] = searched
     if cfg.pooled and len(trained) >= 2:
         kind = "kto" if any(people[n].kind == "kto" for n in trained) else "pairs"  # with any thumbs, everyone's as thumbs
         files = [f for n in trained for f in (people[n].train_files if people[n].kind == kind else [thumbs_file(people[n], out / "data")])]
         console.print(f"personalize: the pooled adapter, on {len(trained)} people's examples together")
-        trained[POOLED] = str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, out / POOLED), train_dpo, str(out)))
-    return trained
+        trained[POOLED], searched = train_adapter(cfg, POOLED, files, kind, out / POOLED, out)
+        if searched:
+            searches[POOLED] = searched
+    return trained, searches
 
 
 # --------------------------------------------------------------------------- 4. measure
@@ -260,6 +340,8 @@ def run_personalize(cfg: PersonalizeConfig) -> Path:
     if not cfg.overwrite and saved.is_file() and not same_config(saved.read_text(), cfg):
         raise ConfigError(f"output_dir {out} holds a different run (its config.yaml differs); choose another output_dir or set overwrite=true")
     dcfg = validate(DPOConfig, dpo_config(cfg, [], "pairs", out / "_"), origin=f"{out}: dpo")  # a bad key fails before any training
+    for values in cfg.search.candidates()[1:]:
+        validate(DPOConfig, dpo_config(cfg, [], "pairs", out / "_", values), origin=f"{out}: search {values}")
 
     # 1. data
     people = read_people(cfg)
@@ -270,7 +352,7 @@ def run_personalize(cfg: PersonalizeConfig) -> Path:
     saved.write_text(dump_config(cfg))
 
     # 2-3. adapters
-    runs = train_adapters(cfg, people, out)
+    runs, searches = train_adapters(cfg, people, out)
 
     # 4. measure
     table = measure(cfg, dcfg, people, runs) if runs else {}
@@ -284,6 +366,7 @@ def run_personalize(cfg: PersonalizeConfig) -> Path:
             for p in people.values()
         },
         "pooled": str(Path(runs[POOLED]).relative_to(out)) if POOLED in runs else None,
+        "search": searches,
         "base_bytes": base_bytes(cfg.policy),
         "accuracy": table,
     }
