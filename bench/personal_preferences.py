@@ -14,6 +14,7 @@ pairs (prompts held out by hash: no adapter saw them). Then memory and the cost 
 
     python bench/personal_preferences.py                     # SmolLM2-135M-Instruct as the shared policy
     python bench/personal_preferences.py --prompts 24 --out /tmp/personal
+Every adapter's learning rate is chosen among --learning-rates on a validation share of its own training prompts.
 
 Writes `bench/results/personal_preferences.json` (with --save) and prints a summary.
 """
@@ -104,6 +105,10 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--template", default="chat", help="prompt template (chat: the tokenizer's chat template)")
     parser.add_argument("--out", default=None, help="working directory (default: a temporary one)")
+    parser.add_argument("--learning-rates", default="1e-4,5e-4",
+                        help="comma-separated learning rates searched for every adapter on a validation share of its training prompts")
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--refit", action="store_true", help="train the chosen learning rate again on all training prompts")
     parser.add_argument("--save", action="store_true", help="write bench/results/personal_preferences.json")
     args = parser.parse_args()
 
@@ -145,7 +150,8 @@ def main() -> int:
     cfg = validate(PersonalizeConfig, {
         "policy": args.model, "feedback": str(out / "by-labeler"), "min_examples": 16, "holdout_fraction": 0.25,
         "dpo": {"model": {"lora": {"r": 8, "alpha": 16}}, "data": {"max_length": 192, "max_prompt_length": 128, "prompt_template": args.template},
-                "dpo": {"beta": 0.1}, "train": {"batch_size": 8, "epochs": 2, "learning_rate": 5.0e-4, "eval_every": 1000}},
+                "dpo": {"beta": 0.1}, "train": {"batch_size": 8, "epochs": args.epochs, "learning_rate": 5.0e-4, "eval_every": 1000}},
+        "search": {"learning_rate": [float(x) for x in args.learning_rates.split(",")]}, "validation_fraction": 0.25, "refit": args.refit,
         "output_dir": str(out / "personal"),
     })
     run = run_personalize(cfg)
@@ -168,10 +174,11 @@ def main() -> int:
     assert BASE not in names
 
     result = {
+        "command": " ".join(["python bench/personal_preferences.py", *("DIR" if a == args.out else a for a in sys.argv[1:])]),
         "cpu": cpu_name(),
         "torch_threads": torch.get_num_threads(),
         "model": args.model, "prompts": len(prompts), "k": args.k, "max_new_tokens": args.max_new_tokens,
-        "people": summary["people"], "accuracy": summary["accuracy"],
+        "people": summary["people"], "accuracy": summary["accuracy"], "search": summary["search"],
         "memory": {"base_bytes": base_bytes, "adapters_bytes": adapters_bytes, "adapters": len(names),
                    "base_plus_adapters": base_bytes + adapters_bytes, "full_copies": base_bytes * len(names)},
         "switching": {"requests": len(requests), "mixed_batch_s": t_mixed, "shared_only_batch_s": t_shared,
