@@ -202,8 +202,12 @@ def fake_personal_run(root: Path) -> Path:
     run = root / "personal"
     save_causal_lm(policy, tok, run / "people" / "ann", merge=False)
     people = {"ann": {"adapter": "people/ann"}, "cy": {"adapter": None, "reason": "3 training examples"}}
-    (run / "personalize.json").write_text(json.dumps({"policy": str(base), "people": people}))
+    summary = {"policy": str(base), "people": people, "prompt_template": PERSONAL_TEMPLATE, "max_prompt_length": 48}
+    (run / "personalize.json").write_text(json.dumps(summary))
     return run
+
+
+PERSONAL_TEMPLATE = "Question: {prompt}\nAnswer:"  # what the fake run's adapters were "trained" with
 
 
 def test_my_model_page_answers_with_the_shared_model_and_my_adapter(store, admin, tmp_path):
@@ -230,6 +234,15 @@ def test_my_model_page_answers_with_the_shared_model_and_my_adapter(store, admin
         assert done["status"] == "done", done["error"]
         answers = {a["name"]: a["text"] for a in done["result"]["answers"]}
         assert list(answers) == ["shared model", "yours (ann)"] and answers["shared model"] != answers["yours (ann)"]
+        # both models are prompted in the format the adapters were trained with, not the playground's default one
+        params = JobQueue(store).get(job_id).params
+        assert params["prompt_template"] == PERSONAL_TEMPLATE and params["max_prompt_length"] == 48
+        from tether.config import GenerationConfig
+        from tether.rollout.sample import sample_completions
+
+        gen = GenerationConfig(max_new_tokens=8, temperature=0.7)
+        assert sample_completions(str(run / "people" / "ann"), ["Say hello."], 1, gen, seed=0, prompt_template=PERSONAL_TEMPLATE,
+                                  max_prompt_length=48)[0][0] == answers["yours (ann)"]
         for name, thumb in (("yours (ann)", 1), ("shared model", 0)):
             assert client.post("/api/playground/thumbs", json={"job_id": job_id, "model": name, "thumb": thumb}, headers=ann).status_code == 200
 

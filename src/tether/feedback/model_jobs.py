@@ -59,8 +59,9 @@ def generate_answers(ctx: JobContext) -> dict[str, Any]:
     """The playground: every model's answer to one prompt, with reward-model (and judge) scores.
 
     Params: prompt, models ([{"name", "path", "kl"}]), reward_model (path or None), judge (path or None),
-    generation (GenerationConfig keys), seed. Every model samples with the same seed, so answers differ by
-    the weights alone.
+    generation (GenerationConfig keys), seed, and optionally prompt_template and max_prompt_length (a personal run's:
+    the format its adapters were trained with). Every model samples with the same seed, so answers differ by the
+    weights alone.
 
     Returns:
         {"prompt", "answers": [{"name", "kl", "text", "reward", "judge"}]} in the order of `models` (the paths stay
@@ -78,11 +79,12 @@ def generate_answers(ctx: JobContext) -> dict[str, Any]:
     gen = GenerationConfig(**(p.get("generation") or {}))
     scorers = [(key, p[key]) for key in ("reward_model", "judge") if p.get(key)]
     steps = len(models) + len(scorers)
+    prompting = {k: p[k] for k in ("prompt_template", "max_prompt_length") if p.get(k) is not None}
     answers = [{"name": m["name"], "kl": m.get("kl"), "text": None, "reward": None, "judge": None} for m in models]
     result = {"prompt": prompt, "answers": answers}
     for i, m in enumerate(models):
         ctx.progress(i / steps, f"{m['name']}: generating", result)
-        answers[i]["text"] = sample_completions(m["path"], [prompt], 1, gen, seed=int(p.get("seed", 0)))[0][0]
+        answers[i]["text"] = sample_completions(m["path"], [prompt], 1, gen, seed=int(p.get("seed", 0)), **prompting)[0][0]
     device = resolve_device("auto")
     texts = [a["text"] for a in answers]
     for j, (key, path) in enumerate(scorers):

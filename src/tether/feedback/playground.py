@@ -65,8 +65,9 @@ class PlaygroundConfig(BaseModel):
     seed: int = Field(0, description="sampling seed, the same for every model")
     personal: str | None = Field(None, description="a `tether personalize` output directory: each labeller's /my-model page")
 
-    def personal_models(self, labeler: str) -> list[PlaygroundModel]:
-        """The shared policy and `labeler`'s own adapter (when they have one) of the `personal` run.
+    def personal_models(self, labeler: str) -> tuple[list[PlaygroundModel], dict[str, Any]]:
+        """The shared policy and `labeler`'s own adapter (when they have one) of the `personal` run, and the prompt
+        format the adapters were trained with ({"prompt_template", "max_prompt_length"}; empty for an older run).
 
         Raises:
             ConfigError: no `personal` run, or its personalize.json is missing or unreadable.
@@ -78,14 +79,16 @@ class PlaygroundConfig(BaseModel):
             meta = json.loads(summary.read_text(encoding="utf-8"))
             models = [PlaygroundModel(name=SHARED_NAME, path=str(meta["policy"]), kl=0.0)]
             adapter = (meta["people"].get(labeler) or {}).get("adapter")
+            prompting = {k: meta[k] for k in ("prompt_template", "max_prompt_length") if meta.get(k) is not None}
         except (OSError, ValueError, KeyError, AttributeError):
             raise ConfigError(f"personal: {summary} is missing or not written by `tether personalize`") from None
         if adapter:
             models.append(PlaygroundModel(name=f"yours ({labeler})", path=str(Path(self.personal) / adapter), kl=None))
-        return models
+        return models, prompting
 
-    def job_params(self, prompt: str, models: list[PlaygroundModel] | None = None) -> dict[str, Any]:
-        """The parameters of the worker's `generate` job for one prompt (by default every playground model answers)."""
+    def job_params(self, prompt: str, models: list[PlaygroundModel] | None = None, prompting: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The parameters of the worker's `generate` job for one prompt (by default every playground model answers;
+        `prompting`: the prompt_template and max_prompt_length to answer with, else the default ones)."""
         return {
             "prompt": prompt,
             "models": [m.model_dump() for m in (self.models if models is None else models)],
@@ -93,6 +96,7 @@ class PlaygroundConfig(BaseModel):
             "judge": self.judge,
             "generation": self.generation.model_dump(),
             "seed": self.seed,
+            **(prompting or {}),
         }
 
 

@@ -96,12 +96,12 @@ def post_playground_generate(
     shared policy and the labeller's own adapter of the playground's `personal` run."""
     if not body.prompt.strip():
         raise HTTPException(422, "prompt: must not be blank")
-    models = None
+    models = prompting = None
     if body.mine:
         if principal.labeler is None:
             raise HTTPException(422, "mine: only a labeller has a model of their own")
-        models = playground.personal_models(principal.labeler.name)
-    return job_out(JobQueue(store).submit("generate", playground.job_params(body.prompt, models), submitted_by=submitter(principal)))
+        models, prompting = playground.personal_models(principal.labeler.name)
+    return job_out(JobQueue(store).submit("generate", playground.job_params(body.prompt, models, prompting), submitted_by=submitter(principal)))
 
 
 def _thumbs_labeler(store: FeedbackStore, principal: Principal) -> Labeler:
@@ -162,7 +162,7 @@ def my_model_page(request: Request, principal: Principal = Depends(signed_in), s
                       message="no personal models here: start the server with `tether label serve --playground FILE` whose file names a `personal` run")
     if principal.labeler is None:
         return render(request, "error.html", status_code=404, status=404, message="the admin has no model of their own: sign in as a labeller")
-    models = playground.personal_models(principal.labeler.name)
+    models, _ = playground.personal_models(principal.labeler.name)
     worker_running = JobQueue(store).worker_seen_within(WORKER_SEEN_S)
     return render(request, "playground.html", principal=principal, playground=playground, models=models, slider=models, slider_json="[]",
                   worker_running=worker_running, mine=True, roles=("shared model", "your model"))
