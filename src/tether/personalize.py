@@ -232,7 +232,7 @@ def train_adapter(cfg: PersonalizeConfig, name: str, files: list[str], kind: str
         tried.append({**values, "accuracy": done.get("eval/accuracy"), "kl": done.get("eval/kl"), "run": str(run.relative_to(out))})
     best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"] or 0.0, -i))
     console.print(f"personalize: {name}: chose {candidates[best]} (validation accuracy {tried[best]['accuracy']:.2f})")
-    record = {"validation_examples": sum(1 for _ in open(validation, encoding="utf-8")), "tried": tried, "chosen": best}
+    record = {"validation_examples": len(Path(validation).read_text(encoding="utf-8").splitlines()), "tried": tried, "chosen": best}
     if not cfg.refit:
         return str(out / tried[best]["run"]), record
     return str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, run_dir, candidates[best]), train_dpo, str(out))), record
