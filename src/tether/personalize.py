@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 
 from tether.config import DPOConfig, ModelConfig, PersonalizeConfig, dump_config, validate
-from tether.data.sources import in_holdout, load_binary_feedback, load_preferences, select
+from tether.data.sources import in_holdout, load_binary_feedback, load_preferences, select, write_jsonl
 from tether.data.tokenize import tokenize_pairs
 from tether.errors import ConfigError, DataError
 from tether.models.load import release_memory, resolve_device, resolve_path
@@ -133,9 +133,8 @@ def thumbs_file(person: Person, data_dir: Path) -> str:
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp = path.with_name(path.name + ".tmp")  # a killed run never leaves half a file under the real name
+    write_jsonl(tmp, rows)
     tmp.replace(path)
 
 
@@ -180,10 +179,14 @@ def dpo_config(cfg: PersonalizeConfig, files: list[str], kind: str, out: Path, v
     return {**raw, "output_dir": str(out), "overwrite": True}
 
 
-def validation_split(files: list[str], kind: str, cfg: PersonalizeConfig, stem: Path) -> tuple[str, str] | None:
+def validation_split(files: list[str], kind: str, cfg: PersonalizeConfig, stem: Path) -> tuple[str, str, int] | None:
     """Split the training part of `files` (what is not held out) by a second hash of the prompt into the examples
     the search's candidates train on and those that choose among them; writes `stem.fit.jsonl` and
-    `stem.validation.jsonl` and returns their paths, or None when either share would be empty."""
+    `stem.validation.jsonl` and returns their paths and the number of validation examples, or None when either share
+    would be empty.
+
+    Raises:
+        DataError: an unreadable file (naming it and the line)."""
     train = _split(load_binary_feedback(files, on_invalid="skip") if kind == "kto" else load_preferences(files, on_invalid="skip"),
                    "train", cfg.holdout_fraction)
     shares: dict[str, list] = {"fit": [], "validation": []}
@@ -196,7 +199,7 @@ def validation_split(files: list[str], kind: str, cfg: PersonalizeConfig, stem: 
         path = stem.with_name(f"{stem.name}.{part}.jsonl")
         _write_jsonl(path, [_row(e, kind) for e in rows])
         paths.append(str(path))
-    return paths[0], paths[1]
+    return paths[0], paths[1], len(shares["validation"])
 
 
 def _row(e, kind: str) -> dict:
@@ -223,7 +226,7 @@ def train_adapter(cfg: PersonalizeConfig, name: str, files: list[str], kind: str
                       f"the first candidate {candidates[0]}")
     if shares is None:
         return str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, run_dir, candidates[0]), train_dpo, str(out))), None
-    fit, validation = shares
+    fit, validation, n_validation = shares
     tried = []
     for i, values in enumerate(candidates):
         console.print(f"personalize: {name}: candidate {i + 1}/{len(candidates)} {values}")
@@ -232,7 +235,7 @@ def train_adapter(cfg: PersonalizeConfig, name: str, files: list[str], kind: str
         tried.append({**values, "accuracy": done.get("eval/accuracy"), "kl": done.get("eval/kl"), "run": str(run.relative_to(out))})
     best = max(range(len(tried)), key=lambda i: (tried[i]["accuracy"] or 0.0, -i))
     console.print(f"personalize: {name}: chose {candidates[best]} (validation accuracy {tried[best]['accuracy']:.2f})")
-    record = {"validation_examples": len(Path(validation).read_text(encoding="utf-8").splitlines()), "tried": tried, "chosen": best}
+    record = {"validation_examples": n_validation, "tried": tried, "chosen": best}
     if not cfg.refit:
         return str(out / tried[best]["run"]), record
     return str(run_stage("dpo", DPOConfig, dpo_config(cfg, files, kind, run_dir, candidates[best]), train_dpo, str(out))), record
